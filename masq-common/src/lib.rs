@@ -1,0 +1,396 @@
+//! Types shared by the eBPF programs and the userspace loader.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, padding-free (explicit `_pad`
+//! fields) and has a compile-time size check. Addresses and ports are kept in network byte order,
+//! exactly as they appear on the wire, so the dataplane never swaps bytes on the fast path.
+#![no_std]
+
+/// Most uplinks one gateway can have.
+pub const MAX_UPLINKS: usize = 8;
+/// Most LAN prefixes (`[lan] prefixes`).
+pub const MAX_LAN_PREFIXES: usize = 8;
+/// Most `[[policy]]` rules.
+pub const MAX_POLICIES: usize = 32;
+/// Most uplinks in one weighted policy choice.
+pub const MAX_CHOICES: usize = 8;
+/// Most `[[publish]]` entries.
+pub const MAX_PUBLISH: u32 = 1024;
+/// Default connection capacity (each connection uses two map entries).
+pub const DEFAULT_CONN_CAPACITY: u32 = 262_144;
+/// Source ports tried by the NAT port search before giving up with `NatPortExhausted`.
+pub const NAT_PORT_TRIES: u32 = 32;
+/// "No uplink" in a `u8` uplink slot.
+pub const NO_UPLINK: u8 = 0xff;
+
+/// Names of the pinned / loaded maps, shared so both sides agree.
+pub mod map_names {
+    pub const CONNS: &str = "CONNS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const UPLINKS: &str = "UPLINKS";
+    pub const POLICIES: &str = "POLICIES";
+    pub const PUBLISH: &str = "PUBLISH";
+    pub const PUBLIC_ADDRS: &str = "PUBLIC_ADDRS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const UPLINK_STATS: &str = "UPLINK_STATS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// XDP, uplink ingress: ARP for published addresses, DNAT / reverse SNAT, redirect to the LAN.
+    pub const UPLINK_INGRESS: &str = "masq_uplink_in";
+    /// TC, LAN ingress: new outbound connections, reverse DNAT, SNAT, steering by origin uplink.
+    pub const LAN_INGRESS: &str = "masq_lan_in";
+    /// TC, uplink egress: translates what the kernel forwarded untranslated (slow path).
+    pub const UPLINK_EGRESS: &str = "masq_uplink_out";
+}
+
+/// A connection's 5-tuple as seen on the wire (network byte order).
+///
+/// ICMP echo: `src_port` holds the identifier of a request and `dst_port` is 0; a reply holds the
+/// identifier in `dst_port`. Reversing a request key thus yields its reply key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+impl FlowKey {
+    pub const fn new(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> Self {
+        Self { src_addr, dst_addr, src_port, dst_port, proto, _pad: [0; 3] }
+    }
+
+    /// The key of packets flowing the other way.
+    pub const fn reversed(&self) -> Self {
+        Self::new(self.dst_addr, self.src_addr, self.dst_port, self.src_port, self.proto)
+    }
+}
+
+/// `ConnEntry::flags`: this key is the direction that answers the initiator.
+pub const CONN_F_REPLY: u8 = 1 << 0;
+/// `ConnEntry::flags`: the connection was opened from an uplink (a published service).
+pub const CONN_F_INBOUND: u8 = 1 << 1;
+
+/// `ConnEntry::tcp_seen`: TCP flags seen in this direction (accumulated).
+pub const TCP_SEEN_SYN: u8 = 1 << 0;
+pub const TCP_SEEN_FIN: u8 = 1 << 1;
+pub const TCP_SEEN_RST: u8 = 1 << 2;
+pub const TCP_SEEN_ACK: u8 = 1 << 3;
+
+/// One direction of a tracked connection. Two entries share a connection: the key as the
+/// initiator's packets show it, and the key of the replies; each holds what its packets become
+/// (`xlate`), so either entry is enough to rebuild the other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnEntry {
+    /// The tuple packets of this key are rewritten to (`proto` unused).
+    pub xlate: FlowKey,
+    /// Index of the connection's uplink in `UPLINKS`.
+    pub uplink: u8,
+    /// `CONN_F_*`.
+    pub flags: u8,
+    /// `TCP_SEEN_*` in this direction.
+    pub tcp_seen: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_boot_ns` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_boot_ns` of the last packet in this direction.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 56);
+
+impl ConnEntry {
+    pub const fn is_reply(&self) -> bool {
+        self.flags & CONN_F_REPLY != 0
+    }
+    pub const fn is_inbound(&self) -> bool {
+        self.flags & CONN_F_INBOUND != 0
+    }
+    /// Packets of this key travel from an uplink toward the LAN.
+    pub const fn toward_lan(&self) -> bool {
+        self.is_inbound() != self.is_reply()
+    }
+}
+
+/// `UplinkInfo::flags`: the slot is configured.
+pub const UPLINK_F_ENABLED: u8 = 1 << 0;
+/// `UplinkInfo::flags`: the uplink is usable for new connections.
+pub const UPLINK_F_UP: u8 = 1 << 1;
+
+/// One uplink, indexed by its position in the config.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct UplinkInfo {
+    pub ifindex: u32,
+    /// Masquerade source (network byte order).
+    pub address: u32,
+    pub gateway: u32,
+    /// fwmark bits of this uplink (inside `DataplaneConfig::mark_mask`).
+    pub mark: u32,
+    /// Routing table id used by `bpf_fib_lookup` (TBID).
+    pub table: u32,
+    pub mac: [u8; 6],
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 28);
+
+/// An IPv4 prefix as address and mask, both in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Prefix4 {
+    pub addr: u32,
+    pub mask: u32,
+}
+const _: () = assert!(core::mem::size_of::<Prefix4>() == 8);
+
+impl Prefix4 {
+    pub const fn contains(&self, addr: u32) -> bool {
+        addr & self.mask == self.addr
+    }
+}
+
+/// `DataplaneConfig::flags`: redirect straight to the egress device after a FIB lookup.
+pub const CFG_F_FAST_PATH: u32 = 1 << 0;
+
+/// Global settings, slot 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct DataplaneConfig {
+    pub lan_ifindex: u32,
+    /// fwmark bits masq owns; the others are left as they are.
+    pub mark_mask: u32,
+    /// `CFG_F_*`.
+    pub flags: u32,
+    /// SNAT source port range, host byte order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub lan_prefixes: [Prefix4; MAX_LAN_PREFIXES],
+    pub lan_prefix_count: u32,
+    pub policy_count: u32,
+}
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64);
+
+/// `PolicyRule::flags`: all connections of one source take the same uplink.
+pub const POLICY_F_STICKY: u32 = 1 << 0;
+
+/// One outbound steering rule (`[[policy]]`), first match wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyRule {
+    pub from: Prefix4,
+    pub to: Prefix4,
+    /// Destination port range in host byte order; `0..=65535` matches all.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// IP protocol, 0 for any.
+    pub proto: u8,
+    pub choice_count: u8,
+    pub _pad: [u8; 2],
+    pub flags: u32,
+    /// Uplink indexes of the weighted choice.
+    pub uplinks: [u8; MAX_CHOICES],
+    /// Weight of each choice.
+    pub weights: [u32; MAX_CHOICES],
+}
+const _: () = assert!(core::mem::size_of::<PolicyRule>() == 16 + 12 + 8 + 32);
+
+/// `PUBLISH` key: a public address, optionally narrowed to one protocol and port.
+/// Whole-address publishes use `proto == 0` and `port == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublishKey {
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<PublishKey>() == 8);
+
+/// Where a published address (and port) leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublishTarget {
+    pub to_addr: u32,
+    /// Network byte order; 0 keeps the port.
+    pub to_port: u16,
+    pub uplink: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<PublishTarget>() == 8);
+
+/// `PUBLIC_ADDRS` value: the uplink that answers ARP for a published address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PublicAddr {
+    pub uplink: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PublicAddr>() == 4);
+
+/// Per-uplink traffic, a per-CPU array indexed by uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct UplinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub new_conns: u64,
+}
+const _: () = assert!(core::mem::size_of::<UplinkStats>() == 40);
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident = $id:expr, $label:literal, $drop:expr; )*) => {
+        /// Every path a packet takes and every reason a packet is dropped, counted in the per-CPU
+        /// `COUNTERS` array at the enum's index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[$doc])* $name = $id, )*
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name),*];
+
+            /// Stable snake_case name, used by the CLI and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$name => $label,)* }
+            }
+
+            /// True when packets counted here were dropped.
+            pub const fn is_drop(self) -> bool {
+                match self { $(Counter::$name => $drop,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// IPv4 packets parsed by any masq program.
+    Ipv4Seen = 0, "ipv4_seen", false;
+    /// Left to the kernel untouched (not masq's traffic).
+    PassedUntouched = 1, "passed_untouched", false;
+    /// ARP requests for published addresses answered by XDP_TX.
+    ArpReplied = 2, "arp_replied", false;
+    /// New connection to a published service.
+    InboundNew = 3, "inbound_new", false;
+    /// New masqueraded connection from the LAN.
+    OutboundNew = 4, "outbound_new", false;
+    /// Packets of known connections translated toward the LAN.
+    ToLanTranslated = 5, "to_lan_translated", false;
+    /// Packets of known connections translated toward an uplink.
+    ToUplinkTranslated = 6, "to_uplink_translated", false;
+    /// ICMP errors about a tracked connection, translated with their inner header.
+    IcmpErrorTranslated = 7, "icmp_error_translated", false;
+    /// Redirected after a successful FIB lookup (fast path).
+    FastPathRedirect = 8, "fast_path_redirect", false;
+    /// Redirected with `bpf_redirect_neigh` (next hop not resolved yet).
+    FastPathNeigh = 9, "fast_path_neigh", false;
+    /// Handed to the kernel with the uplink's mark (slow path).
+    KernelPath = 10, "kernel_path", false;
+    /// TTL would expire here: left to the kernel so it sends time-exceeded.
+    TtlExpiring = 11, "ttl_expiring", false;
+    /// Translated at uplink egress after the kernel forwarded it (slow path).
+    EgressTranslated = 12, "egress_translated", false;
+    /// Dropped: headers shorter than they claim.
+    DropMalformed = 32, "drop_malformed", true;
+    /// Dropped: IP fragment of a translated flow (not reassembled, on purpose).
+    DropFragment = 33, "drop_fragment", true;
+    /// Dropped: TCP packet without SYN and no connection (only SYN opens a connection).
+    DropTcpNoConn = 34, "drop_tcp_no_connection", true;
+    /// Dropped: no free NAT source port after `NAT_PORT_TRIES` candidates.
+    DropNatPortExhausted = 35, "drop_nat_port_exhausted", true;
+    /// Dropped: the connection table refused the insert.
+    DropConnInsertFailed = 36, "drop_conn_insert_failed", true;
+    /// Dropped: a LAN-sourced packet about to leave by an uplink untranslated.
+    DropUntranslatedLeak = 37, "drop_untranslated_leak", true;
+    /// Dropped: policy chose an uplink that is missing or down.
+    DropNoUplink = 38, "drop_no_uplink", true;
+    /// Dropped: traffic for a published address arrived on another uplink.
+    DropWrongUplink = 39, "drop_wrong_uplink", true;
+    /// Dropped: ICMP error whose inner packet matches no connection on a published address.
+    DropIcmpErrorUnknown = 40, "drop_icmp_error_unknown", true;
+}
+
+/// Size of the `COUNTERS` array.
+pub const COUNTER_SLOTS: u32 = 64;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are plain `repr(C)` data without padding (sizes asserted above).
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for UplinkInfo {}
+    unsafe impl aya::Pod for Prefix4 {}
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for PolicyRule {}
+    unsafe impl aya::Pod for PublishKey {}
+    unsafe impl aya::Pod for PublishTarget {}
+    unsafe impl aya::Pod for PublicAddr {}
+    unsafe impl aya::Pod for UplinkStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_key_of_echo_request_is_its_reply() {
+        let req = FlowKey::new(1, 2, 0x1234, 0, 1);
+        assert_eq!(req.reversed(), FlowKey::new(2, 1, 0, 0x1234, 1));
+        assert_eq!(req.reversed().reversed(), req);
+    }
+
+    #[test]
+    fn direction_flags_say_where_packets_go() {
+        let mut e = ConnEntry { flags: CONN_F_INBOUND, ..Default::default() };
+        assert!(e.toward_lan());
+        e.flags |= CONN_F_REPLY;
+        assert!(!e.toward_lan());
+        e.flags = 0;
+        assert!(!e.toward_lan());
+        e.flags = CONN_F_REPLY;
+        assert!(e.toward_lan());
+    }
+
+    #[test]
+    fn counter_ids_fit_and_are_unique() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            assert!((*a as u32) < COUNTER_SLOTS);
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(*a as u32, *b as u32);
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_contains() {
+        let p = Prefix4 {
+            addr: u32::from_ne_bytes([192, 168, 100, 0]),
+            mask: u32::from_ne_bytes([255, 255, 255, 0]),
+        };
+        assert!(p.contains(u32::from_ne_bytes([192, 168, 100, 17])));
+        assert!(!p.contains(u32::from_ne_bytes([192, 168, 101, 17])));
+    }
+}
