@@ -62,13 +62,32 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
 impl FlowKey {
-    pub const fn new(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> Self {
-        Self { src_addr, dst_addr, src_port, dst_port, proto, _pad: [0; 3] }
+    pub const fn new(
+        src_addr: u32,
+        dst_addr: u32,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        }
     }
 
     /// The key of packets flowing the other way.
     pub const fn reversed(&self) -> Self {
-        Self::new(self.dst_addr, self.src_addr, self.dst_port, self.src_port, self.proto)
+        Self::new(
+            self.dst_addr,
+            self.src_addr,
+            self.dst_port,
+            self.src_port,
+            self.proto,
+        )
     }
 }
 
@@ -98,7 +117,9 @@ pub struct ConnEntry {
     pub flags: u8,
     /// `TCP_SEEN_*` in this direction.
     pub tcp_seen: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Boot-time second at which the other direction's entry was last confirmed present.
+    pub twin_checked_s: u32,
     /// `bpf_ktime_get_boot_ns` at creation.
     pub created_ns: u64,
     /// `bpf_ktime_get_boot_ns` of the last packet in this direction.
@@ -363,7 +384,10 @@ mod tests {
 
     #[test]
     fn direction_flags_say_where_packets_go() {
-        let mut e = ConnEntry { flags: CONN_F_INBOUND, ..Default::default() };
+        let mut e = ConnEntry {
+            flags: CONN_F_INBOUND,
+            ..Default::default()
+        };
         assert!(e.toward_lan());
         e.flags |= CONN_F_REPLY;
         assert!(!e.toward_lan());

@@ -1,1 +1,88 @@
-#![no_std] #![no_main]
+//! masq's eBPF programs. Entry points only: each maps its flow's error (a named drop reason) to
+//! one counted drop.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod conntrack;
+mod csum;
+mod forward;
+mod from_lan;
+mod from_uplink;
+mod maps;
+mod nat;
+mod packet;
+mod stats;
+mod steer;
+mod to_uplink;
+mod translate;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action::XDP_DROP},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use masq_common::{Counter, DataplaneConfig};
+
+use crate::{
+    conntrack::PortRange,
+    packet::{Ipv4, L4, L4_OFF, Parsed},
+    stats::count,
+};
+
+#[xdp]
+pub fn masq_uplink_in(ctx: XdpContext) -> u32 {
+    from_uplink::run(ctx).unwrap_or_else(|reason| {
+        count(reason);
+        XDP_DROP
+    })
+}
+
+#[classifier]
+pub fn masq_lan_in(ctx: TcContext) -> i32 {
+    from_lan::run(ctx).unwrap_or_else(|reason| {
+        count(reason);
+        TC_ACT_SHOT as i32
+    })
+}
+
+#[classifier]
+pub fn masq_uplink_out(ctx: TcContext) -> i32 {
+    to_uplink::run(ctx).unwrap_or_else(|reason| {
+        count(reason);
+        TC_ACT_SHOT as i32
+    })
+}
+
+/// Parse in TC, pulling the headers into the linear area first when they are not there.
+#[inline(always)]
+fn parse_tc(ctx: &TcContext) -> Result<Parsed, Counter> {
+    const WANT: usize = L4_OFF + 48;
+    let linear = ctx.data_end() - ctx.data();
+    if linear < WANT && (ctx.len() as usize) > linear {
+        let _ = ctx.pull_data(WANT.min(ctx.len() as usize) as u32);
+    }
+    packet::parse(ctx)
+}
+
+/// The source ports a new connection's translated tuple may take when its own is taken.
+#[inline(always)]
+fn port_range(cfg: &DataplaneConfig, ip: &Ipv4) -> Option<PortRange> {
+    match ip.l4 {
+        L4::Tcp | L4::Udp | L4::IcmpEcho => Some(PortRange {
+            min: cfg.port_min,
+            max: cfg.port_max,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,11 @@
+//! masq userspace: config, loader, kernel policy tables, inspection, and the network-namespace lab.
+
+pub mod config;
+pub mod conntrack;
+pub mod daemon;
+pub mod dataplane;
+pub mod host;
+pub mod inspect;
+pub mod lab;
+pub mod netns;
+pub mod policy_tables;

@@ -1,0 +1,45 @@
+//! Answering ARP on an uplink for the published addresses that live there (the gateway does not
+//! own them as local addresses, so the kernel would not answer).
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use masq_common::{Counter, UplinkInfo};
+
+use crate::{maps::PUBLIC_ADDRS, packet::Packet, stats::count};
+
+const ARP_OFF: usize = 14;
+const ARPOP_REQUEST: u16 = 1;
+const ARPOP_REPLY: u16 = 2;
+
+/// XDP_TX a reply when `ctx` is a request for an address published on this uplink.
+#[inline(always)]
+pub fn answer(ctx: &mut XdpContext, uplink_index: u8, uplink: &UplinkInfo) -> Result<u32, Counter> {
+    // htype 1, ptype IPv4, hlen 6, plen 4: 8 fixed bytes, then sha/spa/tha/tpa.
+    let header: [u8; 8] = ctx.load(ARP_OFF)?;
+    if header != [0, 1, 8, 0, 6, 4, 0, ARPOP_REQUEST as u8] {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let sender_mac: [u8; 6] = ctx.load(ARP_OFF + 8)?;
+    let sender_ip: u32 = ctx.load(ARP_OFF + 14)?;
+    let target_ip: u32 = ctx.load(ARP_OFF + 24)?;
+    // SAFETY: read-only use of a map value.
+    match unsafe { PUBLIC_ADDRS.get(&target_ip) } {
+        Some(owner) if owner.uplink == uplink_index => {}
+        _ => return Ok(xdp_action::XDP_PASS),
+    }
+    let mac = uplink.mac;
+    let eth = ctx.ptr::<[u8; 12]>(0).ok_or(Counter::DropMalformed)?;
+    let arp = ctx.ptr::<[u8; 28]>(ARP_OFF).ok_or(Counter::DropMalformed)?;
+    // SAFETY: both ranges were bounds-checked by `ptr`.
+    unsafe {
+        let eth = &mut *eth;
+        eth[..6].copy_from_slice(&sender_mac);
+        eth[6..].copy_from_slice(&mac);
+        let arp = &mut *arp;
+        arp[7] = ARPOP_REPLY as u8;
+        arp[8..14].copy_from_slice(&mac);
+        arp[14..18].copy_from_slice(&target_ip.to_ne_bytes());
+        arp[18..24].copy_from_slice(&sender_mac);
+        arp[24..28].copy_from_slice(&sender_ip.to_ne_bytes());
+    }
+    count(Counter::ArpReplied);
+    Ok(xdp_action::XDP_TX)
+}

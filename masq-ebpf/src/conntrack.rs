@@ -1,0 +1,188 @@
+//! The connection table: both directions of a connection, inserted together, kept together.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
+use masq_common::{
+    CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN,
+    TCP_SEEN_RST, TCP_SEEN_SYN,
+};
+
+use crate::{
+    maps::CONNS,
+    packet::{Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call. CLOCK_BOOTTIME: keeps counting through suspend, like userspace's.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
+    // SAFETY: map values live until deleted; concurrent writers only touch counters (atomic)
+    // and monotonic fields.
+    CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// The key and entry of the other direction, rebuilt from this one.
+#[inline(always)]
+fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u64) -> (FlowKey, ConnEntry) {
+    let mut twin_key = entry.xlate.reversed();
+    twin_key.proto = key.proto;
+    let mut xlate = key.reversed();
+    xlate.proto = key.proto;
+    let twin = ConnEntry {
+        xlate,
+        uplink: entry.uplink,
+        flags: entry.flags ^ CONN_F_REPLY,
+        created_ns: entry.created_ns,
+        last_seen_ns: now,
+        twin_checked_s: (now / 1_000_000_000) as u32,
+        ..ConnEntry::default()
+    };
+    (twin_key, twin)
+}
+
+#[inline(always)]
+fn tcp_seen_bits(flags: u8) -> u8 {
+    let mut seen = 0;
+    if flags & TCP_SYN != 0 {
+        seen |= TCP_SEEN_SYN;
+    }
+    if flags & TCP_FIN != 0 {
+        seen |= TCP_SEEN_FIN;
+    }
+    if flags & TCP_RST != 0 {
+        seen |= TCP_SEEN_RST;
+    }
+    if flags & TCP_ACK != 0 {
+        seen |= TCP_SEEN_ACK;
+    }
+    seen
+}
+
+/// Account a packet to its connection: counters, last-seen time, TCP state. Once a second it
+/// also confirms the other direction's entry (which refreshes it in the LRU) and rebuilds it if
+/// the LRU evicted it, so one direction is never orphaned.
+#[inline(always)]
+pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
+    let now = now_ns();
+    // Plain adds: each direction has its own entry and a flow is handled by one CPU at a time,
+    // so a lost update needs two CPUs on one direction at once (BPF has no atomic RMW in core).
+    entry.packets += 1;
+    entry.bytes += len;
+    entry.last_seen_ns = now;
+    if ip.l4 == L4::Tcp {
+        let seen = tcp_seen_bits(ip.tcp_flags);
+        let reopened = ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0;
+        if reopened {
+            // A new SYN on a closed tuple starts over: forget both directions' close.
+            entry.tcp_seen = seen;
+            let (twin_key, _) = twin_of(key, entry, now);
+            if let Some(twin) = lookup(&twin_key) {
+                twin.tcp_seen = 0;
+            }
+        } else if entry.tcp_seen | seen != entry.tcp_seen {
+            entry.tcp_seen |= seen;
+        }
+    }
+    let now_s = (now / 1_000_000_000) as u32;
+    if entry.twin_checked_s != now_s {
+        entry.twin_checked_s = now_s;
+        let (twin_key, twin) = twin_of(key, entry, now);
+        if lookup(&twin_key).is_none() {
+            let _ = CONNS.insert(&twin_key, &twin, BPF_NOEXIST as u64);
+        }
+    }
+}
+
+/// Mixes a tuple into 32 bits (murmur3 finalizer).
+#[inline(always)]
+pub fn hash(key: &FlowKey) -> u32 {
+    let mut h = key.src_addr ^ key.dst_addr.rotate_left(13);
+    h ^= (u32::from(key.src_port) << 16 | u32::from(key.dst_port)).rotate_left(7);
+    h ^= u32::from(key.proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Source ports (host byte order, inclusive) the NAT may pick from when the translated tuple
+/// is taken.
+#[derive(Clone, Copy)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+/// Insert a new connection: `key` becomes `xlate`, replies come back as `xlate.reversed()`.
+///
+/// The reply entry goes in first with `BPF_NOEXIST`: if its tuple is taken, `xlate.src_port` is
+/// moved through `ports` (keeping the original port when free), up to `NAT_PORT_TRIES` tries.
+/// Then the forward entry; if that fails the reply entry is removed again, so a half connection
+/// never stays behind. Returns the forward entry.
+#[inline(always)]
+pub fn create(
+    key: &FlowKey,
+    mut xlate: FlowKey,
+    uplink: u8,
+    flags: u8,
+    ports: Option<PortRange>,
+    ip: &Ipv4,
+) -> Result<&'static mut ConnEntry, Counter> {
+    let now = now_ns();
+    xlate.proto = key.proto;
+    let mut entry = ConnEntry {
+        xlate,
+        uplink,
+        flags,
+        tcp_seen: if ip.l4 == L4::Tcp {
+            tcp_seen_bits(ip.tcp_flags)
+        } else {
+            0
+        },
+        created_ns: now,
+        last_seen_ns: now,
+        twin_checked_s: (now / 1_000_000_000) as u32,
+        ..ConnEntry::default()
+    };
+    let (mut reply_key, mut reply) = twin_of(key, &entry, now);
+    if CONNS
+        .insert(&reply_key, &reply, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        let range = ports.ok_or(Counter::DropConnInsertFailed)?;
+        let span = u32::from(range.max - range.min) + 1;
+        let seed = hash(key);
+        let mut placed = false;
+        for i in 0..NAT_PORT_TRIES {
+            let candidate = range.min as u32 + (seed.wrapping_add(i.wrapping_mul(7919))) % span;
+            xlate.src_port = (candidate as u16).to_be();
+            entry.xlate = xlate;
+            (reply_key, reply) = twin_of(key, &entry, now);
+            if CONNS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+                placed = true;
+                break;
+            }
+        }
+        if !placed {
+            return Err(Counter::DropNatPortExhausted);
+        }
+    }
+    match CONNS.insert(key, &entry, BPF_NOEXIST as u64) {
+        Ok(()) => lookup(key).ok_or(Counter::DropConnInsertFailed),
+        Err(err) => {
+            let _ = CONNS.remove(&reply_key);
+            if err == -EEXIST {
+                // Another CPU opened the same connection first: use its entry.
+                lookup(key).ok_or(Counter::DropConnInsertFailed)
+            } else {
+                Err(Counter::DropConnInsertFailed)
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! TC on the LAN device: replies of published services and new or known masqueraded
+//! connections, each steered to its connection's uplink.
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_redir_neigh},
+    helpers::{bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use masq_common::{CFG_F_FAST_PATH, Counter, DataplaneConfig, FlowKey, NO_UPLINK};
+
+use crate::{
+    conntrack,
+    forward::{decrement_ttl, set_macs},
+    maps::PUBLIC_ADDRS,
+    packet::{Ipv4, L4, Parsed, TCP_ACK, TCP_SYN},
+    stats::{count, uplink_new_conn},
+    steer::{choose_uplink, config, fib_lookup, in_lan, is_uplink_address, uplink, with_mark},
+    translate::{Translation, icmp_error},
+};
+
+const AF_INET: u32 = 2;
+
+pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
+    let ip = match crate::parse_tc(&ctx)? {
+        Parsed::Ipv4(ip) => ip,
+        _ => return Ok(TC_ACT_OK as i32),
+    };
+    count(Counter::Ipv4Seen);
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    if ip.fragment {
+        count(Counter::PassedUntouched);
+        return Ok(TC_ACT_OK as i32);
+    }
+    let len = u64::from(ctx.len());
+
+    let (translation, uplink_index) = if ip.l4 == L4::IcmpError {
+        let Some((translation, entry)) = icmp_error(&ctx, &ip, false) else {
+            count(Counter::PassedUntouched);
+            return Ok(TC_ACT_OK as i32);
+        };
+        conntrack::touch(&ip.key, entry, &ip, len);
+        count(Counter::IcmpErrorTranslated);
+        (translation, entry.uplink)
+    } else if let Some(entry) = conntrack::lookup(&ip.key) {
+        if entry.toward_lan() {
+            count(Counter::PassedUntouched);
+            return Ok(TC_ACT_OK as i32);
+        }
+        conntrack::touch(&ip.key, entry, &ip, len);
+        (Translation::Flow(entry.xlate), entry.uplink)
+    } else {
+        let k = &ip.key;
+        let not_ours = !in_lan(cfg, k.src_addr)
+            || in_lan(cfg, k.dst_addr)
+            || is_uplink_address(k.dst_addr)
+            // SAFETY: read-only lookup.
+            || unsafe { PUBLIC_ADDRS.get(&k.dst_addr) }.is_some();
+        if not_ours {
+            count(Counter::PassedUntouched);
+            return Ok(TC_ACT_OK as i32);
+        }
+        if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return Err(Counter::DropTcpNoConn);
+        }
+        if ip.ttl <= 1 {
+            count(Counter::TtlExpiring);
+            return Ok(TC_ACT_OK as i32);
+        }
+        let chosen = choose_uplink(cfg, k);
+        let Some(up) = uplink(chosen).filter(|_| chosen != NO_UPLINK) else {
+            return Err(Counter::DropNoUplink);
+        };
+        let mut xlate = *k;
+        xlate.src_addr = up.address;
+        let entry = conntrack::create(k, xlate, chosen, 0, crate::port_range(cfg, &ip), &ip)?;
+        count(Counter::OutboundNew);
+        uplink_new_conn(chosen);
+        conntrack::touch(k, entry, &ip, len);
+        (Translation::Flow(entry.xlate), chosen)
+    };
+    to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index)
+}
+
+/// Steer to the connection's uplink: mark the packet for the kernel's policy tables, and when
+/// the uplink's table resolves the route, translate and redirect without the kernel stack.
+/// Otherwise the kernel routes it by the mark and the uplink's egress program translates.
+#[inline(always)]
+fn to_uplink(
+    ctx: &mut TcContext,
+    cfg: &DataplaneConfig,
+    ip: &Ipv4,
+    translation: &Translation,
+    uplink_index: u8,
+) -> Result<i32, Counter> {
+    let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
+    if ip.ttl <= 1 {
+        count(Counter::TtlExpiring);
+        return Ok(TC_ACT_OK as i32);
+    }
+    // SAFETY: `skb` is the program's context.
+    let skb = unsafe { &mut *ctx.skb.skb };
+    skb.mark = with_mark(cfg, skb.mark, up.mark);
+    if cfg.flags & CFG_F_FAST_PATH == 0 {
+        count(Counter::KernelPath);
+        return Ok(TC_ACT_OK as i32);
+    }
+    let key: FlowKey = translation.result(ip);
+    let (ret, params) = fib_lookup(ctx, skb.ingress_ifindex, &key, ip.tot_len, Some(up.table));
+    let resolved = ret == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if !resolved && ret != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        count(Counter::KernelPath);
+        return Ok(TC_ACT_OK as i32);
+    }
+    translation.apply(ctx, ip)?;
+    count(Counter::ToUplinkTranslated);
+    decrement_ttl(ctx)?;
+    if resolved {
+        set_macs(ctx, &params)?;
+        count(Counter::FastPathRedirect);
+        // SAFETY: plain helper call.
+        return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
+    }
+    let mut nh = bpf_redir_neigh {
+        nh_family: AF_INET,
+        ..unsafe { core::mem::zeroed() }
+    };
+    // SAFETY: after NO_NEIGH the lookup left the next hop in `ipv4_dst`.
+    nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
+    count(Counter::FastPathNeigh);
+    // SAFETY: nh is initialised and its size is passed.
+    Ok(unsafe {
+        bpf_redirect_neigh(
+            params.ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    } as i32)
+}

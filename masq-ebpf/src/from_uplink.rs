@@ -1,0 +1,129 @@
+//! XDP on each uplink: ARP for published addresses, new connections to published services,
+//! replies of masqueraded connections, ICMP errors; all sent to the LAN translated.
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, xdp_action::XDP_PASS},
+    helpers::bpf_redirect,
+    programs::XdpContext,
+};
+use masq_common::{CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey};
+
+use crate::{
+    arp, conntrack,
+    forward::{decrement_ttl, set_macs},
+    maps::PUBLIC_ADDRS,
+    nat::published,
+    packet::{Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    stats::{count, uplink_new_conn, uplink_rx},
+    steer::{config, fib_lookup, uplink_by_ifindex},
+    translate::{Translation, icmp_error},
+};
+
+pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let Some((uplink_index, uplink)) = uplink_by_ifindex(ifindex) else {
+        return Ok(XDP_PASS);
+    };
+    let len = ctx.len();
+    uplink_rx(uplink_index, len);
+    let ip = match parse(&ctx)? {
+        Parsed::Ipv4(ip) => ip,
+        Parsed::Arp => return arp::answer(&mut ctx, uplink_index, uplink),
+        Parsed::Other => return Ok(XDP_PASS),
+    };
+    count(Counter::Ipv4Seen);
+    let Some(cfg) = config() else {
+        return Ok(XDP_PASS);
+    };
+    if ip.fragment {
+        // SAFETY: read-only lookup.
+        if unsafe { PUBLIC_ADDRS.get(&ip.key.dst_addr) }.is_some() {
+            return Err(Counter::DropFragment);
+        }
+        count(Counter::PassedUntouched);
+        return Ok(XDP_PASS);
+    }
+
+    let translation = if ip.l4 == L4::IcmpError {
+        let Some((translation, entry)) = icmp_error(&ctx, &ip, true) else {
+            count(Counter::PassedUntouched);
+            return Ok(XDP_PASS);
+        };
+        conntrack::touch(&ip.key, entry, &ip, len);
+        count(Counter::IcmpErrorTranslated);
+        translation
+    } else if let Some(entry) = conntrack::lookup(&ip.key) {
+        if !entry.toward_lan() {
+            count(Counter::PassedUntouched);
+            return Ok(XDP_PASS);
+        }
+        conntrack::touch(&ip.key, entry, &ip, len);
+        Translation::Flow(entry.xlate)
+    } else {
+        let Some(target) = published(&ip.key) else {
+            count(Counter::PassedUntouched);
+            return Ok(XDP_PASS);
+        };
+        if target.uplink != uplink_index {
+            return Err(Counter::DropWrongUplink);
+        }
+        if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return Err(Counter::DropTcpNoConn);
+        }
+        if ip.ttl <= 1 {
+            count(Counter::TtlExpiring);
+            return Ok(XDP_PASS);
+        }
+        let mut xlate = ip.key;
+        xlate.dst_addr = target.to_addr;
+        if target.to_port != 0 {
+            xlate.dst_port = target.to_port;
+        }
+        let entry = conntrack::create(
+            &ip.key,
+            xlate,
+            uplink_index,
+            CONN_F_INBOUND,
+            crate::port_range(cfg, &ip),
+            &ip,
+        )?;
+        count(Counter::InboundNew);
+        uplink_new_conn(uplink_index);
+        conntrack::touch(&ip.key, entry, &ip, len);
+        Translation::Flow(entry.xlate)
+    };
+
+    if ip.ttl <= 1 {
+        // Untranslated, so the kernel's time-exceeded quotes what the sender sent.
+        count(Counter::TtlExpiring);
+        return Ok(XDP_PASS);
+    }
+    translation.apply(&mut ctx, &ip)?;
+    count(Counter::ToLanTranslated);
+    to_lan(&mut ctx, cfg, &ip, &translation.result(&ip), ifindex)
+}
+
+/// Redirect straight to the LAN device when the FIB knows the next hop; else let the kernel
+/// forward the (already translated) packet.
+#[inline(always)]
+fn to_lan(
+    ctx: &mut XdpContext,
+    cfg: &DataplaneConfig,
+    ip: &Ipv4,
+    key: &FlowKey,
+    ifindex: u32,
+) -> Result<u32, Counter> {
+    if cfg.flags & CFG_F_FAST_PATH == 0 {
+        count(Counter::KernelPath);
+        return Ok(XDP_PASS);
+    }
+    let (ret, params) = fib_lookup(ctx, ifindex, key, ip.tot_len, None);
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        count(Counter::KernelPath);
+        return Ok(XDP_PASS);
+    }
+    decrement_ttl(ctx)?;
+    set_macs(ctx, &params)?;
+    count(Counter::FastPathRedirect);
+    // SAFETY: plain helper call; returns XDP_REDIRECT or XDP_ABORTED.
+    Ok(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
+}

@@ -1,0 +1,38 @@
+//! Every map of the dataplane. Capacities come from masq-common so both sides agree; the loader
+//! resizes `CONNS` from the config before loading.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use masq_common::{
+    COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY, DataplaneConfig, FlowKey, MAX_POLICIES,
+    MAX_PUBLISH, MAX_UPLINKS, PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo,
+    UplinkStats,
+};
+
+/// The connection table: two entries per connection, one per direction.
+#[map]
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, 0);
+
+#[map]
+pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static UPLINKS: Array<UplinkInfo> = Array::with_max_entries(MAX_UPLINKS as u32, 0);
+
+#[map]
+pub static POLICIES: Array<PolicyRule> = Array::with_max_entries(MAX_POLICIES as u32, 0);
+
+#[map]
+pub static PUBLISH: HashMap<PublishKey, PublishTarget> = HashMap::with_max_entries(MAX_PUBLISH, 0);
+
+#[map]
+pub static PUBLIC_ADDRS: HashMap<u32, PublicAddr> = HashMap::with_max_entries(MAX_PUBLISH, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[map]
+pub static UPLINK_STATS: PerCpuArray<UplinkStats> =
+    PerCpuArray::with_max_entries(MAX_UPLINKS as u32, 0);

@@ -1,0 +1,378 @@
+//! Packet layout, parsing and the two ways of writing a packet (XDP: direct, TC: helpers).
+//!
+//! masq translates only plain IPv4 headers (IHL 5) behind an untagged Ethernet header, so every
+//! field sits at a constant offset; anything else is passed or dropped with a named reason.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use masq_common::{Counter, FlowKey};
+
+use crate::csum;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+pub const IP_OFF: usize = ETH_HLEN;
+pub const IP_TOT_LEN: usize = IP_OFF + 2;
+pub const IP_FRAG: usize = IP_OFF + 6;
+pub const IP_TTL: usize = IP_OFF + 8;
+pub const IP_CSUM: usize = IP_OFF + 10;
+pub const IP_SRC: usize = IP_OFF + 12;
+pub const IP_DST: usize = IP_OFF + 16;
+pub const L4_OFF: usize = IP_OFF + 20;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+pub const ICMP_CSUM: usize = L4_OFF + 2;
+pub const ICMP_ID: usize = L4_OFF + 4;
+/// The offending packet quoted by an ICMP error.
+pub const INNER_IP: usize = L4_OFF + 8;
+pub const INNER_L4: usize = INNER_IP + 20;
+
+/// What kind of transport header a packet carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp,
+    Udp,
+    /// Echo request (identifier in `key.src_port`) or reply (in `key.dst_port`).
+    IcmpEcho,
+    /// Destination unreachable, time exceeded, parameter problem: see `parse_icmp_error`.
+    IcmpError,
+    /// Another ICMP type or another protocol: addresses only.
+    Other,
+}
+
+impl L4 {
+    /// Offset of the checksum that covers the pseudo header (TCP/UDP).
+    #[inline(always)]
+    pub fn pseudo_csum_off(self) -> Option<usize> {
+        match self {
+            L4::Tcp => Some(L4_OFF + 16),
+            L4::Udp => Some(L4_OFF + 6),
+            _ => None,
+        }
+    }
+}
+
+/// An IPv4 packet's headers, as far as masq cares.
+#[derive(Clone, Copy)]
+pub struct Ipv4 {
+    pub key: FlowKey,
+    pub l4: L4,
+    pub tcp_flags: u8,
+    pub ttl: u8,
+    /// Total length, host byte order.
+    pub tot_len: u16,
+    /// A fragment (first or later): its transport header is not parsed.
+    pub fragment: bool,
+}
+
+pub enum Parsed {
+    /// Not IPv4, or IPv4 with options: not masq's business.
+    Other,
+    /// ARP (uplinks answer requests for published addresses).
+    Arp,
+    Ipv4(Ipv4),
+}
+
+/// Read and write access to a packet, shared by the XDP and TC programs.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter>;
+    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter>;
+    /// Update the TCP/UDP checksum at `csum_off` for a 32-bit word of the pseudo header.
+    fn l4_csum_addr(
+        &mut self,
+        csum_off: usize,
+        old: u32,
+        new: u32,
+        udp: bool,
+    ) -> Result<(), Counter>;
+    /// Update the TCP/UDP checksum at `csum_off` for a changed port.
+    fn l4_csum_port(
+        &mut self,
+        csum_off: usize,
+        old: u16,
+        new: u16,
+        udp: bool,
+    ) -> Result<(), Counter>;
+
+    /// Length of the packet data (L2 included).
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        (self.data_end() - self.data()) as u64
+    }
+
+    #[inline(always)]
+    fn ptr<T>(&self, off: usize) -> Option<*mut T> {
+        let start = self.data() + off;
+        if start + core::mem::size_of::<T>() > self.data_end() {
+            return None;
+        }
+        Some(start as *mut T)
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, Counter> {
+        let p = self.ptr::<T>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked just above.
+        Ok(unsafe { p.read_unaligned() })
+    }
+
+    /// Fix a plain (non-offloaded) checksum at `csum_off` for a changed 16-bit word; returns the
+    /// old and new checksum so an enclosing checksum can follow.
+    #[inline(always)]
+    fn fix_csum2(&mut self, csum_off: usize, old: u16, new: u16) -> Result<(u16, u16), Counter> {
+        let sum: u16 = self.load(csum_off)?;
+        let updated = csum::replace2(sum, old, new);
+        self.store_u16(csum_off, updated)?;
+        Ok((sum, updated))
+    }
+
+    /// As `fix_csum2`, for a 32-bit word.
+    #[inline(always)]
+    fn fix_csum4(&mut self, csum_off: usize, old: u32, new: u32) -> Result<(u16, u16), Counter> {
+        let sum: u16 = self.load(csum_off)?;
+        let updated = csum::replace4(sum, old, new);
+        self.store_u16(csum_off, updated)?;
+        Ok((sum, updated))
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
+        let p = self.ptr::<u16>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe { p.write_unaligned(v) };
+        Ok(())
+    }
+    #[inline(always)]
+    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
+        let p = self.ptr::<u32>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe { p.write_unaligned(v) };
+        Ok(())
+    }
+    // Frames reaching XDP carry complete checksums (the lab turns tx offload off on veth
+    // senders), so the pseudo-header words update like any other.
+    #[inline(always)]
+    fn l4_csum_addr(
+        &mut self,
+        csum_off: usize,
+        old: u32,
+        new: u32,
+        udp: bool,
+    ) -> Result<(), Counter> {
+        let sum: u16 = self.load(csum_off)?;
+        if udp && sum == 0 {
+            return Ok(());
+        }
+        let mut updated = csum::replace4(sum, old, new);
+        if udp && updated == 0 {
+            updated = 0xffff;
+        }
+        self.store_u16(csum_off, updated)
+    }
+    #[inline(always)]
+    fn l4_csum_port(
+        &mut self,
+        csum_off: usize,
+        old: u16,
+        new: u16,
+        udp: bool,
+    ) -> Result<(), Counter> {
+        let sum: u16 = self.load(csum_off)?;
+        if udp && sum == 0 {
+            return Ok(());
+        }
+        let mut updated = csum::replace2(sum, old, new);
+        if udp && updated == 0 {
+            updated = 0xffff;
+        }
+        self.store_u16(csum_off, updated)
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
+        self.store(off, &v, 0).map_err(|_| Counter::DropMalformed)
+    }
+    #[inline(always)]
+    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
+        self.store(off, &v, 0).map_err(|_| Counter::DropMalformed)
+    }
+    // The kernel helper copes with CHECKSUM_PARTIAL (local senders on veth) as well.
+    #[inline(always)]
+    fn l4_csum_addr(
+        &mut self,
+        csum_off: usize,
+        old: u32,
+        new: u32,
+        udp: bool,
+    ) -> Result<(), Counter> {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.l4_csum_replace(
+            csum_off,
+            old as u64,
+            new as u64,
+            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+        )
+        .map_err(|_| Counter::DropMalformed)
+    }
+    #[inline(always)]
+    fn l4_csum_port(
+        &mut self,
+        csum_off: usize,
+        old: u16,
+        new: u16,
+        udp: bool,
+    ) -> Result<(), Counter> {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.l4_csum_replace(csum_off, old as u64, new as u64, mangled | 2)
+            .map_err(|_| Counter::DropMalformed)
+    }
+}
+
+/// Parse Ethernet + IPv4 + the transport header.
+#[inline(always)]
+pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
+    let ethertype = u16::from_be(p.load::<u16>(12)?);
+    if ethertype == ETH_P_ARP {
+        return Ok(Parsed::Arp);
+    }
+    if ethertype != ETH_P_IP {
+        return Ok(Parsed::Other);
+    }
+    let ver_ihl: u8 = p.load(IP_OFF)?;
+    if ver_ihl != 0x45 {
+        return Ok(Parsed::Other);
+    }
+    let proto: u8 = p.load(IP_OFF + 9)?;
+    let ttl: u8 = p.load(IP_TTL)?;
+    let tot_len = u16::from_be(p.load::<u16>(IP_TOT_LEN)?);
+    let frag = u16::from_be(p.load::<u16>(IP_FRAG)?);
+    let mut ip = Ipv4 {
+        key: FlowKey::new(p.load(IP_SRC)?, p.load(IP_DST)?, 0, 0, proto),
+        l4: L4::Other,
+        tcp_flags: 0,
+        ttl,
+        tot_len,
+        fragment: frag & 0x3fff != 0,
+    };
+    if ip.fragment {
+        return Ok(Parsed::Ipv4(ip));
+    }
+    match proto {
+        IPPROTO_TCP => {
+            // The whole minimal TCP header must be there (the checksum sits at +16).
+            let _: [u8; 20] = p.load(L4_OFF)?;
+            ip.key.src_port = p.load(L4_OFF)?;
+            ip.key.dst_port = p.load(L4_OFF + 2)?;
+            ip.tcp_flags = p.load(L4_OFF + 13)?;
+            ip.l4 = L4::Tcp;
+        }
+        IPPROTO_UDP => {
+            let _: [u8; 8] = p.load(L4_OFF)?;
+            ip.key.src_port = p.load(L4_OFF)?;
+            ip.key.dst_port = p.load(L4_OFF + 2)?;
+            ip.l4 = L4::Udp;
+        }
+        IPPROTO_ICMP => {
+            let _: [u8; 8] = p.load(L4_OFF)?;
+            let icmp_type: u8 = p.load(L4_OFF)?;
+            match icmp_type {
+                ICMP_ECHO_REQUEST => {
+                    ip.key.src_port = p.load(ICMP_ID)?;
+                    ip.l4 = L4::IcmpEcho;
+                }
+                ICMP_ECHO_REPLY => {
+                    ip.key.dst_port = p.load(ICMP_ID)?;
+                    ip.l4 = L4::IcmpEcho;
+                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                    ip.l4 = L4::IcmpError;
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(Parsed::Ipv4(ip))
+}
+
+/// The packet quoted inside an ICMP error.
+#[derive(Clone, Copy)]
+pub struct Inner {
+    /// Its tuple as it was sent (ICMP echo: as for `Ipv4::key`).
+    pub key: FlowKey,
+    pub l4: L4,
+}
+
+/// Parse the quoted header of an ICMP error (needs the inner IPv4 header and 8 bytes after it).
+#[inline(always)]
+pub fn parse_icmp_error<P: Packet>(p: &P) -> Result<Inner, Counter> {
+    let _: [u8; 28] = p.load(INNER_IP)?;
+    let ver_ihl: u8 = p.load(INNER_IP)?;
+    if ver_ihl != 0x45 {
+        return Err(Counter::DropMalformed);
+    }
+    let proto: u8 = p.load(INNER_IP + 9)?;
+    let mut key = FlowKey::new(p.load(INNER_IP + 12)?, p.load(INNER_IP + 16)?, 0, 0, proto);
+    let l4 = match proto {
+        IPPROTO_TCP => L4::Tcp,
+        IPPROTO_UDP => L4::Udp,
+        IPPROTO_ICMP => match p.load::<u8>(INNER_L4)? {
+            ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho,
+            _ => L4::Other,
+        },
+        _ => L4::Other,
+    };
+    match l4 {
+        L4::Tcp | L4::Udp => {
+            key.src_port = p.load(INNER_L4)?;
+            key.dst_port = p.load(INNER_L4 + 2)?;
+        }
+        L4::IcmpEcho => {
+            if p.load::<u8>(INNER_L4)? == ICMP_ECHO_REQUEST {
+                key.src_port = p.load(INNER_L4 + 4)?;
+            } else {
+                key.dst_port = p.load(INNER_L4 + 4)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(Inner { key, l4 })
+}

@@ -1,0 +1,43 @@
+//! Per-CPU counters: one per path and per drop reason, and per-uplink traffic.
+use masq_common::{Counter, UplinkStats};
+
+use crate::maps::{COUNTERS, UPLINK_STATS};
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn uplink_stats(uplink: u8) -> Option<&'static mut UplinkStats> {
+    // SAFETY: per-CPU slot, only this CPU writes it.
+    UPLINK_STATS
+        .get_ptr_mut(uplink as u32)
+        .map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn uplink_rx(uplink: u8, bytes: u64) {
+    if let Some(s) = uplink_stats(uplink) {
+        s.rx_packets += 1;
+        s.rx_bytes += bytes;
+    }
+}
+
+#[inline(always)]
+pub fn uplink_tx(uplink: u8, bytes: u64) {
+    if let Some(s) = uplink_stats(uplink) {
+        s.tx_packets += 1;
+        s.tx_bytes += bytes;
+    }
+}
+
+#[inline(always)]
+pub fn uplink_new_conn(uplink: u8) {
+    if let Some(s) = uplink_stats(uplink) {
+        s.new_conns += 1;
+    }
+}

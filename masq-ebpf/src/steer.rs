@@ -1,0 +1,175 @@
+//! Choosing and reaching an uplink: policy rules, marks, and FIB lookups in an uplink's table.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID, bpf_fib_lookup as FibParams},
+    helpers::bpf_fib_lookup,
+};
+use masq_common::{
+    DataplaneConfig, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NO_UPLINK, POLICY_F_STICKY,
+    PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
+};
+
+use crate::{
+    conntrack::hash,
+    maps::{CONFIG, POLICIES, UPLINKS},
+};
+
+const AF_INET: u8 = 2;
+
+#[inline(always)]
+pub fn config() -> Option<&'static DataplaneConfig> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn uplink(index: u8) -> Option<&'static UplinkInfo> {
+    UPLINKS
+        .get(u32::from(index))
+        .filter(|u| u.flags & UPLINK_F_ENABLED != 0)
+}
+
+/// The uplink attached at `ifindex`.
+#[inline(always)]
+pub fn uplink_by_ifindex(ifindex: u32) -> Option<(u8, &'static UplinkInfo)> {
+    for i in 0..MAX_UPLINKS as u8 {
+        if let Some(u) = uplink(i)
+            && u.ifindex == ifindex
+        {
+            return Some((i, u));
+        }
+    }
+    None
+}
+
+/// True when `addr` is one of the gateway's own uplink addresses.
+#[inline(always)]
+pub fn is_uplink_address(addr: u32) -> bool {
+    for i in 0..MAX_UPLINKS as u8 {
+        if let Some(u) = uplink(i)
+            && u.address == addr
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+pub fn in_lan(cfg: &DataplaneConfig, addr: u32) -> bool {
+    for i in 0..cfg.lan_prefixes.len() {
+        if i as u32 >= cfg.lan_prefix_count {
+            break;
+        }
+        if cfg.lan_prefixes[i].contains(addr) {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn rule_matches(rule: &PolicyRule, key: &FlowKey) -> bool {
+    if !rule.from.contains(key.src_addr) || !rule.to.contains(key.dst_addr) {
+        return false;
+    }
+    if rule.proto != 0 && rule.proto != key.proto {
+        return false;
+    }
+    let port = u16::from_be(key.dst_port);
+    port >= rule.port_min && port <= rule.port_max
+}
+
+/// Weighted pick among the rule's uplinks that are up, or `NO_UPLINK`.
+#[inline(always)]
+fn pick(rule: &PolicyRule, key: &FlowKey) -> u8 {
+    let mut total: u32 = 0;
+    for i in 0..MAX_CHOICES {
+        if i >= rule.choice_count as usize {
+            break;
+        }
+        if uplink(rule.uplinks[i]).is_some_and(|u| u.flags & UPLINK_F_UP != 0) {
+            total += rule.weights[i];
+        }
+    }
+    if total == 0 {
+        return NO_UPLINK;
+    }
+    let h = if rule.flags & POLICY_F_STICKY != 0 {
+        hash(&FlowKey::new(key.src_addr, 0, 0, 0, 0))
+    } else {
+        hash(key)
+    };
+    let mut point = h % total;
+    for i in 0..MAX_CHOICES {
+        if i >= rule.choice_count as usize {
+            break;
+        }
+        if uplink(rule.uplinks[i]).is_some_and(|u| u.flags & UPLINK_F_UP != 0) {
+            if point < rule.weights[i] {
+                return rule.uplinks[i];
+            }
+            point -= rule.weights[i];
+        }
+    }
+    NO_UPLINK
+}
+
+/// The uplink for a new outbound connection: the first matching rule with an uplink up.
+#[inline(always)]
+pub fn choose_uplink(cfg: &DataplaneConfig, key: &FlowKey) -> u8 {
+    for i in 0..MAX_POLICIES as u32 {
+        if i >= cfg.policy_count {
+            break;
+        }
+        let Some(rule) = POLICIES.get(i) else { break };
+        if rule_matches(rule, key) {
+            let chosen = pick(rule, key);
+            if chosen != NO_UPLINK {
+                return chosen;
+            }
+        }
+    }
+    NO_UPLINK
+}
+
+/// The packet's mark with masq's bits set to `uplink_mark`.
+#[inline(always)]
+pub fn with_mark(cfg: &DataplaneConfig, mark: u32, uplink_mark: u32) -> u32 {
+    (mark & !cfg.mark_mask) | (uplink_mark & cfg.mark_mask)
+}
+
+/// `bpf_fib_lookup` for IPv4; `table` restricts it to one routing table (TBID).
+#[inline(always)]
+pub fn fib_lookup<C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    key: &FlowKey,
+    tot_len: u16,
+    table: Option<u32>,
+) -> (i64, FibParams) {
+    // SAFETY: an all-zero `bpf_fib_lookup` is valid input.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = key.proto;
+    params.sport = key.src_port;
+    params.dport = key.dst_port;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = key.src_addr;
+    params.__bindgen_anon_4.ipv4_dst = key.dst_addr;
+    let mut flags = 0;
+    if let Some(tbid) = table {
+        params.__bindgen_anon_5.tbid = tbid;
+        flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
+    }
+    // SAFETY: params is a valid, fully initialised struct of the size passed.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    (ret, params)
+}

@@ -1,0 +1,77 @@
+//! What a packet of a tracked connection becomes: a plain tuple rewrite, or an ICMP error whose
+//! quoted packet is rewritten too.
+use masq_common::{ConnEntry, Counter, FlowKey};
+
+use crate::{
+    conntrack,
+    nat::{rewrite, rewrite_icmp_error},
+    packet::{Inner, Ipv4, Packet, parse_icmp_error},
+};
+
+#[derive(Clone, Copy)]
+pub enum Translation {
+    Flow(FlowKey),
+    IcmpError {
+        inner: Inner,
+        new_inner: FlowKey,
+        outer: (u32, u32),
+    },
+}
+
+impl Translation {
+    /// The packet's tuple after translation (for the FIB lookup).
+    #[inline(always)]
+    pub fn result(&self, ip: &Ipv4) -> FlowKey {
+        match self {
+            Translation::Flow(to) => FlowKey {
+                proto: ip.key.proto,
+                ..*to
+            },
+            Translation::IcmpError { outer, .. } => {
+                FlowKey::new(outer.0, outer.1, 0, 0, ip.key.proto)
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply<P: Packet>(&self, p: &mut P, ip: &Ipv4) -> Result<(), Counter> {
+        match self {
+            Translation::Flow(to) => rewrite(p, ip, &ip.key, to),
+            Translation::IcmpError {
+                inner,
+                new_inner,
+                outer,
+            } => rewrite_icmp_error(p, ip, inner, new_inner, *outer),
+        }
+    }
+}
+
+/// The translation of an ICMP error about a tracked connection, and that connection's entry
+/// for the direction the error travels. `toward_lan`: the error arrived from an uplink.
+#[inline(always)]
+pub fn icmp_error<P: Packet>(
+    p: &P,
+    ip: &Ipv4,
+    toward_lan: bool,
+) -> Option<(Translation, &'static mut ConnEntry)> {
+    let inner = parse_icmp_error(p).ok()?;
+    // The quoted packet travelled the other way: its reverse is this error's direction.
+    let entry = conntrack::lookup(&inner.key.reversed())?;
+    if entry.toward_lan() != toward_lan {
+        return None;
+    }
+    let new_inner = entry.xlate.reversed();
+    // The error goes to the quoted packet's sender; when the quoted packet's destination sent
+    // it (or a router on the LAN did), its source becomes that destination's new address.
+    let src = if toward_lan && ip.key.src_addr != inner.key.dst_addr {
+        ip.key.src_addr
+    } else {
+        new_inner.dst_addr
+    };
+    let translation = Translation::IcmpError {
+        inner,
+        new_inner,
+        outer: (src, new_inner.src_addr),
+    };
+    Some((translation, entry))
+}

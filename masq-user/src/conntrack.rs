@@ -1,0 +1,231 @@
+//! The connection table seen from userspace: pairing both directions, connection state,
+//! and expiry of idle connections the LRU has not evicted.
+use std::{collections::HashMap, time::Duration};
+
+use std::borrow::{Borrow, BorrowMut};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use masq_common::{
+    ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST,
+};
+
+use crate::config::Timeouts;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Now on the clock the programs write (`bpf_ktime_get_boot_ns`: CLOCK_BOOTTIME).
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    TcpSynSent,
+    TcpEstablished,
+    TcpClosing,
+    /// UDP or another protocol, no reply seen yet.
+    Unreplied,
+    /// UDP or another protocol with traffic both ways.
+    Replied,
+    Icmp,
+}
+
+impl ConnState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnState::TcpSynSent => "syn_sent",
+            ConnState::TcpEstablished => "established",
+            ConnState::TcpClosing => "closing",
+            ConnState::Unreplied => "unreplied",
+            ConnState::Replied => "replied",
+            ConnState::Icmp => "icmp",
+        }
+    }
+
+    pub fn timeout(self, t: &Timeouts) -> Duration {
+        match self {
+            ConnState::TcpSynSent => t.tcp_syn,
+            ConnState::TcpEstablished => t.tcp_established,
+            ConnState::TcpClosing => t.tcp_closing,
+            ConnState::Unreplied => t.udp,
+            ConnState::Replied => t.udp_stream,
+            ConnState::Icmp => t.icmp,
+        }
+    }
+}
+
+/// One connection: the initiator's entry and the reply entry (either may be missing when the
+/// LRU evicted it and no packet has rebuilt it yet).
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub orig: Option<(FlowKey, ConnEntry)>,
+    pub reply: Option<(FlowKey, ConnEntry)>,
+}
+
+impl Conn {
+    pub fn any(&self) -> &(FlowKey, ConnEntry) {
+        self.orig.as_ref().or(self.reply.as_ref()).expect("a connection has an entry")
+    }
+
+    pub fn proto(&self) -> u8 {
+        self.any().0.proto
+    }
+
+    pub fn uplink(&self) -> u8 {
+        self.any().1.uplink
+    }
+
+    pub fn last_seen_ns(&self) -> u64 {
+        let a = self.orig.map_or(0, |(_, e)| e.last_seen_ns);
+        let b = self.reply.map_or(0, |(_, e)| e.last_seen_ns);
+        a.max(b)
+    }
+
+    pub fn created_ns(&self) -> u64 {
+        self.any().1.created_ns
+    }
+
+    pub fn state(&self) -> ConnState {
+        let replied = self.reply.is_some_and(|(_, e)| e.packets > 0);
+        match self.proto() {
+            IPPROTO_TCP => {
+                let seen = self.orig.map_or(0, |(_, e)| e.tcp_seen)
+                    | self.reply.map_or(0, |(_, e)| e.tcp_seen);
+                if seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
+                    ConnState::TcpClosing
+                } else if replied && seen & TCP_SEEN_ACK != 0 {
+                    ConnState::TcpEstablished
+                } else {
+                    ConnState::TcpSynSent
+                }
+            }
+            IPPROTO_ICMP => ConnState::Icmp,
+            _ if replied => ConnState::Replied,
+            _ => ConnState::Unreplied,
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
+        self.orig.iter().chain(self.reply.iter()).map(|(k, _)| *k)
+    }
+}
+
+/// The key of the entry for the other direction of `(key, entry)`.
+pub fn twin_key(key: &FlowKey, entry: &ConnEntry) -> FlowKey {
+    FlowKey { proto: key.proto, ..entry.xlate.reversed() }
+}
+
+/// Pair the entries of a dump into connections.
+pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
+    let mut by_key: HashMap<FlowKey, ConnEntry> = entries.into_iter().collect();
+    let origs: Vec<FlowKey> =
+        by_key.iter().filter(|(_, e)| !e.is_reply()).map(|(k, _)| *k).collect();
+    let mut conns = Vec::with_capacity(origs.len());
+    for key in origs {
+        let Some(entry) = by_key.remove(&key) else { continue };
+        let twin = twin_key(&key, &entry);
+        let reply = by_key.remove(&twin).map(|e| (twin, e));
+        conns.push(Conn { orig: Some((key, entry)), reply });
+    }
+    conns.extend(by_key.into_iter().map(|(k, e)| Conn { orig: None, reply: Some((k, e)) }));
+    conns
+}
+
+/// The `CONNS` map, typed.
+pub type ConnTable<T> = BpfHashMap<T, FlowKey, ConnEntry>;
+
+/// Read the whole table.
+pub fn dump<T: Borrow<MapData>>(map: &ConnTable<T>) -> anyhow::Result<Vec<Conn>> {
+    let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+    Ok(pair(entries))
+}
+
+/// Delete every connection idle for longer than its state's timeout; returns how many.
+pub fn expire<T: BorrowMut<MapData>>(
+    map: &mut ConnTable<T>,
+    timeouts: &Timeouts,
+    now_ns: u64,
+) -> anyhow::Result<usize> {
+    let conns = dump(map)?;
+    let mut expired = 0;
+    for conn in conns {
+        let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
+        if idle > conn.state().timeout(timeouts) {
+            for key in conn.keys() {
+                let _ = map.remove(&key);
+            }
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// Delete every connection of one uplink; returns how many.
+pub fn flush_uplink<T: BorrowMut<MapData>>(
+    map: &mut ConnTable<T>,
+    uplink: u8,
+) -> anyhow::Result<usize> {
+    let conns = dump(map)?;
+    let mut flushed = 0;
+    for conn in conns.iter().filter(|c| c.uplink() == uplink) {
+        for key in conn.keys() {
+            let _ = map.remove(&key);
+        }
+        flushed += 1;
+    }
+    Ok(flushed)
+}
+
+#[cfg(test)]
+mod tests {
+    use masq_common::{CONN_F_REPLY, TCP_SEEN_SYN};
+
+    use super::*;
+
+    fn entry(xlate: FlowKey, flags: u8, tcp_seen: u8, packets: u64) -> ConnEntry {
+        ConnEntry { xlate, flags, tcp_seen, packets, ..Default::default() }
+    }
+
+    fn inbound_pair(reply_seen: u8, reply_packets: u64) -> Vec<(FlowKey, ConnEntry)> {
+        let client_to_public = FlowKey::new(1, 2, 1000, 80, IPPROTO_TCP);
+        let client_to_server = FlowKey::new(1, 3, 1000, 80, IPPROTO_TCP);
+        let server_to_public_reply = client_to_server.reversed();
+        vec![
+            (client_to_public, entry(client_to_server, 0, TCP_SEEN_SYN, 1)),
+            (
+                server_to_public_reply,
+                entry(client_to_public.reversed(), CONN_F_REPLY, reply_seen, reply_packets),
+            ),
+        ]
+    }
+
+    #[test]
+    fn both_directions_pair_into_one_connection() {
+        let conns = pair(inbound_pair(0, 0));
+        assert_eq!(conns.len(), 1);
+        assert!(conns[0].orig.is_some() && conns[0].reply.is_some());
+    }
+
+    #[test]
+    fn tcp_state_follows_flags_of_both_directions() {
+        assert_eq!(pair(inbound_pair(0, 0))[0].state(), ConnState::TcpSynSent);
+        let synack = TCP_SEEN_SYN | TCP_SEEN_ACK;
+        assert_eq!(pair(inbound_pair(synack, 1))[0].state(), ConnState::TcpEstablished);
+        assert_eq!(pair(inbound_pair(TCP_SEEN_FIN, 3))[0].state(), ConnState::TcpClosing);
+    }
+
+    #[test]
+    fn orphaned_reply_entry_stays_listed() {
+        let mut entries = inbound_pair(0, 0);
+        entries.remove(0);
+        let conns = pair(entries);
+        assert_eq!(conns.len(), 1);
+        assert!(conns[0].orig.is_none());
+    }
+}

@@ -1,0 +1,156 @@
+//! `masq run` and `masq down`: the operator's checklist, each step undone on failure and exit.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::Config,
+    conntrack::{self, ConnTable},
+    dataplane::{Dataplane, ensure_bpffs, remove_pins},
+    host::HostInterfaces,
+    policy_tables::{self, PolicySpec, PolicyTables, UplinkTable},
+};
+
+/// Default pin directory of the maps.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";
+/// How often idle connections are expired.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Fail with one clear line unless running as root.
+pub fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("masq needs root (CAP_BPF, CAP_NET_ADMIN): run it as root");
+    }
+    Ok(())
+}
+
+/// Where `masq run` records its pid for `masq down`, one file per pin directory.
+fn pid_file(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir.to_string_lossy().replace('/', "_");
+    PathBuf::from("/run/masq").join(format!("{name}.pid"))
+}
+
+pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<PolicySpec> {
+    let uplinks = cfg
+        .uplinks
+        .iter()
+        .map(|u| {
+            let iface = host
+                .get(&u.interface)
+                .with_context(|| format!("uplink {}: interface {} not found", u.name, u.interface))?;
+            Ok(UplinkTable {
+                name: u.name.clone(),
+                ifindex: iface.index,
+                address: u.address,
+                gateway: u.gateway,
+                table: u.table,
+                mark: u.mark,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(PolicySpec { uplinks, mark_mask: cfg.dataplane.mark_mask })
+}
+
+/// Validate, load, fill the maps, install the policy tables, attach, then serve until SIGINT or
+/// SIGTERM, and take everything down again.
+pub fn run(config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
+    require_root()?;
+    let cfg = Config::load(config_path)?;
+    let host = HostInterfaces::read()?;
+    cfg.check_host(&host)?;
+    ensure_bpffs()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(cfg, host, pin_dir))
+}
+
+async fn serve(cfg: Config, host: HostInterfaces, pin_dir: &Path) -> anyhow::Result<()> {
+    let mut dataplane = Dataplane::load(&cfg, pin_dir)?;
+    dataplane.fill_maps(&cfg, &host)?;
+    dataplane.pin_maps().inspect_err(|_| {
+        let _ = dataplane.unpin();
+    })?;
+    let tables = match PolicyTables::install(policy_spec(&cfg, &host)?).await {
+        Ok(tables) => tables,
+        Err(e) => {
+            let _ = dataplane.unpin();
+            return Err(e.context("installing the policy tables"));
+        }
+    };
+    if let Err(e) = dataplane.attach(&cfg) {
+        let _ = dataplane.unpin();
+        let _ = tables.remove().await;
+        return Err(e);
+    }
+    let tables = Arc::new(tables);
+    let monitor = policy_tables::spawn_route_monitor(tables.clone())?;
+    let pid_path = pid_file(pin_dir);
+    let _ = fs::create_dir_all("/run/masq");
+    let _ = fs::write(&pid_path, std::process::id().to_string());
+    println!("masq: dataplane ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = expiry.tick() => {
+                let now = conntrack::boottime_ns();
+                let expired = dataplane.conns().and_then(|map| {
+                    conntrack::expire(&mut ConnTable::try_from(map)?, &cfg.dataplane.timeouts, now)
+                });
+                match expired {
+                    Ok(0) => {}
+                    Ok(n) => println!("masq: expired {n} idle connections"),
+                    Err(e) => eprintln!("masq: expiry failed: {e:#}"),
+                }
+            }
+        }
+    }
+
+    println!("masq: shutting down");
+    monitor.stop().await;
+    drop(dataplane.unpin());
+    drop(dataplane);
+    let _ = fs::remove_file(&pid_path);
+    match Arc::try_unwrap(tables) {
+        Ok(tables) => tables.remove().await.context("removing the policy tables")?,
+        Err(_) => bail!("policy tables still in use at shutdown"),
+    }
+    Ok(())
+}
+
+/// Stop a running daemon and remove whatever masq left: policy rules and routes, pins.
+pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
+    require_root()?;
+    let pid_path = pid_file(pin_dir);
+    if let Ok(pid) = fs::read_to_string(&pid_path) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: plain kill(2).
+            if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+                for _ in 0..100 {
+                    // SAFETY: signal 0 only probes.
+                    if unsafe { libc::kill(pid, 0) } != 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        let _ = fs::remove_file(&pid_path);
+    }
+    let tables: Vec<u32> = cfg.map(|c| c.uplinks.iter().map(|u| u.table).collect()).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let removed = runtime.block_on(policy_tables::remove_all(&tables))?;
+    remove_pins(pin_dir)?;
+    println!("masq: down ({removed} rules and routes removed, pins under {} removed)", pin_dir.display());
+    Ok(())
+}

@@ -1,0 +1,1289 @@
+//! masq's kernel policy tables: one routing table per uplink and the ip rules that select them.
+//!
+//! For uplink `i` of the spec masq installs, over netlink and tagged with [`MASQ_PROTOCOL`]:
+//! - table `table`: a copy of main's non-default IPv4 routes plus `default via <gateway> dev <uplink>`;
+//! - `from <address> lookup <table>` at priority [`RULE_PRIORITY_FROM`]` + i` (the gateway's own traffic);
+//! - `fwmark <mark>/<mask> lookup <table>` at [`RULE_PRIORITY_FWMARK`]` + i` (packets masq marked).
+//!
+//! The protocol tag lets `masq down` find everything again after a crash ([`remove_all`]), and lets
+//! [`PolicyTables::install`] adopt the identical leftovers of an earlier run instead of failing on them.
+//! Routes in masq's tables that carry another protocol are never touched.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, ensure};
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::{
+    Handle, IpVersion, MulticastGroup, RouteMessageBuilder,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        route::{
+            RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
+            RouteNextHopFlags, RouteProtocol, RouteScope, RouteType,
+        },
+        rule::{RuleAction, RuleAttribute, RuleMessage},
+    },
+};
+use tokio::{sync::Mutex, task::JoinHandle, time::Instant};
+
+/// `from <uplink address> lookup <table>` rules sit at this priority plus the uplink's index.
+pub const RULE_PRIORITY_FROM: u32 = 1000;
+/// `fwmark <mark>/<mask> lookup <table>` rules sit at this priority plus the uplink's index.
+pub const RULE_PRIORITY_FWMARK: u32 = 1100;
+/// Protocol id of every route and rule masq installs (`proto 109` in `ip` output).
+///
+/// Unassigned: linux/rtnetlink.h reserves 0–18, 42 (babel), 84 (ovn), 99 (openr) and 186–192,
+/// iproute2's rt_protos names no more, FRR's private ids are 186–198. 109 is ASCII `m`.
+pub const MASQ_PROTOCOL: u8 = 109;
+
+/// The two rule ranges must not overlap.
+const MAX_UPLINKS: usize = (RULE_PRIORITY_FWMARK - RULE_PRIORITY_FROM) as usize;
+const RT_TABLE_MAIN: u32 = 254;
+/// Header value for table ids above 255, which travel in the table attribute.
+const RT_TABLE_COMPAT: u8 = 252;
+/// unspec, default, main, local.
+const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+/// The monitor syncs this long after the first change of a burst.
+const SETTLE_DELAY: Duration = Duration::from_millis(200);
+/// The monitor also syncs this often, for changes the kernel does not announce (routes flushed
+/// with a link going down).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// One uplink's routing table and the marks and address that select it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkTable {
+    pub name: String,
+    pub ifindex: u32,
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub table: u32,
+    pub mark: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub uplinks: Vec<UplinkTable>,
+    /// The fwmark bits masq owns; the other bits belong to other software.
+    pub mark_mask: u32,
+}
+
+impl PolicySpec {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.uplinks.len() <= MAX_UPLINKS,
+            "at most {MAX_UPLINKS} uplinks are supported, got {}",
+            self.uplinks.len()
+        );
+        ensure!(self.mark_mask != 0, "the fwmark mask must not be 0");
+        let mut tables = HashSet::new();
+        let mut marks = HashSet::new();
+        for uplink in &self.uplinks {
+            let name = &uplink.name;
+            ensure!(
+                !RESERVED_TABLES.contains(&uplink.table),
+                "uplink {name}: table {} is reserved (unspec, default, main or local)",
+                uplink.table
+            );
+            ensure!(
+                tables.insert(uplink.table),
+                "uplink {name}: table {} is used by another uplink",
+                uplink.table
+            );
+            ensure!(
+                uplink.mark != 0 && uplink.mark & !self.mark_mask == 0,
+                "uplink {name}: mark {:#x} must be non-zero and inside the mask {:#x}",
+                uplink.mark,
+                self.mark_mask
+            );
+            ensure!(
+                marks.insert(uplink.mark),
+                "uplink {name}: mark {:#x} is used by another uplink",
+                uplink.mark
+            );
+            ensure!(
+                !uplink.address.is_unspecified() && !uplink.gateway.is_unspecified(),
+                "uplink {name}: address and gateway must be set"
+            );
+        }
+        Ok(())
+    }
+
+    /// The rules of each uplink, in installation order.
+    fn rules(&self) -> Vec<(&UplinkTable, PolicyRule)> {
+        let from = self
+            .uplinks
+            .iter()
+            .zip(RULE_PRIORITY_FROM..)
+            .map(|(uplink, priority)| {
+                let selector = Selector::From(uplink.address);
+                (
+                    uplink,
+                    PolicyRule {
+                        priority,
+                        table: uplink.table,
+                        selector,
+                    },
+                )
+            });
+        let fwmark = self
+            .uplinks
+            .iter()
+            .zip(RULE_PRIORITY_FWMARK..)
+            .map(|(uplink, priority)| {
+                let selector = Selector::FwMark {
+                    mark: uplink.mark,
+                    mask: self.mark_mask,
+                };
+                (
+                    uplink,
+                    PolicyRule {
+                        priority,
+                        table: uplink.table,
+                        selector,
+                    },
+                )
+            });
+        from.chain(fwmark).collect()
+    }
+}
+
+/// masq's tables and rules, installed in the network namespace `install` ran in.
+pub struct PolicyTables {
+    netlink: Netlink,
+    spec: PolicySpec,
+    /// Rules added or adopted, removed again by `remove`.
+    rules: Vec<PolicyRule>,
+    /// Syncs from the caller and the route monitor must not interleave.
+    sync_lock: Mutex<()>,
+}
+
+impl PolicyTables {
+    /// Opens its own netlink connection (spawned on the current tokio runtime) in the caller's
+    /// network namespace, fills the uplink tables, then adds the rules. On failure, removes what it
+    /// added and returns the error.
+    pub async fn install(spec: PolicySpec) -> Result<PolicyTables> {
+        spec.validate()?;
+        let mut tables = PolicyTables {
+            netlink: Netlink::connect()?,
+            spec,
+            rules: Vec::new(),
+            sync_lock: Mutex::new(()),
+        };
+        // Tables first: a rule never points at a half-filled table.
+        let installed = match tables.sync_routes().await {
+            Ok(()) => tables.install_rules().await,
+            Err(err) => Err(err),
+        };
+        match installed {
+            Ok(()) => Ok(tables),
+            Err(err) => match tables.remove_installed().await {
+                Ok(()) => Err(err.context("installing policy tables (rolled back)")),
+                Err(cleanup) => Err(err.context(format!(
+                    "installing policy tables; the rollback failed too: {cleanup:#}"
+                ))),
+            },
+        }
+    }
+
+    pub fn spec(&self) -> &PolicySpec {
+        &self.spec
+    }
+
+    /// Makes each uplink table a copy of main's non-default IPv4 routes plus the uplink's default
+    /// route: adds what is missing, deletes masq's routes that are stale. Idempotent.
+    pub async fn sync_routes(&self) -> Result<()> {
+        let _serialized = self.sync_lock.lock().await;
+        let handle = &self.netlink.handle;
+        let dump = dump_routes(handle).await?;
+        let main_copies: Vec<TableRoute> = dump.iter().filter_map(copied_from_main).collect();
+        let mut errors = Vec::new();
+        for uplink in &self.spec.uplinks {
+            if let Err(err) = sync_table(handle, uplink, &main_copies, &dump).await {
+                errors.push(err.context(format!(
+                    "syncing routes of uplink {} (table {})",
+                    uplink.name, uplink.table
+                )));
+            }
+        }
+        combine(errors)
+    }
+
+    /// Deletes the rules and the routes masq installed.
+    pub async fn remove(self) -> Result<()> {
+        self.remove_installed().await
+    }
+
+    /// Adopts identical leftover rules, deletes other masq rules, adds the missing ones.
+    async fn install_rules(&mut self) -> Result<()> {
+        let handle = self.netlink.handle.clone();
+        let wanted = self.spec.rules();
+        let mut present = HashSet::new();
+        for message in dump_rules(&handle).await? {
+            if !is_masq_rule(&message) {
+                continue;
+            }
+            match PolicyRule::parse(&message) {
+                Some(rule) if wanted.iter().any(|(_, w)| *w == rule) => {
+                    present.insert(rule);
+                }
+                _ => {
+                    let label = rule_label(&message);
+                    delete_rule(&handle, message)
+                        .await
+                        .with_context(|| format!("deleting stale masq rule {label}"))?;
+                }
+            }
+        }
+        for (uplink, rule) in wanted {
+            if !present.contains(&rule) {
+                add_rule(&handle, rule.to_message())
+                    .await
+                    .with_context(|| format!("uplink {}: adding rule `{rule}`", uplink.name))?;
+            }
+            self.rules.push(rule);
+        }
+        Ok(())
+    }
+
+    async fn remove_installed(&self) -> Result<()> {
+        let handle = &self.netlink.handle;
+        let mut errors = Vec::new();
+        for rule in &self.rules {
+            if let Err(err) = delete_rule(handle, rule.to_message()).await {
+                errors.push(anyhow!(err).context(format!("deleting rule `{rule}`")));
+            }
+        }
+        let tables: Vec<u32> = self
+            .spec
+            .uplinks
+            .iter()
+            .map(|uplink| uplink.table)
+            .collect();
+        if let Err(err) = delete_masq_routes(handle, Some(&tables)).await {
+            errors.push(err);
+        }
+        combine(errors)
+    }
+}
+
+/// For `masq down` and crash recovery: deletes every IPv4 rule with protocol [`MASQ_PROTOCOL`] and
+/// every IPv4 route with that protocol in `tables` (all tables if `tables` is empty). Returns how
+/// many rules and routes it deleted.
+pub async fn remove_all(tables: &[u32]) -> Result<usize> {
+    let netlink = Netlink::connect()?;
+    let handle = &netlink.handle;
+    let tables = (!tables.is_empty()).then_some(tables);
+    let mut deleted = 0;
+    let mut errors = Vec::new();
+    for result in [
+        delete_masq_rules(handle).await,
+        delete_masq_routes(handle, tables).await,
+    ] {
+        match result {
+            Ok(count) => deleted += count,
+            Err(err) => errors.push(err),
+        }
+    }
+    combine(errors).map(|()| deleted)
+}
+
+/// Keeps the uplink tables in sync with main; stops when dropped, aborted or stopped.
+pub struct RouteMonitor {
+    task: JoinHandle<()>,
+}
+
+impl RouteMonitor {
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the monitor and waits until it has let go of the tables (so that
+    /// `Arc::try_unwrap` on them succeeds).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        // The task holds no strong reference between syncs; this waits out a sync in progress.
+        let _cancelled = (&mut self.task).await;
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches main-table route changes (and address and link changes, which move routes without
+/// always announcing them) and calls `sync_routes` within a second of a change. Syncs once right
+/// away and every 30 s besides. Ends when the tables are dropped.
+pub fn spawn_route_monitor(tables: Arc<PolicyTables>) -> Result<RouteMonitor> {
+    let groups = [
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Link,
+    ];
+    let (connection, handle, mut events) = rtnetlink::new_multicast_connection(&groups)
+        .context("subscribing to route, address and link changes")?;
+    let tables: Weak<PolicyTables> = Arc::downgrade(&tables);
+    let task = tokio::spawn(async move {
+        // The connection runs as long as a handle to it exists.
+        let _handle = handle;
+        let mut connection = std::pin::pin!(connection);
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due: Option<Instant> = None;
+        loop {
+            let settled = async move {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let sync_now = tokio::select! {
+                () = &mut connection => {
+                    eprintln!("masq: route monitor: netlink connection closed");
+                    return;
+                }
+                event = events.next() => {
+                    let Some((message, _)) = event else { return };
+                    if needs_sync(&message) {
+                        due.get_or_insert_with(|| Instant::now() + SETTLE_DELAY);
+                    }
+                    false
+                }
+                () = settled => true,
+                _ = resync.tick() => true,
+            };
+            if sync_now {
+                due = None;
+                let Some(tables) = tables.upgrade() else {
+                    return;
+                };
+                if let Err(err) = tables.sync_routes().await {
+                    eprintln!("masq: route monitor: {err:#}");
+                }
+            }
+        }
+    });
+    Ok(RouteMonitor { task })
+}
+
+fn needs_sync(message: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+    match &message.payload {
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route),
+        ) => table_of(route) == RT_TABLE_MAIN,
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewAddress(_)
+            | RouteNetlinkMessage::DelAddress(_)
+            | RouteNetlinkMessage::NewLink(_)
+            | RouteNetlinkMessage::DelLink(_),
+        ) => true,
+        // Events were lost: resync.
+        NetlinkPayload::Overrun(_) => true,
+        _ => false,
+    }
+}
+
+/// A netlink connection whose task ends with it.
+struct Netlink {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Netlink {
+    fn connect() -> Result<Netlink> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("opening a rtnetlink socket")?;
+        Ok(Netlink {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PolicyRule {
+    priority: u32,
+    table: u32,
+    selector: Selector,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Selector {
+    From(Ipv4Addr),
+    FwMark { mark: u32, mask: u32 },
+}
+
+impl PolicyRule {
+    fn to_message(self) -> RuleMessage {
+        let mut message = RuleMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.action = RuleAction::ToTable;
+        message.header.table = table_header(self.table);
+        message.attributes.extend([
+            RuleAttribute::Table(self.table),
+            RuleAttribute::Priority(self.priority),
+            RuleAttribute::Protocol(masq_protocol()),
+        ]);
+        match self.selector {
+            Selector::From(address) => {
+                message.header.src_len = 32;
+                message
+                    .attributes
+                    .push(RuleAttribute::Source(address.into()));
+            }
+            Selector::FwMark { mark, mask } => {
+                message
+                    .attributes
+                    .extend([RuleAttribute::FwMark(mark), RuleAttribute::FwMask(mask)]);
+            }
+        }
+        message
+    }
+
+    /// Reads a rule of the shape masq installs; `None` for any other rule.
+    fn parse(message: &RuleMessage) -> Option<PolicyRule> {
+        let header = &message.header;
+        if header.family != AddressFamily::Inet
+            || header.action != RuleAction::ToTable
+            || header.dst_len != 0
+            || header.tos != 0
+            || !header.flags.is_empty()
+        {
+            return None;
+        }
+        let mut table = u32::from(header.table);
+        let mut priority = 0;
+        let mut source = None;
+        let (mut mark, mut mask) = (0, 0);
+        for attribute in &message.attributes {
+            match attribute {
+                RuleAttribute::Table(id) => table = *id,
+                RuleAttribute::Priority(value) => priority = *value,
+                RuleAttribute::Source(IpAddr::V4(address)) => source = Some(*address),
+                RuleAttribute::FwMark(value) => mark = *value,
+                RuleAttribute::FwMask(value) => mask = *value,
+                RuleAttribute::Protocol(_) | RuleAttribute::Other(_) => {}
+                _ => return None,
+            }
+        }
+        let selector = match (source, header.src_len, mark) {
+            (Some(address), 32, 0) => Selector::From(address),
+            (None, 0, mark) if mark != 0 => Selector::FwMark { mark, mask },
+            _ => return None,
+        };
+        Some(PolicyRule {
+            priority,
+            table,
+            selector,
+        })
+    }
+}
+
+impl fmt::Display for PolicyRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.selector {
+            Selector::From(address) => write!(f, "from {address}")?,
+            Selector::FwMark { mark, mask } => write!(f, "fwmark {mark:#x}/{mask:#x}")?,
+        }
+        write!(f, " lookup {} priority {}", self.table, self.priority)
+    }
+}
+
+fn rule_label(message: &RuleMessage) -> String {
+    if let Some(rule) = PolicyRule::parse(message) {
+        return format!("`{rule}`");
+    }
+    let priority = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Priority(priority) => Some(*priority),
+            _ => None,
+        });
+    format!("with priority {}", priority.unwrap_or(0))
+}
+
+/// An IPv4 route as masq copies it between tables: everything but table and protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableRoute {
+    destination: Ipv4Addr,
+    prefix_len: u8,
+    tos: u8,
+    /// The metric; 0 when unset.
+    priority: u32,
+    scope: RouteScope,
+    kind: RouteType,
+    onlink: bool,
+    gateway: Option<Ipv4Addr>,
+    oif: Option<u32>,
+    pref_source: Option<Ipv4Addr>,
+    multipath: Vec<RouteNextHop>,
+    metrics: Vec<RouteMetric>,
+}
+
+/// What identifies an IPv4 route within a table.
+type RouteKey = (Ipv4Addr, u8, u8, u32);
+
+impl TableRoute {
+    fn parse(message: &RouteMessage) -> Option<TableRoute> {
+        let header = &message.header;
+        if header.address_family != AddressFamily::Inet {
+            return None;
+        }
+        let mut route = TableRoute {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: header.destination_prefix_length,
+            tos: header.tos,
+            priority: 0,
+            scope: header.scope,
+            kind: header.kind,
+            onlink: header.flags.contains(RouteFlags::Onlink),
+            gateway: None,
+            oif: None,
+            pref_source: None,
+            multipath: Vec::new(),
+            metrics: Vec::new(),
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(address)) => {
+                    route.destination = *address;
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet(address)) => {
+                    route.gateway = Some(*address);
+                }
+                RouteAttribute::PrefSource(RouteAddress::Inet(address)) => {
+                    route.pref_source = Some(*address);
+                }
+                RouteAttribute::Oif(index) => route.oif = Some(*index),
+                RouteAttribute::Priority(priority) => route.priority = *priority,
+                RouteAttribute::MultiPath(hops) => {
+                    // Keep only what a route add accepts; dead/linkdown are state, not config.
+                    route.multipath = hops
+                        .iter()
+                        .map(|hop| {
+                            let mut hop = hop.clone();
+                            hop.flags &= RouteNextHopFlags::Onlink;
+                            hop
+                        })
+                        .collect();
+                }
+                RouteAttribute::Metrics(metrics) => route.metrics = metrics.clone(),
+                _ => {}
+            }
+        }
+        Some(route)
+    }
+
+    fn default_via(uplink: &UplinkTable) -> TableRoute {
+        TableRoute {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            tos: 0,
+            priority: 0,
+            scope: RouteScope::Universe,
+            kind: RouteType::Unicast,
+            onlink: false,
+            gateway: Some(uplink.gateway),
+            oif: Some(uplink.ifindex),
+            pref_source: None,
+            multipath: Vec::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    fn key(&self) -> RouteKey {
+        (self.destination, self.prefix_len, self.tos, self.priority)
+    }
+
+    fn to_message(&self, table: u32) -> RouteMessage {
+        let mut message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .protocol(masq_protocol())
+            .scope(self.scope)
+            .kind(self.kind)
+            .build();
+        message.header.table = table_header(table);
+        message.header.tos = self.tos;
+        if self.onlink {
+            message.header.flags.insert(RouteFlags::Onlink);
+        }
+        message.header.destination_prefix_length = self.prefix_len;
+        let attributes = &mut message.attributes;
+        attributes.push(RouteAttribute::Table(table));
+        if self.prefix_len > 0 {
+            attributes.push(RouteAttribute::Destination(RouteAddress::Inet(
+                self.destination,
+            )));
+        }
+        if self.priority != 0 {
+            attributes.push(RouteAttribute::Priority(self.priority));
+        }
+        if let Some(gateway) = self.gateway {
+            attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        }
+        if let Some(oif) = self.oif {
+            attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(source) = self.pref_source {
+            attributes.push(RouteAttribute::PrefSource(RouteAddress::Inet(source)));
+        }
+        if !self.multipath.is_empty() {
+            attributes.push(RouteAttribute::MultiPath(self.multipath.clone()));
+        }
+        if !self.metrics.is_empty() {
+            attributes.push(RouteAttribute::Metrics(self.metrics.clone()));
+        }
+        message
+    }
+}
+
+impl fmt::Display for TableRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind != RouteType::Unicast {
+            write!(f, "{:?} ", self.kind)?;
+        }
+        if self.prefix_len == 0 {
+            write!(f, "default")?;
+        } else {
+            write!(f, "{}/{}", self.destination, self.prefix_len)?;
+        }
+        if let Some(gateway) = self.gateway {
+            write!(f, " via {gateway}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev #{oif}")?;
+        }
+        if let Some(source) = self.pref_source {
+            write!(f, " src {source}")?;
+        }
+        if self.priority != 0 {
+            write!(f, " metric {}", self.priority)?;
+        }
+        Ok(())
+    }
+}
+
+/// Main's routes that every uplink table copies: all IPv4 routes except default routes.
+fn copied_from_main(message: &RouteMessage) -> Option<TableRoute> {
+    if table_of(message) != RT_TABLE_MAIN || is_masq_route(message) {
+        return None;
+    }
+    let route = TableRoute::parse(message)?;
+    let copyable = matches!(
+        route.kind,
+        RouteType::Unicast
+            | RouteType::BlackHole
+            | RouteType::Unreachable
+            | RouteType::Prohibit
+            | RouteType::Throw
+    );
+    (copyable && route.prefix_len > 0).then_some(route)
+}
+
+/// Brings one uplink table to main's copies plus the uplink's default route.
+async fn sync_table(
+    handle: &Handle,
+    uplink: &UplinkTable,
+    main_copies: &[TableRoute],
+    dump: &[RouteMessage],
+) -> Result<()> {
+    let mut wanted: BTreeMap<RouteKey, TableRoute> = BTreeMap::new();
+    for route in main_copies
+        .iter()
+        .cloned()
+        .chain([TableRoute::default_via(uplink)])
+    {
+        wanted.entry(route.key()).or_insert(route);
+    }
+    let mut present = HashSet::new();
+    let mut foreign = HashSet::new();
+    let mut stale = Vec::new();
+    for message in dump
+        .iter()
+        .filter(|message| table_of(message) == uplink.table)
+    {
+        let Some(route) = TableRoute::parse(message) else {
+            continue;
+        };
+        if !is_masq_route(message) {
+            foreign.insert(route.key());
+        } else if wanted.get(&route.key()) != Some(&route) || !present.insert(route.key()) {
+            stale.push((route, message));
+        }
+    }
+    let mut errors = Vec::new();
+    for (route, message) in stale {
+        if let Err(err) = delete_route(handle, message).await {
+            errors.push(anyhow!(err).context(format!("deleting stale `{route}`")));
+        }
+    }
+    let mut missing: Vec<&TableRoute> = wanted
+        .values()
+        .filter(|route| !present.contains(&route.key()))
+        .collect();
+    // Link-scope routes first: gateways resolve through them.
+    missing.sort_by_key(|route| std::cmp::Reverse(u8::from(route.scope)));
+    for route in missing {
+        if foreign.contains(&route.key()) {
+            eprintln!(
+                "masq: table {}: a route not installed by masq takes the place of `{route}`; leaving it",
+                uplink.table
+            );
+            continue;
+        }
+        if let Err(err) = add_route(handle, route.to_message(uplink.table)).await {
+            errors.push(anyhow!(err).context(format!("adding `{route}`")));
+        }
+    }
+    combine(errors)
+}
+
+/// Deletes masq's IPv4 routes in `tables` (all tables for `None`); returns how many.
+async fn delete_masq_routes(handle: &Handle, tables: Option<&[u32]>) -> Result<usize> {
+    let mut deleted = 0;
+    let mut errors = Vec::new();
+    for message in dump_routes(handle).await? {
+        let table = table_of(&message);
+        if !is_masq_route(&message) || tables.is_some_and(|tables| !tables.contains(&table)) {
+            continue;
+        }
+        match delete_route(handle, &message).await {
+            Ok(()) => deleted += 1,
+            Err(err) => {
+                let route = TableRoute::parse(&message).map(|route| route.to_string());
+                errors.push(anyhow!(err).context(format!(
+                    "deleting `{}` from table {table}",
+                    route.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    combine(errors).map(|()| deleted)
+}
+
+/// Deletes every IPv4 rule with masq's protocol; returns how many.
+async fn delete_masq_rules(handle: &Handle) -> Result<usize> {
+    let mut deleted = 0;
+    let mut errors = Vec::new();
+    for message in dump_rules(handle).await? {
+        if !is_masq_rule(&message) {
+            continue;
+        }
+        let label = rule_label(&message);
+        match delete_rule(handle, message).await {
+            Ok(()) => deleted += 1,
+            Err(err) => errors.push(anyhow!(err).context(format!("deleting rule {label}"))),
+        }
+    }
+    combine(errors).map(|()| deleted)
+}
+
+async fn dump_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
+    let all_ipv4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    handle
+        .route()
+        .get(all_ipv4)
+        .execute()
+        .try_collect()
+        .await
+        .context("dumping IPv4 routes")
+}
+
+async fn dump_rules(handle: &Handle) -> Result<Vec<RuleMessage>> {
+    handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .context("dumping IPv4 rules")
+}
+
+async fn add_route(handle: &Handle, message: RouteMessage) -> Result<(), rtnetlink::Error> {
+    handle.route().add(message).execute().await
+}
+
+/// Deletes a route as dumped; one that is already gone counts as deleted.
+async fn delete_route(handle: &Handle, dumped: &RouteMessage) -> Result<(), rtnetlink::Error> {
+    let mut message = dumped.clone();
+    // State flags (linkdown, offload, ...) are no part of a delete request.
+    message.header.flags = RouteFlags::empty();
+    ignore_errno(handle.route().del(message).execute().await, libc::ESRCH)
+}
+
+async fn add_rule(handle: &Handle, message: RuleMessage) -> Result<(), rtnetlink::Error> {
+    let mut request = handle.rule().add();
+    *request.message_mut() = message;
+    request.execute().await
+}
+
+/// Deletes a rule; one that is already gone counts as deleted.
+async fn delete_rule(handle: &Handle, message: RuleMessage) -> Result<(), rtnetlink::Error> {
+    ignore_errno(handle.rule().del(message).execute().await, libc::ENOENT)
+}
+
+fn ignore_errno(result: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -errno => Ok(()),
+        other => other,
+    }
+}
+
+fn masq_protocol() -> RouteProtocol {
+    RouteProtocol::from(MASQ_PROTOCOL)
+}
+
+fn is_masq_route(message: &RouteMessage) -> bool {
+    message.header.protocol == masq_protocol()
+}
+
+fn is_masq_rule(message: &RuleMessage) -> bool {
+    message
+        .attributes
+        .contains(&RuleAttribute::Protocol(masq_protocol()))
+}
+
+fn table_of(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+fn table_header(table: u32) -> u8 {
+    u8::try_from(table).unwrap_or(RT_TABLE_COMPAT)
+}
+
+/// One error, or all of them in one.
+fn combine(mut errors: Vec<anyhow::Error>) -> Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        count => {
+            let all: Vec<String> = errors.iter().map(|err| format!("{err:#}")).collect();
+            Err(anyhow!("{count} errors: {}", all.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::Future, process::Command};
+
+    use super::*;
+    use crate::netns::{NetNs, require_root};
+
+    const UP4_TABLE: u32 = 201;
+    const UP1_TABLE: u32 = 202;
+    /// `ip -4 rule show` after installing [`spec`].
+    const RULES: [&str; 7] = [
+        "0: from all lookup local",
+        "1000: from 67.17.28.12 lookup 201 proto 109",
+        "1001: from 205.254.211.179 lookup 202 proto 109",
+        "1100: from all fwmark 0x100/0xff00 lookup 201 proto 109",
+        "1101: from all fwmark 0x200/0xff00 lookup 202 proto 109",
+        "32766: from all lookup main",
+        "32767: from all lookup default",
+    ];
+    const CONNECTED_COPIES: [&str; 3] = [
+        "67.17.28.0/28 dev up4 proto 109 scope link src 67.17.28.12",
+        "192.168.100.0/24 dev lan0 proto 109 scope link src 192.168.100.254",
+        "205.254.211.0/24 dev up1 proto 109 scope link src 205.254.211.179",
+    ];
+
+    /// masq-gw of TOPOLOGY.md: up4 is eth4 (ISP A), up1 is eth1 (ISP B, main's default route), lan0
+    /// is eth0. Veth pairs with both ends here (this kernel has no dummy driver), so the links have
+    /// carrier. IPv6 is off so that no autoconfiguration changes routes while a test compares them.
+    fn gateway_ns() -> NetNs {
+        require_root();
+        let ns = NetNs::create("masq-pt").unwrap();
+        for cmd in [
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
+            "ip link add up4 type veth peer name isp-a",
+            "ip link add up1 type veth peer name isp-b",
+            "ip link add lan0 type veth peer name lan-switch",
+            "ip addr add 67.17.28.12/28 dev up4",
+            "ip addr add 205.254.211.179/24 dev up1",
+            "ip addr add 192.168.100.254/24 dev lan0",
+            "ip link set up4 up",
+            "ip link set up1 up",
+            "ip link set lan0 up",
+            "ip link set isp-a up",
+            "ip link set isp-b up",
+            "ip link set lan-switch up",
+            "ip route add default via 205.254.211.254 dev up1",
+        ] {
+            ns.run_ok(cmd).unwrap();
+        }
+        ns
+    }
+
+    fn spec(ns: &NetNs) -> PolicySpec {
+        PolicySpec {
+            uplinks: vec![
+                UplinkTable {
+                    name: "up4".into(),
+                    ifindex: ifindex(ns, "up4"),
+                    address: Ipv4Addr::new(67, 17, 28, 12),
+                    gateway: Ipv4Addr::new(67, 17, 28, 14),
+                    table: UP4_TABLE,
+                    mark: 0x100,
+                },
+                UplinkTable {
+                    name: "up1".into(),
+                    ifindex: ifindex(ns, "up1"),
+                    address: Ipv4Addr::new(205, 254, 211, 179),
+                    gateway: Ipv4Addr::new(205, 254, 211, 254),
+                    table: UP1_TABLE,
+                    mark: 0x200,
+                },
+            ],
+            mark_mask: 0xff00,
+        }
+    }
+
+    fn ifindex(ns: &NetNs, link: &str) -> u32 {
+        let index = ns
+            .run_ok(&format!("cat /sys/class/net/{link}/ifindex"))
+            .unwrap();
+        index.trim().parse().unwrap()
+    }
+
+    /// Runs `ip -n <ns> <cmd>`; usable inside `NetNs::enter`, which only has the name.
+    fn ip(ns: &str, cmd: &str) -> String {
+        let output = Command::new("ip")
+            .args(["-n", ns])
+            .args(cmd.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "ip -n {ns} {cmd}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Output lines with whitespace runs collapsed (ip ends lines with spaces, rules with tabs).
+    fn lines(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|line| !line.is_empty())
+            .collect()
+    }
+
+    fn table(ns: &str, table: u32) -> Vec<String> {
+        lines(&ip(ns, &format!("route show table {table}")))
+    }
+
+    fn rules(ns: &str) -> Vec<String> {
+        lines(&ip(ns, "-4 rule show"))
+    }
+
+    /// Everything masq could have touched, to compare before and after.
+    fn snapshot(ns: &str) -> String {
+        format!(
+            "{}\n{}",
+            ip(ns, "rule show"),
+            ip(ns, "route show table all")
+        )
+    }
+
+    fn expected_table(default: &str, others: &[&str]) -> Vec<String> {
+        let mut expected = vec![default.to_string()];
+        expected.extend(others.iter().map(|line| line.to_string()));
+        expected
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn install_fills_one_table_per_uplink_and_adds_its_rules() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        let name = ns.name().to_string();
+        ns.enter(move || {
+            block_on(async move {
+                let tables = PolicyTables::install(spec).await.unwrap();
+                assert_eq!(
+                    table(&name, UP4_TABLE),
+                    expected_table(
+                        "default via 67.17.28.14 dev up4 proto 109",
+                        &CONNECTED_COPIES
+                    )
+                );
+                assert_eq!(
+                    table(&name, UP1_TABLE),
+                    expected_table(
+                        "default via 205.254.211.254 dev up1 proto 109",
+                        &CONNECTED_COPIES
+                    )
+                );
+                assert_eq!(rules(&name), RULES);
+                tables.remove().await.unwrap();
+            })
+        });
+    }
+
+    #[test]
+    fn remove_restores_rules_and_routes_exactly() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        let before = snapshot(ns.name());
+        ns.enter(move || {
+            block_on(async move {
+                let tables = PolicyTables::install(spec).await.unwrap();
+                tables.remove().await.unwrap();
+            })
+        });
+        assert_eq!(snapshot(ns.name()), before);
+    }
+
+    #[test]
+    fn remove_all_deletes_the_leftovers_of_a_crashed_run_in_the_given_tables() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        let before = snapshot(ns.name());
+        // A masq route in a table the spec does not name.
+        ns.run_ok("ip route add 10.0.0.0/8 dev lan0 table 203 proto 109")
+            .unwrap();
+        let removed = ns.enter(move || {
+            block_on(async move {
+                std::mem::forget(PolicyTables::install(spec).await.unwrap());
+                remove_all(&[UP4_TABLE, UP1_TABLE]).await.unwrap()
+            })
+        });
+        // 4 rules, 4 routes in each table.
+        assert_eq!(removed, 12);
+        assert_eq!(
+            table(ns.name(), 203),
+            ["10.0.0.0/8 dev lan0 proto 109 scope link"]
+        );
+        assert_eq!(ns.enter(|| block_on(remove_all(&[]))).unwrap(), 1);
+        assert_eq!(snapshot(ns.name()), before);
+    }
+
+    #[test]
+    fn install_adopts_identical_leftovers_and_deletes_stale_masq_rules() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        let before = snapshot(ns.name());
+        let name = ns.name().to_string();
+        ns.enter(move || {
+            block_on(async move {
+                std::mem::forget(PolicyTables::install(spec.clone()).await.unwrap());
+                // Left over from a run with another configuration.
+                ip(
+                    &name,
+                    "rule add priority 1005 from 192.0.2.1 lookup 205 proto 109",
+                );
+                let tables = PolicyTables::install(spec).await.unwrap();
+                assert_eq!(rules(&name), RULES);
+                assert_eq!(
+                    table(&name, UP4_TABLE),
+                    expected_table(
+                        "default via 67.17.28.14 dev up4 proto 109",
+                        &CONNECTED_COPIES
+                    )
+                );
+                tables.remove().await.unwrap();
+            })
+        });
+        assert_eq!(snapshot(ns.name()), before);
+    }
+
+    #[test]
+    fn sync_routes_copies_routes_added_to_main_and_drops_removed_ones() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        ns.run_ok("ip route add 10.98.0.0/24 via 192.168.100.17 dev lan0")
+            .unwrap();
+        let name = ns.name().to_string();
+        ns.enter(move || {
+            block_on(async move {
+                let tables = PolicyTables::install(spec).await.unwrap();
+                assert!(
+                    table(&name, UP1_TABLE).contains(
+                        &"10.98.0.0/24 via 192.168.100.17 dev lan0 proto 109".to_string()
+                    )
+                );
+                ip(&name, "route del 10.98.0.0/24");
+                ip(
+                    &name,
+                    "route add 10.99.0.0/24 via 192.168.100.17 dev lan0 metric 50",
+                );
+                ip(&name, "route add blackhole 10.97.0.0/16");
+                tables.sync_routes().await.unwrap();
+                let expected = [
+                    "default via 205.254.211.254 dev up1 proto 109",
+                    "blackhole 10.97.0.0/16 proto 109",
+                    "10.99.0.0/24 via 192.168.100.17 dev lan0 proto 109 metric 50",
+                ];
+                assert_eq!(
+                    table(&name, UP1_TABLE),
+                    expected_table(
+                        expected[0],
+                        &[
+                            expected[1],
+                            expected[2],
+                            CONNECTED_COPIES[0],
+                            CONNECTED_COPIES[1],
+                            CONNECTED_COPIES[2],
+                        ]
+                    )
+                );
+                // A second sync changes nothing.
+                let settled = snapshot(&name);
+                tables.sync_routes().await.unwrap();
+                assert_eq!(snapshot(&name), settled);
+                tables.remove().await.unwrap();
+            })
+        });
+    }
+
+    #[test]
+    fn route_monitor_copies_a_new_main_route_within_a_second() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        let name = ns.name().to_string();
+        ns.enter(move || {
+            block_on(async move {
+                let tables = Arc::new(PolicyTables::install(spec).await.unwrap());
+                let monitor = spawn_route_monitor(tables.clone()).unwrap();
+                // Past the monitor's first sync: what follows must come from events.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let copy = "10.99.0.0/24 dev lan0 proto 109 scope link".to_string();
+                let wait_for = async |present: bool| {
+                    let start = Instant::now();
+                    while table(&name, UP4_TABLE).contains(&copy) != present {
+                        assert!(
+                            start.elapsed() < Duration::from_secs(3),
+                            "table {UP4_TABLE} not updated (present: {present}) after 3 s: {:?}",
+                            table(&name, UP4_TABLE)
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    start.elapsed()
+                };
+                ip(&name, "route add 10.99.0.0/24 dev lan0");
+                let added = wait_for(true).await;
+                ip(&name, "route del 10.99.0.0/24 dev lan0");
+                let deleted = wait_for(false).await;
+                eprintln!("route monitor: copied after {added:?}, dropped after {deleted:?}");
+                assert!(added < Duration::from_secs(1) && deleted < Duration::from_secs(1));
+                monitor.stop().await;
+                let Ok(tables) = Arc::try_unwrap(tables) else {
+                    panic!("the stopped monitor still holds the tables")
+                };
+                tables.remove().await.unwrap();
+            })
+        });
+    }
+
+    #[test]
+    fn route_monitor_restores_an_uplink_table_after_its_link_flaps() {
+        let ns = gateway_ns();
+        let spec = spec(&ns);
+        let name = ns.name().to_string();
+        ns.enter(move || {
+            block_on(async move {
+                let tables = Arc::new(PolicyTables::install(spec).await.unwrap());
+                let monitor = spawn_route_monitor(tables.clone()).unwrap();
+                let installed = table(&name, UP4_TABLE);
+                // Taking a link down flushes its routes from every table without a route event.
+                ip(&name, "link set up4 down");
+                assert!(
+                    !table(&name, UP4_TABLE)
+                        .iter()
+                        .any(|line| line.contains("dev up4"))
+                );
+                ip(&name, "link set up4 up");
+                let start = Instant::now();
+                while table(&name, UP4_TABLE) != installed {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(3),
+                        "table {UP4_TABLE} not restored after 3 s: {:?}",
+                        table(&name, UP4_TABLE)
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                monitor.stop().await;
+                let Ok(tables) = Arc::try_unwrap(tables) else {
+                    panic!("the stopped monitor still holds the tables")
+                };
+                tables.remove().await.unwrap();
+            })
+        });
+    }
+
+    #[test]
+    fn failed_install_leaves_nothing_behind() {
+        let ns = gateway_ns();
+        let mut spec = spec(&ns);
+        spec.uplinks[1].name = "ghost".into();
+        spec.uplinks[1].ifindex = 9999;
+        let before = snapshot(ns.name());
+        let err = ns.enter(move || block_on(PolicyTables::install(spec)).err().unwrap());
+        let message = format!("{err:#}");
+        assert!(message.contains("uplink ghost (table 202)"), "{message}");
+        assert_eq!(snapshot(ns.name()), before);
+    }
+
+    #[test]
+    fn validate_rejects_marks_outside_the_mask_and_shared_tables() {
+        let uplink = |name: &str, table, mark| UplinkTable {
+            name: name.into(),
+            ifindex: 1,
+            address: Ipv4Addr::new(67, 17, 28, 12),
+            gateway: Ipv4Addr::new(67, 17, 28, 14),
+            table,
+            mark,
+        };
+        let spec = |uplinks| PolicySpec {
+            uplinks,
+            mark_mask: 0xff00,
+        };
+        assert!(
+            spec(vec![uplink("a", 201, 0x100), uplink("b", 202, 0x200)])
+                .validate()
+                .is_ok()
+        );
+        let err = spec(vec![uplink("a", 201, 0x1_0000)])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("inside the mask"), "{err}");
+        let err = spec(vec![uplink("a", 201, 0x100), uplink("b", 201, 0x200)])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("uplink b: table 201"), "{err}");
+        assert!(spec(vec![uplink("a", 254, 0x100)]).validate().is_err());
+    }
+}
