@@ -310,7 +310,7 @@ counters! {
     Ipv4Seen = 0, "ipv4_seen", false;
     /// Left to the kernel untouched (not masq's traffic).
     PassedUntouched = 1, "passed_untouched", false;
-    /// ARP requests for published addresses answered by XDP_TX.
+    /// ARP requests for published addresses answered (redirected back out of the uplink).
     ArpReplied = 2, "arp_replied", false;
     /// New connection to a published service.
     InboundNew = 3, "inbound_new", false;

@@ -1,6 +1,6 @@
 //! Answering ARP on an uplink for the published addresses that live there (the gateway does not
 //! own them as local addresses, so the kernel would not answer).
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use masq_common::{Counter, UplinkInfo};
 
 use crate::{maps::PUBLIC_ADDRS, packet::Packet, stats::count};
@@ -9,7 +9,9 @@ const ARP_OFF: usize = 14;
 const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
 
-/// XDP_TX a reply when `ctx` is a request for an address published on this uplink.
+/// Send a reply back out of the uplink when `ctx` is a request for an address published there.
+/// A redirect to the ingress device rather than XDP_TX: a veth peer only picks up XDP_TX frames
+/// when it runs XDP itself, redirected ones with GRO enabled too.
 #[inline(always)]
 pub fn answer(ctx: &mut XdpContext, uplink_index: u8, uplink: &UplinkInfo) -> Result<u32, Counter> {
     // htype 1, ptype IPv4, hlen 6, plen 4: 8 fixed bytes, then sha/spa/tha/tpa.
@@ -41,5 +43,6 @@ pub fn answer(ctx: &mut XdpContext, uplink_index: u8, uplink: &UplinkInfo) -> Re
         arp[24..28].copy_from_slice(&sender_ip.to_ne_bytes());
     }
     count(Counter::ArpReplied);
-    Ok(xdp_action::XDP_TX)
+    // SAFETY: plain helper call; returns XDP_REDIRECT or XDP_ABORTED.
+    Ok(unsafe { bpf_redirect(uplink.ifindex, 0) } as u32)
 }

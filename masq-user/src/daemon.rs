@@ -42,9 +42,9 @@ pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Policy
         .uplinks
         .iter()
         .map(|u| {
-            let iface = host
-                .get(&u.interface)
-                .with_context(|| format!("uplink {}: interface {} not found", u.name, u.interface))?;
+            let iface = host.get(&u.interface).with_context(|| {
+                format!("uplink {}: interface {} not found", u.name, u.interface)
+            })?;
             Ok(UplinkTable {
                 name: u.name.clone(),
                 ifindex: iface.index,
@@ -55,7 +55,10 @@ pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Policy
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(PolicySpec { uplinks, mark_mask: cfg.dataplane.mark_mask })
+    Ok(PolicySpec {
+        uplinks,
+        mark_mask: cfg.dataplane.mark_mask,
+    })
 }
 
 /// Validate, load, fill the maps, install the policy tables, attach, then serve until SIGINT or
@@ -66,7 +69,9 @@ pub fn run(config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
     let host = HostInterfaces::read()?;
     cfg.check_host(&host)?;
     ensure_bpffs()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(cfg, host, pin_dir))
 }
 
@@ -122,7 +127,10 @@ async fn serve(cfg: Config, host: HostInterfaces, pin_dir: &Path) -> anyhow::Res
     drop(dataplane);
     let _ = fs::remove_file(&pid_path);
     match Arc::try_unwrap(tables) {
-        Ok(tables) => tables.remove().await.context("removing the policy tables")?,
+        Ok(tables) => tables
+            .remove()
+            .await
+            .context("removing the policy tables")?,
         Err(_) => bail!("policy tables still in use at shutdown"),
     }
     Ok(())
@@ -147,10 +155,17 @@ pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
         }
         let _ = fs::remove_file(&pid_path);
     }
-    let tables: Vec<u32> = cfg.map(|c| c.uplinks.iter().map(|u| u.table).collect()).unwrap_or_default();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let tables: Vec<u32> = cfg
+        .map(|c| c.uplinks.iter().map(|u| u.table).collect())
+        .unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let removed = runtime.block_on(policy_tables::remove_all(&tables))?;
     remove_pins(pin_dir)?;
-    println!("masq: down ({removed} rules and routes removed, pins under {} removed)", pin_dir.display());
+    println!(
+        "masq: down ({removed} rules and routes removed, pins under {} removed)",
+        pin_dir.display()
+    );
     Ok(())
 }

@@ -25,7 +25,11 @@ pub fn read_counters(pin_dir: &Path) -> anyhow::Result<Vec<CounterValue>> {
         .iter()
         .map(|c| {
             let values = array.get(&(*c as u32), 0)?;
-            Ok(CounterValue { name: c.name(), drop: c.is_drop(), value: values.iter().sum() })
+            Ok(CounterValue {
+                name: c.name(),
+                drop: c.is_drop(),
+                value: values.iter().sum(),
+            })
         })
         .collect()
 }
@@ -77,7 +81,11 @@ impl From<&FlowKey> for Tuple {
 
 impl std::fmt::Display for Tuple {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{} -> {}:{}", self.src, self.src_port, self.dst, self.dst_port)
+        write!(
+            f,
+            "{}:{} -> {}:{}",
+            self.src, self.src_port, self.dst, self.dst_port
+        )
     }
 }
 
@@ -115,7 +123,11 @@ pub fn conn_view(conn: &Conn, now_ns: u64) -> ConnView {
     let secs = |ns: u64| now_ns.saturating_sub(ns) as f64 / 1e9;
     ConnView {
         proto: proto_name(conn.proto()),
-        direction: if conn.any().1.is_inbound() { "inbound" } else { "outbound" },
+        direction: if conn.any().1.is_inbound() {
+            "inbound"
+        } else {
+            "outbound"
+        },
         original: conn.orig.as_ref().map(|(k, _)| k.into()),
         translated: conn.orig.as_ref().map(|(_, e)| (&e.xlate).into()),
         reply: conn.reply.as_ref().map(|(k, _)| k.into()),
@@ -146,7 +158,10 @@ pub fn stats(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
 
 pub fn conns(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let now = conntrack::boottime_ns();
-    let views: Vec<ConnView> = read_conns(pin_dir)?.iter().map(|c| conn_view(c, now)).collect();
+    let views: Vec<ConnView> = read_conns(pin_dir)?
+        .iter()
+        .map(|c| conn_view(c, now))
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());

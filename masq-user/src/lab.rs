@@ -24,6 +24,8 @@
 //! via core and drops forwarded packets from the gw side whose source is not its customer's prefix
 //! (an iptables FORWARD rule, so its counter proves "dropped as spoofed": [`Lab::spoof_drops`]).
 //!
+//! Namespaces are named `masq-<host>-<pid>-<n>-<random>` ([`NetNs::create`]); a run's pin directory
+//! (`/sys/fs/bpf/masq-<pid>-<random>`) and log directory (in `$TMPDIR`) share the lab's id.
 //! Every namespace is deleted when the [`Lab`] is dropped, when building it fails, and when the process
 //! gets Ctrl-C or SIGTERM (a process-global registry that a signal handler cleans up). Nothing is
 //! configured in the host namespace: veth pairs are created directly inside their namespaces.
@@ -138,6 +140,8 @@ impl Host {
                 "iptables -w -A FORWARD -i to-gw ! -s 67.17.28.0/28 -m comment --comment spoofed -j DROP",
                 "ethtool -K to-core tx off",
                 "ethtool -K to-gw tx off",
+                // masq answers ARP and sends frames back by XDP redirect: the veth peer needs GRO.
+                "ethtool -K to-gw gro on",
             ],
             Host::IspB => &[
                 "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.to-gw.rp_filter=0",
@@ -147,6 +151,8 @@ impl Host {
                 "iptables -w -A FORWARD -i to-gw ! -s 205.254.211.0/24 -m comment --comment spoofed -j DROP",
                 "ethtool -K to-core tx off",
                 "ethtool -K to-gw tx off",
+                // masq answers ARP and sends frames back by XDP redirect: the veth peer needs GRO.
+                "ethtool -K to-gw gro on",
             ],
             // Loose reverse-path filtering: strict mode drops inbound ISP A traffic (see DESIGN-NOTES).
             Host::Gw => &[
@@ -1069,7 +1075,7 @@ fn demo_check(
         }
     }
     let mut route = if seen.is_empty() {
-        "seen at neither ISP router".to_string()
+        "and nothing left masq-gw toward either ISP".to_string()
     } else {
         seen.iter()
             .map(|(uplink, src)| {

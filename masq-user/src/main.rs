@@ -13,7 +13,11 @@ use masq_user::{
 };
 
 #[derive(Parser)]
-#[command(name = "masq", version, about = "eBPF dataplane for multi-uplink Linux gateways")]
+#[command(
+    name = "masq",
+    version,
+    about = "eBPF dataplane for multi-uplink Linux gateways"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
