@@ -184,6 +184,9 @@ impl Prefix4 {
 
 /// `DataplaneConfig::flags`: redirect straight to the egress device after a FIB lookup.
 pub const CFG_F_FAST_PATH: u32 = 1 << 0;
+/// `DataplaneConfig::flags`: diagnosis only, leave replies to the main table (no mark, no
+/// uplink table): what happens without masq's steering.
+pub const CFG_F_NO_STEER: u32 = 1 << 1;
 
 /// Global settings, slot 0 of the `CONFIG` array.
 #[repr(C)]

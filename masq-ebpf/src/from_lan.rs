@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use masq_common::{CFG_F_FAST_PATH, Counter, DataplaneConfig, FlowKey, NO_UPLINK};
+use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, FlowKey, NO_UPLINK};
 
 use crate::{
     conntrack,
@@ -96,6 +96,10 @@ fn to_uplink(
     let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
     if ip.ttl <= 1 {
         count(Counter::TtlExpiring);
+        return Ok(TC_ACT_OK as i32);
+    }
+    if cfg.flags & CFG_F_NO_STEER != 0 {
+        count(Counter::KernelPath);
         return Ok(TC_ACT_OK as i32);
     }
     // SAFETY: `skb` is the program's context.

@@ -146,6 +146,9 @@ impl Policy {
 pub struct Dataplane {
     /// Redirect after `bpf_fib_lookup` instead of handing packets to the kernel.
     pub fast_path: bool,
+    /// Steer replies to their connection's uplink (mark + uplink table). Only for diagnosis:
+    /// with `false` replies follow the main table, as without masq.
+    pub steer: bool,
     /// fwmark bits masq owns; the others are left alone.
     pub mark_mask: u32,
     pub conn_capacity: u32,
@@ -159,6 +162,7 @@ impl Default for Dataplane {
     fn default() -> Self {
         Self {
             fast_path: true,
+            steer: true,
             mark_mask: DEFAULT_MARK_MASK,
             conn_capacity: DEFAULT_CONN_CAPACITY,
             port_min: 1024,
@@ -368,6 +372,7 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawDataplane {
     fast_path: Option<bool>,
+    steer: Option<bool>,
     mark_mask: Option<u32>,
     conn_capacity: Option<u32>,
     port_min: Option<u16>,
@@ -484,6 +489,7 @@ fn resolve_dataplane(raw: RawDataplane) -> Result<Dataplane> {
     };
     Ok(Dataplane {
         fast_path: raw.fast_path.unwrap_or(default.fast_path),
+        steer: raw.steer.unwrap_or(default.steer),
         mark_mask,
         conn_capacity,
         port_min,

@@ -15,9 +15,9 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    CFG_F_FAST_PATH, DataplaneConfig, MAX_CHOICES, MAX_LAN_PREFIXES, POLICY_F_STICKY, PolicyRule,
-    Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
-    map_names, program_names,
+    CFG_F_FAST_PATH, CFG_F_NO_STEER, DataplaneConfig, MAX_CHOICES, MAX_LAN_PREFIXES,
+    POLICY_F_STICKY, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED,
+    UPLINK_F_UP, UplinkInfo, map_names, program_names,
 };
 
 use crate::{
@@ -58,7 +58,8 @@ pub fn dataplane_config(cfg: &Config, lan_ifindex: u32) -> anyhow::Result<Datapl
     Ok(DataplaneConfig {
         lan_ifindex,
         mark_mask: dp.mark_mask,
-        flags: if dp.fast_path { CFG_F_FAST_PATH } else { 0 },
+        flags: if dp.fast_path { CFG_F_FAST_PATH } else { 0 }
+            | if dp.steer { 0 } else { CFG_F_NO_STEER },
         port_min: dp.port_min,
         port_max: dp.port_max,
         lan_prefixes,
