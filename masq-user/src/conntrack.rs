@@ -170,34 +170,26 @@ pub fn expire<T: BorrowMut<MapData>>(
     timeouts: &Timeouts,
     now_ns: u64,
 ) -> anyhow::Result<usize> {
-    let conns = dump(map)?;
-    let mut expired = 0;
-    for conn in conns {
+    remove_where(map, |conn| {
         let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
-        if idle > conn.state().timeout(timeouts) {
-            for key in conn.keys() {
-                let _ = map.remove(&key);
-            }
-            expired += 1;
-        }
-    }
-    Ok(expired)
+        idle > conn.state().timeout(timeouts)
+    })
 }
 
-/// Delete every connection of one uplink; returns how many.
-pub fn flush_uplink<T: BorrowMut<MapData>>(
+/// Delete every connection `doomed` picks, both directions; returns how many.
+pub fn remove_where<T: BorrowMut<MapData>>(
     map: &mut ConnTable<T>,
-    uplink: u8,
+    doomed: impl Fn(&Conn) -> bool,
 ) -> anyhow::Result<usize> {
     let conns = dump(map)?;
-    let mut flushed = 0;
-    for conn in conns.iter().filter(|c| c.uplink() == uplink) {
+    let mut removed = 0;
+    for conn in conns.iter().filter(|c| doomed(c)) {
         for key in conn.keys() {
             let _ = map.remove(&key);
         }
-        flushed += 1;
+        removed += 1;
     }
-    Ok(flushed)
+    Ok(removed)
 }
 
 #[cfg(test)]

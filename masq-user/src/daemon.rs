@@ -61,8 +61,9 @@ pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Policy
     })
 }
 
-/// Validate, load, fill the maps, install the policy tables, attach, then serve until SIGINT or
-/// SIGTERM, and take everything down again.
+/// Validate, load (adopting a running dataplane's pinned state), fill the maps, install the
+/// policy tables, attach, then serve until SIGINT or SIGTERM; SIGHUP reloads the config. On exit
+/// the dataplane stays: it keeps forwarding until `masq down`.
 pub fn run(config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
     require_root()?;
     let cfg = Config::load(config_path)?;
@@ -72,27 +73,66 @@ pub fn run(config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(cfg, host, pin_dir))
+    runtime.block_on(serve(config_path, cfg, host, pin_dir))
 }
 
-async fn serve(cfg: Config, host: HostInterfaces, pin_dir: &Path) -> anyhow::Result<()> {
-    let mut dataplane = Dataplane::load(&cfg, pin_dir)?;
-    dataplane.fill_maps(&cfg, &host)?;
-    dataplane.pin_maps().inspect_err(|_| {
-        let _ = dataplane.unpin();
-    })?;
-    let tables = match PolicyTables::install(policy_spec(&cfg, &host)?).await {
+/// Bring the dataplane up. A fresh start that fails removes everything it made; a restart
+/// that fails leaves the running dataplane as it was.
+async fn start(
+    cfg: &Config,
+    host: &HostInterfaces,
+    pin_dir: &Path,
+) -> anyhow::Result<(Dataplane, PolicyTables)> {
+    let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
+    let undo = |tables: Option<PolicyTables>| async move {
+        if fresh {
+            let _ = remove_pins(pin_dir);
+            if let Some(tables) = tables {
+                let _ = tables.remove().await;
+            }
+        }
+    };
+    let mut dataplane = match Dataplane::load(cfg, pin_dir) {
+        Ok(dataplane) => dataplane,
+        Err(e) => {
+            undo(None).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = dataplane.fill_maps(cfg, host) {
+        drop(dataplane);
+        undo(None).await;
+        return Err(e);
+    }
+    let tables = match PolicyTables::install(policy_spec(cfg, host)?).await {
         Ok(tables) => tables,
         Err(e) => {
-            let _ = dataplane.unpin();
+            drop(dataplane);
+            undo(None).await;
             return Err(e.context("installing the policy tables"));
         }
     };
-    if let Err(e) = dataplane.attach(&cfg) {
-        let _ = dataplane.unpin();
-        let _ = tables.remove().await;
+    if let Err(e) = dataplane.attach(cfg) {
+        drop(dataplane);
+        undo(Some(tables)).await;
         return Err(e);
     }
+    if !fresh {
+        println!(
+            "masq: adopted the pinned dataplane under {}",
+            pin_dir.display()
+        );
+    }
+    Ok((dataplane, tables))
+}
+
+async fn serve(
+    config_path: &Path,
+    mut cfg: Config,
+    host: HostInterfaces,
+    pin_dir: &Path,
+) -> anyhow::Result<()> {
+    let (mut dataplane, tables) = start(&cfg, &host, pin_dir).await?;
     let tables = Arc::new(tables);
     let monitor = policy_tables::spawn_route_monitor(tables.clone())?;
     let pid_path = pid_file(pin_dir);
@@ -102,11 +142,19 @@ async fn serve(cfg: Config, host: HostInterfaces, pin_dir: &Path) -> anyhow::Res
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sighup.recv() => match reload(&mut dataplane, &cfg, config_path) {
+                Ok(new) => {
+                    cfg = new;
+                    println!("masq: reloaded {}", config_path.display());
+                }
+                Err(e) => eprintln!("masq: reload rejected, keeping the running config: {e:#}"),
+            },
             _ = expiry.tick() => {
                 let now = conntrack::boottime_ns();
                 let expired = dataplane.conns().and_then(|map| {
@@ -120,20 +168,54 @@ async fn serve(cfg: Config, host: HostInterfaces, pin_dir: &Path) -> anyhow::Res
             }
         }
     }
-
-    println!("masq: shutting down");
     monitor.stop().await;
-    drop(dataplane.unpin());
-    drop(dataplane);
     let _ = fs::remove_file(&pid_path);
-    match Arc::try_unwrap(tables) {
-        Ok(tables) => tables
-            .remove()
-            .await
-            .context("removing the policy tables")?,
-        Err(_) => bail!("policy tables still in use at shutdown"),
-    }
+    println!("masq: daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
     Ok(())
+}
+
+/// Apply a changed config in place: published services, policies and weights. Uplinks
+/// themselves (interfaces, addresses, tables, marks) need a restart. Inbound connections
+/// whose published service is gone are removed; all others keep flowing.
+fn reload(dataplane: &mut Dataplane, current: &Config, path: &Path) -> anyhow::Result<Config> {
+    let new = Config::load(path)?;
+    let host = HostInterfaces::read()?;
+    new.check_host(&host)?;
+    let identity = |c: &Config| {
+        c.uplinks
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    u.interface.clone(),
+                    u.address,
+                    u.gateway,
+                    u.table,
+                    u.mark,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if identity(&new) != identity(current) || new.lan != current.lan {
+        bail!("uplinks or the LAN changed: that needs `masq run` again, not a reload");
+    }
+    dataplane.fill_maps(&new, &host)?;
+    let published = crate::dataplane::publish_entries(&new);
+    let mut table = ConnTable::try_from(dataplane.conns()?)?;
+    let removed = conntrack::remove_where(&mut table, |conn| {
+        conn.orig.as_ref().is_some_and(|(key, entry)| {
+            entry.is_inbound()
+                && !published.iter().any(|(k, target)| {
+                    k.addr == key.dst_addr
+                        && (k.port == 0 || (k.port == key.dst_port && k.proto == key.proto))
+                        && target.to_addr == entry.xlate.dst_addr
+                })
+        })
+    })?;
+    if removed > 0 {
+        println!("masq: removed {removed} connections to services no longer published");
+    }
+    Ok(new)
 }
 
 /// Stop a running daemon and remove whatever masq left: policy rules and routes, pins.

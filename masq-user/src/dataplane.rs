@@ -10,14 +10,20 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    maps::{Array, HashMap, MapData, MapType},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    CFG_F_FAST_PATH, CFG_F_NO_STEER, DataplaneConfig, MAX_CHOICES, MAX_LAN_PREFIXES,
-    POLICY_F_STICKY, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED,
-    UPLINK_F_UP, UplinkInfo, map_names, program_names,
+    CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, DataplaneConfig, FlowKey, MAX_CHOICES,
+    MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, POLICY_F_STICKY, PolicyRule, Prefix4, PublicAddr,
+    PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names,
+    program_names,
 };
 
 use crate::{
@@ -166,16 +172,31 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 impl Dataplane {
-    /// Load the programs with the connection table sized from the config.
+    /// Load the programs. Maps are pinned under `pin_dir` as they are created; maps already
+    /// pinned there (a previous run) are adopted, connection table included, after checking that
+    /// their layout is the one this build expects.
     pub fn load(cfg: &Config, pin_dir: &Path) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this masq binary was built without its eBPF programs (AYA_BUILD_SKIP)");
         }
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(
-                map_names::CONNS,
-                cfg.dataplane.conn_capacity.saturating_mul(2),
-            )
+        ensure_bpffs()?;
+        fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        fs::set_permissions(pin_dir, fs::Permissions::from_mode(0o700))?;
+        check_pinned_layout(pin_dir)?;
+        let pin_paths: Vec<(&str, PathBuf)> = MAP_LAYOUTS
+            .iter()
+            .map(|m| (m.name, pin_dir.join(m.name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(
+            map_names::CONNS,
+            cfg.dataplane.conn_capacity.saturating_mul(2),
+        );
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and BTF?)")?;
         Ok(Self {
@@ -192,7 +213,7 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// Write the config into the maps.
+    /// Write the config into the maps, replacing what a previous config (or run) left there.
     pub fn fill_maps(&mut self, cfg: &Config, host: &HostInterfaces) -> anyhow::Result<()> {
         let lan = host
             .get(&cfg.lan.interface)
@@ -201,19 +222,30 @@ impl Dataplane {
         let uplinks = uplink_infos(cfg, host)?;
 
         let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
-        for (i, info) in uplinks.iter().enumerate() {
+        for i in 0..MAX_UPLINKS {
+            let info = uplinks.get(i).copied().unwrap_or_default();
             map.set(i as u32, info, 0)
                 .with_context(|| format!("UPLINKS[{i}]"))?;
         }
         let mut map: Array<_, PolicyRule> = Array::try_from(self.map_mut(map_names::POLICIES)?)?;
-        for (i, policy) in cfg.policies.iter().enumerate() {
-            map.set(i as u32, policy_rule(policy), 0)
+        for i in 0..MAX_POLICIES {
+            let rule = cfg.policies.get(i).map(policy_rule).unwrap_or_default();
+            map.set(i as u32, rule, 0)
                 .with_context(|| format!("POLICIES[{i}]"))?;
         }
+        let entries = publish_entries(cfg);
         let mut map: HashMap<_, PublishKey, PublishTarget> =
             HashMap::try_from(self.map_mut(map_names::PUBLISH)?)?;
-        for (key, target) in publish_entries(cfg) {
+        for (key, target) in &entries {
             map.insert(key, target, 0).context("PUBLISH")?;
+        }
+        let stale: Vec<PublishKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !entries.iter().any(|(key, _)| key == k))
+            .collect();
+        for key in stale {
+            map.remove(&key).context("PUBLISH")?;
         }
         let mut map: HashMap<_, u32, PublicAddr> =
             HashMap::try_from(self.map_mut(map_names::PUBLIC_ADDRS)?)?;
@@ -224,6 +256,14 @@ impl Dataplane {
             };
             map.insert(wire_addr(p.address), owner, 0)
                 .context("PUBLIC_ADDRS")?;
+        }
+        let stale: Vec<u32> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|a| !cfg.publish.iter().any(|p| wire_addr(p.address) == *a))
+            .collect();
+        for addr in stale {
+            map.remove(&addr).context("PUBLIC_ADDRS")?;
         }
         // Last: the programs act only once CONFIG is set.
         let mut map: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
@@ -237,25 +277,11 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 
-    /// Pin every map under the pin directory (root-only), so the CLI can read them.
-    pub fn pin_maps(&mut self) -> anyhow::Result<()> {
-        ensure_bpffs()?;
-        fs::create_dir_all(&self.pin_dir)
-            .with_context(|| format!("creating pin directory {}", self.pin_dir.display()))?;
-        fs::set_permissions(&self.pin_dir, fs::Permissions::from_mode(0o700))?;
-        let dir = self.pin_dir.clone();
-        for (name, map) in self.ebpf.maps_mut() {
-            let path = dir.join(name);
-            let _ = fs::remove_file(&path);
-            map.pin(&path)
-                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
-        }
-        Ok(())
-    }
-
     /// Attach: XDP on each uplink (ingress), TC on the LAN device (ingress) and on each uplink
-    /// (egress). The links live as long as this value.
+    /// (egress), all as pinned links. A link pinned by a previous run is kept and its program
+    /// replaced atomically, so traffic never sees a gap.
     pub fn attach(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        let dir = self.pin_dir.clone();
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(program_names::UPLINK_INGRESS)
@@ -264,47 +290,54 @@ impl Dataplane {
         xdp.load()
             .context("loading the uplink XDP program (verifier)")?;
         for u in &cfg.uplinks {
-            if xdp.attach(&u.interface, XdpMode::Driver).is_err() {
-                xdp.attach(&u.interface, XdpMode::Skb).with_context(|| {
-                    format!("attaching XDP to uplink {} ({})", u.name, u.interface)
-                })?;
-            }
+            let pin = dir.join(link_pin_name(program_names::UPLINK_INGRESS, &u.interface));
+            let id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => xdp.attach_to_link(XdpLink::try_from(FdLink::from(old))?)?,
+                Err(_) => xdp.attach(&u.interface, XdpMode::Driver).or_else(|_| {
+                    xdp.attach(&u.interface, XdpMode::Skb).with_context(|| {
+                        format!("attaching XDP to uplink {} ({})", u.name, u.interface)
+                    })
+                })?,
+            };
+            pin_link(FdLink::try_from(xdp.take_link(id)?)?, &pin)?;
         }
-        let lan_in: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program_names::LAN_INGRESS)
-            .context("program missing")?
-            .try_into()?;
-        lan_in
-            .load()
-            .context("loading the LAN TC program (verifier)")?;
-        let _ = tc::qdisc_add_clsact(&cfg.lan.interface);
-        lan_in
-            .attach(&cfg.lan.interface, TcAttachType::Ingress)
-            .with_context(|| {
-                format!(
-                    "attaching TC ingress to LAN interface {}",
-                    cfg.lan.interface
-                )
-            })?;
-        let out: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program_names::UPLINK_EGRESS)
-            .context("program missing")?
-            .try_into()?;
-        out.load()
-            .context("loading the uplink egress TC program (verifier)")?;
-        for u in &cfg.uplinks {
-            let _ = tc::qdisc_add_clsact(&u.interface);
-            out.attach(&u.interface, TcAttachType::Egress)
-                .with_context(|| {
-                    format!("attaching TC egress to uplink {} ({})", u.name, u.interface)
-                })?;
+        let tc_attachments = std::iter::once((
+            program_names::LAN_INGRESS,
+            &cfg.lan.interface,
+            TcAttachType::Ingress,
+        ))
+        .chain(cfg.uplinks.iter().map(|u| {
+            (
+                program_names::UPLINK_EGRESS,
+                &u.interface,
+                TcAttachType::Egress,
+            )
+        }));
+        for (name, iface, attach_type) in tc_attachments {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .context("program missing")?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("loading {name} (verifier)"))?;
+            }
+            let pin = dir.join(link_pin_name(name, iface));
+            let id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    prog.attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)?
+                }
+                Err(_) => prog
+                    .attach(iface, attach_type)
+                    .with_context(|| format!("attaching {name} to {iface}"))?,
+            };
+            pin_link(FdLink::try_from(prog.take_link(id)?)?, &pin)?;
         }
         Ok(())
     }
 
-    /// Remove the pins (the programs detach when `self` drops).
+    /// Remove the pins: once no process holds them, the links detach and the maps go.
     pub fn unpin(&self) -> anyhow::Result<()> {
         remove_pins(&self.pin_dir)
     }
@@ -313,6 +346,72 @@ impl Dataplane {
     pub fn conns(&mut self) -> anyhow::Result<&mut aya::maps::Map> {
         self.map_mut(map_names::CONNS)
     }
+}
+
+fn link_pin_name(program: &str, iface: &str) -> String {
+    format!("link-{program}-{iface}")
+}
+
+/// Pin a link at `path`, replacing the pin of the link it took over.
+fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
+    let _ = fs::remove_file(path);
+    link.pin(path)
+        .with_context(|| format!("pinning link at {}", path.display()))?;
+    Ok(())
+}
+
+/// The shape of each map as this build defines it.
+struct MapLayout {
+    name: &'static str,
+    map_type: MapType,
+    key_size: u32,
+    value_size: u32,
+}
+
+const fn layout<K, V>(name: &'static str, map_type: MapType) -> MapLayout {
+    MapLayout {
+        name,
+        map_type,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+    }
+}
+
+const MAP_LAYOUTS: &[MapLayout] = &[
+    layout::<FlowKey, ConnEntry>(map_names::CONNS, MapType::LruHash),
+    layout::<u32, DataplaneConfig>(map_names::CONFIG, MapType::Array),
+    layout::<u32, UplinkInfo>(map_names::UPLINKS, MapType::Array),
+    layout::<u32, PolicyRule>(map_names::POLICIES, MapType::Array),
+    layout::<PublishKey, PublishTarget>(map_names::PUBLISH, MapType::Hash),
+    layout::<u32, PublicAddr>(map_names::PUBLIC_ADDRS, MapType::Hash),
+    layout::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray),
+    layout::<u32, UplinkStats>(map_names::UPLINK_STATS, MapType::PerCpuArray),
+];
+
+/// Refuse to adopt pinned maps whose layout differs from this build's: writing through a
+/// different layout would corrupt them.
+pub fn check_pinned_layout(pin_dir: &Path) -> anyhow::Result<()> {
+    for expected in MAP_LAYOUTS {
+        let path = pin_dir.join(expected.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("reading pinned map {}", path.display()))?;
+        let found = (info.map_type()?, info.key_size(), info.value_size());
+        let wanted = (expected.map_type, expected.key_size, expected.value_size);
+        if found != wanted {
+            bail!(
+                "pinned map {} has layout {found:?} (type, key, value bytes) but this masq expects \
+                 {wanted:?}: refusing to adopt it; `masq down --pin-dir {}` removes the old \
+                 dataplane (and its connections)",
+                path.display(),
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Delete a pin directory and everything pinned in it.

@@ -1,9 +1,9 @@
 //! `masq run` and `masq down` leave the gateway exactly as they found it.
 mod common;
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Duration};
 
-use masq_user::lab::{GatewayMode, Host, Lab};
+use masq_user::lab::{GatewayMode, Host, Lab, PUBLIC_ISP_A};
 
 /// Everything masq may touch on the gateway: rules, routes of every table, links (XDP shows
 /// there), TC attachments, and the pin directory.
@@ -55,9 +55,24 @@ fn assert_installed(lab: &Lab) {
     assert!(lab.pin_dir().join("CONNS").exists());
 }
 
+fn masq_down(lab: &Lab) {
+    let config = common::example_config();
+    let pin_dir = lab.pin_dir();
+    let out = masq_cli(
+        lab,
+        &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)],
+    );
+    assert!(
+        out.status.success(),
+        "masq down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
-fn stopping_masq_restores_the_gateway_exactly() {
+fn daemon_exit_keeps_the_dataplane_and_masq_down_restores_the_gateway() {
     let lab = common::lab(GatewayMode::Bare);
+    let _server = lab.serve_tcp(Host::Isolde, 80, "hello").expect("server");
     let before = gateway_state(&lab);
     let masq = lab
         .start_masq(
@@ -70,7 +85,114 @@ fn stopping_masq_restores_the_gateway_exactly() {
     assert_installed(&lab);
     let status = masq.stop().expect("masq stops");
     assert!(status.success(), "masq exit status {status}");
+    assert_installed(&lab);
+    let reply = lab
+        .tcp_request(Host::Client, PUBLIC_ISP_A, 80, Duration::from_secs(5))
+        .expect("request");
+    assert_eq!(
+        reply.as_deref().map(str::trim),
+        Some("hello"),
+        "still forwarding without the daemon"
+    );
+    masq_down(&lab);
     assert_eq!(gateway_state(&lab), before);
+}
+
+#[test]
+fn restart_adopts_the_pinned_connection_table() {
+    let lab = common::lab(GatewayMode::Bare);
+    let config = common::example_config();
+    let masq = lab
+        .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
+        .unwrap();
+    assert!(
+        lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3))
+            .unwrap()
+    );
+    let conns_before = masq_user::inspect::read_conns(&lab.pin_dir())
+        .unwrap()
+        .len();
+    assert!(conns_before >= 1);
+    masq.stop().unwrap();
+    let masq = lab
+        .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
+        .unwrap();
+    assert!(
+        masq.log_text().contains("adopted the pinned dataplane"),
+        "{}",
+        masq.log_text()
+    );
+    let conns_after = masq_user::inspect::read_conns(&lab.pin_dir())
+        .unwrap()
+        .len();
+    assert_eq!(
+        conns_after, conns_before,
+        "the connection table survives the restart"
+    );
+    assert!(
+        lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3))
+            .unwrap()
+    );
+    drop(masq);
+    masq_down(&lab);
+}
+
+#[test]
+fn run_refuses_pinned_maps_of_another_layout() {
+    let lab = common::lab(GatewayMode::Bare);
+    let pin_dir = lab.pin_dir();
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    // A CONNS map whose values are 48 bytes, as an older masq might have left.
+    pin_lru_map(&pin_dir.join("CONNS"), 16, 48);
+    let config = common::example_config();
+    let out = masq_cli(
+        &lab,
+        &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to adopt"), "{stderr}");
+    assert!(pin_dir.join("CONNS").exists(), "the old map is left alone");
+    masq_down(&lab);
+}
+
+/// Create and pin an LRU hash map with the raw bpf(2) syscall.
+fn pin_lru_map(path: &Path, key_size: u32, value_size: u32) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let mut create = [0u32; 30];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_LRU_HASH, key_size, value_size, 1024]);
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut pin = [0u64; 4];
+    pin[0] = cpath.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: a bpf_attr for BPF_OBJ_PIN: pathname, then bpf_fd.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    assert_eq!(ret, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd as i32) };
 }
 
 #[test]
