@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test crate uses only some of them).
 #![allow(dead_code)]
 
+pub mod packet;
+
 use std::{
     fs::{self, File},
     io::Read as _,

@@ -100,9 +100,17 @@ impl Ip {
 
     /// An IPv4 packet (no options) carrying `payload`.
     pub fn packet(&self, proto: u8, payload: &[u8]) -> Vec<u8> {
+        self.packet_with_options(proto, &[], payload)
+    }
+
+    /// An IPv4 packet with header `options` (a multiple of 4 bytes).
+    pub fn packet_with_options(&self, proto: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+        assert_eq!(options.len() % 4, 0);
+        let hlen = 20 + options.len();
         let mut p = vec![0u8; 20];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(options);
+        p[0] = 0x40 | (hlen / 4) as u8;
+        p[2..4].copy_from_slice(&((hlen + payload.len()) as u16).to_be_bytes());
         p[4..6].copy_from_slice(&self.id.to_be_bytes());
         p[6..8].copy_from_slice(&self.frag.to_be_bytes());
         p[8] = self.ttl;
