@@ -2,7 +2,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
 use masq_common::{
     CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN,
-    TCP_SEEN_RST, TCP_SEEN_SYN,
+    TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4,
 };
 
 use crate::{
@@ -25,23 +25,23 @@ pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
     CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
+#[inline(always)]
+pub fn now_s(now_ns: u64) -> u32 {
+    (now_ns / 1_000_000_000) as u32
+}
+
 /// The key and entry of the other direction, rebuilt from this one.
 #[inline(always)]
-fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u64) -> (FlowKey, ConnEntry) {
-    let mut twin_key = entry.xlate.reversed();
-    twin_key.proto = key.proto;
-    let mut xlate = key.reversed();
-    xlate.proto = key.proto;
+fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
     let twin = ConnEntry {
-        xlate,
+        xlate: Tuple4::of(&key.reversed()),
         uplink: entry.uplink,
         flags: entry.flags ^ CONN_F_REPLY,
-        created_ns: entry.created_ns,
-        last_seen_ns: now,
-        twin_checked_s: (now / 1_000_000_000) as u32,
+        created_s: entry.created_s,
+        last_seen_s: now,
         ..ConnEntry::default()
     };
-    (twin_key, twin)
+    (entry.twin_key(key), twin)
 }
 
 #[inline(always)]
@@ -67,12 +67,11 @@ fn tcp_seen_bits(flags: u8) -> u8 {
 /// the LRU evicted it, so one direction is never orphaned.
 #[inline(always)]
 pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
-    let now = now_ns();
+    let now = now_s(now_ns());
     // Plain adds: each direction has its own entry and a flow is handled by one CPU at a time,
     // so a lost update needs two CPUs on one direction at once (BPF has no atomic RMW in core).
     entry.packets += 1;
     entry.bytes += len;
-    entry.last_seen_ns = now;
     if ip.l4 == L4::Tcp {
         let seen = tcp_seen_bits(ip.tcp_flags);
         let reopened = ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
@@ -88,9 +87,8 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
             entry.tcp_seen |= seen;
         }
     }
-    let now_s = (now / 1_000_000_000) as u32;
-    if entry.twin_checked_s != now_s {
-        entry.twin_checked_s = now_s;
+    if entry.last_seen_s != now {
+        entry.last_seen_s = now;
         let (twin_key, twin) = twin_of(key, entry, now);
         if lookup(&twin_key).is_none() {
             let _ = CONNS.insert(&twin_key, &twin, BPF_NOEXIST as u64);
@@ -128,14 +126,14 @@ pub struct PortRange {
 #[inline(always)]
 pub fn create(
     key: &FlowKey,
-    mut xlate: FlowKey,
+    xlate: FlowKey,
     uplink: u8,
     flags: u8,
     ports: Option<PortRange>,
     ip: &Ipv4,
 ) -> Result<&'static mut ConnEntry, Counter> {
-    let now = now_ns();
-    xlate.proto = key.proto;
+    let now = now_s(now_ns());
+    let mut xlate = Tuple4::of(&xlate);
     let mut entry = ConnEntry {
         xlate,
         uplink,
@@ -145,9 +143,8 @@ pub fn create(
         } else {
             0
         },
-        created_ns: now,
-        last_seen_ns: now,
-        twin_checked_s: (now / 1_000_000_000) as u32,
+        created_s: now,
+        last_seen_s: now,
         ..ConnEntry::default()
     };
     let (mut reply_key, mut reply) = twin_of(key, &entry, now);

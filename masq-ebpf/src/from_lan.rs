@@ -48,7 +48,10 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
             return Ok(TC_ACT_OK as i32);
         }
         conntrack::touch(&ip.key, entry, &ip, len);
-        (Translation::Flow(entry.xlate), entry.uplink)
+        (
+            Translation::Flow(entry.xlate.key(ip.key.proto)),
+            entry.uplink,
+        )
     } else {
         let k = &ip.key;
         let not_ours = !in_lan(cfg, k.src_addr)
@@ -77,7 +80,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         count(Counter::OutboundNew);
         uplink_new_conn(chosen);
         conntrack::touch(k, entry, &ip, len);
-        (Translation::Flow(entry.xlate), chosen)
+        (Translation::Flow(entry.xlate.key(ip.key.proto)), chosen)
     };
     to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index)
 }

@@ -57,7 +57,7 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
             return Ok(XDP_PASS);
         }
         conntrack::touch(&ip.key, entry, &ip, len);
-        Translation::Flow(entry.xlate)
+        Translation::Flow(entry.xlate.key(ip.key.proto))
     } else {
         let Some(target) = published(&ip.key) else {
             count(Counter::PassedUntouched);
@@ -89,7 +89,7 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
         count(Counter::InboundNew);
         uplink_new_conn(uplink_index);
         conntrack::touch(&ip.key, entry, &ip, len);
-        Translation::Flow(entry.xlate)
+        Translation::Flow(entry.xlate.key(ip.key.proto))
     };
 
     if ip.ttl <= 1 {

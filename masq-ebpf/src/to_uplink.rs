@@ -42,7 +42,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         if entry.toward_lan() {
             return Err(Counter::DropUntranslatedLeak);
         }
-        Translation::Flow(entry.xlate)
+        Translation::Flow(entry.xlate.key(ip.key.proto))
     };
     translation.apply(&mut ctx, &ip)?;
     count(Counter::EgressTranslated);

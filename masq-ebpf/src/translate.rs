@@ -60,7 +60,7 @@ pub fn icmp_error<P: Packet>(
     if entry.toward_lan() != toward_lan {
         return None;
     }
-    let new_inner = entry.xlate.reversed();
+    let new_inner = entry.xlate.key(inner.key.proto).reversed();
     // The error goes to the quoted packet's sender; when the quoted packet's destination sent
     // it (or a router on the LAN did), its source becomes that destination's new address.
     let src = if toward_lan && ip.key.src_addr != inner.key.dst_addr {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 use std::borrow::{Borrow, BorrowMut};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST};
+use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, Tuple4};
 
 use crate::config::Timeouts;
 
@@ -86,13 +86,13 @@ impl Conn {
     }
 
     pub fn last_seen_ns(&self) -> u64 {
-        let a = self.orig.map_or(0, |(_, e)| e.last_seen_ns);
-        let b = self.reply.map_or(0, |(_, e)| e.last_seen_ns);
-        a.max(b)
+        let a = self.orig.map_or(0, |(_, e)| e.last_seen_s);
+        let b = self.reply.map_or(0, |(_, e)| e.last_seen_s);
+        u64::from(a.max(b)) * 1_000_000_000
     }
 
     pub fn created_ns(&self) -> u64 {
-        self.any().1.created_ns
+        u64::from(self.any().1.created_s) * 1_000_000_000
     }
 
     pub fn state(&self) -> ConnState {
@@ -122,9 +122,12 @@ impl Conn {
 
 /// The key of the entry for the other direction of `(key, entry)`.
 pub fn twin_key(key: &FlowKey, entry: &ConnEntry) -> FlowKey {
-    FlowKey {
-        proto: key.proto,
-        ..entry.xlate.reversed()
+    entry.twin_key(key)
+}
+
+impl From<&Tuple4> for crate::inspect::Tuple {
+    fn from(t: &Tuple4) -> Self {
+        (&t.key(0)).into()
     }
 }
 
@@ -200,7 +203,7 @@ mod tests {
 
     fn entry(xlate: FlowKey, flags: u8, tcp_seen: u8, packets: u64) -> ConnEntry {
         ConnEntry {
-            xlate,
+            xlate: Tuple4::of(&xlate),
             flags,
             tcp_seen,
             packets,
