@@ -16,15 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::{
-    inspect::read_counters,
-    lab::{
-        CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, LabChild,
-        PUBLIC_ISP_A, TRISTAN, packet_sources,
-    },
+use masq_user::lab::{
+    CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, LabChild,
+    PUBLIC_ISP_A, TRISTAN, packet_sources,
 };
-
-type Lab = masq_user::lab::Lab;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the client's peer-address server listens (TCP and UDP).
@@ -54,11 +49,14 @@ fn config_with_policies(lab: &Lab, policies: &str) -> PathBuf {
     path
 }
 
-/// A lab with masq on gw running the example config with `policies`, and the client's
-/// peer-address server on [`PORT`] (drop the server before the lab: declare it after).
-fn lab_with_policies(policies: &str) -> (Lab, LabChild) {
+/// A lab with masq on gw running the example config, its policies replaced when `policies` is
+/// given. Declare servers after it, so that they stop before the lab goes.
+fn lab_with_policies(policies: Option<&str>) -> (Lab, LabChild) {
     let lab = common::lab(GatewayMode::Bare);
-    let config = config_with_policies(&lab, policies);
+    let config = match policies {
+        Some(policies) => config_with_policies(&lab, policies),
+        None => common::example_config(),
+    };
     let masq = lab
         .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
         .expect("masq starts");
@@ -77,11 +75,6 @@ fn tcp_seen(lab: &Lab, host: Host, port: u16) -> Option<Ipv4Addr> {
 /// The source address the client saw for a UDP datagram from `host` to `port`.
 fn udp_seen(lab: &Lab, host: Host, port: u16) -> Option<Ipv4Addr> {
     peer(lab.udp_request(host, CLIENT, port, "hi", TIMEOUT).unwrap())
-}
-
-fn counter(lab: &Lab, name: &str) -> u64 {
-    let counters = read_counters(&lab.pin_dir()).expect("reading the pinned counters");
-    counters.iter().find(|c| c.name == name).unwrap().value
 }
 
 /// `masq stats` and `masq conns` output, for failure messages.
@@ -118,7 +111,7 @@ fn captured_at_isps(lab: &Lab, filter: &str, f: impl FnOnce()) -> (Vec<String>, 
 
 #[test]
 fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
-    let (lab, _masq) = lab_with_policies(EXAMPLE_POLICIES);
+    let (lab, _masq) = lab_with_policies(None);
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
     for (host, expected) in [(Host::Tristan, GW_ISP_A), (Host::Isolde, GW_ISP_B)] {
@@ -157,7 +150,7 @@ fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
         }
     }
     assert!(
-        counter(&lab, "outbound_new") >= 6,
+        common::counter(&lab, "outbound_new") >= 6,
         "outbound_new\n{}",
         dataplane_state(&lab)
     );
@@ -174,7 +167,7 @@ fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
 fn per_destination_port_policy_overrides_the_default() {
     let policies =
         format!("[[policy]]\nproto = \"tcp\"\nport = 8443\nuplink = \"dsl\"\n\n{EXAMPLE_POLICIES}");
-    let (lab, _masq) = lab_with_policies(&policies);
+    let (lab, _masq) = lab_with_policies(Some(&policies));
     let _https = common::serve_peer_addr(lab.ns(Host::Client), 8443);
     let _http = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
@@ -198,7 +191,7 @@ fn per_destination_port_policy_overrides_the_default() {
 
 #[test]
 fn weighted_policy_splits_connections_by_weight() {
-    let (lab, _masq) = lab_with_policies("[[policy]]\nuplinks = { dsl = 1, isp-b = 3 }\n");
+    let (lab, _masq) = lab_with_policies(Some("[[policy]]\nuplinks = { dsl = 1, isp-b = 3 }\n"));
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
     const PER_HOST: usize = 200;
@@ -235,8 +228,9 @@ fn weighted_policy_splits_connections_by_weight() {
 
 #[test]
 fn sticky_policy_keeps_one_source_on_one_uplink() {
-    let (lab, _masq) =
-        lab_with_policies("[[policy]]\nuplinks = { dsl = 1, isp-b = 1 }\nsticky = true\n");
+    let (lab, _masq) = lab_with_policies(Some(
+        "[[policy]]\nuplinks = { dsl = 1, isp-b = 1 }\nsticky = true\n",
+    ));
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
     for host in [Host::Isolde, Host::Tristan] {
@@ -271,9 +265,13 @@ fn gateway_own_traffic_leaves_by_the_uplink_of_its_source_address() {
     );
     assert!(lab.spoof_drops(Host::IspB) > drops, "ISP B spoof drops");
 
-    let config = config_with_policies(&lab, EXAMPLE_POLICIES);
     let _masq = lab
-        .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
+        .start_masq(
+            &common::masq_bin(),
+            &common::example_config(),
+            &lab.pin_dir(),
+            &[],
+        )
         .expect("masq starts");
     let (at_a, at_b) = captured_at_isps(&lab, "icmp", || {
         assert!(ping_from(GW_ISP_A, CLIENT), "from {GW_ISP_A}");
@@ -303,7 +301,7 @@ fn gateway_own_traffic_leaves_by_the_uplink_of_its_source_address() {
 
 #[test]
 fn inbound_and_outbound_run_together_without_interfering() {
-    let (lab, _masq) = lab_with_policies(EXAMPLE_POLICIES);
+    let (lab, _masq) = lab_with_policies(None);
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
     // 4 MiB of numbered lines, published on isolde (serve_tcp adds a newline).
     let content: String = (0..512 * 1024).map(|i| format!("{i:07}\n")).collect();
@@ -352,7 +350,7 @@ fn inbound_and_outbound_run_together_without_interfering() {
 
 #[test]
 fn route_added_to_main_appears_in_the_uplink_tables_within_a_second() {
-    let (lab, _masq) = lab_with_policies(EXAMPLE_POLICIES);
+    let (lab, _masq) = lab_with_policies(None);
     let gw = lab.ns(Host::Gw);
     let route = "10.99.0.0/24 via 192.168.100.17";
     let in_tables = || {
