@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use masq_user::lab::{
     CLIENT, GW_ISP_A, GW_ISP_B, GW_LAN, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab,
-    PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
+    LabChild, PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
 };
 use serde_json::Value;
 
@@ -74,14 +74,11 @@ fn tcp_udp_ping(lab: &Lab, up: Uplink) -> [bool; 3] {
         .udp_request(Host::Client, up.public, UDP_PORT, "ping?", TIMEOUT)
         .unwrap();
     let ping = lab.ping(Host::Client, up.public, TIMEOUT).unwrap();
-    for answer in [
-        tcp.as_deref().map(|b| b.strip_suffix(b"\n").unwrap_or(b)),
-        udp.as_deref().map(str::as_bytes),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        assert_eq!(answer, REPLY.as_bytes(), "answer from {}", up.public);
+    if let Some(body) = &tcp {
+        assert_eq!(body, REPLY.as_bytes(), "TCP answer from {}", up.public);
+    }
+    if let Some(text) = &udp {
+        assert_eq!(text, REPLY, "UDP answer from {}", up.public);
     }
     [tcp.is_some(), udp.is_some(), ping]
 }
@@ -113,7 +110,8 @@ fn inbound_conn<'a>(conns: &'a [Value], proto: &str, up: Uplink) -> &'a Value {
         })
 }
 
-fn start(lab: &Lab, steer: bool) -> [masq_user::lab::LabChild; 3] {
+/// masq (the example config, or with steering off), an HTTP server and a UDP echo on isolde.
+fn start(lab: &Lab, steer: bool) -> [LabChild; 3] {
     let config = if steer {
         common::example_config()
     } else {
@@ -121,12 +119,7 @@ fn start(lab: &Lab, steer: bool) -> [masq_user::lab::LabChild; 3] {
     };
     [
         common::start_masq(lab, &config),
-        common::serve_http(
-            lab,
-            Host::Isolde,
-            HTTP_PORT,
-            format!("{REPLY}\n").as_bytes(),
-        ),
+        common::serve_http(lab, Host::Isolde, HTTP_PORT, REPLY.as_bytes()),
         lab.serve_udp(Host::Isolde, UDP_PORT, REPLY).unwrap(),
     ]
 }
