@@ -218,12 +218,7 @@ pub fn arp_request(sender_mac: Mac, sender_ip: Ipv4Addr, target: Ipv4Addr) -> Ve
 }
 
 /// The ARP reply to [`arp_request`], as the owner of `target` at `owner_mac` sends it.
-pub fn arp_reply(
-    owner_mac: Mac,
-    target: Ipv4Addr,
-    asker_mac: Mac,
-    asker_ip: Ipv4Addr,
-) -> Vec<u8> {
+pub fn arp_reply(owner_mac: Mac, target: Ipv4Addr, asker_mac: Mac, asker_ip: Ipv4Addr) -> Vec<u8> {
     let mut a = vec![0, 1, 8, 0, 6, 4, 0, 2];
     a.extend_from_slice(&owner_mac);
     a.extend_from_slice(&target.octets());
@@ -250,7 +245,12 @@ impl<'a> IpView<'a> {
     }
 
     fn addr_at(&self, off: usize) -> Ipv4Addr {
-        Ipv4Addr::new(self.0[off], self.0[off + 1], self.0[off + 2], self.0[off + 3])
+        Ipv4Addr::new(
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        )
     }
 
     pub fn header_len(&self) -> usize {
