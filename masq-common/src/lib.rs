@@ -32,6 +32,7 @@ pub mod map_names {
     pub const PUBLIC_ADDRS: &str = "PUBLIC_ADDRS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const UPLINK_STATS: &str = "UPLINK_STATS";
+    pub const FRAGS: &str = "FRAGS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -69,25 +70,12 @@ impl FlowKey {
         dst_port: u16,
         proto: u8,
     ) -> Self {
-        Self {
-            src_addr,
-            dst_addr,
-            src_port,
-            dst_port,
-            proto,
-            _pad: [0; 3],
-        }
+        Self { src_addr, dst_addr, src_port, dst_port, proto, _pad: [0; 3] }
     }
 
     /// The key of packets flowing the other way.
     pub const fn reversed(&self) -> Self {
-        Self::new(
-            self.dst_addr,
-            self.src_addr,
-            self.dst_port,
-            self.src_port,
-            self.proto,
-        )
+        Self::new(self.dst_addr, self.src_addr, self.dst_port, self.src_port, self.proto)
     }
 }
 
@@ -125,13 +113,7 @@ impl Tuple4 {
     }
 
     pub const fn key(&self, proto: u8) -> FlowKey {
-        FlowKey::new(
-            self.src_addr,
-            self.dst_addr,
-            self.src_port,
-            self.dst_port,
-            proto,
-        )
+        FlowKey::new(self.src_addr, self.dst_addr, self.src_port, self.dst_port, proto)
     }
 }
 
@@ -241,8 +223,11 @@ pub struct DataplaneConfig {
     pub lan_prefixes: [Prefix4; MAX_LAN_PREFIXES],
     pub lan_prefix_count: u32,
     pub policy_count: u32,
+    /// Ports SNAT never picks (the gateway's own ephemeral range), inclusive; min > max: none.
+    pub port_skip_min: u16,
+    pub port_skip_max: u16,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64 + 4);
 
 /// `PolicyRule::flags`: all connections of one source take the same uplink.
 pub const POLICY_F_STICKY: u32 = 1 << 0;
@@ -268,6 +253,36 @@ pub struct PolicyRule {
     pub weights: [u32; MAX_CHOICES],
 }
 const _: () = assert!(core::mem::size_of::<PolicyRule>() == 16 + 12 + 8 + 32);
+
+/// `FRAGS` key: the fragments of one datagram, as they arrive (before translation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// IP identification, network byte order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// `FRAGS` value: the addresses the datagram's first fragment was translated to; the later
+/// fragments (no transport header) get the same.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragXlate {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub uplink: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragXlate>() == 12);
+
+/// Datagrams in flight whose fragments masq tracks.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 16384;
 
 /// `PUBLISH` key: a public address, optionally narrowed to one protocol and port.
 /// Whole-address publishes use `proto == 0` and `port == 0`.
@@ -374,7 +389,7 @@ counters! {
     EgressTranslated = 12, "egress_translated", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
-    /// Dropped: IP fragment of a translated flow (not reassembled, on purpose).
+    /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).
     DropFragment = 33, "drop_fragment", true;
     /// Dropped: TCP packet without SYN and no connection (only SYN opens a connection).
     DropTcpNoConn = 34, "drop_tcp_no_connection", true;
@@ -390,6 +405,10 @@ counters! {
     DropWrongUplink = 39, "drop_wrong_uplink", true;
     /// Dropped: ICMP error whose inner packet matches no connection on a published address.
     DropIcmpErrorUnknown = 40, "drop_icmp_error_unknown", true;
+    /// Dropped: a LAN-sourced packet with IP options about to leave an uplink (not translated).
+    DropIpOptions = 41, "drop_ip_options", true;
+    /// Dropped: the connection belongs to another uplink than the one it is leaving by.
+    DropUplinkMismatch = 42, "drop_uplink_mismatch", true;
 }
 
 /// Size of the `COUNTERS` array.
@@ -410,6 +429,8 @@ mod pod {
     unsafe impl aya::Pod for PublishTarget {}
     unsafe impl aya::Pod for PublicAddr {}
     unsafe impl aya::Pod for UplinkStats {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragXlate {}
 }
 
 #[cfg(test)]
@@ -425,10 +446,7 @@ mod tests {
 
     #[test]
     fn direction_flags_say_where_packets_go() {
-        let mut e = ConnEntry {
-            flags: CONN_F_INBOUND,
-            ..Default::default()
-        };
+        let mut e = ConnEntry { flags: CONN_F_INBOUND, ..Default::default() };
         assert!(e.toward_lan());
         e.flags |= CONN_F_REPLY;
         assert!(!e.toward_lan());

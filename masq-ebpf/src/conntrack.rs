@@ -110,11 +110,29 @@ pub fn hash(key: &FlowKey) -> u32 {
 }
 
 /// Source ports (host byte order, inclusive) the NAT may pick from when the translated tuple
-/// is taken.
+/// is taken, minus `skip_min..=skip_max` (empty when min > max).
 #[derive(Clone, Copy)]
 pub struct PortRange {
     pub min: u16,
     pub max: u16,
+    pub skip_min: u16,
+    pub skip_max: u16,
+}
+
+impl PortRange {
+    /// The skipped ports inside the range, as (first, count).
+    #[inline(always)]
+    fn hole(&self) -> (u32, u32) {
+        let lo = self.skip_min.max(self.min) as u32;
+        let hi = self.skip_max.min(self.max) as u32;
+        if lo <= hi { (lo, hi - lo + 1) } else { (0, 0) }
+    }
+
+    #[inline(always)]
+    fn skips(&self, port: u16) -> bool {
+        let (lo, n) = self.hole();
+        n > 0 && port as u32 >= lo && (port as u32) < lo + n
+    }
 }
 
 /// Insert a new connection: `key` becomes `xlate`, replies come back as `xlate.reversed()`.
@@ -138,26 +156,28 @@ pub fn create(
         xlate,
         uplink,
         flags,
-        tcp_seen: if ip.l4 == L4::Tcp {
-            tcp_seen_bits(ip.tcp_flags)
-        } else {
-            0
-        },
+        tcp_seen: if ip.l4 == L4::Tcp { tcp_seen_bits(ip.tcp_flags) } else { 0 },
         created_s: now,
         last_seen_s: now,
         ..ConnEntry::default()
     };
     let (mut reply_key, mut reply) = twin_of(key, &entry, now);
-    if CONNS
-        .insert(&reply_key, &reply, BPF_NOEXIST as u64)
-        .is_err()
-    {
+    // The original port is kept when free, unless it is one the gateway uses itself.
+    let keep = ports.is_none_or(|r| !r.skips(u16::from_be(xlate.src_port)));
+    if !keep || CONNS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_err() {
         let range = ports.ok_or(Counter::DropConnInsertFailed)?;
-        let span = u32::from(range.max - range.min) + 1;
+        let (hole_start, hole_len) = range.hole();
+        let span = (u32::from(range.max - range.min) + 1).saturating_sub(hole_len);
+        if span == 0 {
+            return Err(Counter::DropNatPortExhausted);
+        }
         let seed = hash(key);
         let mut placed = false;
         for i in 0..NAT_PORT_TRIES {
-            let candidate = range.min as u32 + (seed.wrapping_add(i.wrapping_mul(7919))) % span;
+            let mut candidate = range.min as u32 + (seed.wrapping_add(i.wrapping_mul(7919))) % span;
+            if hole_len > 0 && candidate >= hole_start {
+                candidate += hole_len;
+            }
             xlate.src_port = (candidate as u16).to_be();
             entry.xlate = xlate;
             (reply_key, reply) = twin_of(key, &entry, now);

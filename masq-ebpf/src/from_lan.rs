@@ -11,10 +11,10 @@ use crate::{
     conntrack,
     forward::{decrement_ttl, set_macs},
     maps::PUBLIC_ADDRS,
-    packet::{Ipv4, L4, Parsed, TCP_ACK, TCP_SYN},
+    packet::{Frag, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN},
     stats::{count, uplink_new_conn},
     steer::{choose_uplink, config, fib_lookup, in_lan, is_uplink_address, uplink, with_mark},
-    translate::{Translation, icmp_error},
+    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
 const AF_INET: u32 = 2;
@@ -28,18 +28,21 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     let Some(cfg) = config() else {
         return Ok(TC_ACT_OK as i32);
     };
-    if ip.fragment {
-        count(Counter::PassedUntouched);
-        return Ok(TC_ACT_OK as i32);
-    }
     let len = u64::from(ctx.len());
 
-    let (translation, uplink_index) = if ip.l4 == L4::IcmpError {
-        let Some((translation, entry)) = icmp_error(&ctx, &ip, false) else {
+    let (translation, uplink_index) = if ip.frag == Frag::Later {
+        let Some(found) = later_fragment(&ip) else {
+            // First fragment not seen: the kernel forwards it, uplink egress drops it.
             count(Counter::PassedUntouched);
             return Ok(TC_ACT_OK as i32);
         };
-        conntrack::touch(&ip.key, entry, &ip, len);
+        found
+    } else if ip.l4 == L4::IcmpError {
+        let Some((translation, entry, conn_key)) = icmp_error(&ctx, &ip, false) else {
+            count(Counter::PassedUntouched);
+            return Ok(TC_ACT_OK as i32);
+        };
+        conntrack::touch(&conn_key, entry, &ip, len);
         count(Counter::IcmpErrorTranslated);
         (translation, entry.uplink)
     } else if let Some(entry) = conntrack::lookup(&ip.key) {
@@ -48,10 +51,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
             return Ok(TC_ACT_OK as i32);
         }
         conntrack::touch(&ip.key, entry, &ip, len);
-        (
-            Translation::Flow(entry.xlate.key(ip.key.proto)),
-            entry.uplink,
-        )
+        (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
     } else {
         let k = &ip.key;
         let not_ours = !in_lan(cfg, k.src_addr)
@@ -76,12 +76,13 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         };
         let mut xlate = *k;
         xlate.src_addr = up.address;
-        let entry = conntrack::create(k, xlate, chosen, 0, crate::port_range(cfg, &ip), &ip)?;
+        let entry = conntrack::create(k, xlate, chosen, 0, crate::port_range(cfg, &ip, true), &ip)?;
         count(Counter::OutboundNew);
         uplink_new_conn(chosen);
         conntrack::touch(k, entry, &ip, len);
         (Translation::Flow(entry.xlate.key(ip.key.proto)), chosen)
     };
+    record_first_fragment(&ip, &translation, uplink_index);
     to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index)
 }
 
@@ -128,10 +129,7 @@ fn to_uplink(
         // SAFETY: plain helper call.
         return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
     }
-    let mut nh = bpf_redir_neigh {
-        nh_family: AF_INET,
-        ..unsafe { core::mem::zeroed() }
-    };
+    let mut nh = bpf_redir_neigh { nh_family: AF_INET, ..unsafe { core::mem::zeroed() } };
     // SAFETY: after NO_NEIGH the lookup left the next hop in `ipv4_dst`.
     nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
     count(Counter::FastPathNeigh);

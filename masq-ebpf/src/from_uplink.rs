@@ -12,10 +12,10 @@ use crate::{
     forward::{decrement_ttl, set_macs},
     maps::PUBLIC_ADDRS,
     nat::published,
-    packet::{Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    packet::{Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
     steer::{config, fib_lookup, uplink_by_ifindex},
-    translate::{Translation, icmp_error},
+    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
 pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
@@ -28,27 +28,31 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
     let ip = match parse(&ctx)? {
         Parsed::Ipv4(ip) => ip,
         Parsed::Arp => return arp::answer(&mut ctx, uplink_index, uplink),
-        Parsed::Other => return Ok(XDP_PASS),
+        Parsed::Other | Parsed::Ipv4Options { .. } => return Ok(XDP_PASS),
     };
     count(Counter::Ipv4Seen);
     let Some(cfg) = config() else {
         return Ok(XDP_PASS);
     };
-    if ip.fragment {
-        // SAFETY: read-only lookup.
-        if unsafe { PUBLIC_ADDRS.get(&ip.key.dst_addr) }.is_some() {
-            return Err(Counter::DropFragment);
-        }
-        count(Counter::PassedUntouched);
-        return Ok(XDP_PASS);
-    }
 
-    let translation = if ip.l4 == L4::IcmpError {
-        let Some((translation, entry)) = icmp_error(&ctx, &ip, true) else {
+    let translation = if ip.frag == Frag::Later {
+        match later_fragment(&ip) {
+            Some((translation, _)) => translation,
+            // SAFETY: read-only lookup.
+            None if unsafe { PUBLIC_ADDRS.get(&ip.key.dst_addr) }.is_some() => {
+                return Err(Counter::DropFragment);
+            }
+            None => {
+                count(Counter::PassedUntouched);
+                return Ok(XDP_PASS);
+            }
+        }
+    } else if ip.l4 == L4::IcmpError {
+        let Some((translation, entry, conn_key)) = icmp_error(&ctx, &ip, true) else {
             count(Counter::PassedUntouched);
             return Ok(XDP_PASS);
         };
-        conntrack::touch(&ip.key, entry, &ip, len);
+        conntrack::touch(&conn_key, entry, &ip, len);
         count(Counter::IcmpErrorTranslated);
         translation
     } else if let Some(entry) = conntrack::lookup(&ip.key) {
@@ -83,7 +87,7 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
             xlate,
             uplink_index,
             CONN_F_INBOUND,
-            crate::port_range(cfg, &ip),
+            crate::port_range(cfg, &ip, false),
             &ip,
         )?;
         count(Counter::InboundNew);
@@ -92,6 +96,7 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
         Translation::Flow(entry.xlate.key(ip.key.proto))
     };
 
+    record_first_fragment(&ip, &translation, uplink_index);
     if ip.ttl <= 1 {
         // Untranslated, so the kernel's time-exceeded quotes what the sender sent.
         count(Counter::TtlExpiring);

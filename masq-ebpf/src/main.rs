@@ -66,13 +66,15 @@ fn parse_tc(ctx: &TcContext) -> Result<Parsed, Counter> {
 }
 
 /// The source ports a new connection's translated tuple may take when its own is taken.
+/// Masqueraded ones (`snat`) stay out of the gateway's own ephemeral ports: a reply to the
+/// gateway's sockets must never match a masq connection.
 #[inline(always)]
-fn port_range(cfg: &DataplaneConfig, ip: &Ipv4) -> Option<PortRange> {
+fn port_range(cfg: &DataplaneConfig, ip: &Ipv4, snat: bool) -> Option<PortRange> {
+    let (skip_min, skip_max) = if snat { (cfg.port_skip_min, cfg.port_skip_max) } else { (1, 0) };
     match ip.l4 {
-        L4::Tcp | L4::Udp | L4::IcmpEcho => Some(PortRange {
-            min: cfg.port_min,
-            max: cfg.port_max,
-        }),
+        L4::Tcp | L4::Udp | L4::IcmpEcho => {
+            Some(PortRange { min: cfg.port_min, max: cfg.port_max, skip_min, skip_max })
+        }
         _ => None,
     }
 }

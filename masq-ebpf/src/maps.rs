@@ -5,15 +5,20 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use masq_common::{
-    COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY, DataplaneConfig, FlowKey, MAX_POLICIES,
-    MAX_PUBLISH, MAX_UPLINKS, PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo,
-    UplinkStats,
+    COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY, DataplaneConfig, FlowKey, FragKey, FragXlate,
+    MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, PolicyRule, PublicAddr,
+    PublishKey, PublishTarget, UplinkInfo, UplinkStats,
 };
 
 /// The connection table: two entries per connection, one per direction.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, 0);
+
+/// Translations of fragmented datagrams, written by their first fragment.
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragXlate> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);

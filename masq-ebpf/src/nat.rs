@@ -14,22 +14,12 @@ use crate::{
 /// address/protocol/port, then the whole address.
 #[inline(always)]
 pub fn published(key: &FlowKey) -> Option<&'static PublishTarget> {
-    let exact = PublishKey {
-        addr: key.dst_addr,
-        port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
+    let exact = PublishKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
     // SAFETY: read-only use of a map value.
     if let Some(target) = unsafe { PUBLISH.get(&exact) } {
         return Some(target);
     }
-    let whole = PublishKey {
-        addr: key.dst_addr,
-        port: 0,
-        proto: 0,
-        _pad: 0,
-    };
+    let whole = PublishKey { addr: key.dst_addr, port: 0, proto: 0, _pad: 0 };
     // SAFETY: as above.
     unsafe { PUBLISH.get(&whole) }
 }
@@ -165,20 +155,8 @@ pub fn rewrite_icmp_error<P: Packet>(
     let l4_csum = quoted_l4_csum(p, inner);
     let old = &inner.key;
     let ip_csum = Some(INNER_IP + 10);
-    set_quoted4(
-        p,
-        INNER_IP + 12,
-        old.src_addr,
-        new_inner.src_addr,
-        [ip_csum, l4_csum],
-    )?;
-    set_quoted4(
-        p,
-        INNER_IP + 16,
-        old.dst_addr,
-        new_inner.dst_addr,
-        [ip_csum, l4_csum],
-    )?;
+    set_quoted4(p, INNER_IP + 12, old.src_addr, new_inner.src_addr, [ip_csum, l4_csum])?;
+    set_quoted4(p, INNER_IP + 16, old.dst_addr, new_inner.dst_addr, [ip_csum, l4_csum])?;
     match inner.l4 {
         L4::Tcp | L4::Udp => {
             set_quoted2(p, INNER_L4, old.src_port, new_inner.src_port, l4_csum)?;

@@ -77,13 +77,28 @@ pub struct Ipv4 {
     pub ttl: u8,
     /// Total length, host byte order.
     pub tot_len: u16,
-    /// A fragment (first or later): its transport header is not parsed.
-    pub fragment: bool,
+    pub frag: Frag,
+    /// IP identification, network byte order.
+    pub id: u16,
+}
+
+/// Where a packet stands among the fragments of its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    Whole,
+    /// Offset 0, more to come: carries the transport header.
+    First,
+    /// No transport header: translated like its first fragment (`FRAGS`).
+    Later,
 }
 
 pub enum Parsed {
-    /// Not IPv4, or IPv4 with options: not masq's business.
+    /// Not IPv4: not masq's business.
     Other,
+    /// IPv4 with options: never translated (only its source matters, at uplink egress).
+    Ipv4Options {
+        src_addr: u32,
+    },
     /// ARP (uplinks answer requests for published addresses).
     Arp,
     Ipv4(Ipv4),
@@ -277,22 +292,33 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
         return Ok(Parsed::Other);
     }
     let ver_ihl: u8 = p.load(IP_OFF)?;
-    if ver_ihl != 0x45 {
+    if ver_ihl >> 4 != 4 {
         return Ok(Parsed::Other);
+    }
+    if ver_ihl != 0x45 {
+        return Ok(Parsed::Ipv4Options { src_addr: p.load(IP_SRC)? });
     }
     let proto: u8 = p.load(IP_OFF + 9)?;
     let ttl: u8 = p.load(IP_TTL)?;
     let tot_len = u16::from_be(p.load::<u16>(IP_TOT_LEN)?);
-    let frag = u16::from_be(p.load::<u16>(IP_FRAG)?);
+    let frag_off = u16::from_be(p.load::<u16>(IP_FRAG)?);
+    let frag = if frag_off & 0x1fff != 0 {
+        Frag::Later
+    } else if frag_off & 0x2000 != 0 {
+        Frag::First
+    } else {
+        Frag::Whole
+    };
     let mut ip = Ipv4 {
         key: FlowKey::new(p.load(IP_SRC)?, p.load(IP_DST)?, 0, 0, proto),
         l4: L4::Other,
         tcp_flags: 0,
         ttl,
         tot_len,
-        fragment: frag & 0x3fff != 0,
+        frag,
+        id: p.load(IP_OFF + 4)?,
     };
-    if ip.fragment {
+    if frag == Frag::Later {
         return Ok(Parsed::Ipv4(ip));
     }
     match proto {

@@ -14,9 +14,7 @@ pub fn count(counter: Counter) {
 #[inline(always)]
 fn uplink_stats(uplink: u8) -> Option<&'static mut UplinkStats> {
     // SAFETY: per-CPU slot, only this CPU writes it.
-    UPLINK_STATS
-        .get_ptr_mut(uplink as u32)
-        .map(|p| unsafe { &mut *p })
+    UPLINK_STATS.get_ptr_mut(uplink as u32).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]

@@ -23,9 +23,7 @@ pub fn config() -> Option<&'static DataplaneConfig> {
 
 #[inline(always)]
 pub fn uplink(index: u8) -> Option<&'static UplinkInfo> {
-    UPLINKS
-        .get(u32::from(index))
-        .filter(|u| u.flags & UPLINK_F_ENABLED != 0)
+    UPLINKS.get(u32::from(index)).filter(|u| u.flags & UPLINK_F_ENABLED != 0)
 }
 
 /// The uplink attached at `ifindex`.
@@ -164,12 +162,7 @@ pub fn fib_lookup<C: EbpfContext>(
     }
     // SAFETY: params is a valid, fully initialised struct of the size passed.
     let ret = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            core::mem::size_of::<FibParams>() as i32,
-            flags,
-        )
+        bpf_fib_lookup(ctx.as_ptr(), &mut params, core::mem::size_of::<FibParams>() as i32, flags)
     };
     (ret, params)
 }

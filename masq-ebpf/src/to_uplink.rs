@@ -1,49 +1,58 @@
 //! TC egress on each uplink: counts the uplink's traffic, translates what the kernel forwarded
-//! untranslated (masq's slow path), and stops LAN addresses from leaking un-NATed.
+//! untranslated (masq's slow path, incl. the fragments the kernel made), and stops LAN addresses
+//! from leaking un-NATed.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use masq_common::Counter;
+use masq_common::{CFG_F_NO_STEER, Counter};
 
 use crate::{
     conntrack,
-    packet::{L4, Parsed},
+    packet::{Frag, L4, Parsed},
     stats::{count, uplink_tx},
     steer::{config, in_lan, uplink_by_ifindex},
-    translate::{Translation, icmp_error},
+    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
 pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     // SAFETY: `skb` is the program's context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if let Some((uplink_index, _)) = uplink_by_ifindex(ifindex) {
-        uplink_tx(uplink_index, u64::from(ctx.len()));
+    let this_uplink = uplink_by_ifindex(ifindex).map(|(index, _)| index);
+    if let Some(index) = this_uplink {
+        uplink_tx(index, u64::from(ctx.len()));
     }
+    let Some(cfg) = config() else { return Ok(TC_ACT_OK as i32) };
     let ip = match crate::parse_tc(&ctx)? {
         Parsed::Ipv4(ip) => ip,
+        Parsed::Ipv4Options { src_addr } if in_lan(cfg, src_addr) => {
+            return Err(Counter::DropIpOptions);
+        }
         _ => return Ok(TC_ACT_OK as i32),
-    };
-    let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
     };
     if !in_lan(cfg, ip.key.src_addr) {
         return Ok(TC_ACT_OK as i32);
     }
-    if ip.fragment {
-        return Err(Counter::DropFragment);
-    }
     let len = u64::from(ctx.len());
-    let translation = if ip.l4 == L4::IcmpError {
-        let (translation, entry) =
+    let (translation, uplink) = if ip.frag == Frag::Later {
+        later_fragment(&ip).ok_or(Counter::DropFragment)?
+    } else if ip.l4 == L4::IcmpError {
+        let (translation, entry, conn_key) =
             icmp_error(&ctx, &ip, false).ok_or(Counter::DropUntranslatedLeak)?;
-        conntrack::touch(&ip.key, entry, &ip, len);
-        translation
+        conntrack::touch(&conn_key, entry, &ip, len);
+        (translation, entry.uplink)
     } else {
         // Already accounted at LAN ingress; only translate here.
         let entry = conntrack::lookup(&ip.key).ok_or(Counter::DropUntranslatedLeak)?;
         if entry.toward_lan() {
             return Err(Counter::DropUntranslatedLeak);
         }
-        Translation::Flow(entry.xlate.key(ip.key.proto))
+        (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
     };
+    // A connection leaves by its own uplink; only the diagnostic no-steer mode lets the main
+    // table send it elsewhere.
+    let steering = cfg.flags & CFG_F_NO_STEER == 0;
+    if steering && this_uplink.is_some_and(|index| index != uplink) {
+        return Err(Counter::DropUplinkMismatch);
+    }
+    record_first_fragment(&ip, &translation, uplink);
     translation.apply(&mut ctx, &ip)?;
     count(Counter::EgressTranslated);
     Ok(TC_ACT_OK as i32)

@@ -1,21 +1,19 @@
 //! What a packet of a tracked connection becomes: a plain tuple rewrite, or an ICMP error whose
 //! quoted packet is rewritten too.
-use masq_common::{ConnEntry, Counter, FlowKey};
+use aya_ebpf::bindings::BPF_ANY;
+use masq_common::{ConnEntry, Counter, FlowKey, FragKey, FragXlate};
 
 use crate::{
     conntrack,
+    maps::FRAGS,
     nat::{rewrite, rewrite_icmp_error},
-    packet::{Inner, Ipv4, Packet, parse_icmp_error},
+    packet::{Frag, Inner, Ipv4, Packet, parse_icmp_error},
 };
 
 #[derive(Clone, Copy)]
 pub enum Translation {
     Flow(FlowKey),
-    IcmpError {
-        inner: Inner,
-        new_inner: FlowKey,
-        outer: (u32, u32),
-    },
+    IcmpError { inner: Inner, new_inner: FlowKey, outer: (u32, u32) },
 }
 
 impl Translation {
@@ -23,10 +21,7 @@ impl Translation {
     #[inline(always)]
     pub fn result(&self, ip: &Ipv4) -> FlowKey {
         match self {
-            Translation::Flow(to) => FlowKey {
-                proto: ip.key.proto,
-                ..*to
-            },
+            Translation::Flow(to) => FlowKey { proto: ip.key.proto, ..*to },
             Translation::IcmpError { outer, .. } => {
                 FlowKey::new(outer.0, outer.1, 0, 0, ip.key.proto)
             }
@@ -37,26 +32,57 @@ impl Translation {
     pub fn apply<P: Packet>(&self, p: &mut P, ip: &Ipv4) -> Result<(), Counter> {
         match self {
             Translation::Flow(to) => rewrite(p, ip, &ip.key, to),
-            Translation::IcmpError {
-                inner,
-                new_inner,
-                outer,
-            } => rewrite_icmp_error(p, ip, inner, new_inner, *outer),
+            Translation::IcmpError { inner, new_inner, outer } => {
+                rewrite_icmp_error(p, ip, inner, new_inner, *outer)
+            }
         }
     }
 }
 
-/// The translation of an ICMP error about a tracked connection, and that connection's entry
-/// for the direction the error travels. `toward_lan`: the error arrived from an uplink.
+#[inline(always)]
+fn frag_key(ip: &Ipv4) -> FragKey {
+    FragKey {
+        src_addr: ip.key.src_addr,
+        dst_addr: ip.key.dst_addr,
+        id: ip.id,
+        proto: ip.key.proto,
+        _pad: 0,
+    }
+}
+
+/// A later fragment's translation (addresses only) and uplink, as its first fragment recorded.
+#[inline(always)]
+pub fn later_fragment(ip: &Ipv4) -> Option<(Translation, u8)> {
+    // SAFETY: read-only use of a map value.
+    let x = unsafe { FRAGS.get(&frag_key(ip)) }?;
+    let to = FlowKey::new(x.src_addr, x.dst_addr, 0, 0, ip.key.proto);
+    Some((Translation::Flow(to), x.uplink))
+}
+
+/// Remember a first fragment's translation for the rest of its datagram.
+#[inline(always)]
+pub fn record_first_fragment(ip: &Ipv4, translation: &Translation, uplink: u8) {
+    if ip.frag != Frag::First {
+        return;
+    }
+    let to = translation.result(ip);
+    let x = FragXlate { src_addr: to.src_addr, dst_addr: to.dst_addr, uplink, _pad: [0; 3] };
+    let _ = FRAGS.insert(&frag_key(ip), &x, BPF_ANY as u64);
+}
+
+/// The translation of an ICMP error about a tracked connection, that connection's entry for
+/// the direction the error travels, and the entry's key. `toward_lan`: the error arrived from
+/// an uplink.
 #[inline(always)]
 pub fn icmp_error<P: Packet>(
     p: &P,
     ip: &Ipv4,
     toward_lan: bool,
-) -> Option<(Translation, &'static mut ConnEntry)> {
+) -> Option<(Translation, &'static mut ConnEntry, FlowKey)> {
     let inner = parse_icmp_error(p).ok()?;
     // The quoted packet travelled the other way: its reverse is this error's direction.
-    let entry = conntrack::lookup(&inner.key.reversed())?;
+    let conn_key = inner.key.reversed();
+    let entry = conntrack::lookup(&conn_key)?;
     if entry.toward_lan() != toward_lan {
         return None;
     }
@@ -68,10 +94,6 @@ pub fn icmp_error<P: Packet>(
     } else {
         new_inner.dst_addr
     };
-    let translation = Translation::IcmpError {
-        inner,
-        new_inner,
-        outer: (src, new_inner.src_addr),
-    };
-    Some((translation, entry))
+    let translation = Translation::IcmpError { inner, new_inner, outer: (src, new_inner.src_addr) };
+    Some((translation, entry, conn_key))
 }

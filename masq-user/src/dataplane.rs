@@ -20,10 +20,10 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, DataplaneConfig, FlowKey, MAX_CHOICES,
-    MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, POLICY_F_STICKY, PolicyRule, Prefix4, PublicAddr,
-    PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names,
-    program_names,
+    CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, DataplaneConfig, FlowKey, FragKey, FragXlate,
+    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, POLICY_F_STICKY, PolicyRule, Prefix4,
+    PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats,
+    map_names, program_names,
 };
 
 use crate::{
@@ -45,14 +45,23 @@ pub fn wire_port(port: u16) -> u16 {
 }
 
 pub fn wire_prefix(net: Ipv4Net) -> Prefix4 {
-    Prefix4 {
-        addr: wire_addr(net.network()),
-        mask: wire_addr(net.netmask()),
-    }
+    Prefix4 { addr: wire_addr(net.network()), mask: wire_addr(net.netmask()) }
 }
 
-/// `CONFIG[0]`.
-pub fn dataplane_config(cfg: &Config, lan_ifindex: u32) -> anyhow::Result<DataplaneConfig> {
+/// The gateway's own ephemeral port range (`net.ipv4.ip_local_port_range` of this namespace),
+/// which SNAT stays out of.
+pub fn local_port_range() -> Option<(u16, u16)> {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    Some((ports.next()?.ok()?, ports.next()?.ok()?))
+}
+
+/// `CONFIG[0]`. `local_ports`: the gateway's own ephemeral ports, never used for SNAT.
+pub fn dataplane_config(
+    cfg: &Config,
+    lan_ifindex: u32,
+    local_ports: Option<(u16, u16)>,
+) -> anyhow::Result<DataplaneConfig> {
     if cfg.lan.prefixes.len() > MAX_LAN_PREFIXES {
         bail!("lan.prefixes: at most {MAX_LAN_PREFIXES} prefixes");
     }
@@ -71,6 +80,8 @@ pub fn dataplane_config(cfg: &Config, lan_ifindex: u32) -> anyhow::Result<Datapl
         lan_prefixes,
         lan_prefix_count: cfg.lan.prefixes.len() as u32,
         policy_count: cfg.policies.len() as u32,
+        port_skip_min: local_ports.map_or(1, |(min, _)| min),
+        port_skip_max: local_ports.map_or(0, |(_, max)| max),
     })
 }
 
@@ -103,11 +114,7 @@ pub fn publish_entries(cfg: &Config) -> Vec<(PublishKey, PublishTarget)> {
             let key = PublishKey {
                 addr: wire_addr(p.address),
                 port: p.port.map_or(0, wire_port),
-                proto: if p.port.is_some() {
-                    p.proto.map_or(0, |x| x.number())
-                } else {
-                    0
-                },
+                proto: if p.port.is_some() { p.proto.map_or(0, |x| x.number()) } else { 0 },
                 _pad: 0,
             };
             let target = PublishTarget {
@@ -155,10 +162,7 @@ pub struct Dataplane {
 /// Mount bpffs at /sys/fs/bpf when it is not mounted yet.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
         return Ok(());
     }
     let status = std::process::Command::new("mount")
@@ -184,25 +188,17 @@ impl Dataplane {
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         fs::set_permissions(pin_dir, fs::Permissions::from_mode(0o700))?;
         check_pinned_layout(pin_dir)?;
-        let pin_paths: Vec<(&str, PathBuf)> = MAP_LAYOUTS
-            .iter()
-            .map(|m| (m.name, pin_dir.join(m.name)))
-            .collect();
+        let pin_paths: Vec<(&str, PathBuf)> =
+            MAP_LAYOUTS.iter().map(|m| (m.name, pin_dir.join(m.name))).collect();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(
-            map_names::CONNS,
-            cfg.dataplane.conn_capacity.saturating_mul(2),
-        );
+        loader.map_max_entries(map_names::CONNS, cfg.dataplane.conn_capacity.saturating_mul(2));
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and BTF?)")?;
-        Ok(Self {
-            ebpf,
-            pin_dir: pin_dir.to_path_buf(),
-        })
+        Ok(Self { ebpf, pin_dir: pin_dir.to_path_buf() })
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -218,20 +214,18 @@ impl Dataplane {
         let lan = host
             .get(&cfg.lan.interface)
             .ok_or_else(|| anyhow!("lan.interface: {} not found", cfg.lan.interface))?;
-        let global = dataplane_config(cfg, lan.index)?;
+        let global = dataplane_config(cfg, lan.index, local_port_range())?;
         let uplinks = uplink_infos(cfg, host)?;
 
         let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
         for i in 0..MAX_UPLINKS {
             let info = uplinks.get(i).copied().unwrap_or_default();
-            map.set(i as u32, info, 0)
-                .with_context(|| format!("UPLINKS[{i}]"))?;
+            map.set(i as u32, info, 0).with_context(|| format!("UPLINKS[{i}]"))?;
         }
         let mut map: Array<_, PolicyRule> = Array::try_from(self.map_mut(map_names::POLICIES)?)?;
         for i in 0..MAX_POLICIES {
             let rule = cfg.policies.get(i).map(policy_rule).unwrap_or_default();
-            map.set(i as u32, rule, 0)
-                .with_context(|| format!("POLICIES[{i}]"))?;
+            map.set(i as u32, rule, 0).with_context(|| format!("POLICIES[{i}]"))?;
         }
         let entries = publish_entries(cfg);
         let mut map: HashMap<_, PublishKey, PublishTarget> =
@@ -250,12 +244,8 @@ impl Dataplane {
         let mut map: HashMap<_, u32, PublicAddr> =
             HashMap::try_from(self.map_mut(map_names::PUBLIC_ADDRS)?)?;
         for p in &cfg.publish {
-            let owner = PublicAddr {
-                uplink: p.uplink as u8,
-                _pad: [0; 3],
-            };
-            map.insert(wire_addr(p.address), owner, 0)
-                .context("PUBLIC_ADDRS")?;
+            let owner = PublicAddr { uplink: p.uplink as u8, _pad: [0; 3] };
+            map.insert(wire_addr(p.address), owner, 0).context("PUBLIC_ADDRS")?;
         }
         let stale: Vec<u32> = map
             .keys()
@@ -272,9 +262,7 @@ impl Dataplane {
     }
 
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 
     /// Attach: XDP on each uplink (ingress), TC on the LAN device (ingress) and on each uplink
@@ -287,8 +275,7 @@ impl Dataplane {
             .program_mut(program_names::UPLINK_INGRESS)
             .context("program missing")?
             .try_into()?;
-        xdp.load()
-            .context("loading the uplink XDP program (verifier)")?;
+        xdp.load().context("loading the uplink XDP program (verifier)")?;
         for u in &cfg.uplinks {
             let pin = dir.join(link_pin_name(program_names::UPLINK_INGRESS, &u.interface));
             let id = match PinnedLink::from_pin(&pin) {
@@ -306,22 +293,16 @@ impl Dataplane {
             &cfg.lan.interface,
             TcAttachType::Ingress,
         ))
-        .chain(cfg.uplinks.iter().map(|u| {
-            (
-                program_names::UPLINK_EGRESS,
-                &u.interface,
-                TcAttachType::Egress,
-            )
-        }));
+        .chain(
+            cfg.uplinks
+                .iter()
+                .map(|u| (program_names::UPLINK_EGRESS, &u.interface, TcAttachType::Egress)),
+        );
         for (name, iface, attach_type) in tc_attachments {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .context("program missing")?
-                .try_into()?;
+            let prog: &mut SchedClassifier =
+                self.ebpf.program_mut(name).context("program missing")?.try_into()?;
             if prog.fd().is_err() {
-                prog.load()
-                    .with_context(|| format!("loading {name} (verifier)"))?;
+                prog.load().with_context(|| format!("loading {name} (verifier)"))?;
             }
             let pin = dir.join(link_pin_name(name, iface));
             let id = match PinnedLink::from_pin(&pin) {
@@ -355,8 +336,7 @@ fn link_pin_name(program: &str, iface: &str) -> String {
 /// Pin a link at `path`, replacing the pin of the link it took over.
 fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_file(path);
-    link.pin(path)
-        .with_context(|| format!("pinning link at {}", path.display()))?;
+    link.pin(path).with_context(|| format!("pinning link at {}", path.display()))?;
     Ok(())
 }
 
@@ -386,6 +366,7 @@ const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<u32, PublicAddr>(map_names::PUBLIC_ADDRS, MapType::Hash),
     layout::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray),
     layout::<u32, UplinkStats>(map_names::UPLINK_STATS, MapType::PerCpuArray),
+    layout::<FragKey, FragXlate>(map_names::FRAGS, MapType::LruHash),
 ];
 
 /// Refuse to adopt pinned maps whose layout differs from this build's: writing through a
@@ -434,10 +415,6 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
 pub fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = dir.join(name);
     MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is masq running with --pin-dir {}?)",
-            path.display(),
-            dir.display()
-        )
+        format!("opening {} (is masq running with --pin-dir {}?)", path.display(), dir.display())
     })
 }

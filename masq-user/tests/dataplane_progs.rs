@@ -79,25 +79,19 @@ fn build_topology(ns: &NetNs, neighbours: bool) {
         ("eth4", ETH4_MAC, "67.17.28.12/28"),
     ] {
         let mac = mac_str(mac);
-        cmds.push(format!(
-            "ip link add {dev} address {mac} type veth peer name {dev}p"
-        ));
+        cmds.push(format!("ip link add {dev} address {mac} type veth peer name {dev}p"));
         cmds.push(format!("ip addr add {addr} dev {dev}"));
         cmds.push(format!("ip link set {dev}p up"));
         cmds.push(format!("ip link set {dev} up"));
     }
     cmds.push(format!("ip route add default via {ISPB_GW}"));
     for (table, gw, dev) in [(201, DSL_GW, "eth4"), (202, ISPB_GW, "eth1")] {
-        for (net, d) in [
-            ("192.168.100.0/24", "eth0"),
-            ("205.254.211.0/24", "eth1"),
-            ("67.17.28.0/28", "eth4"),
-        ] {
+        for (net, d) in
+            [("192.168.100.0/24", "eth0"), ("205.254.211.0/24", "eth1"), ("67.17.28.0/28", "eth4")]
+        {
             cmds.push(format!("ip route add {net} dev {d} table {table}"));
         }
-        cmds.push(format!(
-            "ip route add default via {gw} dev {dev} table {table}"
-        ));
+        cmds.push(format!("ip route add default via {gw} dev {dev} table {table}"));
     }
     if neighbours {
         for (ip, mac, dev) in [
@@ -108,15 +102,16 @@ fn build_topology(ns: &NetNs, neighbours: bool) {
             (MARKE, MARKE_MAC, "eth0"),
         ] {
             let mac = mac_str(mac);
-            cmds.push(format!(
-                "ip neigh add {ip} lladdr {mac} dev {dev} nud permanent"
-            ));
+            cmds.push(format!("ip neigh add {ip} lladdr {mac} dev {dev} nud permanent"));
         }
     }
     cmds.push("sysctl -qw net.ipv4.ip_forward=1".into());
+    // The gateway's own ephemeral ports, which SNAT avoids (the tests' LAN ports lie outside).
     for cmd in cmds {
         ns.run_ok(&cmd).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
     }
+    // The gateway's own ephemeral ports, which SNAT avoids (the tests' LAN ports lie outside).
+    ns.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=61000 61999"]).unwrap();
 }
 
 /// The loaded (not attached) dataplane inside the test's namespace.
@@ -147,11 +142,7 @@ struct Opts {
     cmds: &'static [&'static str],
 }
 
-const SEED: Opts = Opts {
-    toml: "",
-    neighbours: true,
-    cmds: &[],
-};
+const SEED: Opts = Opts { toml: "", neighbours: true, cmds: &[] };
 
 /// Run `test` against a fresh gateway set up as `opts` says.
 fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
@@ -171,16 +162,12 @@ fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
         let mut dp = Dataplane::load(&cfg, &pin_dir).expect("loading the eBPF object");
         dp.fill_maps(&cfg, &host).expect("filling the maps");
         let ebpf = dp.ebpf_mut();
-        let xdp: &mut Xdp = ebpf
-            .program_mut(program_names::UPLINK_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let xdp: &mut Xdp =
+            ebpf.program_mut(program_names::UPLINK_INGRESS).unwrap().try_into().unwrap();
         xdp.load().expect("verifier: masq_uplink_in");
         for name in [program_names::LAN_INGRESS, program_names::UPLINK_EGRESS] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            tc.load()
-                .unwrap_or_else(|e| panic!("verifier: {name}: {e:#}"));
+            tc.load().unwrap_or_else(|e| panic!("verifier: {name}: {e:#}"));
         }
         let mut gw = Gw { dp, host };
         assert_eq!(gw.mac("eth0"), ETH0_MAC);
@@ -223,13 +210,8 @@ impl Gw {
 
     /// `masq_uplink_in` on a frame received by `dev`.
     fn xdp(&self, dev: &str, frame: &[u8]) -> Run {
-        let prog: &Xdp = self
-            .dp
-            .ebpf()
-            .program(program_names::UPLINK_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let prog: &Xdp =
+            self.dp.ebpf().program(program_names::UPLINK_INGRESS).unwrap().try_into().unwrap();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex(dev), 0, 0];
         let mut out = vec![0u8; frame.len() + 256];
@@ -242,11 +224,7 @@ impl Gw {
             })
             .expect("XDP test run");
         out.truncate(r.data_size_out as usize);
-        Run {
-            ret: r.return_value,
-            out,
-            mark: 0,
-        }
+        Run { ret: r.return_value, out, mark: 0 }
     }
 
     fn tc(&self, prog: &str, ingress_ifindex: u32, ifindex: u32, frame: &[u8]) -> Run {
@@ -267,11 +245,7 @@ impl Gw {
             .expect("TC test run");
         out.truncate(r.data_size_out as usize);
         let mark = u32::from_ne_bytes(skb_out[SKB_MARK..][..4].try_into().unwrap());
-        Run {
-            ret: r.return_value,
-            out,
-            mark,
-        }
+        Run { ret: r.return_value, out, mark }
     }
 
     /// `masq_lan_in` on a frame received by eth0.
@@ -294,23 +268,13 @@ impl Gw {
 
     /// Every non-zero counter, by name.
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        Counter::ALL
-            .iter()
-            .map(|&c| (c.name(), self.counter(c)))
-            .filter(|&(_, n)| n != 0)
-            .collect()
+        Counter::ALL.iter().map(|&c| (c.name(), self.counter(c))).filter(|&(_, n)| n != 0).collect()
     }
 
     #[track_caller]
     fn assert_counters(&self, expected: &[(Counter, u64)]) {
         for &(c, n) in expected {
-            assert_eq!(
-                self.counter(c),
-                n,
-                "counter {}; all: {:?}",
-                c.name(),
-                self.counters()
-            );
+            assert_eq!(self.counter(c), n, "counter {}; all: {:?}", c.name(), self.counters());
         }
     }
 
@@ -358,10 +322,7 @@ impl Gw {
     }
 
     fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
-        self.conns()
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, e)| e)
+        self.conns().into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
     }
 
     /// Both directions' entries of a connection.
@@ -377,25 +338,15 @@ impl Gw {
         let rev = self
             .conn(&reply_key)
             .unwrap_or_else(|| panic!("no reply entry {reply_key:?}; table:\n{}", self.table()));
-        assert_eq!(
-            rev.xlate,
-            Tuple4::of(&orig.reversed()),
-            "translation of {reply_key:?}"
-        );
-        assert_eq!(
-            (rev.uplink, rev.flags),
-            (uplink, flags | CONN_F_REPLY),
-            "entry {reply_key:?}"
-        );
+        assert_eq!(rev.xlate, Tuple4::of(&orig.reversed()), "translation of {reply_key:?}");
+        assert_eq!((rev.uplink, rev.flags), (uplink, flags | CONN_F_REPLY), "entry {reply_key:?}");
         let conns = {
             let map: HashMap<_, FlowKey, ConnEntry> =
                 HashMap::try_from(self.dp.ebpf().map(map_names::CONNS).unwrap()).unwrap();
             conntrack::dump(&map).unwrap()
         };
         assert!(
-            conns
-                .iter()
-                .any(|c| c.orig.is_some_and(|(k, _)| k == orig) && c.reply.is_some()),
+            conns.iter().any(|c| c.orig.is_some_and(|(k, _)| k == orig) && c.reply.is_some()),
             "userspace pairs {orig:?} with its reply"
         );
     }
@@ -407,13 +358,7 @@ impl Gw {
 
 /// A connection key as the dataplane stores it.
 fn key(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
-    FlowKey::new(
-        wire_addr(src.0),
-        wire_addr(dst.0),
-        wire_port(src.1),
-        wire_port(dst.1),
-        proto,
-    )
+    FlowKey::new(wire_addr(src.0), wire_addr(dst.0), wire_port(src.1), wire_port(dst.1), proto)
 }
 
 fn tcp_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
@@ -490,9 +435,7 @@ fn reply_to_dsl_connection_leaves_by_dsl_not_by_main_default() {
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
 
-        let want = Ip::new(DSL_PUB, CLIENT)
-            .ttl(63)
-            .tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         assert_eq!(run.mark & MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
         gw.assert_counters(&[
@@ -522,9 +465,7 @@ fn inbound_connection_to_isp_b_address_is_served_and_answered_via_isp_b() {
 
         let synack = Ip::new(ISOLDE, CLIENT).tcp(443, 40001, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(ISPB_PUB, CLIENT)
-            .ttl(63)
-            .tcp(443, 40001, TCP_SYN | TCP_ACK);
+        let want = Ip::new(ISPB_PUB, CLIENT).ttl(63).tcp(443, 40001, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
         assert_eq!(run.mark & MARK_MASK, ISPB_MARK, "mark {:#x}", run.mark);
         gw.assert_no_drops();
@@ -566,17 +507,13 @@ fn inbound_udp_and_reply_are_translated_and_a_zero_checksum_stays_zero() {
         // Checksum 0 ("none") in both directions: XDP and TC keep it 0.
         let query = Ip::new(CLIENT, DSL_PUB).udp_with(6000, 69, b"q0", false);
         let run = gw.xdp("eth4", &from_dsl(&query));
-        let want = Ip::new(CLIENT, ISOLDE)
-            .ttl(63)
-            .udp_with(6000, 69, b"q0", false);
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).udp_with(6000, 69, b"q0", false);
         assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
         assert_eq!(IpView::of_frame(&run.out).l4_csum(), 0);
 
         let answer = Ip::new(ISOLDE, CLIENT).udp_with(69, 6000, b"a0", false);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &answer));
-        let want = Ip::new(DSL_PUB, CLIENT)
-            .ttl(63)
-            .udp_with(69, 6000, b"a0", false);
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).udp_with(69, 6000, b"a0", false);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         assert_eq!(IpView::of_frame(&run.out).l4_csum(), 0);
         gw.assert_counters(&[(Counter::InboundNew, 2), (Counter::ToUplinkTranslated, 2)]);
@@ -628,9 +565,7 @@ fn same_client_port_to_both_public_addresses_gets_a_second_port_toward_the_serve
 
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, port, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(ISPB_PUB, CLIENT)
-            .ttl(63)
-            .tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(ISPB_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
         assert_eq!(gw.conns().len(), 4);
         gw.assert_no_drops();
@@ -665,9 +600,7 @@ fn port_forward_translates_the_port_and_its_reply_follows_the_connection_not_the
 
         let synack = Ip::new(TRISTAN, CLIENT).tcp(22, 41000, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &synack));
-        let want = Ip::new(FWD_PUB, CLIENT)
-            .ttl(63)
-            .tcp(2222, 41000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(FWD_PUB, CLIENT).ttl(63).tcp(2222, 41000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
         assert_eq!(run.mark & MARK_MASK, ISPB_MARK);
 
@@ -698,9 +631,7 @@ fn port_unreachable_from_server_about_dnated_udp_leaves_by_dsl_translated() {
 
         let quoted_want = Ip::new(CLIENT, DSL_PUB).ttl(63).udp(5353, 53, b"query");
         let want =
-            Ip::new(DSL_PUB, CLIENT)
-                .ttl(63)
-                .icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
+            Ip::new(DSL_PUB, CLIENT).ttl(63).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         let inner = IpView::of_frame(&run.out).inner();
         assert_eq!((inner.src(), inner.dst()), (CLIENT, DSL_PUB));
@@ -717,13 +648,9 @@ fn port_unreachable_from_server_about_dnated_udp_leaves_by_dsl_translated() {
             &delivered[ETH_HLEN..],
         );
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &err));
-        let quoted_want = Ip::new(CLIENT, DSL_PUB)
-            .ttl(63)
-            .udp_with(5354, 53, b"q0", false);
+        let quoted_want = Ip::new(CLIENT, DSL_PUB).ttl(63).udp_with(5354, 53, b"q0", false);
         let want =
-            Ip::new(DSL_PUB, CLIENT)
-                .ttl(63)
-                .icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
+            Ip::new(DSL_PUB, CLIENT).ttl(63).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         gw.assert_counters(&[(Counter::IcmpErrorTranslated, 2)]);
         gw.assert_no_drops();
@@ -734,10 +661,7 @@ fn port_unreachable_from_server_about_dnated_udp_leaves_by_dsl_translated() {
 fn port_unreachable_from_lan_host_about_a_masqueraded_reply_leaves_translated() {
     example(|gw| {
         let query = Ip::new(TRISTAN, CLIENT).udp(40053, 53, b"query");
-        assert_eq!(
-            gw.lan_in(&from_lan(TRISTAN_MAC, &query)).ret,
-            TC_ACT_REDIRECT
-        );
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &query)).ret, TC_ACT_REDIRECT);
         let answer = Ip::new(CLIENT, DSL_ADDR).udp(53, 40053, b"late answer");
         let delivered = gw.xdp("eth4", &from_dsl(&answer)).out;
         assert_eq!(IpView::of_frame(&delivered).dst(), TRISTAN);
@@ -749,9 +673,7 @@ fn port_unreachable_from_lan_host_about_a_masqueraded_reply_leaves_translated() 
             &delivered[ETH_HLEN..],
         );
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &err));
-        let quoted_want = Ip::new(CLIENT, DSL_ADDR)
-            .ttl(63)
-            .udp(53, 40053, b"late answer");
+        let quoted_want = Ip::new(CLIENT, DSL_ADDR).ttl(63).udp(53, 40053, b"late answer");
         let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).icmp_error(
             ICMP_DEST_UNREACH,
             3,
@@ -770,20 +692,14 @@ fn frag_needed_from_internet_router_about_a_reply_reaches_the_server_translated(
     example(|gw| {
         client_syn_via_dsl(gw);
         // The reply as it left by DSL, quoted whole (so its TCP checksum can be checked too).
-        let reply = Ip::new(DSL_PUB, CLIENT)
-            .ttl(63)
-            .tcp_data(80, 40000, TCP_ACK, &[0xab; 24]);
+        let reply = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp_data(80, 40000, TCP_ACK, &[0xab; 24]);
         let mtu = [0, 0, 0x05, 0x78]; // next-hop MTU 1400
         let err = Ip::new(ROUTER, DSL_PUB).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &reply);
         let run = gw.xdp("eth4", &from_dsl(&err));
 
-        let reply_want = Ip::new(ISOLDE, CLIENT)
-            .ttl(63)
-            .tcp_data(80, 40000, TCP_ACK, &[0xab; 24]);
+        let reply_want = Ip::new(ISOLDE, CLIENT).ttl(63).tcp_data(80, 40000, TCP_ACK, &[0xab; 24]);
         let want =
-            Ip::new(ROUTER, ISOLDE)
-                .ttl(63)
-                .icmp_error(ICMP_DEST_UNREACH, 4, mtu, &reply_want);
+            Ip::new(ROUTER, ISOLDE).ttl(63).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &reply_want);
         assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
         gw.assert_counters(&[(Counter::IcmpErrorTranslated, 1)]);
         gw.assert_no_drops();
@@ -823,17 +739,11 @@ fn time_exceeded_about_masqueraded_connection_reaches_the_lan_host_translated() 
 /// isolde's and marke's pings to the client with the same id: both leave by ISP B, the second
 /// with another id. Returns marke's id as seen outside.
 fn colliding_pings(gw: &Gw, id: u16) -> u16 {
-    let run = gw.lan_in(&from_lan(
-        ISOLDE_MAC,
-        &Ip::new(ISOLDE, CLIENT).echo(true, id, 1),
-    ));
+    let run = gw.lan_in(&from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).echo(true, id, 1)));
     let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).echo(true, id, 1);
     assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
 
-    let run = gw.lan_in(&from_lan(
-        MARKE_MAC,
-        &Ip::new(MARKE, CLIENT).echo(true, id, 1),
-    ));
+    let run = gw.lan_in(&from_lan(MARKE_MAC, &Ip::new(MARKE, CLIENT).echo(true, id, 1)));
     let new_id = IpView::of_frame(&run.out).icmp_id();
     assert_ne!(new_id, id, "the id is taken by isolde's ping");
     let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).echo(true, new_id, 1);
@@ -864,9 +774,7 @@ fn host_unreachable_quoting_a_translated_echo_gets_the_original_id_back() {
 
         let sent_want = Ip::new(MARKE, CLIENT).ttl(63).echo(true, 0x4242, 1);
         let want =
-            Ip::new(ROUTER, MARKE)
-                .ttl(63)
-                .icmp_error(ICMP_DEST_UNREACH, 1, [0; 4], &sent_want);
+            Ip::new(ROUTER, MARKE).ttl(63).icmp_error(ICMP_DEST_UNREACH, 1, [0; 4], &sent_want);
         assert_run(&run, XDP_REDIRECT, &to_lan(MARKE_MAC, &want));
         assert_eq!(IpView::of_frame(&run.out).inner().icmp_id(), 0x4242);
         gw.assert_no_drops();
@@ -927,9 +835,7 @@ fn outbound_connections_are_masqueraded_by_policy_and_replies_reach_the_lan() {
         // The client's answer to tristan arrives on eth4.
         let synack = Ip::new(CLIENT, DSL_ADDR).tcp(443, 50000, TCP_SYN | TCP_ACK);
         let run = gw.xdp("eth4", &from_dsl(&synack));
-        let want = Ip::new(CLIENT, TRISTAN)
-            .ttl(63)
-            .tcp(443, 50000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(CLIENT, TRISTAN).ttl(63).tcp(443, 50000, TCP_SYN | TCP_ACK);
         assert_run(&run, XDP_REDIRECT, &to_lan(TRISTAN_MAC, &want));
         gw.assert_counters(&[
             (Counter::OutboundNew, 2),
@@ -975,11 +881,25 @@ fn same_source_port_from_two_lan_hosts_gets_a_second_port() {
         for (p, host, mac) in [(40000, ISOLDE, ISOLDE_MAC), (port, MARKE, MARKE_MAC)] {
             let synack = Ip::new(CLIENT, ISPB_ADDR).tcp(443, p, TCP_SYN | TCP_ACK);
             let run = gw.xdp("eth1", &from_ispb(&synack));
-            let want = Ip::new(CLIENT, host)
-                .ttl(63)
-                .tcp(443, 40000, TCP_SYN | TCP_ACK);
+            let want = Ip::new(CLIENT, host).ttl(63).tcp(443, 40000, TCP_SYN | TCP_ACK);
             assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
         }
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn snat_never_picks_the_gateways_own_ephemeral_ports() {
+    example(|gw| {
+        // A LAN port inside the gateway's ephemeral range (61000-61999) is moved out of it, so a
+        // reply to one of the gateway's own sockets can never match a masq connection.
+        let syn = Ip::new(ISOLDE, CLIENT).tcp(61500, 443, TCP_SYN);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        assert_eq!(run.ret, TC_ACT_REDIRECT);
+        let port = IpView::of_frame(&run.out).sport();
+        assert!(!(61000..=61999).contains(&port), "SNAT picked the gateway's port {port}");
+        assert!(port >= 1024);
+        assert_checksums(&run.out);
         gw.assert_no_drops();
     });
 }
@@ -1015,10 +935,7 @@ fn exhausted_port_range_drops_the_new_connection_and_leaves_no_half_entry() {
         let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
         assert_eq!(run.ret, TC_ACT_SHOT, "both ports of the range are taken");
         assert_eq!(gw.conns().len(), 4, "no half entry left:\n{}", gw.table());
-        gw.assert_counters(&[
-            (Counter::DropNatPortExhausted, 1),
-            (Counter::OutboundNew, 2),
-        ]);
+        gw.assert_counters(&[(Counter::DropNatPortExhausted, 1), (Counter::OutboundNew, 2)]);
     });
 }
 
@@ -1036,15 +953,28 @@ fn truncated_tcp_header_is_dropped_as_malformed() {
 }
 
 #[test]
-fn fragment_to_a_published_address_is_dropped() {
+fn fragments_to_a_published_address_follow_their_first_fragment() {
     example(|gw| {
         let first = Ip::new(CLIENT, DSL_PUB).frag(IP_MF).udp(5353, 53, &[7; 64]);
-        assert_eq!(gw.xdp("eth4", &from_dsl(&first)).ret, XDP_DROP);
-        let later = Ip::new(CLIENT, DSL_PUB)
-            .frag(9)
-            .packet(IPPROTO_UDP, &[7; 16]);
+        let run = gw.xdp("eth4", &from_dsl(&first));
+        assert_eq!(run.ret, XDP_REDIRECT);
+        assert_eq!(IpView::of_frame(&run.out).dst(), ISOLDE);
+        assert_checksums(&run.out);
+        let later = Ip::new(CLIENT, DSL_PUB).frag(9).packet(IPPROTO_UDP, &[7; 16]);
+        let run = gw.xdp("eth4", &from_dsl(&later));
+        assert_eq!(run.ret, XDP_REDIRECT);
+        let view = IpView::of_frame(&run.out);
+        assert_eq!((view.src(), view.dst()), (CLIENT, ISOLDE));
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn later_fragment_without_its_first_is_dropped() {
+    example(|gw| {
+        let later = Ip::new(CLIENT, DSL_PUB).frag(9).packet(IPPROTO_UDP, &[7; 16]);
         assert_eq!(gw.xdp("eth4", &from_dsl(&later)).ret, XDP_DROP);
-        gw.assert_counters(&[(Counter::DropFragment, 2)]);
+        gw.assert_counters(&[(Counter::DropFragment, 1)]);
         assert!(gw.conns().is_empty());
     });
 }
@@ -1054,11 +984,7 @@ fn tcp_without_syn_and_without_connection_is_dropped() {
     example(|gw| {
         for flags in [TCP_ACK, TCP_SYN | TCP_ACK, TCP_RST, TCP_FIN | TCP_ACK] {
             let p = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, flags);
-            assert_eq!(
-                gw.xdp("eth4", &from_dsl(&p)).ret,
-                XDP_DROP,
-                "flags {flags:#x}"
-            );
+            assert_eq!(gw.xdp("eth4", &from_dsl(&p)).ret, XDP_DROP, "flags {flags:#x}");
         }
         let ack = Ip::new(TRISTAN, CLIENT).tcp(50000, 443, TCP_ACK);
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &ack)).ret, TC_ACT_SHOT);
@@ -1079,10 +1005,7 @@ fn ttl_1_to_a_published_address_is_left_untouched_to_the_kernel() {
         client_syn_via_dsl(gw);
         let frame = from_dsl(&Ip::new(CLIENT, DSL_PUB).ttl(1).tcp(40000, 80, TCP_ACK));
         assert_run(&gw.xdp("eth4", &frame), XDP_PASS, &frame);
-        let frame = from_lan(
-            ISOLDE_MAC,
-            &Ip::new(ISOLDE, CLIENT).ttl(1).tcp(80, 40000, TCP_ACK),
-        );
+        let frame = from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).ttl(1).tcp(80, 40000, TCP_ACK));
         let run = gw.lan_in(&frame);
         assert_run(&run, TC_ACT_OK, &frame);
         gw.assert_counters(&[(Counter::TtlExpiring, 3)]);
@@ -1116,19 +1039,11 @@ fn arp_for_a_published_address_is_answered_on_its_own_uplink_only() {
     example(|gw| {
         let req = arp_request(DSL_GW_MAC, DSL_GW, DSL_PUB);
         let run = gw.xdp("eth4", &req);
-        assert_run(
-            &run,
-            XDP_REDIRECT,
-            &arp_reply(gw.mac("eth4"), DSL_PUB, DSL_GW_MAC, DSL_GW),
-        );
+        assert_run(&run, XDP_REDIRECT, &arp_reply(gw.mac("eth4"), DSL_PUB, DSL_GW_MAC, DSL_GW));
 
         let req = arp_request(ISPB_GW_MAC, ISPB_GW, ISPB_PUB);
         let run = gw.xdp("eth1", &req);
-        assert_run(
-            &run,
-            XDP_REDIRECT,
-            &arp_reply(ETH1_MAC, ISPB_PUB, ISPB_GW_MAC, ISPB_GW),
-        );
+        assert_run(&run, XDP_REDIRECT, &arp_reply(ETH1_MAC, ISPB_PUB, ISPB_GW_MAC, ISPB_GW));
 
         // The DSL address asked for on ISP B's link: not ours to answer there.
         let req = arp_request(ISPB_GW_MAC, ISPB_GW, DSL_PUB);
@@ -1200,22 +1115,16 @@ fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
         let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
         assert_run(&run, XDP_PASS, &want);
 
-        let synack = from_lan(
-            ISOLDE_MAC,
-            &Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK),
-        );
+        let synack =
+            from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK));
         let run = gw.lan_in(&synack);
         assert_run(&run, TC_ACT_OK, &synack);
         assert_eq!(run.mark & MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
 
         // The kernel routes it by the mark out of eth4; egress translates.
-        let forwarded = Ip::new(ISOLDE, CLIENT)
-            .ttl(63)
-            .tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let forwarded = Ip::new(ISOLDE, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
-        let want = Ip::new(DSL_PUB, CLIENT)
-            .ttl(63)
-            .tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
         gw.assert_counters(&[
             (Counter::KernelPath, 2),
@@ -1228,29 +1137,21 @@ fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
 
 #[test]
 fn unresolved_next_hop_uses_redirect_neigh_or_the_kernel() {
-    gateway(
-        Opts {
-            neighbours: false,
-            ..SEED
-        },
-        |gw| {
-            // XDP cannot resolve: the kernel forwards the translated packet.
-            let run = client_syn_via_dsl(gw);
-            let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
-            assert_run(&run, XDP_PASS, &want);
+    gateway(Opts { neighbours: false, ..SEED }, |gw| {
+        // XDP cannot resolve: the kernel forwards the translated packet.
+        let run = client_syn_via_dsl(gw);
+        let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
+        assert_run(&run, XDP_PASS, &want);
 
-            // TC: translated, TTL decremented, MACs left to bpf_redirect_neigh.
-            let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
-            let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-            let want = Ip::new(DSL_PUB, CLIENT)
-                .ttl(63)
-                .tcp(80, 40000, TCP_SYN | TCP_ACK);
-            assert_run(&run, TC_ACT_REDIRECT, &from_lan(ISOLDE_MAC, &want));
-            assert_eq!(run.mark & MARK_MASK, DSL_MARK);
-            gw.assert_counters(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
-            gw.assert_no_drops();
-        },
-    );
+        // TC: translated, TTL decremented, MACs left to bpf_redirect_neigh.
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &from_lan(ISOLDE_MAC, &want));
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        gw.assert_counters(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
+        gw.assert_no_drops();
+    });
 }
 
 #[test]
@@ -1278,9 +1179,7 @@ fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
         let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
         let quoted_want = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
         let want =
-            Ip::new(DSL_PUB, CLIENT)
-                .ttl(63)
-                .icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
+            Ip::new(DSL_PUB, CLIENT).ttl(63).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
         gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
         gw.assert_no_drops();
@@ -1288,10 +1187,7 @@ fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
 }
 
 /// eth4 with a smaller MTU than the LAN's.
-const SMALL_DSL_MTU: Opts = Opts {
-    cmds: &["ip link set eth4 mtu 1400"],
-    ..SEED
-};
+const SMALL_DSL_MTU: Opts = Opts { cmds: &["ip link set eth4 mtu 1400"], ..SEED };
 
 #[test]
 fn oversized_df_packet_from_lan_goes_to_the_kernel_untranslated_and_marked() {
@@ -1311,9 +1207,7 @@ fn oversized_df_packet_from_lan_goes_to_the_kernel_untranslated_and_marked() {
 #[test]
 fn oversized_packet_without_df_from_lan_leaves_fragmented_and_translated() {
     gateway(SMALL_DSL_MTU, |gw| {
-        let big = Ip::new(TRISTAN, CLIENT)
-            .frag(0)
-            .udp(40000, 4500, &[0x5a; 1452]);
+        let big = Ip::new(TRISTAN, CLIENT).frag(0).udp(40000, 4500, &[0x5a; 1452]);
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &big));
         assert_eq!(run.ret, TC_ACT_OK, "only the kernel can fragment it");
 
@@ -1352,18 +1246,13 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
         assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT);
         let rebuilt = gw.conn(&reply_key).expect("reply entry rebuilt");
         assert_eq!(rebuilt.xlate, reply_before.xlate);
-        assert_eq!(
-            (rebuilt.uplink, rebuilt.flags),
-            (reply_before.uplink, reply_before.flags)
-        );
+        assert_eq!((rebuilt.uplink, rebuilt.flags), (reply_before.uplink, reply_before.flags));
         assert_eq!(rebuilt.created_s, reply_before.created_s);
 
         // And the reply direction works again.
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(DSL_PUB, CLIENT)
-            .ttl(63)
-            .tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         gw.assert_no_drops();
     });
@@ -1383,15 +1272,9 @@ fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
         map.remove(&fwd_key).unwrap();
 
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
-        assert_eq!(
-            gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret,
-            TC_ACT_REDIRECT
-        );
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
         let rebuilt = gw.conn(&fwd_key).expect("forward entry rebuilt");
         assert_eq!(rebuilt.xlate, fwd_before.xlate);
-        assert_eq!(
-            (rebuilt.uplink, rebuilt.flags),
-            (fwd_before.uplink, fwd_before.flags)
-        );
+        assert_eq!((rebuilt.uplink, rebuilt.flags), (fwd_before.uplink, fwd_before.flags));
     });
 }
