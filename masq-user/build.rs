@@ -16,11 +16,7 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = PathBuf::from(root).join("../masq-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [Package {
-            name: "masq-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
+        [Package { name: "masq-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         Toolchain::default(),
     )
 }

@@ -109,9 +109,7 @@ impl Proto {
     }
 
     fn parse(s: &str) -> Option<Proto> {
-        [Proto::Tcp, Proto::Udp, Proto::Icmp]
-            .into_iter()
-            .find(|p| p.name() == s)
+        [Proto::Tcp, Proto::Udp, Proto::Icmp].into_iter().find(|p| p.name() == s)
     }
 }
 
@@ -218,10 +216,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -244,13 +239,7 @@ impl Config {
         let uplinks = resolve_uplinks(raw.uplink, &lan, &dataplane)?;
         let publish = resolve_publish(raw.publish, &lan, &uplinks)?;
         let policies = resolve_policies(raw.policy, &uplinks)?;
-        Ok(Config {
-            lan,
-            uplinks,
-            publish,
-            policies,
-            dataplane,
-        })
+        Ok(Config { lan, uplinks, publish, policies, dataplane })
     }
 
     /// Reads `path` and parses it with [`Config::from_toml`].
@@ -423,18 +412,12 @@ fn resolve_lan(raw: Option<RawLan>) -> Result<Lan> {
     check_ifname(&interface, "lan.interface")?;
     let raw_prefixes = required(raw.prefixes, "lan.prefixes")?;
     if raw_prefixes.is_empty() {
-        return Err(ConfigError::new(
-            "lan.prefixes",
-            "at least one prefix is needed",
-        ));
+        return Err(ConfigError::new("lan.prefixes", "at least one prefix is needed"));
     }
     if raw_prefixes.len() > MAX_LAN_PREFIXES {
         return Err(ConfigError::new(
             "lan.prefixes",
-            format!(
-                "{} prefixes, at most {MAX_LAN_PREFIXES} are supported",
-                raw_prefixes.len()
-            ),
+            format!("{} prefixes, at most {MAX_LAN_PREFIXES} are supported", raw_prefixes.len()),
         ));
     }
     let prefixes = raw_prefixes
@@ -442,10 +425,7 @@ fn resolve_lan(raw: Option<RawLan>) -> Result<Lan> {
         .enumerate()
         .map(|(i, s)| parse_prefix(s, &format!("lan.prefixes[{i}]")))
         .collect::<Result<_>>()?;
-    Ok(Lan {
-        interface,
-        prefixes,
-    })
+    Ok(Lan { interface, prefixes })
 }
 
 fn resolve_dataplane(raw: RawDataplane) -> Result<Dataplane> {
@@ -519,10 +499,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
     if raw.len() > MAX_UPLINKS {
         return Err(ConfigError::new(
             "uplink",
-            format!(
-                "{} uplinks configured, at most {MAX_UPLINKS} are supported",
-                raw.len()
-            ),
+            format!("{} uplinks configured, at most {MAX_UPLINKS} are supported", raw.len()),
         ));
     }
     let mask = dataplane.mark_mask;
@@ -540,10 +517,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
             ));
         }
         if uplinks.iter().any(|other| other.name == name) {
-            return Err(ConfigError::new(
-                key("name"),
-                format!("duplicate uplink name \"{name}\""),
-            ));
+            return Err(ConfigError::new(key("name"), format!("duplicate uplink name \"{name}\"")));
         }
 
         let interface = required(u.interface, &key("interface"))?;
@@ -557,10 +531,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
         if let Some(other) = uplinks.iter().find(|o| o.interface == interface) {
             return Err(ConfigError::new(
                 key("interface"),
-                format!(
-                    "interface \"{interface}\" is already used by uplink \"{}\"",
-                    other.name
-                ),
+                format!("interface \"{interface}\" is already used by uplink \"{}\"", other.name),
             ));
         }
 
@@ -568,10 +539,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
         if let Some(other) = uplinks.iter().find(|o| o.address == address) {
             return Err(ConfigError::new(
                 key("address"),
-                format!(
-                    "address {address} is already used by uplink \"{}\"",
-                    other.name
-                ),
+                format!("address {address} is already used by uplink \"{}\"", other.name),
             ));
         }
         let gateway = parse_addr(&required(u.gateway, &key("gateway"))?, &key("gateway"))?;
@@ -583,11 +551,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
         }
 
         let table = u.table.unwrap_or(FIRST_TABLE + i as u32);
-        let how = if u.table.is_some() {
-            ""
-        } else {
-            " (default; set table to choose another)"
-        };
+        let how = if u.table.is_some() { "" } else { " (default; set table to choose another)" };
         if RESERVED_TABLES.contains(&table) {
             return Err(ConfigError::new(
                 key("table"),
@@ -599,22 +563,13 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
         if let Some(other) = uplinks.iter().find(|o| o.table == table) {
             return Err(ConfigError::new(
                 key("table"),
-                format!(
-                    "table {table}{how} is already used by uplink \"{}\"",
-                    other.name
-                ),
+                format!("table {table}{how} is already used by uplink \"{}\"", other.name),
             ));
         }
 
         // Default: index + 1 in the lowest bits of the mask.
-        let mark = u
-            .mark
-            .map_or_else(|| (i as u64 + 1) << mask.trailing_zeros(), u64::from);
-        let how = if u.mark.is_some() {
-            ""
-        } else {
-            " (default; set mark to choose another)"
-        };
+        let mark = u.mark.map_or_else(|| (i as u64 + 1) << mask.trailing_zeros(), u64::from);
+        let how = if u.mark.is_some() { "" } else { " (default; set mark to choose another)" };
         if mark == 0 {
             return Err(ConfigError::new(key("mark"), "mark must not be 0"));
         }
@@ -628,10 +583,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
         if let Some(other) = uplinks.iter().find(|o| o.mark == mark) {
             return Err(ConfigError::new(
                 key("mark"),
-                format!(
-                    "mark {mark:#010x}{how} is already used by uplink \"{}\"",
-                    other.name
-                ),
+                format!("mark {mark:#010x}{how} is already used by uplink \"{}\"", other.name),
             ));
         }
 
@@ -639,15 +591,7 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
         if weight == 0 {
             return Err(ConfigError::new(key("weight"), "weight must be at least 1"));
         }
-        uplinks.push(Uplink {
-            name,
-            interface,
-            address,
-            gateway,
-            table,
-            mark,
-            weight,
-        });
+        uplinks.push(Uplink { name, interface, address, gateway, table, mark, weight });
     }
     Ok(uplinks)
 }
@@ -656,10 +600,7 @@ fn resolve_publish(raw: Vec<RawPublish>, lan: &Lan, uplinks: &[Uplink]) -> Resul
     if raw.len() > MAX_PUBLISH as usize {
         return Err(ConfigError::new(
             "publish",
-            format!(
-                "{} publish entries, at most {MAX_PUBLISH} are supported",
-                raw.len()
-            ),
+            format!("{} publish entries, at most {MAX_PUBLISH} are supported", raw.len()),
         ));
     }
     let mut publish: Vec<Publish> = Vec::with_capacity(raw.len());
@@ -673,10 +614,7 @@ fn resolve_publish(raw: Vec<RawPublish>, lan: &Lan, uplinks: &[Uplink]) -> Resul
         if let Some(own) = uplinks.iter().find(|u| u.address == address) {
             return Err(ConfigError::new(
                 key("address"),
-                format!(
-                    "{address} is the address of uplink \"{}\" (the gateway's own)",
-                    own.name
-                ),
+                format!("{address} is the address of uplink \"{}\" (the gateway's own)", own.name),
             ));
         }
         let to = parse_addr(&required(p.to, &key("to"))?, &key("to"))?;
@@ -709,10 +647,7 @@ fn resolve_publish(raw: Vec<RawPublish>, lan: &Lan, uplinks: &[Uplink]) -> Resul
                 return Err(ConfigError::new(key("port"), "port 0 is not a valid port"));
             }
             (_, _, Some(0)) => {
-                return Err(ConfigError::new(
-                    key("to_port"),
-                    "port 0 is not a valid port",
-                ));
+                return Err(ConfigError::new(key("to_port"), "port 0 is not a valid port"));
             }
             (None, Some(port), _) => {
                 return Err(ConfigError::new(
@@ -736,20 +671,9 @@ fn resolve_publish(raw: Vec<RawPublish>, lan: &Lan, uplinks: &[Uplink]) -> Resul
             }
             _ => {}
         }
-        let entry = Publish {
-            uplink,
-            address,
-            to,
-            proto,
-            port: p.port,
-            to_port: p.to_port,
-        };
+        let entry = Publish { uplink, address, to, proto, port: p.port, to_port: p.to_port };
 
-        for (j, other) in publish
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.address == address)
-        {
+        for (j, other) in publish.iter().enumerate().filter(|(_, o)| o.address == address) {
             let message = if other.uplink != uplink {
                 format!(
                     "{address} is already published on uplink \"{}\" by publish[{j}]",
@@ -781,10 +705,7 @@ fn resolve_policies(raw: Vec<RawPolicy>, uplinks: &[Uplink]) -> Result<Vec<Polic
     if raw.len() > MAX_POLICIES {
         return Err(ConfigError::new(
             "policy",
-            format!(
-                "{} policies, at most {MAX_POLICIES} are supported",
-                raw.len()
-            ),
+            format!("{} policies, at most {MAX_POLICIES} are supported", raw.len()),
         ));
     }
     let mut policies = Vec::with_capacity(raw.len() + 1);
@@ -802,10 +723,7 @@ fn resolve_policies(raw: Vec<RawPolicy>, uplinks: &[Uplink]) -> Result<Vec<Polic
                 )
             })?),
         };
-        let ports = p
-            .port
-            .map(|v| parse_port_range(&v, &key("port")))
-            .transpose()?;
+        let ports = p.port.map(|v| parse_port_range(&v, &key("port"))).transpose()?;
         if ports.is_some() && !matches!(proto, Some(Proto::Tcp | Proto::Udp)) {
             let message = match proto {
                 Some(proto) => format!(
@@ -832,14 +750,7 @@ fn resolve_policies(raw: Vec<RawPolicy>, uplinks: &[Uplink]) -> Result<Vec<Polic
             (Some(name), None) => vec![(find_uplink(uplinks, &name, &key("uplink"))?, 1)],
             (None, Some(Weights(weights))) => resolve_weights(weights, uplinks, &key("uplinks"))?,
         };
-        policies.push(Policy {
-            from,
-            to,
-            proto,
-            ports,
-            choices,
-            sticky: p.sticky,
-        });
+        policies.push(Policy { from, to, proto, ports, choices, sticky: p.sticky });
     }
     // Without a default rule, what matches nothing leaves by the first uplink.
     if !policies.iter().any(Policy::is_default) {
@@ -875,10 +786,7 @@ fn resolve_weights(
     if weights.len() > MAX_CHOICES {
         return Err(ConfigError::new(
             key,
-            format!(
-                "{} uplinks, at most {MAX_CHOICES} are supported",
-                weights.len()
-            ),
+            format!("{} uplinks, at most {MAX_CHOICES} are supported", weights.len()),
         ));
     }
     let mut total: u32 = 0;
@@ -893,10 +801,7 @@ fn resolve_weights(
             ));
         }
         total = total.checked_add(weight).ok_or_else(|| {
-            ConfigError::new(
-                key.clone(),
-                format!("the weights add up to more than {}", u32::MAX),
-            )
+            ConfigError::new(key.clone(), format!("the weights add up to more than {}", u32::MAX))
         })?;
         choices.push((index, weight));
     }
@@ -912,18 +817,13 @@ fn required<T>(value: Option<T>, key: &str) -> Result<T> {
 fn find_uplink(uplinks: &[Uplink], name: &str, key: &str) -> Result<usize> {
     uplinks.iter().position(|u| u.name == name).ok_or_else(|| {
         let known: Vec<String> = uplinks.iter().map(|u| format!("\"{}\"", u.name)).collect();
-        ConfigError::new(
-            key,
-            format!("unknown uplink \"{name}\" (known: {})", known.join(", ")),
-        )
+        ConfigError::new(key, format!("unknown uplink \"{name}\" (known: {})", known.join(", ")))
     })
 }
 
 fn valid_uplink_name(name: &str) -> bool {
     (1..=MAX_UPLINK_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Rejects names the kernel would refuse (`dev_valid_name`).
@@ -931,9 +831,7 @@ fn check_ifname(name: &str, key: &str) -> Result<()> {
     let ok = (1..=MAX_IFNAME_LEN).contains(&name.len())
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
@@ -947,8 +845,7 @@ fn check_ifname(name: &str, key: &str) -> Result<()> {
 }
 
 fn parse_addr(s: &str, key: &str) -> Result<Ipv4Addr> {
-    s.parse()
-        .map_err(|_| ConfigError::new(key, format!("\"{s}\" is not an IPv4 address")))
+    s.parse().map_err(|_| ConfigError::new(key, format!("\"{s}\" is not an IPv4 address")))
 }
 
 /// `a.b.c.d/len`, or a bare address meaning `/32`. Host bits must be zero.
@@ -960,10 +857,7 @@ fn parse_prefix(s: &str, key: &str) -> Result<Ipv4Net> {
     if net.trunc() != net {
         return Err(ConfigError::new(
             key,
-            format!(
-                "\"{s}\" has host bits set, did you mean \"{}\"?",
-                net.trunc()
-            ),
+            format!("\"{s}\" has host bits set, did you mean \"{}\"?", net.trunc()),
         ));
     }
     Ok(net)
@@ -1003,10 +897,7 @@ fn parse_port_range(value: &toml::Value, key: &str) -> Result<(u16, u16)> {
 }
 
 fn list(nets: &[Ipv4Net]) -> String {
-    nets.iter()
-        .map(Ipv4Net::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    nets.iter().map(Ipv4Net::to_string).collect::<Vec<_>>().join(", ")
 }
 
 // ---- TOML errors as one line ----
@@ -1026,11 +917,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     };
     let (line, column) = line_col(text, span.start);
     let key = key_path_at(text, span.start);
-    let key = if key.is_empty() {
-        "config".to_owned()
-    } else {
-        key
-    };
+    let key = if key.is_empty() { "config".to_owned() } else { key };
     ConfigError::new(key, format!("{message} (line {line}, column {column})"))
 }
 
@@ -1110,21 +997,15 @@ fn line_key(line: &str) -> Option<String> {
 
 /// `a . "b"` → `a.b`; `None` if this cannot be a key.
 fn normalize_key(raw: &str) -> Option<String> {
-    let key: String = raw
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
-        .collect();
+    let key: String =
+        raw.chars().filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'').collect();
     let ok = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
     ok.then_some(key)
 }
 
 fn strip_comment(line: &str) -> &str {
-    line.split_once('#')
-        .map_or(line, |(before, _)| before)
-        .trim()
+    line.split_once('#').map_or(line, |(before, _)| before).trim()
 }
 
 #[cfg(test)]
@@ -1188,9 +1069,7 @@ gateway = "205.254.211.254"
     fn bad(name: &str) -> ConfigError {
         let path = examples().join("bad").join(format!("{name}.toml"));
         match Config::load(&path) {
-            Ok(config) => config
-                .check_host(&seed_host())
-                .expect_err("should fail the host check"),
+            Ok(config) => config.check_host(&seed_host()).expect_err("should fail the host check"),
             Err(e) => e,
         }
     }
@@ -1208,10 +1087,7 @@ gateway = "205.254.211.254"
     fn seed_example_resolves_tables_marks_and_indexes() {
         let c = Config::load(&examples().join("masq-gw.toml")).unwrap();
         assert_eq!(c.lan.interface, "eth0");
-        assert_eq!(
-            c.lan.prefixes,
-            ["192.168.100.0/24".parse::<Ipv4Net>().unwrap()]
-        );
+        assert_eq!(c.lan.prefixes, ["192.168.100.0/24".parse::<Ipv4Net>().unwrap()]);
 
         let names: Vec<_> = c.uplinks.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["dsl", "isp-b"]);
@@ -1224,10 +1100,7 @@ gateway = "205.254.211.254"
         assert_eq!(isp_b.interface, "eth1");
         assert_eq!(isp_b.address, Ipv4Addr::new(205, 254, 211, 179));
         assert_eq!(isp_b.gateway, Ipv4Addr::new(205, 254, 211, 254));
-        assert_eq!(
-            (isp_b.table, isp_b.mark, isp_b.weight),
-            (202, 0x0200_0000, 1)
-        );
+        assert_eq!((isp_b.table, isp_b.mark, isp_b.weight), (202, 0x0200_0000, 1));
 
         let isolde = Ipv4Addr::new(192, 168, 100, 17);
         let whole = |uplink, address| Publish {
@@ -1240,22 +1113,12 @@ gateway = "205.254.211.254"
         };
         assert_eq!(
             c.publish,
-            [
-                whole(0, Ipv4Addr::new(67, 17, 28, 10)),
-                whole(1, Ipv4Addr::new(205, 254, 211, 17))
-            ]
+            [whole(0, Ipv4Addr::new(67, 17, 28, 10)), whole(1, Ipv4Addr::new(205, 254, 211, 17))]
         );
         assert!(c.publish.iter().all(Publish::is_whole_address));
 
-        assert_eq!(
-            c.policies.len(),
-            2,
-            "the file's default policy, none synthesized"
-        );
-        assert_eq!(
-            c.policies[0].from,
-            Some("192.168.100.32/32".parse().unwrap())
-        );
+        assert_eq!(c.policies.len(), 2, "the file's default policy, none synthesized");
+        assert_eq!(c.policies[0].from, Some("192.168.100.32/32".parse().unwrap()));
         assert_eq!(c.policies[0].choices, [(0, 1)]);
         assert!(!c.policies[0].is_default());
         assert!(c.policies[1].is_default());
@@ -1275,13 +1138,9 @@ gateway = "205.254.211.254"
     #[test]
     fn seed_example_commented_dataplane_block_lists_the_defaults() {
         let text = std::fs::read_to_string(examples().join("masq-gw.toml")).unwrap();
-        let (_, block) = text
-            .split_once("# Optional tuning, shown with the defaults:\n")
-            .unwrap();
-        let uncommented: String = block
-            .lines()
-            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
-            .collect();
+        let (_, block) = text.split_once("# Optional tuning, shown with the defaults:\n").unwrap();
+        let uncommented: String =
+            block.lines().map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l))).collect();
         let c = Config::from_toml(&format!("{text}{uncommented}")).unwrap();
         assert_eq!(c.dataplane, Dataplane::default());
         assert_eq!(c, Config::from_toml(&text).unwrap());
@@ -1293,10 +1152,7 @@ gateway = "205.254.211.254"
         for entry in std::fs::read_dir(examples().join("bad")).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            let expected = text
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("# Rejected: "));
+            let expected = text.lines().next().and_then(|l| l.strip_prefix("# Rejected: "));
             let expected =
                 expected.unwrap_or_else(|| panic!("{}: no '# Rejected: ' line", path.display()));
             let name = path.file_stem().unwrap().to_str().unwrap();
@@ -1311,11 +1167,7 @@ gateway = "205.254.211.254"
     #[test]
     fn unknown_key_is_rejected_naming_the_key_and_position() {
         let e = bad("unknown-key");
-        assert_err(
-            &e,
-            "uplink[0].adress",
-            "unknown field \"adress\", expected one of",
-        );
+        assert_err(&e, "uplink[0].adress", "unknown field \"adress\", expected one of");
         assert!(e.message.ends_with("(line 9, column 1)"), "{e}");
     }
 
@@ -1334,17 +1186,10 @@ gateway = "205.254.211.254"
         for name in ["", "sixteen-chars-xx", "dsl.1", "dsl b"] {
             let text = BASE.replace("name = \"isp-b\"", &format!("name = \"{name}\""));
             let e = Config::from_toml(&text).unwrap_err();
-            assert_err(
-                &e,
-                "uplink[1].name",
-                &format!("invalid uplink name \"{name}\""),
-            );
+            assert_err(&e, "uplink[1].name", &format!("invalid uplink name \"{name}\""));
         }
         let text = BASE.replace("name = \"isp-b\"", "name = \"fifteen-chars-x\"");
-        assert_eq!(
-            Config::from_toml(&text).unwrap().uplinks[1].name,
-            "fifteen-chars-x"
-        );
+        assert_eq!(Config::from_toml(&text).unwrap().uplinks[1].name, "fifteen-chars-x");
     }
 
     #[test]
@@ -1359,11 +1204,7 @@ gateway = "205.254.211.254"
     #[test]
     fn unknown_uplink_in_policy_is_rejected_naming_the_key() {
         let e = bad("unknown-uplink-in-policy");
-        assert_err(
-            &e,
-            "policy[0].uplink",
-            "unknown uplink \"dls\" (known: \"dsl\", \"isp-b\")",
-        );
+        assert_err(&e, "policy[0].uplink", "unknown uplink \"dls\" (known: \"dsl\", \"isp-b\")");
     }
 
     #[test]
@@ -1427,11 +1268,7 @@ gateway = "205.254.211.254"
             "gateway = \"205.254.211.254\"\nmark = 0x01000000",
         ))
         .unwrap_err();
-        assert_err(
-            &e,
-            "uplink[1].mark",
-            "mark 0x01000000 is already used by uplink \"dsl\"",
-        );
+        assert_err(&e, "uplink[1].mark", "mark 0x01000000 is already used by uplink \"dsl\"");
     }
 
     #[test]
@@ -1450,11 +1287,7 @@ gateway = "205.254.211.254"
 
     #[test]
     fn reserved_table_id_is_rejected_naming_the_key() {
-        assert_err(
-            &bad("reserved-table"),
-            "uplink[0].table",
-            "table 254 is reserved",
-        );
+        assert_err(&bad("reserved-table"), "uplink[0].table", "table 254 is reserved");
         for table in [0, 253, 255] {
             let text = BASE.replace(
                 "gateway = \"67.17.28.14\"",
@@ -1521,11 +1354,7 @@ to = "192.168.100.18"
     #[test]
     fn publishing_an_uplink_address_is_rejected() {
         let e = bad("publish-uplink-address");
-        assert_err(
-            &e,
-            "publish[0].address",
-            "67.17.28.12 is the address of uplink \"dsl\"",
-        );
+        assert_err(&e, "publish[0].address", "67.17.28.12 is the address of uplink \"dsl\"");
     }
 
     #[test]
@@ -1559,11 +1388,7 @@ to = "192.168.100.18"
     #[test]
     fn interface_missing_on_this_host_is_rejected_by_the_host_check() {
         let e = bad("missing-interface");
-        assert_err(
-            &e,
-            "uplink[0].interface",
-            "interface \"eth9\" does not exist on this host",
-        );
+        assert_err(&e, "uplink[0].interface", "interface \"eth9\" does not exist on this host");
         let mut host = seed_host();
         host.interfaces.retain(|i| i.name != "eth0");
         let e = parse("").unwrap().check_host(&host).unwrap_err();
@@ -1576,11 +1401,7 @@ to = "192.168.100.18"
 
     #[test]
     fn publish_port_without_proto_is_rejected() {
-        assert_err(
-            &bad("publish-port-without-proto"),
-            "publish[0].port",
-            "port 80 needs proto",
-        );
+        assert_err(&bad("publish-port-without-proto"), "publish[0].port", "port 80 needs proto");
     }
 
     #[test]
@@ -1623,21 +1444,13 @@ to = "192.168.100.17"
             "publish[0].proto",
             "unknown protocol \"sctp\"",
         );
-        assert_err(
-            &publish("proto = \"tcp\"\nport = 0\n"),
-            "publish[0].port",
-            "port 0",
-        );
+        assert_err(&publish("proto = \"tcp\"\nport = 0\n"), "publish[0].port", "port 0");
         assert_err(
             &publish("proto = \"tcp\"\nport = 80\nto_port = 0\n"),
             "publish[0].to_port",
             "port 0",
         );
-        assert_err(
-            &publish("proto = \"tcp\"\nport = 70000\n"),
-            "publish[0].port",
-            "70000",
-        );
+        assert_err(&publish("proto = \"tcp\"\nport = 70000\n"), "publish[0].port", "70000");
     }
 
     #[test]
@@ -1677,11 +1490,7 @@ to = "192.168.100.17"
     #[test]
     fn policy_weights_that_overflow_are_rejected() {
         let e = parse_err("[[policy]]\nuplinks = { dsl = 4294967295, isp-b = 1 }\n");
-        assert_err(
-            &e,
-            "policy[0].uplinks.isp-b",
-            "add up to more than 4294967295",
-        );
+        assert_err(&e, "policy[0].uplinks.isp-b", "add up to more than 4294967295");
     }
 
     #[test]
@@ -1742,20 +1551,12 @@ to = "192.168.100.17"
             "dataplane.port_min",
             "port_min 40000 is greater than port_max 30000",
         );
-        assert_err(
-            &parse_err("[dataplane]\nport_min = 0\n"),
-            "dataplane.port_min",
-            "at least 1",
-        );
+        assert_err(&parse_err("[dataplane]\nport_min = 0\n"), "dataplane.port_min", "at least 1");
     }
 
     #[test]
     fn mark_mask_zero_is_rejected() {
-        assert_err(
-            &bad("mark-mask-zero"),
-            "dataplane.mark_mask",
-            "must not be 0",
-        );
+        assert_err(&bad("mark-mask-zero"), "dataplane.mark_mask", "must not be 0");
     }
 
     #[test]
@@ -1801,11 +1602,7 @@ to = "192.168.100.17"
     fn bad_or_shared_uplink_addresses_are_rejected() {
         let e =
             Config::from_toml(&BASE.replace("\"205.254.211.179\"", "\"205.254.211\"")).unwrap_err();
-        assert_err(
-            &e,
-            "uplink[1].address",
-            "\"205.254.211\" is not an IPv4 address",
-        );
+        assert_err(&e, "uplink[1].address", "\"205.254.211\" is not an IPv4 address");
         let e =
             Config::from_toml(&BASE.replace("\"205.254.211.179\"", "\"67.17.28.12\"")).unwrap_err();
         assert_err(&e, "uplink[1].address", "already used by uplink \"dsl\"");
@@ -1849,10 +1646,8 @@ to = "192.168.100.17"
 
     #[test]
     fn wrong_type_is_rejected_naming_the_key_and_position() {
-        let text = BASE.replace(
-            "gateway = \"67.17.28.14\"",
-            "gateway = \"67.17.28.14\"\ntable = \"201\"",
-        );
+        let text =
+            BASE.replace("gateway = \"67.17.28.14\"", "gateway = \"67.17.28.14\"\ntable = \"201\"");
         let e = Config::from_toml(&text).unwrap_err();
         assert_err(
             &e,
@@ -1872,11 +1667,7 @@ to = "192.168.100.17"
     #[test]
     fn unknown_sections_and_nested_keys_are_named() {
         let e = parse_err("[dataplane.timeouts]\ntcp_fin = 30\n");
-        assert_err(
-            &e,
-            "dataplane.timeouts.tcp_fin",
-            "unknown field \"tcp_fin\"",
-        );
+        assert_err(&e, "dataplane.timeouts.tcp_fin", "unknown field \"tcp_fin\"");
         let e = parse_err("[dataplan]\nfast_path = false\n");
         assert_err(&e, "dataplan", "unknown field \"dataplan\"");
         let e = parse_err(
@@ -1923,10 +1714,7 @@ udp = 3
     #[test]
     fn error_displays_as_key_colon_message() {
         let e = ConfigError::new("uplink[1].name", "duplicate uplink name \"dsl\"");
-        assert_eq!(
-            e.to_string(),
-            "uplink[1].name: duplicate uplink name \"dsl\""
-        );
+        assert_eq!(e.to_string(), "uplink[1].name: duplicate uplink name \"dsl\"");
         let boxed: Box<dyn std::error::Error> = Box::new(e);
         assert!(boxed.to_string().starts_with("uplink[1].name: "));
     }
@@ -1974,11 +1762,7 @@ sticky = true
         .unwrap();
         let p = &c.policies[0];
         assert_eq!(p.from, Some("192.168.100.0/25".parse().unwrap()));
-        assert_eq!(
-            p.to,
-            Some("8.8.8.8/32".parse().unwrap()),
-            "a bare address is a /32"
-        );
+        assert_eq!(p.to, Some("8.8.8.8/32".parse().unwrap()), "a bare address is a /32");
         assert_eq!(p.proto, Some(Proto::Tcp));
         assert_eq!(p.ports, Some((8000, 8100)));
         assert_eq!(p.choices, [(1, 3), (0, 1)]);
@@ -1989,28 +1773,15 @@ sticky = true
     #[test]
     fn policy_port_accepts_a_number_or_a_range_and_rejects_the_rest() {
         let port = |v: &str| {
-            parse(&format!(
-                "[[policy]]\nproto = \"udp\"\nport = {v}\nuplink = \"dsl\"\n"
-            ))
+            parse(&format!("[[policy]]\nproto = \"udp\"\nport = {v}\nuplink = \"dsl\"\n"))
         };
         assert_eq!(port("443").unwrap().policies[0].ports, Some((443, 443)));
         assert_eq!(port("\"53\"").unwrap().policies[0].ports, Some((53, 53)));
-        assert_eq!(
-            port("\"1-65535\"").unwrap().policies[0].ports,
-            Some((1, 65535))
-        );
-        assert_err(
-            &port("\"8100-8000\"").unwrap_err(),
-            "policy[0].port",
-            "8100-8000 is empty",
-        );
+        assert_eq!(port("\"1-65535\"").unwrap().policies[0].ports, Some((1, 65535)));
+        assert_err(&port("\"8100-8000\"").unwrap_err(), "policy[0].port", "8100-8000 is empty");
         for bad in ["0", "70000", "-1", "\"http\"", "\"1-\"", "true", "[1, 2]"] {
             let e = port(bad).unwrap_err();
-            assert_err(
-                &e,
-                "policy[0].port",
-                "is not a port (1..=65535) or a port range",
-            );
+            assert_err(&e, "policy[0].port", "is not a port (1..=65535) or a port range");
         }
         let e = parse_err("[[policy]]\nproto = \"sctp\"\nuplink = \"dsl\"\n");
         assert_err(&e, "policy[0].proto", "unknown protocol \"sctp\"");
@@ -2043,11 +1814,7 @@ port = 80
             (1, Some(Proto::Tcp), Some(80), Some(8080))
         );
         assert!(!p.is_whole_address());
-        assert_eq!(
-            c.publish[1].proto,
-            Some(Proto::Udp),
-            "same port, other protocol: no clash"
-        );
+        assert_eq!(c.publish[1].proto, Some(Proto::Udp), "same port, other protocol: no clash");
     }
 
     #[test]
@@ -2099,15 +1866,7 @@ icmp = 6
         let secs = |d: Duration| d.as_secs();
         let t = &d.timeouts;
         assert_eq!(
-            [
-                t.tcp_syn,
-                t.tcp_established,
-                t.tcp_closing,
-                t.udp,
-                t.udp_stream,
-                t.icmp
-            ]
-            .map(secs),
+            [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream, t.icmp].map(secs),
             [5, 86400, 10, 15, 120, 6]
         );
         assert_eq!((c.uplinks[0].mark, c.uplinks[1].mark), (1, 2));
@@ -2115,10 +1874,7 @@ icmp = 6
 
     #[test]
     fn proto_numbers_are_the_ip_protocol_numbers() {
-        assert_eq!(
-            [Proto::Tcp, Proto::Udp, Proto::Icmp].map(Proto::number),
-            [6, 17, 1]
-        );
+        assert_eq!([Proto::Tcp, Proto::Udp, Proto::Icmp].map(Proto::number), [6, 17, 1]);
         assert_eq!(Proto::parse("icmp"), Some(Proto::Icmp));
         assert_eq!(Proto::parse("TCP"), None);
     }

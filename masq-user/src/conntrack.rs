@@ -15,10 +15,7 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Now on the clock the programs write (`bpf_ktime_get_boot_ns`: CLOCK_BOOTTIME).
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -71,10 +68,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn any(&self) -> &(FlowKey, ConnEntry) {
-        self.orig
-            .as_ref()
-            .or(self.reply.as_ref())
-            .expect("a connection has an entry")
+        self.orig.as_ref().or(self.reply.as_ref()).expect("a connection has an entry")
     }
 
     pub fn proto(&self) -> u8 {
@@ -134,11 +128,8 @@ impl From<&Tuple4> for crate::inspect::Tuple {
 /// Pair the entries of a dump into connections.
 pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
     let mut by_key: HashMap<FlowKey, ConnEntry> = entries.into_iter().collect();
-    let origs: Vec<FlowKey> = by_key
-        .iter()
-        .filter(|(_, e)| !e.is_reply())
-        .map(|(k, _)| *k)
-        .collect();
+    let origs: Vec<FlowKey> =
+        by_key.iter().filter(|(_, e)| !e.is_reply()).map(|(k, _)| *k).collect();
     let mut conns = Vec::with_capacity(origs.len());
     for key in origs {
         let Some(entry) = by_key.remove(&key) else {
@@ -146,15 +137,9 @@ pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
         };
         let twin = twin_key(&key, &entry);
         let reply = by_key.remove(&twin).map(|e| (twin, e));
-        conns.push(Conn {
-            orig: Some((key, entry)),
-            reply,
-        });
+        conns.push(Conn { orig: Some((key, entry)), reply });
     }
-    conns.extend(by_key.into_iter().map(|(k, e)| Conn {
-        orig: None,
-        reply: Some((k, e)),
-    }));
+    conns.extend(by_key.into_iter().map(|(k, e)| Conn { orig: None, reply: Some((k, e)) }));
     conns
 }
 
@@ -202,13 +187,7 @@ mod tests {
     use super::*;
 
     fn entry(xlate: FlowKey, flags: u8, tcp_seen: u8, packets: u64) -> ConnEntry {
-        ConnEntry {
-            xlate: Tuple4::of(&xlate),
-            flags,
-            tcp_seen,
-            packets,
-            ..Default::default()
-        }
+        ConnEntry { xlate: Tuple4::of(&xlate), flags, tcp_seen, packets, ..Default::default() }
     }
 
     fn inbound_pair(reply_seen: u8, reply_packets: u64) -> Vec<(FlowKey, ConnEntry)> {
@@ -216,18 +195,10 @@ mod tests {
         let client_to_server = FlowKey::new(1, 3, 1000, 80, IPPROTO_TCP);
         let server_to_public_reply = client_to_server.reversed();
         vec![
-            (
-                client_to_public,
-                entry(client_to_server, 0, TCP_SEEN_SYN, 1),
-            ),
+            (client_to_public, entry(client_to_server, 0, TCP_SEEN_SYN, 1)),
             (
                 server_to_public_reply,
-                entry(
-                    client_to_public.reversed(),
-                    CONN_F_REPLY,
-                    reply_seen,
-                    reply_packets,
-                ),
+                entry(client_to_public.reversed(), CONN_F_REPLY, reply_seen, reply_packets),
             ),
         ]
     }
@@ -243,14 +214,8 @@ mod tests {
     fn tcp_state_follows_flags_of_both_directions() {
         assert_eq!(pair(inbound_pair(0, 0))[0].state(), ConnState::TcpSynSent);
         let synack = TCP_SEEN_SYN | TCP_SEEN_ACK;
-        assert_eq!(
-            pair(inbound_pair(synack, 1))[0].state(),
-            ConnState::TcpEstablished
-        );
-        assert_eq!(
-            pair(inbound_pair(TCP_SEEN_FIN, 3))[0].state(),
-            ConnState::TcpClosing
-        );
+        assert_eq!(pair(inbound_pair(synack, 1))[0].state(), ConnState::TcpEstablished);
+        assert_eq!(pair(inbound_pair(TCP_SEEN_FIN, 3))[0].state(), ConnState::TcpClosing);
     }
 
     #[test]

@@ -62,9 +62,7 @@ impl HostInterfaces {
                 continue;
             }
             // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
-            let label = unsafe { CStr::from_ptr(ifa.ifa_name) }
-                .to_string_lossy()
-                .into_owned();
+            let label = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
             // SAFETY: the pointers come from getifaddrs and are null or point to sockaddrs
             // of the family they announce.
             let entry = unsafe { decode(ifa.ifa_addr, ifa.ifa_netmask) };
@@ -99,10 +97,7 @@ impl HostInterfaces {
             let pos = match interfaces.iter().position(|ifc| ifc.name == name) {
                 Some(pos) => pos,
                 None => {
-                    interfaces.push(HostInterface {
-                        name: name.to_owned(),
-                        ..Default::default()
-                    });
+                    interfaces.push(HostInterface { name: name.to_owned(), ..Default::default() });
                     interfaces.len() - 1
                 }
             };
@@ -167,10 +162,7 @@ unsafe fn decode(addr: *const libc::sockaddr, netmask: *const libc::sockaddr) ->
                 mac.copy_from_slice(&sll.sll_addr[..6]);
                 mac
             });
-            Entry::Link {
-                index: u32::try_from(sll.sll_ifindex).unwrap_or(0),
-                mac,
-            }
+            Entry::Link { index: u32::try_from(sll.sll_ifindex).unwrap_or(0), mac }
         }
         _ => Entry::Other,
     }
@@ -196,15 +188,8 @@ mod tests {
         let host = HostInterfaces::read().unwrap();
         let lo = host.get("lo").expect("lo is listed");
         assert_eq!(lo.index, 1);
-        assert!(
-            lo.addrs.contains(&net("127.0.0.1/8")),
-            "lo addrs: {:?}",
-            lo.addrs
-        );
-        assert_eq!(
-            lo.subnet_of(Ipv4Addr::new(127, 0, 0, 53)),
-            Some(net("127.0.0.1/8"))
-        );
+        assert!(lo.addrs.contains(&net("127.0.0.1/8")), "lo addrs: {:?}", lo.addrs);
+        assert_eq!(lo.subnet_of(Ipv4Addr::new(127, 0, 0, 53)), Some(net("127.0.0.1/8")));
     }
 
     #[test]
@@ -239,20 +224,8 @@ mod tests {
     #[test]
     fn interfaces_keep_kernel_order_and_addresses_are_not_duplicated() {
         let host = HostInterfaces::collect(vec![
-            (
-                "lo".into(),
-                Entry::Link {
-                    index: 1,
-                    mac: Some([0; 6]),
-                },
-            ),
-            (
-                "eth0".into(),
-                Entry::Link {
-                    index: 2,
-                    mac: None,
-                },
-            ),
+            ("lo".into(), Entry::Link { index: 1, mac: Some([0; 6]) }),
+            ("eth0".into(), Entry::Link { index: 2, mac: None }),
             ("lo".into(), Entry::Inet(net("127.0.0.1/8"))),
             ("lo".into(), Entry::Inet(net("127.0.0.1/8"))),
         ]);
@@ -282,10 +255,7 @@ mod tests {
             addrs: vec![net("10.9.9.1/24"), net("67.17.28.12/28")],
             mac: None,
         };
-        assert_eq!(
-            ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 14)),
-            Some(net("67.17.28.12/28"))
-        );
+        assert_eq!(ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 14)), Some(net("67.17.28.12/28")));
         assert_eq!(ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 16)), None);
     }
 }

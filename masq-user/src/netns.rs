@@ -72,11 +72,7 @@ impl NetNs {
                 File::open(&path).unwrap_or_else(|err| panic!("opening {}: {err}", path.display()));
             // SAFETY: setns only changes this thread's network namespace; the fd is valid.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                panic!(
-                    "setns into {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
+                panic!("setns into {}: {}", path.display(), std::io::Error::last_os_error());
             }
             drop(ns);
             f()
@@ -135,11 +131,7 @@ mod tests {
         let path = ns.path();
         assert!(path.exists(), "{} missing after create", path.display());
         drop(ns);
-        assert!(
-            !path.exists(),
-            "{} still present after drop",
-            path.display()
-        );
+        assert!(!path.exists(), "{} still present after drop", path.display());
     }
 
     #[test]

@@ -117,39 +117,14 @@ impl PolicySpec {
 
     /// The rules of each uplink, in installation order.
     fn rules(&self) -> Vec<(&UplinkTable, PolicyRule)> {
-        let from = self
-            .uplinks
-            .iter()
-            .zip(RULE_PRIORITY_FROM..)
-            .map(|(uplink, priority)| {
-                let selector = Selector::From(uplink.address);
-                (
-                    uplink,
-                    PolicyRule {
-                        priority,
-                        table: uplink.table,
-                        selector,
-                    },
-                )
-            });
-        let fwmark = self
-            .uplinks
-            .iter()
-            .zip(RULE_PRIORITY_FWMARK..)
-            .map(|(uplink, priority)| {
-                let selector = Selector::FwMark {
-                    mark: uplink.mark,
-                    mask: self.mark_mask,
-                };
-                (
-                    uplink,
-                    PolicyRule {
-                        priority,
-                        table: uplink.table,
-                        selector,
-                    },
-                )
-            });
+        let from = self.uplinks.iter().zip(RULE_PRIORITY_FROM..).map(|(uplink, priority)| {
+            let selector = Selector::From(uplink.address);
+            (uplink, PolicyRule { priority, table: uplink.table, selector })
+        });
+        let fwmark = self.uplinks.iter().zip(RULE_PRIORITY_FWMARK..).map(|(uplink, priority)| {
+            let selector = Selector::FwMark { mark: uplink.mark, mask: self.mark_mask };
+            (uplink, PolicyRule { priority, table: uplink.table, selector })
+        });
         from.chain(fwmark).collect()
     }
 }
@@ -260,12 +235,7 @@ impl PolicyTables {
                 errors.push(anyhow!(err).context(format!("deleting rule `{rule}`")));
             }
         }
-        let tables: Vec<u32> = self
-            .spec
-            .uplinks
-            .iter()
-            .map(|uplink| uplink.table)
-            .collect();
+        let tables: Vec<u32> = self.spec.uplinks.iter().map(|uplink| uplink.table).collect();
         if let Err(err) = delete_masq_routes(handle, Some(&tables)).await {
             errors.push(err);
         }
@@ -282,10 +252,7 @@ pub async fn remove_all(tables: &[u32]) -> Result<usize> {
     let tables = (!tables.is_empty()).then_some(tables);
     let mut deleted = 0;
     let mut errors = Vec::new();
-    for result in [
-        delete_masq_rules(handle).await,
-        delete_masq_routes(handle, tables).await,
-    ] {
+    for result in [delete_masq_rules(handle).await, delete_masq_routes(handle, tables).await] {
         match result {
             Ok(count) => deleted += count,
             Err(err) => errors.push(err),
@@ -327,11 +294,7 @@ impl Drop for RouteMonitor {
 /// always announcing them) and calls `sync_routes` within a second of a change. Syncs once right
 /// away and every 30 s besides. Ends when the tables are dropped.
 pub fn spawn_route_monitor(tables: Arc<PolicyTables>) -> Result<RouteMonitor> {
-    let groups = [
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Link,
-    ];
+    let groups = [MulticastGroup::Ipv4Route, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Link];
     let (connection, handle, mut events) = rtnetlink::new_multicast_connection(&groups)
         .context("subscribing to route, address and link changes")?;
     let tables: Weak<PolicyTables> = Arc::downgrade(&tables);
@@ -405,10 +368,7 @@ impl Netlink {
     fn connect() -> Result<Netlink> {
         let (connection, handle, _) =
             rtnetlink::new_connection().context("opening a rtnetlink socket")?;
-        Ok(Netlink {
-            handle,
-            connection: tokio::spawn(connection),
-        })
+        Ok(Netlink { handle, connection: tokio::spawn(connection) })
     }
 }
 
@@ -445,9 +405,7 @@ impl PolicyRule {
         match self.selector {
             Selector::From(address) => {
                 message.header.src_len = 32;
-                message
-                    .attributes
-                    .push(RuleAttribute::Source(address.into()));
+                message.attributes.push(RuleAttribute::Source(address.into()));
             }
             Selector::FwMark { mark, mask } => {
                 message
@@ -489,11 +447,7 @@ impl PolicyRule {
             (None, 0, mark) if mark != 0 => Selector::FwMark { mark, mask },
             _ => return None,
         };
-        Some(PolicyRule {
-            priority,
-            table,
-            selector,
-        })
+        Some(PolicyRule { priority, table, selector })
     }
 }
 
@@ -511,13 +465,10 @@ fn rule_label(message: &RuleMessage) -> String {
     if let Some(rule) = PolicyRule::parse(message) {
         return format!("`{rule}`");
     }
-    let priority = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RuleAttribute::Priority(priority) => Some(*priority),
-            _ => None,
-        });
+    let priority = message.attributes.iter().find_map(|attribute| match attribute {
+        RuleAttribute::Priority(priority) => Some(*priority),
+        _ => None,
+    });
     format!("with priority {}", priority.unwrap_or(0))
 }
 
@@ -629,9 +580,7 @@ impl TableRoute {
         let attributes = &mut message.attributes;
         attributes.push(RouteAttribute::Table(table));
         if self.prefix_len > 0 {
-            attributes.push(RouteAttribute::Destination(RouteAddress::Inet(
-                self.destination,
-            )));
+            attributes.push(RouteAttribute::Destination(RouteAddress::Inet(self.destination)));
         }
         if self.priority != 0 {
             attributes.push(RouteAttribute::Priority(self.priority));
@@ -706,20 +655,13 @@ async fn sync_table(
     dump: &[RouteMessage],
 ) -> Result<()> {
     let mut wanted: BTreeMap<RouteKey, TableRoute> = BTreeMap::new();
-    for route in main_copies
-        .iter()
-        .cloned()
-        .chain([TableRoute::default_via(uplink)])
-    {
+    for route in main_copies.iter().cloned().chain([TableRoute::default_via(uplink)]) {
         wanted.entry(route.key()).or_insert(route);
     }
     let mut present = HashSet::new();
     let mut foreign = HashSet::new();
     let mut stale = Vec::new();
-    for message in dump
-        .iter()
-        .filter(|message| table_of(message) == uplink.table)
-    {
+    for message in dump.iter().filter(|message| table_of(message) == uplink.table) {
         let Some(route) = TableRoute::parse(message) else {
             continue;
         };
@@ -735,10 +677,8 @@ async fn sync_table(
             errors.push(anyhow!(err).context(format!("deleting stale `{route}`")));
         }
     }
-    let mut missing: Vec<&TableRoute> = wanted
-        .values()
-        .filter(|route| !present.contains(&route.key()))
-        .collect();
+    let mut missing: Vec<&TableRoute> =
+        wanted.values().filter(|route| !present.contains(&route.key())).collect();
     // Link-scope routes first: gateways resolve through them.
     missing.sort_by_key(|route| std::cmp::Reverse(u8::from(route.scope)));
     for route in missing {
@@ -798,23 +738,11 @@ async fn delete_masq_rules(handle: &Handle) -> Result<usize> {
 
 async fn dump_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
     let all_ipv4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    handle
-        .route()
-        .get(all_ipv4)
-        .execute()
-        .try_collect()
-        .await
-        .context("dumping IPv4 routes")
+    handle.route().get(all_ipv4).execute().try_collect().await.context("dumping IPv4 routes")
 }
 
 async fn dump_rules(handle: &Handle) -> Result<Vec<RuleMessage>> {
-    handle
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await
-        .context("dumping IPv4 rules")
+    handle.rule().get(IpVersion::V4).execute().try_collect().await.context("dumping IPv4 rules")
 }
 
 async fn add_route(handle: &Handle, message: RouteMessage) -> Result<(), rtnetlink::Error> {
@@ -856,9 +784,7 @@ fn is_masq_route(message: &RouteMessage) -> bool {
 }
 
 fn is_masq_rule(message: &RuleMessage) -> bool {
-    message
-        .attributes
-        .contains(&RuleAttribute::Protocol(masq_protocol()))
+    message.attributes.contains(&RuleAttribute::Protocol(masq_protocol()))
 }
 
 fn table_of(message: &RouteMessage) -> u32 {
@@ -965,19 +891,14 @@ mod tests {
     }
 
     fn ifindex(ns: &NetNs, link: &str) -> u32 {
-        let index = ns
-            .run_ok(&format!("cat /sys/class/net/{link}/ifindex"))
-            .unwrap();
+        let index = ns.run_ok(&format!("cat /sys/class/net/{link}/ifindex")).unwrap();
         index.trim().parse().unwrap()
     }
 
     /// Runs `ip -n <ns> <cmd>`; usable inside `NetNs::enter`, which only has the name.
     fn ip(ns: &str, cmd: &str) -> String {
-        let output = Command::new("ip")
-            .args(["-n", ns])
-            .args(cmd.split_whitespace())
-            .output()
-            .unwrap();
+        let output =
+            Command::new("ip").args(["-n", ns]).args(cmd.split_whitespace()).output().unwrap();
         assert!(
             output.status.success(),
             "ip -n {ns} {cmd}: {}",
@@ -1004,11 +925,7 @@ mod tests {
 
     /// Everything masq could have touched, to compare before and after.
     fn snapshot(ns: &str) -> String {
-        format!(
-            "{}\n{}",
-            ip(ns, "rule show"),
-            ip(ns, "route show table all")
-        )
+        format!("{}\n{}", ip(ns, "rule show"), ip(ns, "route show table all"))
     }
 
     fn expected_table(default: &str, others: &[&str]) -> Vec<String> {
@@ -1018,11 +935,7 @@ mod tests {
     }
 
     fn block_on<F: Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
     }
 
     #[test]
@@ -1035,10 +948,7 @@ mod tests {
                 let tables = PolicyTables::install(spec).await.unwrap();
                 assert_eq!(
                     table(&name, UP4_TABLE),
-                    expected_table(
-                        "default via 67.17.28.14 dev up4 proto 109",
-                        &CONNECTED_COPIES
-                    )
+                    expected_table("default via 67.17.28.14 dev up4 proto 109", &CONNECTED_COPIES)
                 );
                 assert_eq!(
                     table(&name, UP1_TABLE),
@@ -1073,8 +983,7 @@ mod tests {
         let spec = spec(&ns);
         let before = snapshot(ns.name());
         // A masq route in a table the spec does not name.
-        ns.run_ok("ip route add 10.0.0.0/8 dev lan0 table 203 proto 109")
-            .unwrap();
+        ns.run_ok("ip route add 10.0.0.0/8 dev lan0 table 203 proto 109").unwrap();
         let removed = ns.enter(move || {
             block_on(async move {
                 std::mem::forget(PolicyTables::install(spec).await.unwrap());
@@ -1083,10 +992,7 @@ mod tests {
         });
         // 4 rules, 4 routes in each table.
         assert_eq!(removed, 12);
-        assert_eq!(
-            table(ns.name(), 203),
-            ["10.0.0.0/8 dev lan0 proto 109 scope link"]
-        );
+        assert_eq!(table(ns.name(), 203), ["10.0.0.0/8 dev lan0 proto 109 scope link"]);
         assert_eq!(ns.enter(|| block_on(remove_all(&[]))).unwrap(), 1);
         assert_eq!(snapshot(ns.name()), before);
     }
@@ -1101,18 +1007,12 @@ mod tests {
             block_on(async move {
                 std::mem::forget(PolicyTables::install(spec.clone()).await.unwrap());
                 // Left over from a run with another configuration.
-                ip(
-                    &name,
-                    "rule add priority 1005 from 192.0.2.1 lookup 205 proto 109",
-                );
+                ip(&name, "rule add priority 1005 from 192.0.2.1 lookup 205 proto 109");
                 let tables = PolicyTables::install(spec).await.unwrap();
                 assert_eq!(rules(&name), RULES);
                 assert_eq!(
                     table(&name, UP4_TABLE),
-                    expected_table(
-                        "default via 67.17.28.14 dev up4 proto 109",
-                        &CONNECTED_COPIES
-                    )
+                    expected_table("default via 67.17.28.14 dev up4 proto 109", &CONNECTED_COPIES)
                 );
                 tables.remove().await.unwrap();
             })
@@ -1124,8 +1024,7 @@ mod tests {
     fn sync_routes_copies_routes_added_to_main_and_drops_removed_ones() {
         let ns = gateway_ns();
         let spec = spec(&ns);
-        ns.run_ok("ip route add 10.98.0.0/24 via 192.168.100.17 dev lan0")
-            .unwrap();
+        ns.run_ok("ip route add 10.98.0.0/24 via 192.168.100.17 dev lan0").unwrap();
         let name = ns.name().to_string();
         ns.enter(move || {
             block_on(async move {
@@ -1136,10 +1035,7 @@ mod tests {
                     )
                 );
                 ip(&name, "route del 10.98.0.0/24");
-                ip(
-                    &name,
-                    "route add 10.99.0.0/24 via 192.168.100.17 dev lan0 metric 50",
-                );
+                ip(&name, "route add 10.99.0.0/24 via 192.168.100.17 dev lan0 metric 50");
                 ip(&name, "route add blackhole 10.97.0.0/16");
                 tables.sync_routes().await.unwrap();
                 let expected = [
@@ -1220,11 +1116,7 @@ mod tests {
                 let installed = table(&name, UP4_TABLE);
                 // Taking a link down flushes its routes from every table without a route event.
                 ip(&name, "link set up4 down");
-                assert!(
-                    !table(&name, UP4_TABLE)
-                        .iter()
-                        .any(|line| line.contains("dev up4"))
-                );
+                assert!(!table(&name, UP4_TABLE).iter().any(|line| line.contains("dev up4")));
                 ip(&name, "link set up4 up");
                 let start = Instant::now();
                 while table(&name, UP4_TABLE) != installed {
@@ -1267,22 +1159,12 @@ mod tests {
             table,
             mark,
         };
-        let spec = |uplinks| PolicySpec {
-            uplinks,
-            mark_mask: 0xff00,
-        };
-        assert!(
-            spec(vec![uplink("a", 201, 0x100), uplink("b", 202, 0x200)])
-                .validate()
-                .is_ok()
-        );
-        let err = spec(vec![uplink("a", 201, 0x1_0000)])
-            .validate()
-            .unwrap_err();
+        let spec = |uplinks| PolicySpec { uplinks, mark_mask: 0xff00 };
+        assert!(spec(vec![uplink("a", 201, 0x100), uplink("b", 202, 0x200)]).validate().is_ok());
+        let err = spec(vec![uplink("a", 201, 0x1_0000)]).validate().unwrap_err();
         assert!(err.to_string().contains("inside the mask"), "{err}");
-        let err = spec(vec![uplink("a", 201, 0x100), uplink("b", 201, 0x200)])
-            .validate()
-            .unwrap_err();
+        let err =
+            spec(vec![uplink("a", 201, 0x100), uplink("b", 201, 0x200)]).validate().unwrap_err();
         assert!(err.to_string().contains("uplink b: table 201"), "{err}");
         assert!(spec(vec![uplink("a", 254, 0x100)]).validate().is_err());
     }

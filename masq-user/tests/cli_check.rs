@@ -32,22 +32,14 @@ fn check(path: &std::path::Path) -> std::process::Output {
 #[test]
 fn example_config_passes_check() {
     let out = check(&common::example_config());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn example_config_passes_check_on_the_seed_gateway() {
     let lab = common::lab(GatewayMode::Bare);
     let out = check_on(Some(&lab), &common::example_config());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -58,12 +50,7 @@ fn every_bad_example_exits_2_with_its_expected_line() {
     for entry in fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = fs::read_to_string(&path).unwrap();
-        let expected = text
-            .lines()
-            .next()
-            .unwrap()
-            .trim_start_matches("# Rejected: ")
-            .to_string();
+        let expected = text.lines().next().unwrap().trim_start_matches("# Rejected: ").to_string();
         // Host checks run against the seed gateway's interfaces.
         let host_check = text.contains("by check_host");
         // The lab's interfaces are listed in another order than the seed host's.
@@ -71,17 +58,8 @@ fn every_bad_example_exits_2_with_its_expected_line() {
         let out = check_on(host_check.then_some(&lab), &path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {stderr}", path.display());
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "{}: one line: {stderr}",
-            path.display()
-        );
-        assert!(
-            stderr.contains(expected),
-            "{}: {stderr} lacks {expected}",
-            path.display()
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{}: one line: {stderr}", path.display());
+        assert!(stderr.contains(expected), "{}: {stderr} lacks {expected}", path.display());
         checked += 1;
     }
     assert!(checked >= 20, "only {checked} bad examples checked");

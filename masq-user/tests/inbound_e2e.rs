@@ -36,18 +36,10 @@ struct Uplink {
     other_isp: Host,
 }
 
-const DSL: Uplink = Uplink {
-    public: PUBLIC_ISP_A,
-    index: 0,
-    isp: Host::IspA,
-    other_isp: Host::IspB,
-};
-const ISP_B: Uplink = Uplink {
-    public: PUBLIC_ISP_B,
-    index: 1,
-    isp: Host::IspB,
-    other_isp: Host::IspA,
-};
+const DSL: Uplink =
+    Uplink { public: PUBLIC_ISP_A, index: 0, isp: Host::IspA, other_isp: Host::IspB };
+const ISP_B: Uplink =
+    Uplink { public: PUBLIC_ISP_B, index: 1, isp: Host::IspB, other_isp: Host::IspA };
 
 /// Captures every IPv4 packet on both ISP routers' gw-facing interfaces while `f` runs; returns
 /// `f`'s result and the `tcpdump -n` lines seen at ISP A and at ISP B.
@@ -55,10 +47,7 @@ fn captured<T>(lab: &Lab, f: impl FnOnce() -> T) -> (T, [Vec<String>; 2]) {
     let captures = [Host::IspA, Host::IspB]
         .map(|isp| lab.capture(isp, ISP_GW_SIDE_IFACE, "ip").expect("tcpdump"));
     let result = f();
-    (
-        result,
-        captures.map(|c| c.stop().expect("stopping tcpdump")),
-    )
+    (result, captures.map(|c| c.stop().expect("stopping tcpdump")))
 }
 
 /// The lines captured at `isp` out of [`captured`]'s pair.
@@ -70,9 +59,7 @@ fn at(lines: &[Vec<String>; 2], isp: Host) -> &[String] {
 fn tcp_udp_ping(lab: &Lab, up: Uplink) -> [bool; 3] {
     let url = format!("http://{}:{HTTP_PORT}/", up.public);
     let tcp = common::curl(lab, Host::Client, &url, TIMEOUT);
-    let udp = lab
-        .udp_request(Host::Client, up.public, UDP_PORT, "ping?", TIMEOUT)
-        .unwrap();
+    let udp = lab.udp_request(Host::Client, up.public, UDP_PORT, "ping?", TIMEOUT).unwrap();
     let ping = lab.ping(Host::Client, up.public, TIMEOUT).unwrap();
     if let Some(body) = &tcp {
         assert_eq!(body, REPLY.as_bytes(), "TCP answer from {}", up.public);
@@ -103,10 +90,7 @@ fn inbound_conn<'a>(conns: &'a [Value], proto: &str, up: Uplink) -> &'a Value {
                 && c["original"]["dst"] == up.public.to_string()
         })
         .unwrap_or_else(|| {
-            panic!(
-                "no inbound {proto} connection to {} in masq conns:\n{conns:#?}",
-                up.public
-            )
+            panic!("no inbound {proto} connection to {} in masq conns:\n{conns:#?}", up.public)
         })
 }
 
@@ -131,11 +115,7 @@ fn tcp_udp_and_ping_to_each_public_address_are_answered_by_the_uplink_they_came_
 
     for up in [DSL, ISP_B] {
         let (answered, lines) = captured(&lab, || tcp_udp_ping(&lab, up));
-        assert_eq!(
-            answered, [true; 3],
-            "TCP, UDP, ping to {} answered",
-            up.public
-        );
+        assert_eq!(answered, [true; 3], "TCP, UDP, ping to {} answered", up.public);
         let (here, other) = (at(&lines, up.isp), at(&lines, up.other_isp));
         let replies = replies_from(here, up);
         assert!(
@@ -163,11 +143,7 @@ fn tcp_udp_and_ping_to_each_public_address_are_answered_by_the_uplink_they_came_
 
     let conns = common::masq_conns(&lab);
     for up in [DSL, ISP_B] {
-        for (proto, port) in [
-            ("tcp", Some(HTTP_PORT)),
-            ("udp", Some(UDP_PORT)),
-            ("icmp", None),
-        ] {
+        for (proto, port) in [("tcp", Some(HTTP_PORT)), ("udp", Some(UDP_PORT)), ("icmp", None)] {
             let conn = inbound_conn(&conns, proto, up);
             assert_eq!(conn["uplink"], up.index, "uplink of {conn:#}");
             assert_eq!(conn["translated"]["dst"], ISOLDE.to_string(), "{conn:#}");
@@ -177,10 +153,7 @@ fn tcp_udp_and_ping_to_each_public_address_are_answered_by_the_uplink_they_came_
         }
     }
     let inbound_new = common::counter(&lab, "inbound_new");
-    assert!(
-        inbound_new >= 6,
-        "inbound_new = {inbound_new}, expected 6 connections"
-    );
+    assert!(inbound_new >= 6, "inbound_new = {inbound_new}, expected 6 connections");
 }
 
 #[test]
@@ -195,10 +168,7 @@ fn multi_megabyte_transfer_through_each_public_address_arrives_intact() {
         let got = common::curl(&lab, Host::Client, &url, BIG_TIMEOUT)
             .unwrap_or_else(|| panic!("fetching {BIG} bytes from {url} failed"));
         assert_eq!(got.len(), body.len(), "bytes fetched from {url}");
-        assert!(
-            got == body,
-            "the {BIG} bytes from {url} differ from isolde's"
-        );
+        assert!(got == body, "the {BIG} bytes from {url} differ from isolde's");
         let conns = common::masq_conns(&lab);
         let conn = inbound_conn(&conns, "tcp", up);
         assert_eq!(conn["uplink"], up.index, "uplink of {conn:#}");
@@ -216,20 +186,11 @@ fn traceroute_through_the_dsl_address_gets_its_icmp_errors_back() {
     let _masq = common::start_masq(&lab, &common::example_config());
 
     // Inbound: routers on the way, then isolde's port unreachable translated to 67.17.28.10.
-    let (hops, lines) = captured(&lab, || {
-        common::traceroute(&lab, Host::Client, PUBLIC_ISP_A)
-    });
+    let (hops, lines) = captured(&lab, || common::traceroute(&lab, Host::Client, PUBLIC_ISP_A));
     assert_eq!(hops.len(), 4, "client -> {PUBLIC_ISP_A} hops: {hops:?}");
-    assert_eq!(
-        hops[..2],
-        [Some(CORE_CLIENT_SIDE), Some(ISP_A_CORE_SIDE)],
-        "{hops:?}"
-    );
+    assert_eq!(hops[..2], [Some(CORE_CLIENT_SIDE), Some(ISP_A_CORE_SIDE)], "{hops:?}");
     // gw's own time-exceeded: the kernel's, with its own source address.
-    assert!(
-        matches!(hops[2], Some(a) if a == GW_ISP_A || a == GW_ISP_B),
-        "{hops:?}"
-    );
+    assert!(matches!(hops[2], Some(a) if a == GW_ISP_A || a == GW_ISP_B), "{hops:?}");
     assert_eq!(hops[3], Some(PUBLIC_ISP_A), "last hop: {hops:?}");
     let (at_a, at_b) = (at(&lines, Host::IspA), at(&lines, Host::IspB));
     // The outer source and the quoted destination are both the public address.
@@ -239,12 +200,7 @@ fn traceroute_through_the_dsl_address_gets_its_icmp_errors_back() {
         "port unreachable from {PUBLIC_ISP_A} should leave by eth4; ISP A saw:\n{}",
         at_a.join("\n")
     );
-    assert_eq!(
-        count_from(at_b, PUBLIC_ISP_A, None),
-        0,
-        "ISP B saw:\n{}",
-        at_b.join("\n")
-    );
+    assert_eq!(count_from(at_b, PUBLIC_ISP_A, None), 0, "ISP B saw:\n{}", at_b.join("\n"));
     for lines in [at_a, at_b] {
         assert_eq!(count_from(lines, ISOLDE, None), 0, "un-translated source");
     }
@@ -259,10 +215,7 @@ fn traceroute_through_the_dsl_address_gets_its_icmp_errors_back() {
         let expected = [GW_LAN, via[0], via[1], CLIENT].map(Some);
         assert_eq!(hops, expected, "{host} -> {CLIENT} hops");
         let translated = common::counter(&lab, "icmp_error_translated") - before;
-        assert!(
-            translated >= 3,
-            "{host}: {translated} ICMP errors translated"
-        );
+        assert!(translated >= 3, "{host}: {translated} ICMP errors translated");
     }
     for isp in [Host::IspA, Host::IspB] {
         assert_eq!(lab.spoof_drops(isp), 0, "{isp} dropped packets as spoofed");
@@ -278,12 +231,8 @@ fn path_mtu_discovery_works_through_masq() {
     let _masq = common::start_masq(&lab, &common::example_config());
     let body = common::random_bytes(BIG);
     let _http = common::serve_http(&lab, Host::Isolde, HTTP_PORT, &body);
-    lab.ns(Host::Core)
-        .run_ok("ip link set to-ispa mtu 1280")
-        .unwrap();
-    lab.ns(Host::IspA)
-        .run_ok("ip link set to-core mtu 1280")
-        .unwrap();
+    lab.ns(Host::Core).run_ok("ip link set to-ispa mtu 1280").unwrap();
+    lab.ns(Host::IspA).run_ok("ip link set to-core mtu 1280").unwrap();
 
     let before = common::counter(&lab, "icmp_error_translated");
     let url = format!("http://{PUBLIC_ISP_A}:{HTTP_PORT}/");
@@ -292,19 +241,9 @@ fn path_mtu_discovery_works_through_masq() {
     assert!(got == body, "the bytes from {url} differ from isolde's");
     let translated = common::counter(&lab, "icmp_error_translated") - before;
     assert!(translated > 0, "no frag-needed translated toward isolde");
-    let route = lab
-        .ns(Host::Isolde)
-        .run_ok(&format!("ip route get {CLIENT}"))
-        .unwrap();
-    assert!(
-        route.contains("mtu 1280"),
-        "isolde's route to the client: {route}"
-    );
-    assert_eq!(
-        lab.spoof_drops(Host::IspB),
-        0,
-        "ISP B dropped packets as spoofed"
-    );
+    let route = lab.ns(Host::Isolde).run_ok(&format!("ip route get {CLIENT}")).unwrap();
+    assert!(route.contains("mtu 1280"), "isolde's route to the client: {route}");
+    assert_eq!(lab.spoof_drops(Host::IspB), 0, "ISP B dropped packets as spoofed");
 }
 
 /// The control: with steering off, replies for the DSL address follow the main table out of eth1
@@ -316,10 +255,7 @@ fn without_masq_steering_the_dsl_address_fails() {
 
     let drops_before = lab.spoof_drops(Host::IspB);
     let (answered, lines) = captured(&lab, || tcp_udp_ping(&lab, DSL));
-    assert_eq!(
-        answered, [false; 3],
-        "TCP, UDP, ping to {PUBLIC_ISP_A} answered"
-    );
+    assert_eq!(answered, [false; 3], "TCP, UDP, ping to {PUBLIC_ISP_A} answered");
     let drops = lab.spoof_drops(Host::IspB) - drops_before;
     assert!(drops >= 3, "ISP B dropped {drops} packets as spoofed");
     // masq translated the replies; they just left by the wrong uplink.
@@ -332,13 +268,6 @@ fn without_masq_steering_the_dsl_address_fails() {
     assert_eq!(count_from(at(&lines, Host::IspA), PUBLIC_ISP_A, None), 0);
 
     let answered = tcp_udp_ping(&lab, ISP_B);
-    assert_eq!(
-        answered, [true; 3],
-        "TCP, UDP, ping to {PUBLIC_ISP_B} answered"
-    );
-    assert_eq!(
-        lab.spoof_drops(Host::IspA),
-        0,
-        "ISP A dropped packets as spoofed"
-    );
+    assert_eq!(answered, [true; 3], "TCP, UDP, ping to {PUBLIC_ISP_B} answered");
+    assert_eq!(lab.spoof_drops(Host::IspA), 0, "ISP A dropped packets as spoofed");
 }

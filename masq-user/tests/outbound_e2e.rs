@@ -57,9 +57,8 @@ fn lab_with_policies(policies: Option<&str>) -> (Lab, LabChild) {
         Some(policies) => config_with_policies(&lab, policies),
         None => common::example_config(),
     };
-    let masq = lab
-        .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
-        .expect("masq starts");
+    let masq =
+        lab.start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[]).expect("masq starts");
     (lab, masq)
 }
 
@@ -120,27 +119,15 @@ fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
             assert_eq!(udp_seen(&lab, host, PORT), Some(expected), "{host} UDP");
             assert!(lab.ping(host, CLIENT, TIMEOUT).unwrap(), "{host} ping");
         });
-        let (carrier, other) = if expected == GW_ISP_A {
-            (&at_a, &at_b)
-        } else {
-            (&at_b, &at_a)
-        };
-        let both = format!(
-            "ISP A saw:\n{}\nISP B saw:\n{}",
-            at_a.join("\n"),
-            at_b.join("\n")
-        );
+        let (carrier, other) = if expected == GW_ISP_A { (&at_a, &at_b) } else { (&at_b, &at_a) };
+        let both = format!("ISP A saw:\n{}\nISP B saw:\n{}", at_a.join("\n"), at_b.join("\n"));
         for what in ["Flags [S]", "UDP,", "ICMP echo request"] {
             assert!(
                 sent(carrier, expected, what) > 0,
                 "{host}: no {what:?} from {expected} on its uplink\n{both}"
             );
         }
-        assert_eq!(
-            sent(other, expected, ""),
-            0,
-            "{host}: {expected} on the other uplink\n{both}"
-        );
+        assert_eq!(sent(other, expected, ""), 0, "{host}: {expected} on the other uplink\n{both}");
         for lan in [ISOLDE, TRISTAN] {
             assert_eq!(
                 sent(&at_a, lan, "") + sent(&at_b, lan, ""),
@@ -149,17 +136,9 @@ fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
             );
         }
     }
-    assert!(
-        common::counter(&lab, "outbound_new") >= 6,
-        "outbound_new\n{}",
-        dataplane_state(&lab)
-    );
+    assert!(common::counter(&lab, "outbound_new") >= 6, "outbound_new\n{}", dataplane_state(&lab));
     for isp in [Host::IspA, Host::IspB] {
-        assert_eq!(
-            lab.spoof_drops(isp),
-            0,
-            "{isp} dropped something as spoofed"
-        );
+        assert_eq!(lab.spoof_drops(isp), 0, "{isp} dropped something as spoofed");
     }
 }
 
@@ -171,22 +150,10 @@ fn per_destination_port_policy_overrides_the_default() {
     let _https = common::serve_peer_addr(lab.ns(Host::Client), 8443);
     let _http = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
-    assert_eq!(
-        tcp_seen(&lab, Host::Isolde, 8443),
-        Some(GW_ISP_A),
-        "tcp/8443 by dsl"
-    );
-    assert_eq!(
-        tcp_seen(&lab, Host::Isolde, PORT),
-        Some(GW_ISP_B),
-        "tcp/8080 by default"
-    );
+    assert_eq!(tcp_seen(&lab, Host::Isolde, 8443), Some(GW_ISP_A), "tcp/8443 by dsl");
+    assert_eq!(tcp_seen(&lab, Host::Isolde, PORT), Some(GW_ISP_B), "tcp/8080 by default");
     // The rule is TCP only: UDP to 8443 takes the default.
-    assert_eq!(
-        udp_seen(&lab, Host::Isolde, 8443),
-        Some(GW_ISP_B),
-        "udp/8443 by default"
-    );
+    assert_eq!(udp_seen(&lab, Host::Isolde, 8443), Some(GW_ISP_B), "udp/8443 by default");
 }
 
 #[test]
@@ -201,10 +168,9 @@ fn weighted_policy_splits_connections_by_weight() {
             match tcp_seen(&lab, host, PORT) {
                 Some(GW_ISP_A) => dsl += 1,
                 Some(GW_ISP_B) => isp_b += 1,
-                seen => panic!(
-                    "{host} connection {i}: client saw {seen:?}\n{}",
-                    dataplane_state(&lab)
-                ),
+                seen => {
+                    panic!("{host} connection {i}: client saw {seen:?}\n{}", dataplane_state(&lab))
+                }
             }
         }
     }
@@ -214,10 +180,7 @@ fn weighted_policy_splits_connections_by_weight() {
     // dataplane about once in 16,000 runs.
     let n = (dsl + isp_b) as f64;
     let (p, sigma) = (0.25, (n * 0.25 * 0.75).sqrt());
-    eprintln!(
-        "weighted: dsl {dsl}, isp-b {isp_b} (dsl share {:.1}%)",
-        100.0 * dsl as f64 / n
-    );
+    eprintln!("weighted: dsl {dsl}, isp-b {isp_b} (dsl share {:.1}%)", 100.0 * dsl as f64 / n);
     assert!(
         (dsl as f64 - n * p).abs() <= 4.0 * sigma,
         "dsl got {dsl} of {n} connections, expected {} ± {:.1} (4 sigma)",
@@ -228,22 +191,15 @@ fn weighted_policy_splits_connections_by_weight() {
 
 #[test]
 fn sticky_policy_keeps_one_source_on_one_uplink() {
-    let (lab, _masq) = lab_with_policies(Some(
-        "[[policy]]\nuplinks = { dsl = 1, isp-b = 1 }\nsticky = true\n",
-    ));
+    let (lab, _masq) =
+        lab_with_policies(Some("[[policy]]\nuplinks = { dsl = 1, isp-b = 1 }\nsticky = true\n"));
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
     for host in [Host::Isolde, Host::Tristan] {
         let seen: Vec<_> = (0..30).map(|_| tcp_seen(&lab, host, PORT)).collect();
         let first = seen[0];
-        assert!(
-            matches!(first, Some(GW_ISP_A | GW_ISP_B)),
-            "{host}: client saw {first:?}"
-        );
-        assert!(
-            seen.iter().all(|s| *s == first),
-            "{host} changed uplink: {seen:?}"
-        );
+        assert!(matches!(first, Some(GW_ISP_A | GW_ISP_B)), "{host}: client saw {first:?}");
+        assert!(seen.iter().all(|s| *s == first), "{host} changed uplink: {seen:?}");
         eprintln!("sticky: {host} always seen as {}", first.unwrap());
     }
 }
@@ -259,43 +215,25 @@ fn gateway_own_traffic_leaves_by_the_uplink_of_its_source_address() {
 
     // Without masq, main's default route sends 67.17.28.12 out of eth1 and ISP B drops it.
     let drops = lab.spoof_drops(Host::IspB);
-    assert!(
-        !ping_from(GW_ISP_A, CLIENT),
-        "without masq, from {GW_ISP_A}"
-    );
+    assert!(!ping_from(GW_ISP_A, CLIENT), "without masq, from {GW_ISP_A}");
     assert!(lab.spoof_drops(Host::IspB) > drops, "ISP B spoof drops");
 
     let _masq = lab
-        .start_masq(
-            &common::masq_bin(),
-            &common::example_config(),
-            &lab.pin_dir(),
-            &[],
-        )
+        .start_masq(&common::masq_bin(), &common::example_config(), &lab.pin_dir(), &[])
         .expect("masq starts");
     let (at_a, at_b) = captured_at_isps(&lab, "icmp", || {
         assert!(ping_from(GW_ISP_A, CLIENT), "from {GW_ISP_A}");
         assert!(ping_from(GW_ISP_B, CLIENT), "from {GW_ISP_B}");
     });
-    let both = format!(
-        "ISP A saw:\n{}\nISP B saw:\n{}",
-        at_a.join("\n"),
-        at_b.join("\n")
-    );
+    let both = format!("ISP A saw:\n{}\nISP B saw:\n{}", at_a.join("\n"), at_b.join("\n"));
     let request = "ICMP echo request";
     assert!(sent(&at_a, GW_ISP_A, request) > 0, "{both}");
     assert!(sent(&at_b, GW_ISP_B, request) > 0, "{both}");
     assert_eq!(sent(&at_a, GW_ISP_B, request), 0, "{both}");
     assert_eq!(sent(&at_b, GW_ISP_A, request), 0, "{both}");
 
-    for isp_gateway in [
-        Ipv4Addr::new(67, 17, 28, 14),
-        Ipv4Addr::new(205, 254, 211, 254),
-    ] {
-        assert!(
-            lab.ping(Host::Gw, isp_gateway, TIMEOUT).unwrap(),
-            "gw -> {isp_gateway}"
-        );
+    for isp_gateway in [Ipv4Addr::new(67, 17, 28, 14), Ipv4Addr::new(205, 254, 211, 254)] {
+        assert!(lab.ping(Host::Gw, isp_gateway, TIMEOUT).unwrap(), "gw -> {isp_gateway}");
     }
 }
 
@@ -339,10 +277,7 @@ fn inbound_and_outbound_run_together_without_interfering() {
         transfer.join().unwrap()
     });
     let received = received.unwrap_or_else(|err| {
-        panic!(
-            "transfer from {PUBLIC_ISP_A}:9000: {err}\n{}",
-            dataplane_state(&lab)
-        )
+        panic!("transfer from {PUBLIC_ISP_A}:9000: {err}\n{}", dataplane_state(&lab))
     });
     assert_eq!(received.len(), expected.len(), "bytes received");
     assert!(received == expected.as_bytes(), "transfer content differs");

@@ -41,15 +41,9 @@ fn assert_installed(lab: &Lab) {
     let gw = lab.ns(Host::Gw);
     let rules = gw.run_ok("ip -4 rule show").unwrap();
     assert!(rules.contains("from 67.17.28.12 lookup 201"), "{rules}");
-    assert!(
-        rules.contains("fwmark 0x1000000/0xf000000 lookup 201"),
-        "{rules}"
-    );
+    assert!(rules.contains("fwmark 0x1000000/0xf000000 lookup 201"), "{rules}");
     let table = gw.run_ok("ip -4 route show table 201").unwrap();
-    assert!(
-        table.contains("default via 67.17.28.14 dev eth4"),
-        "{table}"
-    );
+    assert!(table.contains("default via 67.17.28.14 dev eth4"), "{table}");
     let links = gw.run_ok("ip link show eth4").unwrap();
     assert!(links.contains("masq_uplink_in"), "{links}");
     assert!(lab.pin_dir().join("CONNS").exists());
@@ -58,15 +52,8 @@ fn assert_installed(lab: &Lab) {
 fn masq_down(lab: &Lab) {
     let config = common::example_config();
     let pin_dir = lab.pin_dir();
-    let out = masq_cli(
-        lab,
-        &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)],
-    );
-    assert!(
-        out.status.success(),
-        "masq down: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = masq_cli(lab, &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
+    assert!(out.status.success(), "masq down: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -75,20 +62,14 @@ fn daemon_exit_keeps_the_dataplane_and_masq_down_restores_the_gateway() {
     let _server = lab.serve_tcp(Host::Isolde, 80, "hello").expect("server");
     let before = gateway_state(&lab);
     let masq = lab
-        .start_masq(
-            &common::masq_bin(),
-            &common::example_config(),
-            &lab.pin_dir(),
-            &[],
-        )
+        .start_masq(&common::masq_bin(), &common::example_config(), &lab.pin_dir(), &[])
         .expect("masq starts");
     assert_installed(&lab);
     let status = masq.stop().expect("masq stops");
     assert!(status.success(), "masq exit status {status}");
     assert_installed(&lab);
-    let reply = lab
-        .tcp_request(Host::Client, PUBLIC_ISP_A, 80, Duration::from_secs(5))
-        .expect("request");
+    let reply =
+        lab.tcp_request(Host::Client, PUBLIC_ISP_A, 80, Duration::from_secs(5)).expect("request");
     assert_eq!(
         reply.as_deref().map(str::trim),
         Some("hello"),
@@ -102,37 +83,16 @@ fn daemon_exit_keeps_the_dataplane_and_masq_down_restores_the_gateway() {
 fn restart_adopts_the_pinned_connection_table() {
     let lab = common::lab(GatewayMode::Bare);
     let config = common::example_config();
-    let masq = lab
-        .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
-        .unwrap();
-    assert!(
-        lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3))
-            .unwrap()
-    );
-    let conns_before = masq_user::inspect::read_conns(&lab.pin_dir())
-        .unwrap()
-        .len();
+    let masq = lab.start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[]).unwrap();
+    assert!(lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3)).unwrap());
+    let conns_before = masq_user::inspect::read_conns(&lab.pin_dir()).unwrap().len();
     assert!(conns_before >= 1);
     masq.stop().unwrap();
-    let masq = lab
-        .start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[])
-        .unwrap();
-    assert!(
-        masq.log_text().contains("adopted the pinned dataplane"),
-        "{}",
-        masq.log_text()
-    );
-    let conns_after = masq_user::inspect::read_conns(&lab.pin_dir())
-        .unwrap()
-        .len();
-    assert_eq!(
-        conns_after, conns_before,
-        "the connection table survives the restart"
-    );
-    assert!(
-        lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3))
-            .unwrap()
-    );
+    let masq = lab.start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[]).unwrap();
+    assert!(masq.log_text().contains("adopted the pinned dataplane"), "{}", masq.log_text());
+    let conns_after = masq_user::inspect::read_conns(&lab.pin_dir()).unwrap().len();
+    assert_eq!(conns_after, conns_before, "the connection table survives the restart");
+    assert!(lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3)).unwrap());
     drop(masq);
     masq_down(&lab);
 }
@@ -145,10 +105,7 @@ fn run_refuses_pinned_maps_of_another_layout() {
     // A CONNS map whose values are 48 bytes, as an older masq might have left.
     pin_lru_map(&pin_dir.join("CONNS"), 16, 48);
     let config = common::example_config();
-    let out = masq_cli(
-        &lab,
-        &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)],
-    );
+    let out = masq_cli(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to adopt"), "{stderr}");
@@ -172,23 +129,14 @@ fn pin_lru_map(path: &Path, key_size: u32, value_size: u32) {
             std::mem::size_of_val(&create),
         )
     };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
     let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let mut pin = [0u64; 4];
     pin[0] = cpath.as_ptr() as u64;
     pin[1] = fd as u64;
     // SAFETY: a bpf_attr for BPF_OBJ_PIN: pathname, then bpf_fd.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            pin.as_ptr(),
-            std::mem::size_of_val(&pin),
-        )
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), std::mem::size_of_val(&pin))
     };
     assert_eq!(ret, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
     // SAFETY: our own fd.
@@ -200,34 +148,18 @@ fn masq_down_cleans_up_after_a_killed_daemon() {
     let lab = common::lab(GatewayMode::Bare);
     let before = gateway_state(&lab);
     let masq = lab
-        .start_masq(
-            &common::masq_bin(),
-            &common::example_config(),
-            &lab.pin_dir(),
-            &[],
-        )
+        .start_masq(&common::masq_bin(), &common::example_config(), &lab.pin_dir(), &[])
         .expect("masq starts");
     assert_installed(&lab);
     // SAFETY: plain kill(2) of our own child: a crash leaves rules, routes and pins behind.
     unsafe { libc::kill(masq.pid() as i32, libc::SIGKILL) };
     drop(masq);
-    assert_ne!(
-        gateway_state(&lab),
-        before,
-        "a killed daemon leaves state behind"
-    );
+    assert_ne!(gateway_state(&lab), before, "a killed daemon leaves state behind");
 
     let config = common::example_config();
     let pin_dir = lab.pin_dir();
-    let out = masq_cli(
-        &lab,
-        &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)],
-    );
-    assert!(
-        out.status.success(),
-        "masq down: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = masq_cli(&lab, &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
+    assert!(out.status.success(), "masq down: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(gateway_state(&lab), before);
 }
 
@@ -241,16 +173,10 @@ fn run_refuses_a_config_naming_a_missing_interface_and_changes_nothing() {
         .replace("interface = \"eth4\"", "interface = \"eth9\"");
     std::fs::write(&config, text).unwrap();
     let pin_dir = lab.pin_dir();
-    let out = masq_cli(
-        &lab,
-        &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)],
-    );
+    let out = masq_cli(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("eth9"),
-        "error names the interface: {stderr}"
-    );
+    assert!(stderr.contains("eth9"), "error names the interface: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert_eq!(gateway_state(&lab), before);
 }

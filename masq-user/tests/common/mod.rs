@@ -38,11 +38,7 @@ pub fn require_root() {
 /// A lab with gw configured as `mode`; needs root.
 pub fn lab(mode: GatewayMode) -> Lab {
     require_root();
-    Lab::build(LabOptions {
-        gateway: mode,
-        ..LabOptions::default()
-    })
-    .expect("building the lab")
+    Lab::build(LabOptions { gateway: mode, ..LabOptions::default() }).expect("building the lab")
 }
 
 /// The masq binary built for these tests.
@@ -78,10 +74,7 @@ pub fn serve_peer_addr(ns: &masq_user::netns::NetNs, port: u16) -> PeerAddrServe
     let thread = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("opening the namespace");
         // SAFETY: setns only changes this thread's network namespace; the fd is valid.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
         drop(file);
         let bound = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).and_then(|tcp| {
             let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
@@ -113,10 +106,7 @@ pub fn serve_peer_addr(ns: &masq_user::netns::NetNs, port: u16) -> PeerAddrServe
         }
     });
     match ready_rx.recv() {
-        Ok(Ok(())) => PeerAddrServer {
-            stop,
-            thread: Some(thread),
-        },
+        Ok(Ok(())) => PeerAddrServer { stop, thread: Some(thread) },
         Ok(Err(err)) => panic!("peer address server on port {port}: {err}"),
         Err(_) => panic!("peer address server on port {port} did not start"),
     }
@@ -133,8 +123,7 @@ impl Drop for PeerAddrServer {
 
 /// Starts `masq run` on gw with `config`, pinning under the lab's pin dir.
 pub fn start_masq(lab: &Lab, config: &Path) -> LabChild {
-    lab.start_masq(&masq_bin(), config, &lab.pin_dir(), &[])
-        .expect("starting masq")
+    lab.start_masq(&masq_bin(), config, &lab.pin_dir(), &[]).expect("starting masq")
 }
 
 /// The example config plus `extra` TOML, written to the lab's run dir.
@@ -149,26 +138,17 @@ pub fn config_with(lab: &Lab, extra: &str) -> PathBuf {
 /// (HTTP/1.0, Content-Length, then close), served by socat from a file in the run dir.
 pub fn serve_http(lab: &Lab, host: Host, port: u16, body: &[u8]) -> LabChild {
     let file = lab.run_dir().join(format!("http-{host}-{port}.response"));
-    let mut response = format!(
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut response =
+        format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+            .into_bytes();
     response.extend_from_slice(body);
     fs::write(&file, response).expect("writing the HTTP response");
     let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
     let answer = format!("SYSTEM:cat {}", file.display());
-    let server = lab
-        .spawn(host, &["socat", &listen, &answer])
-        .expect("starting socat");
+    let server = lab.spawn(host, &["socat", &listen, &answer]).expect("starting socat");
     let filter = format!("sport = :{port}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while lab
-        .exec(host, &["ss", "-Hltn", &filter])
-        .expect("running ss")
-        .stdout
-        .is_empty()
-    {
+    while lab.exec(host, &["ss", "-Hltn", &filter]).expect("running ss").stdout.is_empty() {
         assert!(Instant::now() < deadline, "socat on {host} not listening");
         thread::sleep(Duration::from_millis(50));
     }
@@ -179,10 +159,7 @@ pub fn serve_http(lab: &Lab, host: Host, port: u16, body: &[u8]) -> LabChild {
 pub fn curl(lab: &Lab, host: Host, url: &str, timeout: Duration) -> Option<Vec<u8>> {
     let max_time = format!("{:.1}", timeout.as_secs_f64());
     let out = lab
-        .exec(
-            host,
-            &["curl", "-sS", "--fail", "--max-time", &max_time, url],
-        )
+        .exec(host, &["curl", "-sS", "--fail", "--max-time", &max_time, url])
         .expect("running curl");
     out.status.success().then_some(out.stdout)
 }
@@ -201,9 +178,7 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 pub fn traceroute(lab: &Lab, host: Host, target: Ipv4Addr) -> Vec<Option<Ipv4Addr>> {
     let target = target.to_string();
     let args = ["traceroute", "-n", "-q1", "-w1", "-m6", "-U", "-p", "33434"];
-    let out = lab
-        .exec(host, &[&args[..], &[&target]].concat())
-        .expect("running traceroute");
+    let out = lab.exec(host, &[&args[..], &[&target]].concat()).expect("running traceroute");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| {
@@ -231,11 +206,7 @@ pub fn masq_conns(lab: &Lab) -> Vec<serde_json::Value> {
         .arg(lab.pin_dir())
         .output()
         .expect("running masq conns");
-    assert!(
-        out.status.success(),
-        "masq conns failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "masq conns failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("parsing masq conns --json")
 }
 

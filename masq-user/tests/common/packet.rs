@@ -57,11 +57,7 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u
     data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
     data.extend_from_slice(segment);
     let sum = internet_checksum(&data);
-    if proto == IPPROTO_UDP && sum == 0 {
-        0xffff
-    } else {
-        sum
-    }
+    if proto == IPPROTO_UDP && sum == 0 { 0xffff } else { sum }
 }
 
 /// IPv4 header fields of a packet to build. `frag` holds the flags and the fragment offset.
@@ -76,13 +72,7 @@ pub struct Ip {
 
 impl Ip {
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        Self {
-            src,
-            dst,
-            ttl: 64,
-            id: 0x1c46,
-            frag: IP_DF,
-        }
+        Self { src, dst, ttl: 64, id: 0x1c46, frag: IP_DF }
     }
 
     pub fn ttl(self, ttl: u8) -> Self {
@@ -175,11 +165,7 @@ impl Ip {
 
     /// An echo request (`request`) or reply with a small payload.
     pub fn echo(&self, request: bool, id: u16, seq: u16) -> Vec<u8> {
-        let typ = if request {
-            ICMP_ECHO_REQUEST
-        } else {
-            ICMP_ECHO_REPLY
-        };
+        let typ = if request { ICMP_ECHO_REQUEST } else { ICMP_ECHO_REPLY };
         let [i0, i1] = id.to_be_bytes();
         let [s0, s1] = seq.to_be_bytes();
         self.icmp(typ, 0, [i0, i1, s0, s1], b"masq-ping")
@@ -245,12 +231,7 @@ impl<'a> IpView<'a> {
     }
 
     fn addr_at(&self, off: usize) -> Ipv4Addr {
-        Ipv4Addr::new(
-            self.0[off],
-            self.0[off + 1],
-            self.0[off + 2],
-            self.0[off + 3],
-        )
+        Ipv4Addr::new(self.0[off], self.0[off + 1], self.0[off + 2], self.0[off + 3])
     }
 
     pub fn header_len(&self) -> usize {
@@ -321,9 +302,7 @@ impl<'a> IpView<'a> {
         let want = internet_checksum(&zeroed);
         let have = self.u16_at(10);
         if want != have {
-            return Err(format!(
-                "{what} IP header checksum {have:#06x}, want {want:#06x}"
-            ));
+            return Err(format!("{what} IP header checksum {have:#06x}, want {want:#06x}"));
         }
         match self.proto() {
             IPPROTO_TCP | IPPROTO_UDP if self.complete() => {
@@ -350,9 +329,7 @@ impl<'a> IpView<'a> {
                 msg[3] = 0;
                 let want = internet_checksum(&msg);
                 if want != have {
-                    return Err(format!(
-                        "{what} ICMP checksum {have:#06x}, want {want:#06x}"
-                    ));
+                    return Err(format!("{what} ICMP checksum {have:#06x}, want {want:#06x}"));
                 }
                 if matches!(self.icmp_type(), ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED) {
                     self.inner().check_checksums(&format!("{what} quoted"))?;
