@@ -1,6 +1,7 @@
 //! `masq run` and `masq down`: the operator's checklist, each step undone on failure and exit.
 use std::{
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -8,12 +9,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
 
 use crate::{
     config::Config,
     conntrack::{self, ConnTable},
     dataplane::{Dataplane, ensure_bpffs, remove_pins},
     host::HostInterfaces,
+    inspect::{self, DaemonState, Names, NamesSource},
+    lab::MASQ_READY_LINE,
+    metrics,
     policy_tables::{self, PolicySpec, PolicyTables, UplinkTable},
 };
 
@@ -31,8 +36,9 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where `masq run` records its pid for `masq down`, one file per pin directory.
-fn pid_file(pin_dir: &Path) -> PathBuf {
+/// Where `masq run` records its pid for `masq down` and `masq reload`, one file per pin
+/// directory; its state for the CLI sits beside it ([`inspect::state_file`]).
+pub fn pid_file(pin_dir: &Path) -> PathBuf {
     let name = pin_dir.to_string_lossy().replace('/', "_");
     PathBuf::from("/run/masq").join(format!("{name}.pid"))
 }
@@ -55,25 +61,21 @@ pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Policy
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(PolicySpec {
-        uplinks,
-        mark_mask: cfg.dataplane.mark_mask,
-    })
+    Ok(PolicySpec { uplinks, mark_mask: cfg.dataplane.mark_mask })
 }
 
 /// Validate, load (adopting a running dataplane's pinned state), fill the maps, install the
 /// policy tables, attach, then serve until SIGINT or SIGTERM; SIGHUP reloads the config. On exit
-/// the dataplane stays: it keeps forwarding until `masq down`.
-pub fn run(config_path: &Path, pin_dir: &Path) -> anyhow::Result<()> {
+/// the dataplane stays: it keeps forwarding until `masq down`. With `metrics`, serves Prometheus
+/// metrics there (`GET /metrics`).
+pub fn run(config_path: &Path, pin_dir: &Path, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
     require_root()?;
     let cfg = Config::load(config_path)?;
     let host = HostInterfaces::read()?;
     cfg.check_host(&host)?;
     ensure_bpffs()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(config_path, cfg, host, pin_dir))
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(config_path, cfg, host, pin_dir, metrics))
 }
 
 /// Bring the dataplane up. A fresh start that fails removes everything it made; a restart
@@ -118,10 +120,7 @@ async fn start(
         return Err(e);
     }
     if !fresh {
-        println!(
-            "masq: adopted the pinned dataplane under {}",
-            pin_dir.display()
-        );
+        info!("adopted the pinned dataplane under {}", pin_dir.display());
     }
     Ok((dataplane, tables))
 }
@@ -131,14 +130,32 @@ async fn serve(
     mut cfg: Config,
     host: HostInterfaces,
     pin_dir: &Path,
+    metrics_addr: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    let listener = match metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (mut dataplane, tables) = start(&cfg, &host, pin_dir).await?;
     let tables = Arc::new(tables);
     let monitor = policy_tables::spawn_route_monitor(tables.clone())?;
     let pid_path = pid_file(pin_dir);
     let _ = fs::create_dir_all("/run/masq");
     let _ = fs::write(&pid_path, std::process::id().to_string());
-    println!("masq: dataplane ready");
+    let mut state = DaemonState::new(pin_dir, config_path, &cfg);
+    if let Err(e) = state.save(pin_dir) {
+        warn!("writing the state file for the CLI: {e:#}");
+    }
+    let metrics = listener.map(|l| {
+        metrics::spawn(l, pin_dir.to_path_buf(), Names::from_config(&cfg, NamesSource::Daemon))
+    });
+    info!(
+        "serving {} uplinks under {}, config {}",
+        cfg.uplinks.len(),
+        pin_dir.display(),
+        config_path.display()
+    );
+    println!("{MASQ_READY_LINE}");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -148,13 +165,22 @@ async fn serve(
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => match reload(&mut dataplane, &cfg, config_path) {
-                Ok(new) => {
-                    cfg = new;
-                    println!("masq: reloaded {}", config_path.display());
+            _ = sighup.recv() => {
+                match reload(&mut dataplane, &cfg, config_path) {
+                    Ok(new) => {
+                        cfg = new;
+                        state.reloaded(Ok(&cfg));
+                        info!("reloaded {}", config_path.display());
+                    }
+                    Err(e) => {
+                        state.reloaded(Err(format!("{e:#}")));
+                        warn!("reload rejected, keeping the running config: {e:#}");
+                    }
                 }
-                Err(e) => eprintln!("masq: reload rejected, keeping the running config: {e:#}"),
-            },
+                if let Err(e) = state.save(pin_dir) {
+                    warn!("writing the state file for the CLI: {e:#}");
+                }
+            }
             _ = expiry.tick() => {
                 let now = conntrack::boottime_ns();
                 let expired = dataplane.conns().and_then(|map| {
@@ -162,15 +188,18 @@ async fn serve(
                 });
                 match expired {
                     Ok(0) => {}
-                    Ok(n) => println!("masq: expired {n} idle connections"),
-                    Err(e) => eprintln!("masq: expiry failed: {e:#}"),
+                    Ok(n) => info!("expired {n} idle connections"),
+                    Err(e) => warn!("expiry failed: {e:#}"),
                 }
             }
         }
     }
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     monitor.stop().await;
     let _ = fs::remove_file(&pid_path);
-    println!("masq: daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
+    info!("daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
     Ok(())
 }
 
@@ -184,16 +213,7 @@ fn reload(dataplane: &mut Dataplane, current: &Config, path: &Path) -> anyhow::R
     let identity = |c: &Config| {
         c.uplinks
             .iter()
-            .map(|u| {
-                (
-                    u.name.clone(),
-                    u.interface.clone(),
-                    u.address,
-                    u.gateway,
-                    u.table,
-                    u.mark,
-                )
-            })
+            .map(|u| (u.name.clone(), u.interface.clone(), u.address, u.gateway, u.table, u.mark))
             .collect::<Vec<_>>()
     };
     if identity(&new) != identity(current) || new.lan != current.lan {
@@ -213,7 +233,7 @@ fn reload(dataplane: &mut Dataplane, current: &Config, path: &Path) -> anyhow::R
         })
     })?;
     if removed > 0 {
-        println!("masq: removed {removed} connections to services no longer published");
+        info!("removed {removed} connections to services no longer published");
     }
     Ok(new)
 }
@@ -237,17 +257,12 @@ pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
         }
         let _ = fs::remove_file(&pid_path);
     }
-    let tables: Vec<u32> = cfg
-        .map(|c| c.uplinks.iter().map(|u| u.table).collect())
-        .unwrap_or_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let _ = fs::remove_file(inspect::state_file(pin_dir));
+    let tables: Vec<u32> =
+        cfg.map(|c| c.uplinks.iter().map(|u| u.table).collect()).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let removed = runtime.block_on(policy_tables::remove_all(&tables))?;
     remove_pins(pin_dir)?;
-    println!(
-        "masq: down ({removed} rules and routes removed, pins under {} removed)",
-        pin_dir.display()
-    );
+    info!("down: {removed} rules and routes removed, pins under {} removed", pin_dir.display());
     Ok(())
 }

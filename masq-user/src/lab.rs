@@ -216,6 +216,9 @@ pub enum GatewayMode {
     PlainDnat,
     /// The classic recipe of TOPOLOGY.md: per-uplink tables, source rules, CONNMARK, DNAT, MASQUERADE.
     Classic,
+    /// Plain routing without NAT or conntrack, the benchmarks' ceiling: the client addresses
+    /// isolde (192.168.100.17) itself, through ISP A both ways ([`FORWARD_ROUTES`]).
+    Forward,
 }
 
 /// Public addresses on gw, DNAT of each to isolde, MASQUERADE out of each uplink.
@@ -251,12 +254,33 @@ const CLASSIC_ROUTING: &[&str] = &[
     "ip rule add fwmark 2 lookup 202",
 ];
 
+/// [`GatewayMode::Forward`]: the LAN routed through ISP A with its own addresses. gw sends the
+/// client's replies back by ISP A, core and ISP A route the LAN prefix, and ISP A's spoof filter
+/// lets the LAN prefix through (its customer's, in this mode).
+const FORWARD_ROUTES: &[(Host, &[&str])] = &[
+    (Host::Gw, &["ip route add 64.70.12.0/24 via 67.17.28.14 dev eth4"]),
+    (Host::Core, &["ip route add 192.168.100.0/24 via 198.18.1.2"]),
+    (
+        Host::IspA,
+        &[
+            "ip route add 192.168.100.0/24 via 67.17.28.12",
+            "iptables -w -I FORWARD -i to-gw -s 192.168.100.0/24 -j ACCEPT",
+        ],
+    ),
+];
+
 impl GatewayMode {
-    fn commands(self) -> Vec<&'static str> {
+    /// What to run, host by host.
+    fn scripts(self) -> Vec<(Host, Vec<&'static str>)> {
         match self {
             GatewayMode::Bare => Vec::new(),
-            GatewayMode::PlainDnat => PLAIN_DNAT.to_vec(),
-            GatewayMode::Classic => CLASSIC_ROUTING.iter().chain(PLAIN_DNAT).copied().collect(),
+            GatewayMode::PlainDnat => vec![(Host::Gw, PLAIN_DNAT.to_vec())],
+            GatewayMode::Classic => {
+                vec![(Host::Gw, CLASSIC_ROUTING.iter().chain(PLAIN_DNAT).copied().collect())]
+            }
+            GatewayMode::Forward => {
+                FORWARD_ROUTES.iter().map(|(host, lines)| (*host, lines.to_vec())).collect()
+            }
         }
     }
 }
@@ -336,8 +360,11 @@ impl Lab {
 
     /// Applies `mode` to gw. Call once, on a lab built with [`GatewayMode::Bare`] (the default).
     pub fn configure_gateway(&self, mode: GatewayMode) -> Result<()> {
-        self.run_script(Host::Gw, &mode.commands())
-            .with_context(|| format!("configuring gw as {mode:?}"))
+        for (host, lines) in mode.scripts() {
+            self.run_script(host, &lines)
+                .with_context(|| format!("configuring the lab for gw as {mode:?}"))?;
+        }
+        Ok(())
     }
 
     /// Unique id of this lab run (`masq-<pid>-<random>`).
@@ -375,14 +402,8 @@ impl Lab {
         let program = args.first().context("empty command")?;
         let program = Path::new(program).file_name().unwrap_or_default();
         let n = self.spawned.fetch_add(1, Ordering::Relaxed);
-        let log = self
-            .run_dir
-            .join(format!("{n:02}-{host}-{}.log", program.to_string_lossy()));
-        self.spawn_logged(
-            self.in_host(host, args),
-            &format!("{host}: {}", args.join(" ")),
-            log,
-        )
+        let log = self.run_dir.join(format!("{n:02}-{host}-{}.log", program.to_string_lossy()));
+        self.spawn_logged(self.in_host(host, args), &format!("{host}: {}", args.join(" ")), log)
     }
 
     /// Starts `masq run -c <config> --pin-dir <pin_dir> <extra_args>` on gw and waits for
@@ -484,9 +505,7 @@ impl Lab {
     }
 
     fn serve(&self, host: Host, proto: &str, port: u16, reply: &str) -> Result<LabChild> {
-        let reply_file = self
-            .run_dir
-            .join(format!("reply-{host}-{proto}-{port}.txt"));
+        let reply_file = self.run_dir.join(format!("reply-{host}-{proto}-{port}.txt"));
         fs::write(&reply_file, format!("{reply}\n"))?;
         let listen = match proto {
             "tcp" => format!("TCP-LISTEN:{port},fork,reuseaddr"),
@@ -521,19 +540,13 @@ impl Lab {
             let mut buf = [0u8; 4096];
             loop {
                 let left = deadline.checked_duration_since(Instant::now())?;
-                stream
-                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .ok()?;
+                stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
                 match stream.read(&mut buf).ok()? {
                     0 => break,
                     n => reply.extend_from_slice(&buf[..n]),
                 }
             }
-            Some(
-                String::from_utf8_lossy(&reply)
-                    .trim_end_matches('\n')
-                    .to_string(),
-            )
+            Some(String::from_utf8_lossy(&reply).trim_end_matches('\n').to_string())
         }))
     }
 
@@ -555,11 +568,9 @@ impl Lab {
             socket.send(&payload)?;
             let mut buf = [0u8; 65536];
             Ok(match socket.recv(&mut buf) {
-                Ok(n) => Some(
-                    String::from_utf8_lossy(&buf[..n])
-                        .trim_end_matches('\n')
-                        .to_string(),
-                ),
+                Ok(n) => {
+                    Some(String::from_utf8_lossy(&buf[..n]).trim_end_matches('\n').to_string())
+                }
                 Err(_) => None,
             })
         })
@@ -568,29 +579,15 @@ impl Lab {
     /// One ICMP echo from `host` to `addr`; true when answered within `timeout` (whole seconds).
     pub fn ping(&self, host: Host, addr: Ipv4Addr, timeout: Duration) -> Result<bool> {
         let wait = timeout.as_secs().max(1).to_string();
-        let out = self.exec(
-            host,
-            &[
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                "1",
-                "-W",
-                &wait,
-                &addr.to_string(),
-            ],
-        )?;
+        let out =
+            self.exec(host, &["ping", "-n", "-q", "-c", "1", "-W", &wait, &addr.to_string()])?;
         Ok(out.status.success())
     }
 
     /// Packets dropped so far as spoofed by an ISP router's ingress filter (its iptables counter).
     /// Panics for hosts that are not ISP routers or when the counter cannot be read.
     pub fn spoof_drops(&self, isp: Host) -> u64 {
-        assert!(
-            matches!(isp, Host::IspA | Host::IspB),
-            "{isp} has no spoof filter"
-        );
+        assert!(matches!(isp, Host::IspA | Host::IspB), "{isp} has no spoof filter");
         let out = self
             .ns(isp)
             .run_ok("iptables -w -nvx -L FORWARD")
@@ -613,16 +610,9 @@ impl Lab {
     pub fn teardown_command(&self) -> String {
         let mut cmd = String::new();
         for (_, ns) in &self.namespaces {
-            cmd += &format!(
-                "ip netns pids {0} | xargs -r kill; ip netns del {0}; ",
-                ns.name()
-            );
+            cmd += &format!("ip netns pids {0} | xargs -r kill; ip netns del {0}; ", ns.name());
         }
-        cmd + &format!(
-            "rm -rf {} {}",
-            self.pin_dir().display(),
-            self.run_dir.display()
-        )
+        cmd + &format!("rm -rf {} {}", self.pin_dir().display(), self.run_dir.display())
     }
 
     fn in_host(&self, host: Host, args: &[&str]) -> Command {
@@ -635,9 +625,7 @@ impl Lab {
         for line in lines {
             self.log_command(host.name(), line);
             let args: Vec<&str> = line.split_whitespace().collect();
-            self.ns(host)
-                .run(&args)
-                .with_context(|| format!("setting up {host}: {line}"))?;
+            self.ns(host).run(&args).with_context(|| format!("setting up {host}: {line}"))?;
         }
         Ok(())
     }
@@ -651,22 +639,12 @@ impl Lab {
     /// Spawns `cmd` in its own process group with stdout and stderr appended to `log`.
     fn spawn_logged(&self, mut cmd: Command, what: &str, log: PathBuf) -> Result<LabChild> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).process_group(0);
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         let pid = child.id() as i32;
         registry().children.push(pid);
-        self.pids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pid);
-        Ok(LabChild {
-            child,
-            what: what.to_string(),
-            log,
-        })
+        self.pids.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        Ok(LabChild { child, what: what.to_string(), log })
     }
 }
 
@@ -687,9 +665,7 @@ impl Drop for Lab {
         if !self.keep_run_dir {
             remove_dir(&self.run_dir);
         }
-        registry()
-            .dirs
-            .retain(|d| *d != pin_dir && *d != self.run_dir);
+        registry().dirs.retain(|d| *d != pin_dir && *d != self.run_dir);
     }
 }
 
@@ -721,8 +697,7 @@ impl LabChild {
 
     /// Stops it as Drop does and returns how it ended.
     pub fn stop(mut self) -> Result<ExitStatus> {
-        self.terminate()
-            .with_context(|| format!("stopping {}", self.what))
+        self.terminate().with_context(|| format!("stopping {}", self.what))
     }
 
     fn terminate(&mut self) -> Result<ExitStatus> {
@@ -789,10 +764,7 @@ impl Capture {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
     }
 }
 
@@ -833,19 +805,14 @@ struct Registry {
     dirs: Vec<PathBuf>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    namespaces: Vec::new(),
-    children: Vec::new(),
-    dirs: Vec::new(),
-});
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { namespaces: Vec::new(), children: Vec::new(), dirs: Vec::new() });
 /// Set while [`wait_for_ctrl_c`] waits: the signal then wakes it instead of exiting.
 static WAITING_FOR_SIGNAL: AtomicBool = AtomicBool::new(false);
 static SIGNALLED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 fn registry() -> MutexGuard<'static, Registry> {
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn install_signal_handler() {
@@ -865,11 +832,7 @@ fn on_signal() {
         return;
     }
     eprintln!("masq lab: interrupted, removing the lab");
-    let Registry {
-        namespaces,
-        children,
-        dirs,
-    } = std::mem::take(&mut *registry());
+    let Registry { namespaces, children, dirs } = std::mem::take(&mut *registry());
     for &pid in &children {
         signal_group(pid, libc::SIGTERM);
     }
@@ -967,18 +930,8 @@ struct DemoUplink {
 }
 
 const DEMO_UPLINKS: [DemoUplink; 2] = [
-    DemoUplink {
-        public: PUBLIC_ISP_A,
-        gw_iface: "eth4",
-        isp: Host::IspA,
-        isp_label: "ISP A",
-    },
-    DemoUplink {
-        public: PUBLIC_ISP_B,
-        gw_iface: "eth1",
-        isp: Host::IspB,
-        isp_label: "ISP B",
-    },
+    DemoUplink { public: PUBLIC_ISP_A, gw_iface: "eth4", isp: Host::IspA, isp_label: "ISP A" },
+    DemoUplink { public: PUBLIC_ISP_B, gw_iface: "eth1", isp: Host::IspB, isp_label: "ISP B" },
 ];
 
 /// Builds the lab, runs masq on gw with the default config and checks that isolde answers on both
@@ -997,16 +950,11 @@ pub fn run_demo(masq_bin: &Path, keep: bool) -> Result<()> {
     let mut failures = 0;
     for uplink in DEMO_UPLINKS {
         let public = uplink.public;
-        let tcp = demo_check(
-            &lab,
-            uplink,
-            &format!("{public}:{DEMO_PORT}"),
-            "tcp src port 80",
-            || {
+        let tcp =
+            demo_check(&lab, uplink, &format!("{public}:{DEMO_PORT}"), "tcp src port 80", || {
                 let reply = lab.tcp_request(Host::Client, public, DEMO_PORT, DEMO_TIMEOUT)?;
                 Ok(reply.map(|text| format!("reply {text:?}")))
-            },
-        )?;
+            })?;
         let ping = demo_check(
             &lab,
             uplink,
@@ -1021,20 +969,11 @@ pub fn run_demo(masq_bin: &Path, keep: bool) -> Result<()> {
     }
 
     if keep {
-        println!(
-            "\nThe lab stays up. Enter a host with:\n{}",
-            lab.describe_hosts()
-        );
+        println!("\nThe lab stays up. Enter a host with:\n{}", lab.describe_hosts());
         println!("masq log: {}", masq.log_path().display());
         println!("pins:     {}", pin_dir.display());
-        println!(
-            "Tear down: Ctrl-C here, or `kill {}` from another shell.",
-            std::process::id()
-        );
-        println!(
-            "If this process was killed with SIGKILL: {}",
-            lab.teardown_command()
-        );
+        println!("Tear down: Ctrl-C here, or `kill {}` from another shell.", std::process::id());
+        println!("If this process was killed with SIGKILL: {}", lab.teardown_command());
         wait_for_ctrl_c();
         println!("masq lab: removing the lab");
     }
@@ -1059,8 +998,7 @@ fn demo_check(
     request: impl FnOnce() -> Result<Option<String>>,
 ) -> Result<bool> {
     let captures = DEMO_UPLINKS.map(|uplink| {
-        lab.capture(uplink.isp, ISP_GW_SIDE_IFACE, filter)
-            .map(|capture| (uplink, capture))
+        lab.capture(uplink.isp, ISP_GW_SIDE_IFACE, filter).map(|capture| (uplink, capture))
     });
     let drops_before = DEMO_UPLINKS.map(|uplink| lab.spoof_drops(uplink.isp));
     let answer = request()?;
@@ -1089,9 +1027,7 @@ fn demo_check(
     };
     let ok = answer.is_some()
         && !seen.is_empty()
-        && seen
-            .iter()
-            .all(|&(uplink, src)| uplink == expected && src == expected.public);
+        && seen.iter().all(|&(uplink, src)| uplink == expected && src == expected.public);
     if !ok {
         for (uplink, before) in DEMO_UPLINKS.iter().zip(drops_before) {
             let dropped = lab.spoof_drops(uplink.isp) - before;

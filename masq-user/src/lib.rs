@@ -1,5 +1,6 @@
 //! masq userspace: config, loader, kernel policy tables, inspection, and the network-namespace lab.
 
+pub mod bench;
 pub mod config;
 pub mod conntrack;
 pub mod daemon;
@@ -7,5 +8,6 @@ pub mod dataplane;
 pub mod host;
 pub mod inspect;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod policy_tables;

@@ -1,26 +1,71 @@
 //! `masq`: loader, daemon and inspection CLI of the masq dataplane.
+//!
+//! The inspection commands (`status`, `uplinks`, `conns`, `stats`) read the maps pinned under
+//! `--pin-dir`, so they work whether the daemon runs or not and from any network namespace.
+//! Every listing has `--json`; `docs/cli-json.md` documents the fields.
 use std::{
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use masq_user::{
     config::Config,
     daemon::{self, DEFAULT_PIN_DIR},
     host::HostInterfaces,
-    inspect,
+    inspect::{self, ConnFilter, Names},
 };
+use tracing::level_filters::LevelFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "masq",
-    version,
-    about = "eBPF dataplane for multi-uplink Linux gateways"
-)]
+#[command(name = "masq", version, about = "eBPF dataplane for multi-uplink Linux gateways")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Which dataplane to read, and where names come from.
+#[derive(Args, Clone)]
+struct Target {
+    /// Where the daemon pinned the maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, global = true)]
+    pin_dir: PathBuf,
+    /// Config for uplink and interface names [default: the running daemon's, else
+    /// /etc/masq/masq.toml; without either, uplinks show as #index].
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl Target {
+    fn names(&self) -> Names {
+        Names::resolve(&self.pin_dir, self.config.as_deref())
+    }
+}
+
+/// Which connections.
+#[derive(Args, Clone)]
+struct FilterArgs {
+    /// Only this uplink's connections (name, or index as #N).
+    #[arg(long, global = true)]
+    uplink: Option<String>,
+    /// Only this protocol: tcp, udp, icmp (or a number).
+    #[arg(long, global = true, value_parser = inspect::parse_proto)]
+    proto: Option<u8>,
+    /// Only connections with this address in their original or translated tuple.
+    #[arg(long, global = true)]
+    host: Option<Ipv4Addr>,
+}
+
+impl FilterArgs {
+    fn filter(&self, names: &Names) -> anyhow::Result<ConnFilter> {
+        Ok(ConnFilter {
+            uplink: self.uplink.as_deref().map(|u| names.uplink_index(u)).transpose()?,
+            proto: self.proto,
+            host: self.host,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,12 +78,15 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Load the dataplane and serve until SIGINT/SIGTERM (root).
+    /// Load the dataplane and serve until SIGINT/SIGTERM; SIGHUP reloads the config (root).
     Run {
         #[arg(short, long)]
         config: PathBuf,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Stop the daemon and remove everything masq installed (root).
     Down {
@@ -47,17 +95,47 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Make the running daemon re-read its config (SIGHUP) and say whether it applied it.
+    Reload {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// How long to wait for the daemon's answer, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Programs attached per interface, uplinks, table fill, daemon.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// JSON output (fields documented in docs/cli-json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Traffic and connections per uplink.
+    Uplinks {
+        #[command(flatten)]
+        target: Target,
+        /// JSON output (fields documented in docs/cli-json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The connection table; `masq conns flush --uplink NAME` removes connections.
+    Conns {
+        #[command(subcommand)]
+        action: Option<ConnsAction>,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// JSON output (fields documented in docs/cli-json.md).
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Counters by path and every drop reason.
     Stats {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The connection table.
-    Conns {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        /// JSON output (fields documented in docs/cli-json.md).
         #[arg(long)]
         json: bool,
     },
@@ -67,6 +145,23 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Benchmarks: masq, the classic recipe and plain routing side by side (`cargo xtask bench`).
+    #[command(hide = true)]
+    Bench {
+        /// Fewer rounds and repeats, smaller tables (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Directory for the results (JSON, SVG chart, Markdown summary).
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnsAction {
+    /// Remove the connections of one uplink (--uplink required; --proto and --host narrow it
+    /// further), both directions; their next packets are dropped or start over (root).
+    Flush,
 }
 
 fn check(path: &Path, offline: bool) -> ExitCode {
@@ -92,20 +187,96 @@ fn check(path: &Path, offline: bool) -> ExitCode {
     }
 }
 
+/// Log events, one line each, to stderr (the journal under systemd, which adds its own
+/// timestamps). `MASQ_LOG` sets the level: error, warn, info (default), debug, trace, off.
+fn init_logging() {
+    let level = std::env::var("MASQ_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn conns(
+    action: Option<ConnsAction>,
+    target: &Target,
+    filter: &FilterArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let names = target.names();
+    let conn_filter = filter.filter(&names)?;
+    match action {
+        None => inspect::conns(&target.pin_dir, &names, &conn_filter, json),
+        Some(ConnsAction::Flush) => {
+            let Some(uplink) = conn_filter.uplink else {
+                anyhow::bail!("masq conns flush needs --uplink NAME");
+            };
+            daemon::require_root()?;
+            let removed = inspect::flush(&target.pin_dir, &conn_filter)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "uplink": uplink, "uplink_name": names.uplink(uplink),
+                                        "removed": removed })
+                );
+            } else {
+                println!(
+                    "masq: removed {removed} connection{} of uplink {}",
+                    if removed == 1 { "" } else { "s" },
+                    names.uplink(uplink)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Down { .. } | Command::Lab { .. }) {
+        // Inspection output piped into `head` ends quietly, like other Unix tools.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Check { config, offline } => return check(&config, offline),
-        Command::Run { config, pin_dir } => daemon::run(&config, &pin_dir),
-        Command::Down { config, pin_dir } => match config.map(|c| Config::load(&c)).transpose() {
-            Ok(cfg) => daemon::down(cfg.as_ref(), &pin_dir),
-            Err(e) => Err(e.into()),
-        },
+        Command::Run { config, pin_dir, metrics } => {
+            init_logging();
+            daemon::run(&config, &pin_dir, metrics)
+        }
+        Command::Down { config, pin_dir } => {
+            init_logging();
+            match config.map(|c| Config::load(&c)).transpose() {
+                Ok(cfg) => daemon::down(cfg.as_ref(), &pin_dir),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Reload { pin_dir, timeout } => {
+            inspect::reload(&pin_dir, Duration::from_secs(timeout))
+        }
+        Command::Status { target, json } => inspect::status(&target.pin_dir, &target.names(), json),
+        Command::Uplinks { target, json } => {
+            inspect::uplinks(&target.pin_dir, &target.names(), json)
+        }
+        Command::Conns { action, target, filter, json } => conns(action, &target, &filter, json),
         Command::Stats { pin_dir, json } => inspect::stats(&pin_dir, json),
-        Command::Conns { pin_dir, json } => inspect::conns(&pin_dir, json),
         Command::Lab { keep } => std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|exe| masq_user::lab::run_demo(&exe, keep)),
+        Command::Bench { quick, out } => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|masq_bin| {
+                masq_user::bench::run(&masq_user::bench::BenchOptions { quick, out, masq_bin })
+            })
+            .map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

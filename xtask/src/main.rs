@@ -16,11 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "masq developer tasks"
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "masq developer tasks")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -51,8 +47,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks.
-    Bench,
+    /// Build masq and benchmark it against the classic iptables recipe and plain routing
+    /// (program cost, lab forwarding, memory); results in bench-results/ (see BENCHMARKS.md).
+    Bench {
+        /// Fewer rounds and repeats, smaller tables: under 3 minutes, for development.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default: bench-results/ at the workspace root).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,11 +93,27 @@ fn run(task: Task) -> Result<ExitCode> {
             masq_args.extend(args);
             exec_masq(&masq_args)
         }
-        Task::Bench => {
-            eprintln!("cargo xtask bench: not implemented yet (issue 6)");
-            Ok(ExitCode::FAILURE)
+        Task::Bench { quick, out } => {
+            build()?;
+            exec_masq(&bench_args(quick, out))
         }
     }
+}
+
+/// `masq bench [--quick] --out <dir>`, the directory absolute so the caller's cwd does not matter.
+fn bench_args(quick: bool, out: Option<PathBuf>) -> Vec<String> {
+    let out = out.unwrap_or_else(|| workspace_root().join("bench-results"));
+    let out = if out.is_absolute() {
+        out
+    } else {
+        env::current_dir().map(|cwd| cwd.join(&out)).unwrap_or(out)
+    };
+    let mut args = vec!["bench".to_string()];
+    if quick {
+        args.push("--quick".into());
+    }
+    args.extend(["--out".to_string(), out.to_string_lossy().into_owned()]);
+    args
 }
 
 fn workspace_root() -> PathBuf {
@@ -154,17 +174,14 @@ fn test_command(args: &[String]) -> Command {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[][..]),
     };
-    let picks_packages = cargo_args
-        .iter()
-        .any(|a| a.starts_with("-p") || a.starts_with("--package"));
+    let picks_packages =
+        cargo_args.iter().any(|a| a.starts_with("-p") || a.starts_with("--package"));
     let mut cmd = cargo();
     cmd.arg("test");
     if !picks_packages {
         cmd.args(["--workspace", "--exclude", "masq-ebpf"]);
     }
-    cmd.args(cargo_args)
-        .args(["--", "--test-threads=1"])
-        .args(harness_args);
+    cmd.args(cargo_args).args(["--", "--test-threads=1"]).args(harness_args);
     cmd
 }
 
@@ -180,9 +197,7 @@ mod tests {
 
     fn test_args(cli: &[&str]) -> String {
         let cli = Cli::try_parse_from(cli).unwrap();
-        let Task::Test { args } = cli.task else {
-            panic!("not the test task")
-        };
+        let Task::Test { args } = cli.task else { panic!("not the test task") };
         let cmd = test_command(&args);
         describe(&cmd).split_once(' ').unwrap().1.to_string()
     }
@@ -198,25 +213,26 @@ mod tests {
             "test --workspace --exclude masq-ebpf --release -- --test-threads=1 classic"
         );
         assert_eq!(
-            test_args(&[
-                "xtask",
-                "test",
-                "--",
-                "-p",
-                "masq-user",
-                "--test",
-                "lab_baseline"
-            ]),
+            test_args(&["xtask", "test", "--", "-p", "masq-user", "--test", "lab_baseline"]),
             "test -p masq-user --test lab_baseline -- --test-threads=1"
         );
     }
 
     #[test]
+    fn bench_task_runs_masq_bench_with_an_absolute_out_dir() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "--quick"]).unwrap();
+        let Task::Bench { quick, out } = cli.task else { panic!("not the bench task") };
+        let args = bench_args(quick, out);
+        assert_eq!(args[..3], ["bench", "--quick", "--out"]);
+        assert_eq!(PathBuf::from(&args[3]), workspace_root().join("bench-results"));
+        let args = bench_args(false, Some(PathBuf::from("/tmp/b")));
+        assert_eq!(args, ["bench", "--out", "/tmp/b"]);
+    }
+
+    #[test]
     fn run_task_passes_masq_args_through() {
         let cli = Cli::try_parse_from(["xtask", "run", "--", "-c", "x.toml", "--pin-dir", "/p"]);
-        let Task::Run { args } = cli.unwrap().task else {
-            panic!("not the run task")
-        };
+        let Task::Run { args } = cli.unwrap().task else { panic!("not the run task") };
         assert_eq!(args, ["-c", "x.toml", "--pin-dir", "/p"]);
     }
 }

@@ -59,11 +59,7 @@ fn require_root() -> Result<()> {
 
 /// Runs a command quietly; None when it cannot be started.
 fn output(program: &str, args: &[&str]) -> Option<std::process::Output> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
+    Command::new(program).args(args).stdin(Stdio::null()).output().ok()
 }
 
 fn rust_src() -> Result<()> {
@@ -76,12 +72,10 @@ fn rust_src() -> Result<()> {
             "the nightly Rust toolchain is missing (needed to build the eBPF programs) and cannot be fetched here: install it with `rustup toolchain install nightly --component rust-src` where the network allows"
         );
     }
-    let installed = output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    .unwrap_or_default();
+    let installed =
+        output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         step("rust-src for nightly: present");
         return Ok(());
@@ -105,21 +99,14 @@ fn apt_installed(package: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !apt_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !apt_installed(p)).collect();
     if missing.is_empty() {
         step(&format!("apt packages: all {} present", APT_PACKAGES.len()));
         return Ok(());
     }
     step(&format!("apt packages missing: {}", missing.join(" ")));
     step("apt-get update");
-    let ok = Command::new("apt-get")
-        .arg("update")
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = Command::new("apt-get").arg("update").status().is_ok_and(|s| s.success());
     if !ok {
         bail!("`apt-get update` failed: check the Debian sources in /etc/apt and network access");
     }
@@ -147,10 +134,7 @@ fn bpf_linker() -> Result<()> {
     step(&format!(
         "bpf-linker: cargo install bpf-linker --locked --no-default-features --features llvm-22 (LLVM_PREFIX={LLVM_PREFIX})"
     ));
-    let path = format!(
-        "{LLVM_PREFIX}/bin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
     let ok = Command::new("cargo")
         .args([
             "install",

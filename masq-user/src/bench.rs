@@ -1,0 +1,358 @@
+//! `masq bench` (hidden; `cargo xtask bench`): masq side by side with the classic iptables recipe
+//! and with plain routing, in one run. BENCHMARKS.md describes the method and the latest figures.
+//!
+//! Three parts, each in its own module:
+//! - [`prog`]: the cost of masq's programs per packet under `BPF_PROG_TEST_RUN`, with the
+//!   connection table filled to several sizes;
+//! - [`forwarding`]: packets/s, TCP throughput and new connections/s through the seed lab, with
+//!   masq, the classic recipe and plain routing built alternately, plus the gateway's own cost;
+//! - memory of the connection table per connection ([`prog::memory`]).
+//!
+//! Results go to `<out>/<timestamp>.{json,svg,md}` and `<out>/latest.{json,svg,md}`.
+pub mod bpf;
+mod forwarding;
+mod frames;
+mod prog;
+mod report;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::dataplane::{ensure_bpffs, remove_pins};
+
+/// The seed scenario's config, which every gateway under test is built from.
+pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../../examples/masq-gw.toml");
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Fewer rounds, fewer repeats, smaller tables: for development (< 3 minutes).
+    pub quick: bool,
+    /// Where results are written.
+    pub out: PathBuf,
+    /// The masq binary the lab runs as the gateway (normally this one).
+    pub masq_bin: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub version: u32,
+    pub started_utc: String,
+    pub quick: bool,
+    pub seconds: f64,
+    pub machine: Machine,
+    pub prog: prog::ProgResults,
+    pub memory: prog::MemoryResult,
+    pub lab: forwarding::LabResults,
+    pub ratios: Vec<Ratio>,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub memory_gib: f64,
+    /// /proc/loadavg before and after: other work on the machine shows up here.
+    pub load_before: String,
+    pub load_after: String,
+}
+
+/// masq's figure over another gateway's for one metric.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    pub metric: &'static str,
+    pub unit: &'static str,
+    /// "higher" or "lower" is better.
+    pub better: &'static str,
+    pub masq: f64,
+    pub classic: f64,
+    pub forward: f64,
+    pub masq_over_classic: f64,
+    pub masq_over_forward: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub target_ns: f64,
+    pub measured_ns: f64,
+    pub met: bool,
+}
+
+/// Median, extremes and every run of one measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: Vec<f64>,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Stat {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Stat {
+            median,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+            runs: values.to_vec(),
+        }
+    }
+}
+
+/// splitmix64: reproducible tuples without a dependency.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// `n` random low bits (n ≤ 32).
+    pub fn bits(&mut self, n: u32) -> u32 {
+        (self.next() >> (64 - n)) as u32
+    }
+
+    /// A client-side port, 1024..=65535.
+    pub fn port(&mut self) -> u16 {
+        1024 + self.below(64512) as u16
+    }
+}
+
+/// Scratch directory and bpffs pin root of one run, removed on drop (also on error).
+struct Scratch {
+    work_dir: PathBuf,
+    pin_root: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.work_dir);
+        if let Ok(entries) = fs::read_dir(&self.pin_root) {
+            for entry in entries.flatten() {
+                let _ = remove_pins(&entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pin_root);
+    }
+}
+
+/// Runs everything and writes the results; returns the JSON file written.
+pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
+    crate::daemon::require_root()?;
+    ensure_bpffs()?;
+    let started = Instant::now();
+    let started_utc = utc_timestamp(SystemTime::now());
+    let id = format!("masq-bench-{}", std::process::id());
+    let scratch = Scratch {
+        work_dir: std::env::temp_dir().join(&id),
+        pin_root: PathBuf::from("/sys/fs/bpf").join(&id),
+    };
+    fs::create_dir_all(&scratch.work_dir)?;
+    fs::create_dir_all(&scratch.pin_root)?;
+    let load_before = loadavg();
+    let mode = if opts.quick { "quick" } else { "full" };
+    eprintln!("masq bench ({mode}): the machine's other load now: {load_before}");
+
+    let prog_opts = if opts.quick {
+        prog::ProgOptions {
+            repeat: 100_000,
+            runs: 3,
+            levels: vec![1_000, 100_000],
+            conn_capacity: 262_144,
+            spread_max: 65_536,
+            new_conn_repeat: 8_192,
+            repeat1_samples: 1_000,
+        }
+    } else {
+        prog::ProgOptions {
+            repeat: 1_000_000,
+            runs: 5,
+            levels: vec![1_000, 100_000, 1_000_000],
+            conn_capacity: 1_048_576,
+            spread_max: 262_144,
+            new_conn_repeat: 32_768,
+            repeat1_samples: 5_000,
+        }
+    };
+    eprintln!("masq bench: program cost (BPF_PROG_TEST_RUN)");
+    let prog = prog::run(&prog_opts, &scratch.work_dir, &scratch.pin_root.join("prog"))?;
+
+    let capacities: &[u32] = if opts.quick {
+        &[65_536, 262_144, 1_048_576]
+    } else {
+        &[65_536, 262_144, 1_048_576, 4_194_304]
+    };
+    eprintln!("masq bench: memory of the connection table");
+    let memory = prog::memory(capacities, &scratch.pin_root)?;
+
+    let lab_opts = forwarding::LabBenchOptions {
+        rounds: if opts.quick { 3 } else { 5 },
+        window_s: if opts.quick { 1.0 } else { 3.0 },
+        warmup_s: if opts.quick { 0.5 } else { 1.0 },
+        iperf_seconds: if opts.quick { 1 } else { 3 },
+        iperf_streams: 4,
+        conn_seconds: if opts.quick { 1.0 } else { 3.0 },
+        conn_clients: 2,
+        masq_bin: opts.masq_bin.clone(),
+    };
+    eprintln!("masq bench: forwarding in the lab (masq, classic, forward; alternately)");
+    let lab = forwarding::run(&lab_opts, &scratch.work_dir)?;
+
+    let results = Results {
+        version: 1,
+        started_utc: started_utc.clone(),
+        quick: opts.quick,
+        seconds: started.elapsed().as_secs_f64(),
+        machine: machine(load_before),
+        ratios: report::ratios(&lab),
+        targets: report::targets(&prog),
+        prog,
+        memory,
+        lab,
+    };
+    drop(scratch);
+    write_results(&results, &opts.out, &started_utc)
+}
+
+fn write_results(results: &Results, out: &Path, stamp: &str) -> Result<PathBuf> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = serde_json::to_string_pretty(results)? + "\n";
+    let svg = report::svg(results);
+    let markdown = report::markdown(results);
+    let file = out.join(format!("{stamp}.json"));
+    for (name, text) in [
+        (format!("{stamp}.json"), &json),
+        ("latest.json".to_string(), &json),
+        (format!("{stamp}.svg"), &svg),
+        ("latest.svg".to_string(), &svg),
+        (format!("{stamp}.md"), &markdown),
+        ("latest.md".to_string(), &markdown),
+    ] {
+        let path = out.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{markdown}");
+    println!(
+        "masq bench: results in {} (and latest.json, latest.svg, latest.md)",
+        file.display()
+    );
+    Ok(file)
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine(load_before: String) -> Machine {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default();
+    let memory_kib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model,
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        memory_gib: memory_kib / 1024.0 / 1024.0,
+        load_before,
+        load_after: loadavg(),
+    }
+}
+
+/// `YYYY-MM-DDTHH-MM-SSZ` (UTC; no colons, so it is also a file name).
+fn utc_timestamp(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(Stat::of(&[3.0, 1.0, 2.0]).median, 2.0);
+        assert_eq!(Stat::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        assert!(Stat::of(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00-00-00Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723);
+        assert_eq!(utc_timestamp(leap), "2000-02-29T01-02-03Z");
+    }
+
+    #[test]
+    fn rng_is_reproducible_and_in_range() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        for _ in 0..1000 {
+            let p = a.port();
+            assert_eq!(p, b.port());
+            assert!(p >= 1024);
+            assert!(a.bits(22) < 1 << 22);
+            b.bits(22);
+        }
+    }
+}

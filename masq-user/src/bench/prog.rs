@@ -1,0 +1,1003 @@
+//! Program cost: masq's XDP and TC programs under `BPF_PROG_TEST_RUN`, with the connection table
+//! filled to several sizes, in a namespace that has gw's interfaces, addresses, routing tables and
+//! (permanent) neighbours, so that every FIB lookup resolves as on the real gateway.
+//!
+//! Each path is measured two ways, both through the harness of [`super::bpf`]:
+//! - *hot*: one flow, the same frame every repeat (what a single flow costs; everything cached);
+//! - *spread*: a different flow on every repeat, cycling through up to `spread_max` flows sampled
+//!   from the whole table (what many flows cost: the table's cache misses are part of it).
+//!
+//! Reported `ns` = harness with masq's program − harness with a trivial program, each the kernel's
+//! mean per repeat, alternated run by run; median over runs.
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::{Program, ProgramFd, TestRun as _, TestRunOptions},
+};
+use masq_common::{
+    CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4,
+    map_names, program_names,
+};
+use serde::Serialize;
+
+use super::{
+    Rng, Stat,
+    bpf::{self, FRAME_LEN, Hook, STATE_LEN},
+    frames::{self, Endpoint, Mac, TCP_ACK, TCP_SYN},
+};
+use crate::{
+    config::Config,
+    conntrack::{ConnTable, IPPROTO_TCP, boottime_ns},
+    dataplane::{Dataplane, remove_pins, wire_addr},
+    host::HostInterfaces,
+    lab::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A},
+    netns::NetNs,
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+
+// Fixed MACs of the namespace's veth pairs (gw side, peer side).
+const MAC_ETH0: Mac = [0x02, 0x6d, 0, 0, 0x00, 0x00];
+const MAC_LAN_PEER: Mac = [0x02, 0x6d, 0, 0, 0x00, 0x01];
+const MAC_ETH1: Mac = [0x02, 0x6d, 0, 0, 0x01, 0x00];
+const MAC_ISPB_PEER: Mac = [0x02, 0x6d, 0, 0, 0x01, 0x01];
+const MAC_ETH4: Mac = [0x02, 0x6d, 0, 0, 0x04, 0x00];
+const MAC_ISPA_PEER: Mac = [0x02, 0x6d, 0, 0, 0x04, 0x01];
+
+/// Source port of the new-connection SYNs (their source address changes every repeat).
+const NEW_CONN_PORT: u16 = 40000;
+
+#[derive(Clone, Debug)]
+pub struct ProgOptions {
+    /// Repeats per timed run (established and untouched paths).
+    pub repeat: u32,
+    /// Timed runs per measurement (median reported).
+    pub runs: usize,
+    /// Table sizes, in connections (two entries each).
+    pub levels: Vec<usize>,
+    /// `dataplane.conn_capacity` of the loaded dataplane.
+    pub conn_capacity: u32,
+    /// Most distinct flows a spread run cycles through (a power of two).
+    pub spread_max: usize,
+    /// Repeats per new-connection run (each inserts a connection; removed after the run).
+    pub new_conn_repeat: u32,
+    /// Single-repeat new-connection samples for the cross-check.
+    pub repeat1_samples: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    InboundEstablished,
+    InboundReply,
+    OutboundEstablished,
+    OutboundReply,
+    NewConnection,
+    PassedUntouched,
+}
+
+impl PathKind {
+    pub const ALL: [PathKind; 6] = [
+        PathKind::InboundEstablished,
+        PathKind::InboundReply,
+        PathKind::OutboundEstablished,
+        PathKind::OutboundReply,
+        PathKind::NewConnection,
+        PathKind::PassedUntouched,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::InboundEstablished => "inbound_established",
+            PathKind::InboundReply => "inbound_reply",
+            PathKind::OutboundEstablished => "outbound_established",
+            PathKind::OutboundReply => "outbound_reply",
+            PathKind::NewConnection => "new_connection",
+            PathKind::PassedUntouched => "passed_untouched",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathKind::InboundEstablished => {
+                "XDP eth4: client -> 67.17.28.10:80 ACK, DNAT, FIB main, redirect eth0"
+            }
+            PathKind::InboundReply => {
+                "TC eth0: isolde:80 -> client ACK, reverse NAT, FIB table 201, redirect eth4"
+            }
+            PathKind::OutboundEstablished => {
+                "TC eth0: LAN host -> server:443 ACK, SNAT, FIB table 201, redirect eth4"
+            }
+            PathKind::OutboundReply => {
+                "XDP eth4: server:443 -> 67.17.28.12 ACK, reverse SNAT, FIB main, redirect eth0"
+            }
+            PathKind::NewConnection => {
+                "XDP eth4: SYN from a new source to 67.17.28.10:80, both entries inserted, redirect"
+            }
+            PathKind::PassedUntouched => {
+                "XDP eth4: 64.70.12.210:443 -> 67.17.28.12 (gw's own traffic), table miss, XDP_PASS"
+            }
+        }
+    }
+
+    fn hook(self) -> Hook {
+        match self {
+            PathKind::InboundReply | PathKind::OutboundEstablished => Hook::Tc,
+            _ => Hook::Xdp,
+        }
+    }
+
+    pub fn program(self) -> &'static str {
+        match self.hook() {
+            Hook::Xdp => program_names::UPLINK_INGRESS,
+            Hook::Tc => program_names::LAN_INGRESS,
+        }
+    }
+
+    fn ingress(self) -> &'static str {
+        match self.hook() {
+            Hook::Xdp => "eth4",
+            Hook::Tc => "eth0",
+        }
+    }
+
+    fn expected_return(self) -> u32 {
+        match self {
+            PathKind::PassedUntouched => XDP_PASS,
+            _ if self.hook() == Hook::Tc => TC_ACT_REDIRECT,
+            _ => XDP_REDIRECT,
+        }
+    }
+
+    /// Counters that must grow by exactly one per repeat: proof the measured path is this one.
+    fn counters(self) -> &'static [Counter] {
+        match self {
+            PathKind::InboundEstablished | PathKind::OutboundReply => {
+                &[Counter::ToLanTranslated, Counter::FastPathRedirect]
+            }
+            PathKind::InboundReply | PathKind::OutboundEstablished => {
+                &[Counter::ToUplinkTranslated, Counter::FastPathRedirect]
+            }
+            PathKind::NewConnection => &[Counter::InboundNew, Counter::FastPathRedirect],
+            PathKind::PassedUntouched => &[Counter::PassedUntouched],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgResults {
+    pub repeat: u32,
+    pub runs: usize,
+    pub conn_capacity: u32,
+    pub spread_max: usize,
+    pub new_conn_repeat: u32,
+    pub levels: Vec<LevelResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LevelResult {
+    /// Connections in the table (two entries each).
+    pub conns: usize,
+    pub entries: usize,
+    pub fill_seconds: f64,
+    pub paths: Vec<PathResult>,
+    /// New connection, one `BPF_PROG_TEST_RUN` per SYN (repeat=1), median, minus the same for a
+    /// trivial program: a cross-check of the harness figure that carries the timer's overhead.
+    pub new_conn_repeat1_ns: Stat,
+    /// Untouched packet by plain `repeat` (no harness needed: nothing is rewritten) minus a
+    /// trivial program's plain `repeat`: a cross-check of the harness.
+    pub untouched_plain_ns: Stat,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PathResult {
+    pub path: PathKind,
+    pub program: &'static str,
+    pub describe: &'static str,
+    pub hot: Measured,
+    pub spread: Measured,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Measured {
+    /// Distinct flows cycled through.
+    pub flows: usize,
+    pub repeat: u32,
+    /// masq's program alone: `raw_ns - harness_ns`, per run.
+    pub ns: Stat,
+    /// Harness + masq's program, the kernel's mean per repeat.
+    pub raw_ns: Stat,
+    /// Harness + a trivial program.
+    pub harness_ns: Stat,
+}
+
+/// Runs the program benchmarks in a throw-away namespace; `work_dir` holds scratch files and
+/// `pin_dir` (on bpffs) the dataplane's pins, both removed at the end.
+pub fn run(opts: &ProgOptions, work_dir: &Path, pin_dir: &Path) -> Result<ProgResults> {
+    let ns = NetNs::create("masq-bench")?;
+    setup_namespace(&ns, work_dir)?;
+    let (opts, pins) = (opts.clone(), pin_dir.to_path_buf());
+    let result = ns.enter(move || in_namespace(&opts, &pins));
+    remove_pins(pin_dir)?;
+    result
+}
+
+fn mac_text(mac: Mac) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// gw's side of the seed topology: eth0/eth1/eth4 (veth, peers in the same namespace), addresses,
+/// main and uplink tables 201/202, and permanent neighbours for the ISP routers and every LAN host.
+fn setup_namespace(ns: &NetNs, work_dir: &Path) -> Result<()> {
+    let mut lines = Vec::new();
+    for (gw, peer, gw_mac, peer_mac) in [
+        ("eth0", "lan", MAC_ETH0, MAC_LAN_PEER),
+        ("eth1", "ispb", MAC_ETH1, MAC_ISPB_PEER),
+        ("eth4", "ispa", MAC_ETH4, MAC_ISPA_PEER),
+    ] {
+        lines.push(format!(
+            "link add {gw} address {} type veth peer name {peer} address {}",
+            mac_text(gw_mac),
+            mac_text(peer_mac)
+        ));
+        lines.push(format!("link set {gw} up"));
+        lines.push(format!("link set {peer} up"));
+    }
+    lines.extend(
+        [
+            "addr add 192.168.100.254/24 dev eth0",
+            "addr add 205.254.211.179/24 dev eth1",
+            "addr add 67.17.28.12/28 dev eth4",
+            "route add default via 205.254.211.254",
+        ]
+        .map(String::from),
+    );
+    for (table, default) in [
+        (201, "via 67.17.28.14 dev eth4"),
+        (202, "via 205.254.211.254 dev eth1"),
+    ] {
+        for connected in [
+            "192.168.100.0/24 dev eth0 src 192.168.100.254",
+            "205.254.211.0/24 dev eth1 src 205.254.211.179",
+            "67.17.28.0/28 dev eth4 src 67.17.28.12",
+        ] {
+            lines.push(format!("route add {connected} table {table}"));
+        }
+        lines.push(format!("route add default {default} table {table}"));
+    }
+    lines.push(format!(
+        "neigh replace 67.17.28.14 lladdr {} dev eth4 nud permanent",
+        mac_text(MAC_ISPA_PEER)
+    ));
+    lines.push(format!(
+        "neigh replace 205.254.211.254 lladdr {} dev eth1 nud permanent",
+        mac_text(MAC_ISPB_PEER)
+    ));
+    for host in 1..=253 {
+        lines.push(format!(
+            "neigh replace 192.168.100.{host} lladdr {} dev eth0 nud permanent",
+            mac_text(MAC_LAN_PEER)
+        ));
+    }
+    let batch = work_dir.join("prog-namespace.ip");
+    std::fs::write(&batch, lines.join("\n") + "\n")?;
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns.name(), "-batch"])
+        .arg(&batch)
+        .output()
+        .context("running ip -batch")?;
+    if !out.status.success() {
+        bail!(
+            "setting up {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
+}
+
+/// The seed config with `conn_capacity` connections.
+pub fn bench_config(conn_capacity: u32) -> Result<Config> {
+    let text = format!("{}\n[dataplane]\nconn_capacity = {conn_capacity}\n", super::EXAMPLE_CONFIG);
+    Config::from_toml(&text).map_err(|e| anyhow!("bench config: {e}"))
+}
+
+fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
+    let cfg = bench_config(opts.conn_capacity)?;
+    let host = HostInterfaces::read()?;
+    cfg.check_host(&host)?;
+    let mut dp = Dataplane::load(&cfg, pin_dir)?;
+    dp.fill_maps(&cfg, &host)?;
+    let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS)?;
+    let tc_fd = load_program(&mut dp, program_names::LAN_INGRESS)?;
+    let ifindex = |name: &str| {
+        host.get(name)
+            .map(|i| i.index)
+            .ok_or_else(|| anyhow!("no {name} in the bench namespace"))
+    };
+    let ctx = Contexts {
+        eth4: xdp_ctx(ifindex("eth4")?),
+        eth0: tc_ctx(ifindex("eth0")?),
+    };
+    let harness = Harness::new(opts.spread_max)?;
+    let mut bench = ProgBench {
+        opts,
+        dp,
+        xdp_fd,
+        tc_fd,
+        ctx,
+        harness,
+        rng: Rng::new(0x6d61_7371),
+        population: Population::default(),
+        next_fresh: 0,
+    };
+    let mut levels = Vec::new();
+    for &conns in &opts.levels {
+        let started = Instant::now();
+        bench.fill_to(conns)?;
+        let fill_seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "masq bench: prog: table at {conns} connections ({} entries, filled in {fill_seconds:.1} s)",
+            2 * conns
+        );
+        let mut paths = Vec::new();
+        for kind in PathKind::ALL {
+            let result = bench.measure_path(kind)?;
+            eprintln!(
+                "masq bench: prog:   {:<22} hot {:>6.1} ns  spread({}) {:>6.1} ns",
+                kind.name(),
+                result.hot.ns.median,
+                result.spread.flows,
+                result.spread.ns.median
+            );
+            paths.push(result);
+        }
+        let new_conn_repeat1_ns = bench.new_conn_repeat1()?;
+        let untouched_plain_ns = bench.untouched_plain()?;
+        levels.push(LevelResult {
+            conns,
+            entries: 2 * conns,
+            fill_seconds,
+            paths,
+            new_conn_repeat1_ns,
+            untouched_plain_ns,
+        });
+    }
+    Ok(ProgResults {
+        repeat: opts.repeat,
+        runs: opts.runs,
+        conn_capacity: opts.conn_capacity,
+        spread_max: opts.spread_max,
+        new_conn_repeat: opts.new_conn_repeat,
+        levels,
+    })
+}
+
+fn load_program(dp: &mut Dataplane, name: &str) -> Result<ProgramFd> {
+    let prog = dp
+        .ebpf_mut()
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?;
+    match prog {
+        Program::Xdp(p) => p.load()?,
+        Program::SchedClassifier(p) => p.load()?,
+        _ => bail!("{name}: unexpected program type"),
+    }
+    Ok(prog.fd()?.try_clone()?)
+}
+
+/// `struct xdp_md` for a 64-byte frame arriving on `ifindex`.
+fn xdp_ctx(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 24];
+    ctx[4..8].copy_from_slice(&(FRAME_LEN as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// `struct __sk_buff` for a frame received on (and processed at) `ifindex`.
+fn tc_ctx(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 192];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+struct Contexts {
+    eth4: Vec<u8>,
+    eth0: Vec<u8>,
+}
+
+/// The harness maps and programs, one per hook.
+struct Harness {
+    state: OwnedFd,
+    frames: OwnedFd,
+    max_slots: usize,
+    xdp: HookHarness,
+    tc: HookHarness,
+}
+
+struct HookHarness {
+    prog: OwnedFd,
+    prog_array: OwnedFd,
+    trivial: OwnedFd,
+}
+
+impl Harness {
+    fn new(max_slots: usize) -> Result<Self> {
+        ensure!(max_slots.is_power_of_two(), "spread_max must be a power of two");
+        let state = bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, 4, STATE_LEN as u32, 1, "bench_state")?;
+        let frames = bpf::create_map(
+            bpf::BPF_MAP_TYPE_ARRAY,
+            4,
+            FRAME_LEN as u32,
+            max_slots as u32,
+            "bench_frames",
+        )?;
+        let hook = |hook: Hook, trivial_ret: u32| -> Result<HookHarness> {
+            let prog_array = bpf::create_map(bpf::BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, "bench_tail")?;
+            let prog = bpf::load_program(
+                hook,
+                &bpf::harness(hook, &state, &frames, &prog_array),
+                "bench_harness",
+            )?;
+            let trivial =
+                bpf::load_program(hook, &bpf::trivial(trivial_ret as i32), "bench_trivial")?;
+            Ok(HookHarness {
+                prog,
+                prog_array,
+                trivial,
+            })
+        };
+        Ok(Harness {
+            xdp: hook(Hook::Xdp, XDP_PASS)?,
+            tc: hook(Hook::Tc, TC_ACT_OK)?,
+            state,
+            frames,
+            max_slots,
+        })
+    }
+
+    fn of(&self, hook: Hook) -> &HookHarness {
+        match hook {
+            Hook::Xdp => &self.xdp,
+            Hook::Tc => &self.tc,
+        }
+    }
+
+    fn load_frames(&self, frames: &[Vec<u8>]) -> Result<()> {
+        ensure!(frames.len() <= self.max_slots, "too many frames");
+        for (slot, frame) in frames.iter().enumerate() {
+            ensure!(frame.len() == FRAME_LEN, "harness frames are {FRAME_LEN} bytes");
+            bpf::map_update(&self.frames, &(slot as u32).to_ne_bytes(), frame)?;
+        }
+        Ok(())
+    }
+
+    /// One timed run: `repeat` times, frame `i % slots` (slots a power of two), optionally with a
+    /// fresh source from `fresh_from` on; `target` in the tail-call slot.
+    fn run(
+        &self,
+        hook: Hook,
+        target: &impl std::os::fd::AsFd,
+        slots: usize,
+        fresh_from: Option<u64>,
+        repeat: u32,
+        ctx: &[u8],
+    ) -> Result<bpf::RunResult> {
+        let h = self.of(hook);
+        let mut state = [0u8; STATE_LEN];
+        state[0..8].copy_from_slice(&fresh_from.unwrap_or(0).to_ne_bytes());
+        state[8..16].copy_from_slice(&(slots as u64 - 1).to_ne_bytes());
+        state[16..24].copy_from_slice(&u64::from(fresh_from.is_some()).to_ne_bytes());
+        bpf::map_update(&self.state, &0u32.to_ne_bytes(), &state)?;
+        let target = target.as_fd().as_raw_fd() as u32;
+        bpf::map_update(&h.prog_array, &0u32.to_ne_bytes(), &target.to_ne_bytes())?;
+        let data = [0u8; FRAME_LEN];
+        let result = bpf::test_run(h.prog.as_fd(), &data, ctx, repeat)?;
+        ensure!(
+            result.retval != hook.harness_failed(),
+            "the harness could not run its program (frame or tail call failed)"
+        );
+        Ok(result)
+    }
+}
+
+/// The connections filled in so far: half inbound (clients of the service published on
+/// 67.17.28.10), half outbound (LAN hosts to servers, masqueraded behind 67.17.28.12).
+#[derive(Default)]
+struct Population {
+    inbound: Vec<Endpoint>,
+    outbound: Vec<(Endpoint, Endpoint)>,
+    keys: HashSet<FlowKey>,
+}
+
+fn key(from: Endpoint, to: Endpoint) -> FlowKey {
+    FlowKey::new(
+        wire_addr(from.addr),
+        wire_addr(to.addr),
+        from.port.to_be(),
+        to.port.to_be(),
+        IPPROTO_TCP,
+    )
+}
+
+/// Both entries of a connection `from -> to` that becomes `new_from -> new_to`, as masq's
+/// `conntrack::create` writes them after the handshake.
+fn connection(
+    from: Endpoint,
+    to: Endpoint,
+    new_from: Endpoint,
+    new_to: Endpoint,
+    flags: u8,
+    now_ns: u64,
+) -> [(FlowKey, ConnEntry); 2] {
+    let now_s = (now_ns / 1_000_000_000) as u32;
+    let entry = |xlate: FlowKey, flags: u8| ConnEntry {
+        xlate: Tuple4::of(&xlate),
+        uplink: 0,
+        flags,
+        tcp_seen: TCP_SEEN_SYN | TCP_SEEN_ACK,
+        created_s: now_s,
+        last_seen_s: now_s,
+        packets: 3,
+        bytes: 180,
+        ..ConnEntry::default()
+    };
+    [
+        (key(from, to), entry(key(new_from, new_to), flags)),
+        (
+            key(new_to, new_from),
+            entry(key(to, from), flags | CONN_F_REPLY),
+        ),
+    ]
+}
+
+struct ProgBench<'a> {
+    opts: &'a ProgOptions,
+    dp: Dataplane,
+    xdp_fd: ProgramFd,
+    tc_fd: ProgramFd,
+    ctx: Contexts,
+    harness: Harness,
+    rng: Rng,
+    population: Population,
+    /// Next counter value for fresh new-connection sources (never reused in one bench).
+    next_fresh: u64,
+}
+
+impl ProgBench<'_> {
+    fn conns(&mut self) -> Result<ConnTable<&mut MapData>> {
+        let map = self.dp.conns()?;
+        Ok(ConnTable::try_from(map)?)
+    }
+
+    /// Adds random distinct connections until there are `conns`.
+    fn fill_to(&mut self, conns: usize) -> Result<()> {
+        let now = boottime_ns();
+        let public = Endpoint::new(PUBLIC_ISP_A, 80);
+        let isolde = Endpoint::new(ISOLDE, 80);
+        let mut pending = Vec::new();
+        let pop = &mut self.population;
+        let rng = &mut self.rng;
+        while pop.inbound.len() + pop.outbound.len() < conns {
+            let inbound = pop.inbound.len() <= pop.outbound.len();
+            let port = rng.port();
+            let pair = if inbound {
+                // Clients anywhere in 100.64.0.0/10.
+                let client = Endpoint::new(Ipv4Addr::from(0x6440_0000 | rng.bits(22)), port);
+                connection(client, public, client, isolde, CONN_F_INBOUND, now)
+            } else {
+                let lan = Endpoint::new(Ipv4Addr::new(192, 168, 100, 1 + rng.below(253) as u8), port);
+                // Servers anywhere in 45.0.0.0/8, HTTPS.
+                let server = Endpoint::new(Ipv4Addr::from(0x2d00_0000 | rng.bits(24)), 443);
+                let masqueraded = Endpoint::new(GW_ISP_A, port);
+                connection(lan, server, masqueraded, server, 0, now)
+            };
+            if pair.iter().any(|(k, _)| pop.keys.contains(k)) {
+                continue;
+            }
+            for (k, _) in &pair {
+                pop.keys.insert(*k);
+            }
+            if inbound {
+                pop.inbound.push(endpoint_of(&pair[0].0, true));
+            } else {
+                pop.outbound.push((
+                    endpoint_of(&pair[0].0, true),
+                    endpoint_of(&pair[0].0, false),
+                ));
+            }
+            pending.extend(pair);
+        }
+        let mut table = self.conns()?;
+        for (k, v) in &pending {
+            table.insert(k, v, 0).context("filling CONNS")?;
+        }
+        Ok(())
+    }
+
+    fn read_counters(&self) -> Result<Vec<u64>> {
+        let map = self
+            .dp
+            .ebpf()
+            .map(map_names::COUNTERS)
+            .ok_or_else(|| anyhow!("COUNTERS missing"))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        Counter::ALL
+            .iter()
+            .map(|c| Ok(array.get(&(*c as u32), 0)?.iter().sum()))
+            .collect()
+    }
+
+    fn counter_delta(before: &[u64], after: &[u64], counter: Counter) -> u64 {
+        let i = Counter::ALL
+            .iter()
+            .position(|c| *c == counter)
+            .expect("listed");
+        after[i] - before[i]
+    }
+
+    /// Frames of `kind` for `flows` flows sampled from the table (one, for hot runs).
+    fn frames(&mut self, kind: PathKind, flows: usize) -> Vec<Vec<u8>> {
+        let public = Endpoint::new(PUBLIC_ISP_A, 80);
+        let isolde = Endpoint::new(ISOLDE, 80);
+        let from_uplink = |from, to, flags| frames::tcp(MAC_ETH4, MAC_ISPA_PEER, from, to, flags);
+        let from_lan = |from, to| frames::tcp(MAC_ETH0, MAC_LAN_PEER, from, to, TCP_ACK);
+        let pop = &self.population;
+        let rng = &mut self.rng;
+        (0..flows)
+            .map(|_| match kind {
+                PathKind::InboundEstablished => {
+                    let client = pop.inbound[rng.below(pop.inbound.len() as u64) as usize];
+                    from_uplink(client, public, TCP_ACK)
+                }
+                PathKind::InboundReply => {
+                    let client = pop.inbound[rng.below(pop.inbound.len() as u64) as usize];
+                    from_lan(isolde, client)
+                }
+                PathKind::OutboundEstablished => {
+                    let (lan, server) = pop.outbound[rng.below(pop.outbound.len() as u64) as usize];
+                    from_lan(lan, server)
+                }
+                PathKind::OutboundReply => {
+                    let (lan, server) = pop.outbound[rng.below(pop.outbound.len() as u64) as usize];
+                    from_uplink(server, Endpoint::new(GW_ISP_A, lan.port), TCP_ACK)
+                }
+                PathKind::NewConnection => from_uplink(
+                    Endpoint::new(Ipv4Addr::new(11, 0, 0, 0), NEW_CONN_PORT),
+                    public,
+                    TCP_SYN,
+                ),
+                PathKind::PassedUntouched => from_uplink(
+                    Endpoint::new(CLIENT, 443),
+                    Endpoint::new(GW_ISP_A, rng.port()),
+                    TCP_ACK,
+                ),
+            })
+            .collect()
+    }
+
+    fn ctx(&self, kind: PathKind) -> &[u8] {
+        match kind.ingress() {
+            "eth4" => &self.ctx.eth4,
+            _ => &self.ctx.eth0,
+        }
+    }
+
+    fn masq_fd(&self, kind: PathKind) -> &ProgramFd {
+        match kind.hook() {
+            Hook::Xdp => &self.xdp_fd,
+            Hook::Tc => &self.tc_fd,
+        }
+    }
+
+    /// One run through masq's program with `data_out`: the action and the rewrite must be the
+    /// ones the path is about (catches a mis-seeded table before anything is timed).
+    fn validate(&mut self, kind: PathKind, frame: &[u8]) -> Result<()> {
+        let mut out = vec![0u8; 512];
+        let ctx = self.ctx(kind).to_vec();
+        let prog = self
+            .dp
+            .ebpf()
+            .program(kind.program())
+            .ok_or_else(|| anyhow!("no {}", kind.program()))?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let result = match prog {
+            Program::Xdp(p) => p.test_run(opts)?,
+            Program::SchedClassifier(p) => p.test_run(opts)?,
+            _ => bail!("unexpected program type"),
+        };
+        ensure!(
+            result.return_value == kind.expected_return(),
+            "{}: masq returned {} instead of {} (table or namespace not as expected)",
+            kind.name(),
+            result.return_value,
+            kind.expected_return()
+        );
+        let addr = |off: usize| Ipv4Addr::new(out[off], out[off + 1], out[off + 2], out[off + 3]);
+        let (src, dst, ttl) = (addr(26), addr(30), out[22]);
+        let ok = match kind {
+            PathKind::InboundEstablished | PathKind::NewConnection => dst == ISOLDE && ttl == 63,
+            PathKind::InboundReply => src == PUBLIC_ISP_A && ttl == 63,
+            PathKind::OutboundEstablished => src == GW_ISP_A && ttl == 63,
+            PathKind::OutboundReply => dst.octets()[..3] == [192, 168, 100] && ttl == 63,
+            PathKind::PassedUntouched => out[..FRAME_LEN] == frame[..],
+        };
+        ensure!(
+            ok,
+            "{}: unexpected output {src} -> {dst} ttl {ttl}",
+            kind.name()
+        );
+        if kind == PathKind::NewConnection {
+            self.forget_new_conn(Ipv4Addr::new(11, 0, 0, 0))?;
+        }
+        Ok(())
+    }
+
+    fn forget_new_conn(&mut self, src: Ipv4Addr) -> Result<()> {
+        let client = Endpoint::new(src, NEW_CONN_PORT);
+        let fwd = key(client, Endpoint::new(PUBLIC_ISP_A, 80));
+        let reply = key(Endpoint::new(ISOLDE, 80), client);
+        let mut table = self.conns()?;
+        let _ = table.remove(&fwd);
+        let _ = table.remove(&reply);
+        Ok(())
+    }
+
+    fn measure_path(&mut self, kind: PathKind) -> Result<PathResult> {
+        let spread_flows = match kind {
+            PathKind::NewConnection => 1,
+            PathKind::PassedUntouched => self.opts.spread_max,
+            PathKind::InboundEstablished | PathKind::InboundReply => {
+                self.population.inbound.len()
+            }
+            PathKind::OutboundEstablished | PathKind::OutboundReply => {
+                self.population.outbound.len()
+            }
+        }
+        .next_power_of_two()
+        .min(self.opts.spread_max);
+        let hot_frames = self.frames(kind, 1);
+        self.validate(kind, &hot_frames[0])?;
+        let hot = self.measure(kind, &hot_frames)?;
+        let spread = if kind == PathKind::NewConnection {
+            hot.clone()
+        } else {
+            let frames = self.frames(kind, spread_flows);
+            self.measure(kind, &frames)?
+        };
+        Ok(PathResult {
+            path: kind,
+            program: kind.program(),
+            describe: kind.describe(),
+            hot,
+            spread,
+        })
+    }
+
+    fn measure(&mut self, kind: PathKind, frames: &[Vec<u8>]) -> Result<Measured> {
+        self.harness.load_frames(frames)?;
+        let fresh = kind == PathKind::NewConnection;
+        let repeat = if fresh {
+            self.opts.new_conn_repeat
+        } else {
+            self.opts.repeat
+        };
+        let hook = kind.hook();
+        let ctx = self.ctx(kind).to_vec();
+        let (mut raw, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..self.opts.runs {
+            let start = self.next_fresh;
+            let fresh_from = fresh.then_some(start);
+            let before = self.read_counters()?;
+            let masq = self.harness.run(
+                hook,
+                self.masq_fd(kind),
+                frames.len(),
+                fresh_from,
+                repeat,
+                &ctx,
+            )?;
+            let after = self.read_counters()?;
+            ensure!(
+                masq.retval == kind.expected_return(),
+                "{}: returned {} under the harness",
+                kind.name(),
+                masq.retval
+            );
+            for &counter in kind.counters() {
+                let delta = Self::counter_delta(&before, &after, counter);
+                ensure!(
+                    delta == u64::from(repeat),
+                    "{}: counter {} grew by {delta}, expected {repeat}: another path was measured",
+                    kind.name(),
+                    counter.name()
+                );
+            }
+            if fresh {
+                self.next_fresh += u64::from(repeat);
+                for n in start..self.next_fresh {
+                    let [a, b, c, _] = (n as u32).to_le_bytes();
+                    self.forget_new_conn(Ipv4Addr::new(11, a, b, c))?;
+                }
+            }
+            let trivial = match hook {
+                Hook::Xdp => &self.harness.xdp.trivial,
+                Hook::Tc => &self.harness.tc.trivial,
+            };
+            let empty = self
+                .harness
+                .run(hook, trivial, frames.len(), fresh_from, repeat, &ctx)?;
+            raw.push(f64::from(masq.duration_ns));
+            base.push(f64::from(empty.duration_ns));
+        }
+        let net: Vec<f64> = raw.iter().zip(&base).map(|(r, b)| r - b).collect();
+        Ok(Measured {
+            flows: frames.len(),
+            repeat,
+            ns: Stat::of(&net),
+            raw_ns: Stat::of(&raw),
+            harness_ns: Stat::of(&base),
+        })
+    }
+
+    /// New connections one `BPF_PROG_TEST_RUN` each (repeat=1, valid checksums, distinct
+    /// sources 12.x.y.z), median, minus the median of a trivial program run the same way.
+    fn new_conn_repeat1(&mut self) -> Result<Stat> {
+        let samples = self.opts.repeat1_samples;
+        let ctx = self.ctx.eth4.clone();
+        let public = Endpoint::new(PUBLIC_ISP_A, 80);
+        let mut masq = Vec::with_capacity(samples);
+        let mut empty = Vec::with_capacity(samples);
+        let trivial = self.harness.xdp.trivial.as_fd();
+        let base = self.next_fresh;
+        for n in 0..samples as u64 {
+            let [a, b, c, _] = ((base + n) as u32).to_le_bytes();
+            let src = Endpoint::new(Ipv4Addr::new(12, a, b, c), NEW_CONN_PORT);
+            let frame = frames::tcp(MAC_ETH4, MAC_ISPA_PEER, src, public, TCP_SYN);
+            let run = bpf::test_run(self.xdp_fd.as_fd(), &frame, &ctx, 1)?;
+            ensure!(run.retval == XDP_REDIRECT, "new connection (repeat=1) not redirected");
+            masq.push(f64::from(run.duration_ns));
+            empty.push(f64::from(bpf::test_run(trivial, &frame, &ctx, 1)?.duration_ns));
+        }
+        for n in 0..samples as u64 {
+            let [a, b, c, _] = ((base + n) as u32).to_le_bytes();
+            self.forget_new_conn(Ipv4Addr::new(12, a, b, c))?;
+        }
+        let empty = Stat::of(&empty).median;
+        Ok(Stat::of(
+            &masq.iter().map(|m| m - empty).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The untouched path by plain `repeat` (its frame is not modified, so no harness is needed).
+    fn untouched_plain(&mut self) -> Result<Stat> {
+        let frame = self.frames(PathKind::PassedUntouched, 1).remove(0);
+        let ctx = self.ctx.eth4.clone();
+        let trivial = self.harness.xdp.trivial.as_fd();
+        let mut net = Vec::new();
+        for _ in 0..self.opts.runs {
+            let masq = bpf::test_run(self.xdp_fd.as_fd(), &frame, &ctx, self.opts.repeat)?;
+            ensure!(masq.retval == XDP_PASS, "untouched frame not passed");
+            let empty = bpf::test_run(trivial, &frame, &ctx, self.opts.repeat)?;
+            net.push(f64::from(masq.duration_ns) - f64::from(empty.duration_ns));
+        }
+        Ok(Stat::of(&net))
+    }
+}
+
+/// Source (`true`) or destination endpoint of a key.
+fn endpoint_of(key: &FlowKey, source: bool) -> Endpoint {
+    let (addr, port) = if source {
+        (key.src_addr, key.src_port)
+    } else {
+        (key.dst_addr, key.dst_port)
+    };
+    Endpoint::new(Ipv4Addr::from(addr.to_ne_bytes()), u16::from_be(port))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryResult {
+    pub capacities: Vec<MemoryPoint>,
+    /// Size of one `nf_conntrack` slab object (the classic recipe's per-connection state, before
+    /// its extensions and hash bucket), when /proc/slabinfo lists it.
+    pub nf_conntrack_object_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryPoint {
+    pub conns: u32,
+    pub entries: u32,
+    /// `memlock:` of the CONNS map (fdinfo): the LRU hash preallocates every entry.
+    pub memlock_bytes: u64,
+    pub bytes_per_conn: f64,
+}
+
+/// Loads the dataplane (not attached) at each capacity and reads CONNS' `memlock`.
+pub fn memory(capacities: &[u32], pin_root: &Path) -> Result<MemoryResult> {
+    let mut points = Vec::new();
+    for &conns in capacities {
+        let pin_dir: PathBuf = pin_root.join(format!("mem-{conns}"));
+        let cfg = bench_config(conns)?;
+        let memlock = (|| -> Result<u64> {
+            let _dp = Dataplane::load(&cfg, &pin_dir)?;
+            let map = MapData::from_pin(pin_dir.join(map_names::CONNS))?;
+            let fdinfo = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                map.fd().as_fd().as_raw_fd()
+            ))?;
+            fdinfo_field(&fdinfo, "memlock").ok_or_else(|| anyhow!("no memlock in fdinfo"))
+        })();
+        remove_pins(&pin_dir)?;
+        let memlock_bytes = memlock?;
+        points.push(MemoryPoint {
+            conns,
+            entries: 2 * conns,
+            memlock_bytes,
+            bytes_per_conn: memlock_bytes as f64 / f64::from(conns),
+        });
+    }
+    Ok(MemoryResult {
+        capacities: points,
+        nf_conntrack_object_bytes: slab_object_size("nf_conntrack"),
+    })
+}
+
+pub fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn slab_object_size(cache: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    text.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next()? == cache).then(|| words.nth(2)?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_entries_point_at_each_other() {
+        let client = Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 1234);
+        let public = Endpoint::new(PUBLIC_ISP_A, 80);
+        let isolde = Endpoint::new(ISOLDE, 80);
+        let [(fk, fe), (rk, re)] = connection(client, public, client, isolde, CONN_F_INBOUND, 0);
+        assert_eq!(crate::conntrack::twin_key(&fk, &fe), rk);
+        assert_eq!(crate::conntrack::twin_key(&rk, &re), fk);
+        assert!(fe.toward_lan() && !re.toward_lan());
+    }
+
+    #[test]
+    fn fdinfo_fields_parse() {
+        let text = "pos:\t0\nflags:\t02000002\nmemlock:\t123456\nmap_id:\t7\n";
+        assert_eq!(fdinfo_field(text, "memlock"), Some(123456));
+        assert_eq!(fdinfo_field(text, "run_cnt"), None);
+    }
+}

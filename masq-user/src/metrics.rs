@@ -1,0 +1,497 @@
+//! `masq run --metrics ADDR`: Prometheus metrics over a minimal HTTP/1.1 responder on tokio.
+//!
+//! `GET /metrics` answers with the OpenMetrics text format (which Prometheus scrapes natively),
+//! encoded by `prometheus-client` from the pinned maps read afresh on each scrape: uplink
+//! traffic, connections, table fill, path and drop counters, program attachments.
+//! `docs/cli-json.md` lists every series.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use masq_common::UplinkStats;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric as _, text::encode},
+    metrics::{MetricType, counter::ConstCounter},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    conntrack::Conn,
+    inspect::{
+        self, Attachment, CounterValue, Names, TableSize, direction_name, proto_name,
+        read_attachments, read_conns, read_counters, read_table_size, read_uplink_stats,
+    },
+};
+
+/// What Prometheus is told the body is.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Scrapes served at once; more wait (each reads the whole connection table).
+const MAX_CONCURRENT_SCRAPES: usize = 2;
+/// A client has this long to send its request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted.
+const MAX_REQUEST: usize = 8192;
+
+/// Everything one scrape reports, read from the pinned maps.
+#[derive(Debug)]
+pub struct Snapshot {
+    counters: Vec<CounterValue>,
+    /// (name, interface, traffic, active connections).
+    uplinks: Vec<(String, String, UplinkStats, u64)>,
+    /// (uplink, direction, proto, state) → connections.
+    conns: std::collections::BTreeMap<(String, &'static str, &'static str, &'static str), u64>,
+    conn_count: u64,
+    entries: u64,
+    size: TableSize,
+    programs: Vec<Attachment>,
+}
+
+impl Snapshot {
+    pub fn read(pin_dir: &Path, names: &Names) -> anyhow::Result<Snapshot> {
+        let counters = read_counters(pin_dir)?;
+        let size = read_table_size(pin_dir)?;
+        let conns: Vec<Conn> = read_conns(pin_dir)?;
+        let stats = read_uplink_stats(pin_dir, names.uplinks.len())?;
+        let uplinks = stats
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let i = i as u8;
+                let active = conns.iter().filter(|c| c.uplink() == i).count() as u64;
+                let iface = names.interface(i).unwrap_or_default().to_string();
+                (names.uplink(i), iface, s, active)
+            })
+            .collect();
+        let mut by_labels = std::collections::BTreeMap::new();
+        for c in &conns {
+            let key = (
+                names.uplink(c.uplink()),
+                direction_name(c),
+                proto_name(c.proto()),
+                c.state().name(),
+            );
+            *by_labels.entry(key).or_default() += 1;
+        }
+        let status = inspect::connections_status(&conns, size);
+        Ok(Snapshot {
+            counters,
+            uplinks,
+            conns: by_labels,
+            conn_count: status.count,
+            entries: status.entries,
+            size,
+            programs: read_attachments(pin_dir, names),
+        })
+    }
+
+    /// The OpenMetrics text of this snapshot, `# EOF` included.
+    pub fn encode(self) -> Result<String, fmt::Error> {
+        let mut registry = Registry::with_prefix("masq");
+        registry.register_collector(Box::new(self));
+        let mut body = String::new();
+        encode(&mut body, &registry)?;
+        Ok(body)
+    }
+}
+
+/// Read the maps under `pin_dir` and encode them.
+pub fn render(pin_dir: &Path, names: &Names) -> anyhow::Result<String> {
+    Snapshot::read(pin_dir, names)?.encode().context("encoding the metrics")
+}
+
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, V)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+fn gauge<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> fmt::Result {
+    encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        e.encode_descriptor("build", "masq version.", None, MetricType::Info)?
+            .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+
+        let uplink = |name: &str, iface: &str| {
+            vec![("uplink", name.to_string()), ("interface", iface.to_string())]
+        };
+        let with_dir = |name: &str, iface: &str, dir: &str| {
+            let mut l = uplink(name, iface);
+            l.push(("direction", dir.to_string()));
+            l
+        };
+        counter_family(
+            e,
+            "uplink_packets",
+            "Packets masq received from (rx) and sent out of (tx) each uplink.",
+            self.uplinks.iter().flat_map(|(n, i, s, _)| {
+                [(with_dir(n, i, "rx"), s.rx_packets), (with_dir(n, i, "tx"), s.tx_packets)]
+            }),
+        )?;
+        counter_family(
+            e,
+            "uplink_bytes",
+            "Bytes masq received from (rx) and sent out of (tx) each uplink.",
+            self.uplinks.iter().flat_map(|(n, i, s, _)| {
+                [(with_dir(n, i, "rx"), s.rx_bytes), (with_dir(n, i, "tx"), s.tx_bytes)]
+            }),
+        )?;
+        counter_family(
+            e,
+            "uplink_new_connections",
+            "Connections opened on each uplink (inbound and outbound).",
+            self.uplinks.iter().map(|(n, i, s, _)| (uplink(n, i), s.new_conns)),
+        )?;
+        gauge_family(
+            e,
+            "uplink_connections",
+            "Connections in the table, by uplink.",
+            self.uplinks.iter().map(|(n, i, _, active)| (uplink(n, i), *active)),
+        )?;
+        gauge_family(
+            e,
+            "connections",
+            "Connections in the table, by uplink, direction, protocol and state.",
+            self.conns.iter().map(|((u, dir, proto, state), n)| {
+                (
+                    vec![
+                        ("uplink", u.clone()),
+                        ("direction", dir.to_string()),
+                        ("proto", proto.to_string()),
+                        ("state", state.to_string()),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        gauge(e, "conntrack_connections", "Connections in the table.", self.conn_count)?;
+        gauge(
+            e,
+            "conntrack_capacity",
+            "Connections the table holds (max entries / 2).",
+            u64::from(self.size.capacity()),
+        )?;
+        gauge(
+            e,
+            "conntrack_entries",
+            "Entries in the connection map (two per connection).",
+            self.entries,
+        )?;
+        gauge(
+            e,
+            "conntrack_max_entries",
+            "Size of the connection map.",
+            u64::from(self.size.max_entries),
+        )?;
+        gauge(
+            e,
+            "conntrack_fill_ratio",
+            "Entries / max entries of the connection map.",
+            if self.size.max_entries == 0 {
+                0.0
+            } else {
+                self.entries as f64 / f64::from(self.size.max_entries)
+            },
+        )?;
+        counter_family(
+            e,
+            "packets",
+            "Packets by the path they took through masq.",
+            self.counters
+                .iter()
+                .filter(|c| !c.drop)
+                .map(|c| (vec![("path", c.name.to_string())], c.value)),
+        )?;
+        counter_family(
+            e,
+            "drops",
+            "Packets dropped, by reason (the masq stats name without drop_).",
+            self.counters.iter().filter(|c| c.drop).map(|c| {
+                let reason = c.name.strip_prefix("drop_").unwrap_or(c.name);
+                (vec![("reason", reason.to_string())], c.value)
+            }),
+        )?;
+        gauge_family(
+            e,
+            "program_attached",
+            "1 when the program is attached to the interface (pinned link present and bound).",
+            self.programs.iter().map(|a| {
+                (
+                    vec![
+                        ("program", a.program.clone()),
+                        ("interface", a.interface.clone()),
+                        ("hook", a.hook.to_string()),
+                    ],
+                    u64::from(a.attached),
+                )
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// Bind the metrics listener (before the dataplane comes up, so a bad address fails early).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("--metrics {addr}: cannot listen"))
+}
+
+/// Serve `GET /metrics` on `listener` until the task is aborted.
+pub fn spawn(listener: TcpListener, pin_dir: PathBuf, names: Names) -> JoinHandle<()> {
+    let local = listener.local_addr().ok();
+    if let Some(addr) = local {
+        info!("metrics on http://{addr}/metrics");
+    }
+    let shared = Arc::new((pin_dir, names));
+    let scrapes = Arc::new(Semaphore::new(MAX_CONCURRENT_SCRAPES));
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!("metrics: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = shared.clone();
+            let scrapes = scrapes.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, shared, scrapes).await {
+                    warn!("metrics: request from {peer}: {e:#}");
+                }
+            });
+        }
+    })
+}
+
+/// One request, one response, then close.
+async fn handle(
+    mut stream: TcpStream,
+    shared: Arc<(PathBuf, Names)>,
+    scrapes: Arc<Semaphore>,
+) -> anyhow::Result<()> {
+    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Ok(head) => head?,
+        Err(_) => return Ok(()),
+    };
+    let response = match parse_request(&head) {
+        Request::Metrics { head_only } => {
+            let _permit = scrapes.acquire().await?;
+            let rendered =
+                tokio::task::spawn_blocking(move || render(&shared.0, &shared.1)).await?;
+            match rendered {
+                Ok(body) => response(200, "OK", CONTENT_TYPE, body, head_only),
+                Err(e) => {
+                    warn!("metrics: reading the pinned maps: {e:#}");
+                    let body = format!("reading the pinned maps: {e:#}\n");
+                    response(500, "Internal Server Error", "text/plain", body, head_only)
+                }
+            }
+        }
+        Request::Root => response(
+            200,
+            "OK",
+            "text/plain; charset=utf-8",
+            "masq metrics: GET /metrics\n".into(),
+            false,
+        ),
+        Request::NotFound => {
+            response(404, "Not Found", "text/plain", "not found: GET /metrics\n".into(), false)
+        }
+        Request::BadMethod => {
+            response(405, "Method Not Allowed", "text/plain", "GET /metrics\n".into(), false)
+        }
+        Request::Bad => response(400, "Bad Request", "text/plain", String::new(), false),
+    };
+    stream.write_all(&response).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Read up to the end of the request head (or `MAX_REQUEST` bytes, or EOF).
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    Metrics { head_only: bool },
+    Root,
+    NotFound,
+    BadMethod,
+    Bad,
+}
+
+fn parse_request(head: &[u8]) -> Request {
+    let text = String::from_utf8_lossy(head);
+    let Some(line) = text.lines().next() else {
+        return Request::Bad;
+    };
+    let mut words = line.split(' ');
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return Request::Bad;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Request::Bad;
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Request::BadMethod,
+    };
+    match target.split('?').next().unwrap_or_default() {
+        "/metrics" => Request::Metrics { head_only },
+        "/" => Request::Root,
+        _ => Request::NotFound,
+    }
+}
+
+fn response(code: u16, reason: &str, content_type: &str, body: String, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n",
+        body.len()
+    );
+    if code == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::{NamesSource, UplinkName};
+
+    #[test]
+    fn requests_route_by_method_and_path() {
+        let req = |s: &str| parse_request(s.as_bytes());
+        assert_eq!(
+            req("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Metrics { head_only: false }
+        );
+        assert_eq!(req("HEAD /metrics?x=1 HTTP/1.0\r\n\r\n"), Request::Metrics { head_only: true });
+        assert_eq!(req("GET / HTTP/1.1\r\n\r\n"), Request::Root);
+        assert_eq!(req("GET /other HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(req("POST /metrics HTTP/1.1\r\n\r\n"), Request::BadMethod);
+        assert_eq!(req("garbage"), Request::Bad);
+        assert_eq!(req(""), Request::Bad);
+    }
+
+    #[test]
+    fn responses_carry_length_and_close() {
+        let r = String::from_utf8(response(200, "OK", "text/plain", "hi\n".into(), false)).unwrap();
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(r.contains("Content-Length: 3\r\n"));
+        assert!(r.contains("Connection: close\r\n"));
+        assert!(r.ends_with("\r\n\r\nhi\n"));
+        let r = String::from_utf8(response(200, "OK", "text/plain", "hi\n".into(), true)).unwrap();
+        assert!(r.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn snapshot_encodes_every_family() {
+        let names = Names {
+            source: NamesSource::Daemon,
+            lan_interface: Some("eth0".into()),
+            uplinks: vec![UplinkName { name: "dsl".into(), interface: "eth4".into() }],
+        };
+        let snapshot = Snapshot {
+            counters: vec![
+                CounterValue { name: "inbound_new", drop: false, value: 2 },
+                CounterValue { name: "drop_fragment", drop: true, value: 1 },
+            ],
+            uplinks: vec![(
+                "dsl".into(),
+                "eth4".into(),
+                UplinkStats {
+                    rx_packets: 5,
+                    rx_bytes: 500,
+                    tx_packets: 4,
+                    tx_bytes: 400,
+                    new_conns: 1,
+                },
+                1,
+            )],
+            conns: [(("dsl".to_string(), "inbound", "icmp", "icmp"), 1)].into(),
+            conn_count: 1,
+            entries: 2,
+            size: TableSize { map_id: 1, max_entries: 2048 },
+            programs: read_attachments(Path::new("/nonexistent"), &names),
+        };
+        let text = snapshot.encode().unwrap();
+        for line in [
+            "masq_build_info{version=\"",
+            "masq_uplink_packets_total{uplink=\"dsl\",interface=\"eth4\",direction=\"rx\"} 5",
+            "masq_uplink_bytes_total{uplink=\"dsl\",interface=\"eth4\",direction=\"tx\"} 400",
+            "masq_uplink_new_connections_total{uplink=\"dsl\",interface=\"eth4\"} 1",
+            "masq_uplink_connections{uplink=\"dsl\",interface=\"eth4\"} 1",
+            "masq_connections{uplink=\"dsl\",direction=\"inbound\",proto=\"icmp\",state=\"icmp\"} 1",
+            "masq_conntrack_capacity 1024",
+            "masq_conntrack_entries 2",
+            "masq_packets_total{path=\"inbound_new\"} 2",
+            "masq_drops_total{reason=\"fragment\"} 1",
+            "masq_program_attached{program=\"masq_lan_in\",interface=\"eth0\",hook=\"tc_ingress\"} 0",
+            "masq_program_attached{program=\"masq_uplink_in\",interface=\"eth4\",hook=\"xdp\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+}
