@@ -24,8 +24,15 @@ use crate::{
 
 /// Default pin directory of the maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";
-/// How often idle connections are expired.
+/// How often idle connections are expired, at most.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Expire at least as often as the shortest timeout, so none overstays by more than itself.
+fn expiry_interval(t: &crate::config::Timeouts) -> Duration {
+    [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream, t.icmp]
+        .into_iter()
+        .fold(EXPIRY_INTERVAL, Duration::min)
+}
 
 /// Fail with one clear line unless running as root.
 pub fn require_root() -> anyhow::Result<()> {
@@ -160,7 +167,7 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
+    let mut expiry = tokio::time::interval(expiry_interval(&cfg.dataplane.timeouts));
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
