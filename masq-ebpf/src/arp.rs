@@ -23,7 +23,7 @@ pub fn answer(ctx: &mut XdpContext, uplink_index: u8, uplink: &UplinkInfo) -> Re
     let sender_ip: u32 = ctx.load(ARP_OFF + 14)?;
     let target_ip: u32 = ctx.load(ARP_OFF + 24)?;
     // SAFETY: read-only use of a map value.
-    match unsafe { PUBLIC_ADDRS.get(&target_ip) } {
+    match unsafe { PUBLIC_ADDRS.get(target_ip) } {
         Some(owner) if owner.uplink == uplink_index => {}
         _ => return Ok(xdp_action::XDP_PASS),
     }

@@ -91,7 +91,7 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
         entry.last_seen_s = now;
         let (twin_key, twin) = twin_of(key, entry, now);
         if lookup(&twin_key).is_none() {
-            let _ = CONNS.insert(&twin_key, &twin, BPF_NOEXIST as u64);
+            let _ = CONNS.insert(twin_key, twin, BPF_NOEXIST as u64);
         }
     }
 }
@@ -164,7 +164,7 @@ pub fn create(
     let (mut reply_key, mut reply) = twin_of(key, &entry, now);
     // The original port is kept when free, unless it is one the gateway uses itself.
     let keep = ports.is_none_or(|r| !r.skips(u16::from_be(xlate.src_port)));
-    if !keep || CONNS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_err() {
+    if !keep || CONNS.insert(reply_key, reply, BPF_NOEXIST as u64).is_err() {
         let range = ports.ok_or(Counter::DropConnInsertFailed)?;
         let (hole_start, hole_len) = range.hole();
         let span = (u32::from(range.max - range.min) + 1).saturating_sub(hole_len);
@@ -181,7 +181,7 @@ pub fn create(
             xlate.src_port = (candidate as u16).to_be();
             entry.xlate = xlate;
             (reply_key, reply) = twin_of(key, &entry, now);
-            if CONNS.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+            if CONNS.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
                 placed = true;
                 break;
             }
@@ -190,10 +190,10 @@ pub fn create(
             return Err(Counter::DropNatPortExhausted);
         }
     }
-    match CONNS.insert(key, &entry, BPF_NOEXIST as u64) {
+    match CONNS.insert(key, entry, BPF_NOEXIST as u64) {
         Ok(()) => lookup(key).ok_or(Counter::DropConnInsertFailed),
         Err(err) => {
-            let _ = CONNS.remove(&reply_key);
+            let _ = CONNS.remove(reply_key);
             if err == -EEXIST {
                 // Another CPU opened the same connection first: use its entry.
                 lookup(key).ok_or(Counter::DropConnInsertFailed)

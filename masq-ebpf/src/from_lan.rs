@@ -22,11 +22,11 @@ const AF_INET: u32 = 2;
 pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     let ip = match crate::parse_tc(&ctx)? {
         Parsed::Ipv4(ip) => ip,
-        _ => return Ok(TC_ACT_OK as i32),
+        _ => return Ok(TC_ACT_OK),
     };
     count(Counter::Ipv4Seen);
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let len = u64::from(ctx.len());
 
@@ -34,13 +34,13 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         let Some(found) = later_fragment(&ip) else {
             // First fragment not seen: the kernel forwards it, uplink egress drops it.
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK as i32);
+            return Ok(TC_ACT_OK);
         };
         found
     } else if ip.l4 == L4::IcmpError {
         let Some((translation, entry, conn_key)) = icmp_error(&ctx, &ip, false) else {
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK as i32);
+            return Ok(TC_ACT_OK);
         };
         conntrack::touch(&conn_key, entry, &ip, len);
         count(Counter::IcmpErrorTranslated);
@@ -48,7 +48,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     } else if let Some(entry) = conntrack::lookup(&ip.key) {
         if entry.toward_lan() {
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK as i32);
+            return Ok(TC_ACT_OK);
         }
         conntrack::touch(&ip.key, entry, &ip, len);
         (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
@@ -58,17 +58,17 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
             || in_lan(cfg, k.dst_addr)
             || is_uplink_address(k.dst_addr)
             // SAFETY: read-only lookup.
-            || unsafe { PUBLIC_ADDRS.get(&k.dst_addr) }.is_some();
+            || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
         if not_ours {
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK as i32);
+            return Ok(TC_ACT_OK);
         }
         if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             return Err(Counter::DropTcpNoConn);
         }
         if ip.ttl <= 1 {
             count(Counter::TtlExpiring);
-            return Ok(TC_ACT_OK as i32);
+            return Ok(TC_ACT_OK);
         }
         let chosen = choose_uplink(cfg, k);
         let Some(up) = uplink(chosen).filter(|_| chosen != NO_UPLINK) else {
@@ -100,25 +100,25 @@ fn to_uplink(
     let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
     if ip.ttl <= 1 {
         count(Counter::TtlExpiring);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     // SAFETY: `skb` is the program's context.
     let skb = unsafe { &mut *ctx.skb.skb };
     skb.mark = with_mark(cfg, skb.mark, up.mark);
     if cfg.flags & CFG_F_FAST_PATH == 0 {
         count(Counter::KernelPath);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let key: FlowKey = translation.result(ip);
     let (ret, params) = fib_lookup(ctx, skb.ingress_ifindex, &key, ip.tot_len, Some(up.table));
     let resolved = ret == BPF_FIB_LKUP_RET_SUCCESS as i64;
     if !resolved && ret != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         count(Counter::KernelPath);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     translation.apply(ctx, ip)?;
     count(Counter::ToUplinkTranslated);

@@ -39,7 +39,7 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
         match later_fragment(&ip) {
             Some((translation, _)) => translation,
             // SAFETY: read-only lookup.
-            None if unsafe { PUBLIC_ADDRS.get(&ip.key.dst_addr) }.is_some() => {
+            None if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
                 return Err(Counter::DropFragment);
             }
             None => {

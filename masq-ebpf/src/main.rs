@@ -42,7 +42,7 @@ pub fn masq_uplink_in(ctx: XdpContext) -> u32 {
 pub fn masq_lan_in(ctx: TcContext) -> i32 {
     from_lan::run(ctx).unwrap_or_else(|reason| {
         count(reason);
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     })
 }
 
@@ -50,7 +50,7 @@ pub fn masq_lan_in(ctx: TcContext) -> i32 {
 pub fn masq_uplink_out(ctx: TcContext) -> i32 {
     to_uplink::run(ctx).unwrap_or_else(|reason| {
         count(reason);
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     })
 }
 

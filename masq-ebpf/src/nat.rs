@@ -16,12 +16,12 @@ use crate::{
 pub fn published(key: &FlowKey) -> Option<&'static PublishTarget> {
     let exact = PublishKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
     // SAFETY: read-only use of a map value.
-    if let Some(target) = unsafe { PUBLISH.get(&exact) } {
+    if let Some(target) = unsafe { PUBLISH.get(exact) } {
         return Some(target);
     }
     let whole = PublishKey { addr: key.dst_addr, port: 0, proto: 0, _pad: 0 };
     // SAFETY: as above.
-    unsafe { PUBLISH.get(&whole) }
+    unsafe { PUBLISH.get(whole) }
 }
 
 /// Rewrite the packet's tuple from `from` to `to`, fixing the IP and transport checksums.

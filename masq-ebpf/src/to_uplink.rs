@@ -19,16 +19,16 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     if let Some(index) = this_uplink {
         uplink_tx(index, u64::from(ctx.len()));
     }
-    let Some(cfg) = config() else { return Ok(TC_ACT_OK as i32) };
+    let Some(cfg) = config() else { return Ok(TC_ACT_OK) };
     let ip = match crate::parse_tc(&ctx)? {
         Parsed::Ipv4(ip) => ip,
         Parsed::Ipv4Options { src_addr } if in_lan(cfg, src_addr) => {
             return Err(Counter::DropIpOptions);
         }
-        _ => return Ok(TC_ACT_OK as i32),
+        _ => return Ok(TC_ACT_OK),
     };
     if !in_lan(cfg, ip.key.src_addr) {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let len = u64::from(ctx.len());
     let (translation, uplink) = if ip.frag == Frag::Later {
@@ -55,5 +55,5 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     record_first_fragment(&ip, &translation, uplink);
     translation.apply(&mut ctx, &ip)?;
     count(Counter::EgressTranslated);
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }

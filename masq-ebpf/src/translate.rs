@@ -54,7 +54,7 @@ fn frag_key(ip: &Ipv4) -> FragKey {
 #[inline(always)]
 pub fn later_fragment(ip: &Ipv4) -> Option<(Translation, u8)> {
     // SAFETY: read-only use of a map value.
-    let x = unsafe { FRAGS.get(&frag_key(ip)) }?;
+    let x = unsafe { FRAGS.get(frag_key(ip)) }?;
     let to = FlowKey::new(x.src_addr, x.dst_addr, 0, 0, ip.key.proto);
     Some((Translation::Flow(to), x.uplink))
 }
@@ -67,7 +67,7 @@ pub fn record_first_fragment(ip: &Ipv4, translation: &Translation, uplink: u8) {
     }
     let to = translation.result(ip);
     let x = FragXlate { src_addr: to.src_addr, dst_addr: to.dst_addr, uplink, _pad: [0; 3] };
-    let _ = FRAGS.insert(&frag_key(ip), &x, BPF_ANY as u64);
+    let _ = FRAGS.insert(frag_key(ip), x, BPF_ANY as u64);
 }
 
 /// The translation of an ICMP error about a tracked connection, that connection's entry for

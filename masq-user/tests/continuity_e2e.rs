@@ -157,7 +157,8 @@ fn transfers_and_streams_survive_a_restart_and_a_reload() {
 
     // (b) A reload adds a published address: it answers, the running flows go on.
     let text = fs::read_to_string(&config).unwrap();
-    let extra = "[[publish]]\nuplink = \"dsl\"\naddress = \"67.17.28.11\"\nto = \"192.168.100.32\"\n";
+    let extra =
+        "[[publish]]\nuplink = \"dsl\"\naddress = \"67.17.28.11\"\nto = \"192.168.100.32\"\n";
     fs::write(&config, format!("{text}\n{extra}")).unwrap();
     let out = masq_cli(&lab, &["reload"]);
     assert!(out.status.success(), "masq reload: {}", String::from_utf8_lossy(&out.stderr));
