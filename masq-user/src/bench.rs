@@ -37,6 +37,19 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// The masq binary the lab runs as the gateway (normally this one).
     pub masq_bin: PathBuf,
+    /// Run one part only (development, profiling); all three by default.
+    pub only: Option<Part>,
+}
+
+/// The three parts of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Program cost under BPF_PROG_TEST_RUN.
+    Prog,
+    /// Memory of the connection table.
+    Memory,
+    /// Forwarding in the lab.
+    Lab,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -46,9 +59,9 @@ pub struct Results {
     pub quick: bool,
     pub seconds: f64,
     pub machine: Machine,
-    pub prog: prog::ProgResults,
-    pub memory: prog::MemoryResult,
-    pub lab: forwarding::LabResults,
+    pub prog: Option<prog::ProgResults>,
+    pub memory: Option<prog::MemoryResult>,
+    pub lab: Option<forwarding::LabResults>,
     pub ratios: Vec<Ratio>,
     pub targets: Vec<Target>,
 }
@@ -202,16 +215,25 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
             repeat1_samples: 5_000,
         }
     };
-    eprintln!("masq bench: program cost (BPF_PROG_TEST_RUN)");
-    let prog = prog::run(&prog_opts, &scratch.work_dir, &scratch.pin_root.join("prog"))?;
+    let wanted = |part: Part| opts.only.is_none_or(|only| only == part);
+    let prog = if wanted(Part::Prog) {
+        eprintln!("masq bench: program cost (BPF_PROG_TEST_RUN)");
+        Some(prog::run(&prog_opts, &scratch.work_dir, &scratch.pin_root.join("prog"))?)
+    } else {
+        None
+    };
 
     let capacities: &[u32] = if opts.quick {
         &[65_536, 262_144, 1_048_576]
     } else {
         &[65_536, 262_144, 1_048_576, 4_194_304]
     };
-    eprintln!("masq bench: memory of the connection table");
-    let memory = prog::memory(capacities, &scratch.pin_root)?;
+    let memory = if wanted(Part::Memory) {
+        eprintln!("masq bench: memory of the connection table");
+        Some(prog::memory(capacities, &scratch.pin_root)?)
+    } else {
+        None
+    };
 
     let lab_opts = forwarding::LabBenchOptions {
         rounds: if opts.quick { 3 } else { 5 },
@@ -223,8 +245,12 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         conn_clients: 2,
         masq_bin: opts.masq_bin.clone(),
     };
-    eprintln!("masq bench: forwarding in the lab (masq, classic, forward; alternately)");
-    let lab = forwarding::run(&lab_opts, &scratch.work_dir)?;
+    let lab = if wanted(Part::Lab) {
+        eprintln!("masq bench: forwarding in the lab (masq, classic, forward; alternately)");
+        Some(forwarding::run(&lab_opts, &scratch.work_dir)?)
+    } else {
+        None
+    };
 
     let results = Results {
         version: 1,
@@ -232,8 +258,8 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         quick: opts.quick,
         seconds: started.elapsed().as_secs_f64(),
         machine: machine(load_before),
-        ratios: report::ratios(&lab),
-        targets: report::targets(&prog),
+        ratios: lab.as_ref().map(report::ratios).unwrap_or_default(),
+        targets: prog.as_ref().map(report::targets).unwrap_or_default(),
         prog,
         memory,
         lab,
@@ -260,10 +286,7 @@ fn write_results(results: &Results, out: &Path, stamp: &str) -> Result<PathBuf> 
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{markdown}");
-    println!(
-        "masq bench: results in {} (and latest.json, latest.svg, latest.md)",
-        file.display()
-    );
+    println!("masq bench: results in {} (and latest.json, latest.svg, latest.md)", file.display());
     Ok(file)
 }
 

@@ -154,6 +154,9 @@ enum Command {
         /// Directory for the results (JSON, SVG chart, Markdown summary).
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
+        /// Run one part only.
+        #[arg(long, value_enum)]
+        only: Option<masq_user::bench::Part>,
     },
 }
 
@@ -271,10 +274,11 @@ fn main() -> ExitCode {
         Command::Lab { keep } => std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|exe| masq_user::lab::run_demo(&exe, keep)),
-        Command::Bench { quick, out } => std::env::current_exe()
+        Command::Bench { quick, out, only } => std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|masq_bin| {
-                masq_user::bench::run(&masq_user::bench::BenchOptions { quick, out, masq_bin })
+                let opts = masq_user::bench::BenchOptions { quick, out, masq_bin, only };
+                masq_user::bench::run(&opts)
             })
             .map(drop),
     };

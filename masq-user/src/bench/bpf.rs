@@ -102,11 +102,7 @@ fn sys_bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
             std::mem::size_of::<Attr>(),
         )
     };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 fn sys_bpf_fd(cmd: u32, attr: &mut Attr) -> io::Result<OwnedFd> {
@@ -175,10 +171,7 @@ pub fn load_program(hook: Hook, insns: &[Insn], name: &str) -> Result<OwnedFd> {
         Ok(fd) => Ok(fd),
         Err(err) => {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            bail!(
-                "loading {name}: {err}\n{}",
-                String::from_utf8_lossy(&log[..end])
-            )
+            bail!("loading {name}: {err}\n{}", String::from_utf8_lossy(&log[..end]))
         }
     }
 }
@@ -199,13 +192,11 @@ pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &[u8], repeat: u32) -> R
         .u64(16, data.as_ptr() as u64)
         .u32(32, repeat)
         .u32(40, ctx.len() as u32)
-        .u64(48, ctx.as_ptr() as u64);
+        // No context at all (not an empty one) when none is given: the kernel makes its own.
+        .u64(48, if ctx.is_empty() { 0 } else { ctx.as_ptr() as u64 });
     sys_bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
     let field = |off: usize| u32::from_ne_bytes(attr.0[off..off + 4].try_into().expect("4 bytes"));
-    Ok(RunResult {
-        retval: field(4),
-        duration_ns: field(36),
-    })
+    Ok(RunResult { retval: field(4), duration_ns: field(36) })
 }
 
 /// Attaches an XDP program in driver mode to `ifindex` of the calling thread's namespace; it
@@ -287,12 +278,7 @@ struct Asm {
 
 impl Asm {
     fn emit(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.insns.push(Insn {
-            code,
-            regs: (src << 4) | dst,
-            off,
-            imm,
-        });
+        self.insns.push(Insn { code, regs: (src << 4) | dst, off, imm });
     }
     fn label(&mut self) -> Label {
         self.labels.push(None);
@@ -456,4 +442,67 @@ pub fn udp_sink(counter: &OwnedFd, port: u16) -> Vec<Insn> {
     a.mov_imm(R0, 2);
     a.exit();
     a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd as _;
+
+    use super::*;
+
+    fn require_root() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "loading BPF programs needs root");
+    }
+
+    fn udp_frame(port: u16) -> Vec<u8> {
+        let mut f = vec![0u8; FRAME_LEN];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[14 + 9] = 17;
+        f[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&port.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn harness_copies_a_fresh_frame_and_tail_calls_its_slot() {
+        require_root();
+        for (hook, ret) in [(Hook::Xdp, 2), (Hook::Tc, 0)] {
+            let state = create_map(BPF_MAP_TYPE_ARRAY, 4, STATE_LEN as u32, 1, "t_state").unwrap();
+            let frames =
+                create_map(BPF_MAP_TYPE_ARRAY, 4, FRAME_LEN as u32, 2, "t_frames").unwrap();
+            let slots = create_map(BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, "t_tail").unwrap();
+            let harness =
+                load_program(hook, &harness(hook, &state, &frames, &slots), "t_harness").unwrap();
+            let target = load_program(hook, &trivial(ret), "t_trivial").unwrap();
+            let data = [0u8; FRAME_LEN];
+            // Empty slot: the harness reports that it could not run the program.
+            let run = test_run(harness.as_fd(), &data, &[], 1).unwrap();
+            assert_eq!(run.retval, hook.harness_failed());
+            map_update(&frames, &0u32.to_ne_bytes(), &udp_frame(9)).unwrap();
+            map_update(&frames, &1u32.to_ne_bytes(), &udp_frame(10)).unwrap();
+            let mut st = [0u8; STATE_LEN];
+            st[8..16].copy_from_slice(&1u64.to_ne_bytes());
+            map_update(&state, &0u32.to_ne_bytes(), &st).unwrap();
+            map_update(&slots, &0u32.to_ne_bytes(), &(target.as_raw_fd() as u32).to_ne_bytes())
+                .unwrap();
+            let run = test_run(harness.as_fd(), &data, &[], 5).unwrap();
+            assert_eq!(run.retval, ret as u32, "{hook:?}");
+            let mut after = [0u8; STATE_LEN];
+            map_lookup(&state, &0u32.to_ne_bytes(), &mut after).unwrap();
+            assert_eq!(u64::from_ne_bytes(after[..8].try_into().unwrap()), 5, "{hook:?}");
+        }
+    }
+
+    #[test]
+    fn sink_counts_and_drops_udp_to_its_port_only() {
+        require_root();
+        let counter = create_map(BPF_MAP_TYPE_ARRAY, 4, 8, 1, "t_sink").unwrap();
+        let sink = load_program(Hook::Xdp, &udp_sink(&counter, 9), "t_sink").unwrap();
+        assert_eq!(test_run(sink.as_fd(), &udp_frame(9), &[], 3).unwrap().retval, 1);
+        assert_eq!(test_run(sink.as_fd(), &udp_frame(53), &[], 1).unwrap().retval, 2);
+        let mut value = [0u8; 8];
+        map_lookup(&counter, &0u32.to_ne_bytes(), &mut value).unwrap();
+        assert_eq!(u64::from_ne_bytes(value), 3);
+    }
 }

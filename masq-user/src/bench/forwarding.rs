@@ -8,7 +8,8 @@
 //!   ISP A namespace (no router in between) and the counting sink sits on the switch port facing
 //!   gw, so the path is generator → gw → sink. CPU time per packet of the generator's CPU
 //!   (/proc/stat) compares the gateways; masq's programs also report their own run time
-//!   (`BPF_ENABLE_STATS`, run_time_ns/run_cnt from the daemon's program fds).
+//!   (`BPF_ENABLE_STATS`, run_time_ns/run_cnt from the daemon's program fds) in a second window,
+//!   so that the accounting's own cost does not weigh on masq's packet rate.
 //! - TCP: iperf3, several streams, client → published address.
 //! - New TCP connections per second: Rust clients in the client namespace connect, read until the
 //!   server closes, close; the server on isolde accepts and closes at once.
@@ -122,7 +123,8 @@ pub struct Flood {
     pub softirq_ns_per_packet: f64,
     /// user + system + irq + softirq time of that CPU per delivered datagram.
     pub busy_ns_per_packet: f64,
-    /// masq's programs during the window (masq only).
+    /// masq's programs during a second window of half the length with `BPF_ENABLE_STATS` on
+    /// (masq, gw-alone flood only).
     pub masq_programs: Vec<ProgRunTime>,
 }
 
@@ -156,7 +158,6 @@ pub struct LabResults {
 /// Builds the lab `rounds × 3` times (the gateways' order rotates each round) and measures.
 pub fn run(opts: &LabBenchOptions, work_dir: &Path) -> Result<LabResults> {
     let sink = SinkProgram::load()?;
-    let _stats = bpf::enable_run_time_stats()?;
     let mut samples = Vec::new();
     for round in 0..opts.rounds {
         for i in 0..Gateway::ALL.len() {
@@ -178,26 +179,13 @@ pub fn run(opts: &LabBenchOptions, work_dir: &Path) -> Result<LabResults> {
             samples.push(sample);
         }
     }
-    let summary = Gateway::ALL
-        .iter()
-        .map(|&gateway| summarize(gateway, &samples))
-        .collect();
-    Ok(LabResults {
-        options: opts.clone(),
-        samples,
-        summary,
-    })
+    let summary = Gateway::ALL.iter().map(|&gateway| summarize(gateway, &samples)).collect();
+    Ok(LabResults { options: opts.clone(), samples, summary })
 }
 
 fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
     let of = |f: &dyn Fn(&Sample) -> f64| {
-        Stat::of(
-            &samples
-                .iter()
-                .filter(|s| s.gateway == gateway)
-                .map(f)
-                .collect::<Vec<_>>(),
-        )
+        Stat::of(&samples.iter().filter(|s| s.gateway == gateway).map(f).collect::<Vec<_>>())
     };
     let uplink_in: Vec<f64> = samples
         .iter()
@@ -229,10 +217,7 @@ fn measure(
     sink: &SinkProgram,
     work_dir: &Path,
 ) -> Result<Sample> {
-    let lab = Lab::build(LabOptions {
-        gateway: gateway.mode(),
-        ..LabOptions::default()
-    })?;
+    let lab = Lab::build(LabOptions { gateway: gateway.mode(), ..LabOptions::default() })?;
     let masq = match gateway {
         Gateway::Masq => {
             let config = lab.run_dir().join("masq-gw.toml");
@@ -265,6 +250,7 @@ fn measure(
             &attached,
             opts,
             masq_pid,
+            false,
         )?
     };
 
@@ -287,21 +273,14 @@ fn measure(
             &attached,
             opts,
             masq_pid,
+            true,
         )?
     };
 
     let tcp_gbps = iperf(&lab, target, opts)?;
     let (conns_per_s, conn_failures) = conn_rate(&lab, target, opts)?;
     drop(masq);
-    Ok(Sample {
-        round,
-        gateway,
-        udp_e2e,
-        udp_gw,
-        tcp_gbps,
-        conns_per_s,
-        conn_failures,
-    })
+    Ok(Sample { round, gateway, udp_e2e, udp_gw, tcp_gbps, conns_per_s, conn_failures })
 }
 
 fn mac(lab: &Lab, host: Host, iface: &str) -> Result<frames::Mac> {
@@ -311,9 +290,7 @@ fn mac(lab: &Lab, host: Host, iface: &str) -> Result<frames::Mac> {
 
 fn read_sys(lab: &Lab, host: Host, path: &str) -> Result<u64> {
     let text = lab.ns(host).run_ok(&format!("cat {path}"))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{host}: {path}: {text:?}"))
+    text.trim().parse().with_context(|| format!("{host}: {path}: {text:?}"))
 }
 
 /// Pings from the client until the target answers (ARP, masq's first connection): up to 10 s.
@@ -339,11 +316,7 @@ fn cpu_times(cpu: Option<usize>) -> Result<(u64, u64, u64)> {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(label.as_str()))
         .ok_or_else(|| anyhow!("no {label} in /proc/stat"))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
     let get = |i: usize| v.get(i).copied().unwrap_or(0);
     let (user, nice, system, idle, iowait, irq, softirq, steal) =
         (get(0), get(1), get(2), get(3), get(4), get(5), get(6), get(7));
@@ -357,10 +330,7 @@ fn generator_cpu(parent: u32) -> Option<usize> {
     let pid = children.split_whitespace().next().unwrap_or("").to_string();
     let pid = if pid.is_empty() { parent.to_string() } else { pid };
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-        .trim();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim();
     list.parse().ok()
 }
 
@@ -411,6 +381,7 @@ fn flood(
     sink: &AttachedSink<'_>,
     opts: &LabBenchOptions,
     masq_pid: Option<u32>,
+    run_time: bool,
 ) -> Result<Flood> {
     fs::write(config, trafgen_config(frame))?;
     let config = config.to_string_lossy();
@@ -431,25 +402,27 @@ fn flood(
     )?;
     thread::sleep(Duration::from_secs_f64(opts.warmup_s));
     if let Some(status) = generator.try_wait()? {
-        bail!(
-            "trafgen on {host} exited ({status}): {}",
-            generator.log_text().trim()
-        );
+        bail!("trafgen on {host} exited ({status}): {}", generator.log_text().trim());
     }
     let cpu = generator_cpu(generator.pid());
     let rx_path = format!("/sys/class/net/{first_hop_iface}/statistics/rx_packets");
     let snapshot = || -> Result<_> {
-        Ok((
-            Instant::now(),
-            sink.count()?,
-            read_sys(lab, first_hop, &rx_path)?,
-            cpu_times(cpu)?,
-            masq_pid.map(prog_stats).transpose()?.unwrap_or_default(),
-        ))
+        Ok((Instant::now(), sink.count()?, read_sys(lab, first_hop, &rx_path)?, cpu_times(cpu)?))
     };
-    let (t0, sunk0, rx0, cpu0, progs0) = snapshot()?;
+    let (t0, sunk0, rx0, cpu0) = snapshot()?;
     thread::sleep(Duration::from_secs_f64(opts.window_s));
-    let (t1, sunk1, rx1, cpu1, progs1) = snapshot()?;
+    let (t1, sunk1, rx1, cpu1) = snapshot()?;
+    // masq's own run time in a second, shorter window: the accounting costs two clock reads per
+    // run, which must not weigh on masq's packet rate above.
+    let (progs0, progs1) = match masq_pid.filter(|_| run_time) {
+        Some(pid) => {
+            let _stats = bpf::enable_run_time_stats()?;
+            let before = prog_stats(pid)?;
+            thread::sleep(Duration::from_secs_f64(opts.window_s / 2.0));
+            (before, prog_stats(pid)?)
+        }
+        None => Default::default(),
+    };
     generator.stop()?;
     let seconds = (t1 - t0).as_secs_f64();
     let delivered = (sunk1 - sunk0) as f64;
@@ -462,19 +435,13 @@ fn flood(
     let masq_programs = progs1
         .iter()
         .map(|(name, time, count)| {
-            let (t0, c0) = progs0
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map_or((0, 0), |(_, t, c)| (*t, *c));
+            let (t0, c0) =
+                progs0.iter().find(|(n, _, _)| n == name).map_or((0, 0), |(_, t, c)| (*t, *c));
             let runs = count - c0;
             ProgRunTime {
                 program: name.clone(),
                 runs,
-                ns_per_run: if runs > 0 {
-                    (time - t0) as f64 / runs as f64
-                } else {
-                    0.0
-                },
+                ns_per_run: if runs > 0 { (time - t0) as f64 / runs as f64 } else { 0.0 },
             }
         })
         .collect();
@@ -520,10 +487,7 @@ impl SinkProgram {
             let prog = prog.try_clone_to_owned()?;
             bpf::attach_xdp(&prog, ifindex)
         })?;
-        Ok(AttachedSink {
-            sink: self,
-            _link: link,
-        })
+        Ok(AttachedSink { sink: self, _link: link })
     }
 }
 
@@ -551,10 +515,7 @@ fn iperf(lab: &Lab, target: Ipv4Addr, opts: &LabBenchOptions) -> Result<f64> {
         ],
     )?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "iperf3 output: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
+        format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr).trim())
     })?;
     json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -593,12 +554,7 @@ fn conn_rate(lab: &Lab, target: Ipv4Addr, opts: &LabBenchOptions) -> Result<(f64
     // timestamps without per-connection offsets (2) keep PAWS happy, and a wide port range.
     lab.exec(
         Host::Client,
-        &[
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_timestamps=2",
-            "net.ipv4.ip_local_port_range=1024 65535",
-        ],
+        &["sysctl", "-qw", "net.ipv4.tcp_timestamps=2", "net.ipv4.ip_local_port_range=1024 65535"],
     )?;
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -609,11 +565,8 @@ fn conn_rate(lab: &Lab, target: Ipv4Addr, opts: &LabBenchOptions) -> Result<(f64
             listener.set_nonblocking(true)?;
             let _ = ready_tx.send(());
             while !stop.load(Ordering::Relaxed) {
-                let mut fds = [libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
+                let mut fds =
+                    [libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
                 // SAFETY: one valid pollfd; a timeout so that the stop flag is seen.
                 unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
                 while let Ok((stream, _)) = listener.accept() {
@@ -655,17 +608,12 @@ fn conn_rate(lab: &Lab, target: Ipv4Addr, opts: &LabBenchOptions) -> Result<(f64
         .collect();
     let (mut done, mut failed) = (0, 0);
     for client in clients {
-        let (d, f) = client
-            .join()
-            .map_err(|_| anyhow!("client thread panicked"))??;
+        let (d, f) = client.join().map_err(|_| anyhow!("client thread panicked"))??;
         done += d;
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    server
-        .join()
-        .map_err(|_| anyhow!("server thread panicked"))??
-        .context("connection server")?;
+    server.join().map_err(|_| anyhow!("server thread panicked"))??.context("connection server")?;
     Ok((done as f64 / elapsed, failed))
 }

@@ -46,7 +46,14 @@ fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
     }
 }
 
-fn frame(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+fn frame(
+    dst_mac: Mac,
+    src_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(34 + l4.len());
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
@@ -87,7 +94,13 @@ pub fn tcp(dst_mac: Mac, src_mac: Mac, from: Endpoint, to: Endpoint, flags: u8) 
 }
 
 /// A UDP datagram carrying `payload_len` bytes.
-pub fn udp(dst_mac: Mac, src_mac: Mac, from: Endpoint, to: Endpoint, payload_len: usize) -> Vec<u8> {
+pub fn udp(
+    dst_mac: Mac,
+    src_mac: Mac,
+    from: Endpoint,
+    to: Endpoint,
+    payload_len: usize,
+) -> Vec<u8> {
     let mut s = vec![0u8; 8 + payload_len];
     s[0..2].copy_from_slice(&from.port.to_be_bytes());
     s[2..4].copy_from_slice(&to.port.to_be_bytes());
@@ -145,10 +158,7 @@ mod tests {
 
     #[test]
     fn mac_parses() {
-        assert_eq!(
-            parse_mac("02:00:0a:ff:10:01\n"),
-            Some([2, 0, 10, 255, 16, 1])
-        );
+        assert_eq!(parse_mac("02:00:0a:ff:10:01\n"), Some([2, 0, 10, 255, 16, 1]));
         assert_eq!(parse_mac("02:00"), None);
     }
 }

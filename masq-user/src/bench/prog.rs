@@ -34,12 +34,13 @@ use super::{
     frames::{self, Endpoint, Mac, TCP_ACK, TCP_SYN},
 };
 use crate::{
-    config::Config,
+    config::{Config, DEFAULT_MARK_MASK},
     conntrack::{ConnTable, IPPROTO_TCP, boottime_ns},
     dataplane::{Dataplane, remove_pins, wire_addr},
     host::HostInterfaces,
     lab::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A},
     netns::NetNs,
+    policy_tables::{RULE_PRIORITY_FROM, RULE_PRIORITY_FWMARK},
 };
 
 const XDP_PASS: u32 = 2;
@@ -176,13 +177,38 @@ impl PathKind {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct ProgramSize {
+    pub program: &'static str,
+    /// Bytes of machine code after JIT: what the instruction cache has to hold per packet.
+    pub jited_bytes: u32,
+    /// BPF instructions after the verifier's rewrites (8 bytes each).
+    pub xlated_bytes: Option<u32>,
+    pub verified_insns: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct ProgResults {
+    pub programs: Vec<ProgramSize>,
+    /// One dependent random read in a buffer as large as the 1M-connection table (pointer chase
+    /// from userspace, 4 KiB pages): what each cache- and TLB-missing map access costs here.
+    pub random_read_ns: f64,
+    pub random_read_buffer_mib: usize,
     pub repeat: u32,
     pub runs: usize,
     pub conn_capacity: u32,
     pub spread_max: usize,
     pub new_conn_repeat: u32,
     pub levels: Vec<LevelResult>,
+    /// XDP's FIB lookup toward the LAN walks the ip rules masq installs (it does not use
+    /// `BPF_FIB_LOOKUP_DIRECT`): inbound_established, hot, with and without those rules.
+    pub policy_rules: RulesCost,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RulesCost {
+    pub path: PathKind,
+    pub with_rules_ns: Stat,
+    pub without_rules_ns: Stat,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -239,6 +265,7 @@ fn mac_text(mac: Mac) -> String {
 
 /// gw's side of the seed topology: eth0/eth1/eth4 (veth, peers in the same namespace), addresses,
 /// main and uplink tables 201/202, and permanent neighbours for the ISP routers and every LAN host.
+/// masq's ip rules come later ([`ProgBench::add_rules`]).
 fn setup_namespace(ns: &NetNs, work_dir: &Path) -> Result<()> {
     let mut lines = Vec::new();
     for (gw, peer, gw_mac, peer_mac) in [
@@ -263,10 +290,9 @@ fn setup_namespace(ns: &NetNs, work_dir: &Path) -> Result<()> {
         ]
         .map(String::from),
     );
-    for (table, default) in [
-        (201, "via 67.17.28.14 dev eth4"),
-        (202, "via 205.254.211.254 dev eth1"),
-    ] {
+    for (table, default) in
+        [(201, "via 67.17.28.14 dev eth4"), (202, "via 205.254.211.254 dev eth1")]
+    {
         for connected in [
             "192.168.100.0/24 dev eth0 src 192.168.100.254",
             "205.254.211.0/24 dev eth1 src 205.254.211.179",
@@ -298,13 +324,34 @@ fn setup_namespace(ns: &NetNs, work_dir: &Path) -> Result<()> {
         .output()
         .context("running ip -batch")?;
     if !out.status.success() {
-        bail!(
-            "setting up {}: {}",
-            ns.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("setting up {}: {}", ns.name(), String::from_utf8_lossy(&out.stderr).trim());
     }
     ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
+}
+
+/// The rules `masq run` installs (policy_tables.rs), as `ip rule <verb>` lines: XDP's lookups in
+/// main walk them. Added after the first measurement ([`ProgBench::add_rules`]).
+fn policy_rules(verb: &str) -> Vec<String> {
+    let uplinks = [("67.17.28.12", 201), ("205.254.211.179", 202)];
+    let mut lines = Vec::new();
+    for (i, (address, table)) in uplinks.into_iter().enumerate() {
+        let (from, fwmark) = (RULE_PRIORITY_FROM as usize + i, RULE_PRIORITY_FWMARK as usize + i);
+        let mark = (i + 1) << 24;
+        lines.push(format!("rule {verb} from {address} lookup {table} priority {from}"));
+        lines.push(format!(
+            "rule {verb} fwmark {mark:#x}/{DEFAULT_MARK_MASK:#x} lookup {table} priority {fwmark}"
+        ));
+    }
+    lines
+}
+
+/// Runs `ip <line>` for each line in the calling thread's namespace.
+fn ip_lines(lines: &[String]) -> Result<()> {
+    for line in lines {
+        let out = std::process::Command::new("ip").args(line.split_whitespace()).output()?;
+        ensure!(out.status.success(), "ip {line}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
     Ok(())
 }
 
@@ -322,15 +369,14 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
     dp.fill_maps(&cfg, &host)?;
     let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS)?;
     let tc_fd = load_program(&mut dp, program_names::LAN_INGRESS)?;
+    let programs = [program_names::UPLINK_INGRESS, program_names::LAN_INGRESS]
+        .into_iter()
+        .map(|name| program_size(&dp, name))
+        .collect::<Result<_>>()?;
     let ifindex = |name: &str| {
-        host.get(name)
-            .map(|i| i.index)
-            .ok_or_else(|| anyhow!("no {name} in the bench namespace"))
+        host.get(name).map(|i| i.index).ok_or_else(|| anyhow!("no {name} in the bench namespace"))
     };
-    let ctx = Contexts {
-        eth4: xdp_ctx(ifindex("eth4")?),
-        eth0: tc_ctx(ifindex("eth0")?),
-    };
+    let ctx = Contexts { eth4: xdp_ctx(ifindex("eth4")?), eth0: tc_ctx(ifindex("eth0")?) };
     let harness = Harness::new(opts.spread_max)?;
     let mut bench = ProgBench {
         opts,
@@ -343,6 +389,8 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
         population: Population::default(),
         next_fresh: 0,
     };
+    bench.fill_to(opts.levels.first().copied().unwrap_or(1_000))?;
+    let policy_rules = bench.add_rules(PathKind::InboundEstablished)?;
     let mut levels = Vec::new();
     for &conns in &opts.levels {
         let started = Instant::now();
@@ -375,27 +423,65 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
             untouched_plain_ns,
         });
     }
+    let random_read_buffer_mib = if opts.conn_capacity >= 1_000_000 { 256 } else { 64 };
+    let random_read_ns = random_read_ns(random_read_buffer_mib << 20);
     Ok(ProgResults {
+        programs,
+        random_read_ns,
+        random_read_buffer_mib,
         repeat: opts.repeat,
         runs: opts.runs,
         conn_capacity: opts.conn_capacity,
         spread_max: opts.spread_max,
         new_conn_repeat: opts.new_conn_repeat,
         levels,
+        policy_rules,
     })
 }
 
 fn load_program(dp: &mut Dataplane, name: &str) -> Result<ProgramFd> {
-    let prog = dp
-        .ebpf_mut()
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing"))?;
+    let prog = dp.ebpf_mut().program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
     match prog {
         Program::Xdp(p) => p.load()?,
         Program::SchedClassifier(p) => p.load()?,
         _ => bail!("{name}: unexpected program type"),
     }
     Ok(prog.fd()?.try_clone()?)
+}
+
+/// Mean time of one step of a pointer chase through a random single cycle (Sattolo) over
+/// `bytes` of memory.
+fn random_read_ns(bytes: usize) -> f64 {
+    let n = bytes / std::mem::size_of::<usize>();
+    let mut next: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(0x6368_6173);
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64) as usize;
+        next.swap(i, j);
+    }
+    let steps = 4_000_000;
+    let mut at = 0;
+    let started = Instant::now();
+    for _ in 0..steps {
+        at = next[at];
+    }
+    let ns = started.elapsed().as_nanos() as f64 / f64::from(steps);
+    std::hint::black_box(at);
+    ns
+}
+
+fn program_size(dp: &Dataplane, name: &'static str) -> Result<ProgramSize> {
+    let info = match dp.ebpf().program(name) {
+        Some(Program::Xdp(p)) => p.info()?,
+        Some(Program::SchedClassifier(p)) => p.info()?,
+        _ => bail!("program {name} missing"),
+    };
+    Ok(ProgramSize {
+        program: name,
+        jited_bytes: info.size_jitted(),
+        xlated_bytes: info.size_translated(),
+        verified_insns: info.verified_instruction_count(),
+    })
 }
 
 /// `struct xdp_md` for a 64-byte frame arriving on `ifindex`.
@@ -437,7 +523,8 @@ struct HookHarness {
 impl Harness {
     fn new(max_slots: usize) -> Result<Self> {
         ensure!(max_slots.is_power_of_two(), "spread_max must be a power of two");
-        let state = bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, 4, STATE_LEN as u32, 1, "bench_state")?;
+        let state =
+            bpf::create_map(bpf::BPF_MAP_TYPE_ARRAY, 4, STATE_LEN as u32, 1, "bench_state")?;
         let frames = bpf::create_map(
             bpf::BPF_MAP_TYPE_ARRAY,
             4,
@@ -454,11 +541,7 @@ impl Harness {
             )?;
             let trivial =
                 bpf::load_program(hook, &bpf::trivial(trivial_ret as i32), "bench_trivial")?;
-            Ok(HookHarness {
-                prog,
-                prog_array,
-                trivial,
-            })
+            Ok(HookHarness { prog, prog_array, trivial })
         };
         Ok(Harness {
             xdp: hook(Hook::Xdp, XDP_PASS)?,
@@ -557,10 +640,7 @@ fn connection(
     };
     [
         (key(from, to), entry(key(new_from, new_to), flags)),
-        (
-            key(new_to, new_from),
-            entry(key(to, from), flags | CONN_F_REPLY),
-        ),
+        (key(new_to, new_from), entry(key(to, from), flags | CONN_F_REPLY)),
     ]
 }
 
@@ -599,7 +679,8 @@ impl ProgBench<'_> {
                 let client = Endpoint::new(Ipv4Addr::from(0x6440_0000 | rng.bits(22)), port);
                 connection(client, public, client, isolde, CONN_F_INBOUND, now)
             } else {
-                let lan = Endpoint::new(Ipv4Addr::new(192, 168, 100, 1 + rng.below(253) as u8), port);
+                let lan =
+                    Endpoint::new(Ipv4Addr::new(192, 168, 100, 1 + rng.below(253) as u8), port);
                 // Servers anywhere in 45.0.0.0/8, HTTPS.
                 let server = Endpoint::new(Ipv4Addr::from(0x2d00_0000 | rng.bits(24)), 443);
                 let masqueraded = Endpoint::new(GW_ISP_A, port);
@@ -614,10 +695,7 @@ impl ProgBench<'_> {
             if inbound {
                 pop.inbound.push(endpoint_of(&pair[0].0, true));
             } else {
-                pop.outbound.push((
-                    endpoint_of(&pair[0].0, true),
-                    endpoint_of(&pair[0].0, false),
-                ));
+                pop.outbound.push((endpoint_of(&pair[0].0, true), endpoint_of(&pair[0].0, false)));
             }
             pending.extend(pair);
         }
@@ -629,23 +707,14 @@ impl ProgBench<'_> {
     }
 
     fn read_counters(&self) -> Result<Vec<u64>> {
-        let map = self
-            .dp
-            .ebpf()
-            .map(map_names::COUNTERS)
-            .ok_or_else(|| anyhow!("COUNTERS missing"))?;
+        let map =
+            self.dp.ebpf().map(map_names::COUNTERS).ok_or_else(|| anyhow!("COUNTERS missing"))?;
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        Counter::ALL
-            .iter()
-            .map(|c| Ok(array.get(&(*c as u32), 0)?.iter().sum()))
-            .collect()
+        Counter::ALL.iter().map(|c| Ok(array.get(&(*c as u32), 0)?.iter().sum())).collect()
     }
 
     fn counter_delta(before: &[u64], after: &[u64], counter: Counter) -> u64 {
-        let i = Counter::ALL
-            .iter()
-            .position(|c| *c == counter)
-            .expect("listed");
+        let i = Counter::ALL.iter().position(|c| *c == counter).expect("listed");
         after[i] - before[i]
     }
 
@@ -741,11 +810,7 @@ impl ProgBench<'_> {
             PathKind::OutboundReply => dst.octets()[..3] == [192, 168, 100] && ttl == 63,
             PathKind::PassedUntouched => out[..FRAME_LEN] == frame[..],
         };
-        ensure!(
-            ok,
-            "{}: unexpected output {src} -> {dst} ttl {ttl}",
-            kind.name()
-        );
+        ensure!(ok, "{}: unexpected output {src} -> {dst} ttl {ttl}", kind.name());
         if kind == PathKind::NewConnection {
             self.forget_new_conn(Ipv4Addr::new(11, 0, 0, 0))?;
         }
@@ -766,9 +831,7 @@ impl ProgBench<'_> {
         let spread_flows = match kind {
             PathKind::NewConnection => 1,
             PathKind::PassedUntouched => self.opts.spread_max,
-            PathKind::InboundEstablished | PathKind::InboundReply => {
-                self.population.inbound.len()
-            }
+            PathKind::InboundEstablished | PathKind::InboundReply => self.population.inbound.len(),
             PathKind::OutboundEstablished | PathKind::OutboundReply => {
                 self.population.outbound.len()
             }
@@ -796,11 +859,7 @@ impl ProgBench<'_> {
     fn measure(&mut self, kind: PathKind, frames: &[Vec<u8>]) -> Result<Measured> {
         self.harness.load_frames(frames)?;
         let fresh = kind == PathKind::NewConnection;
-        let repeat = if fresh {
-            self.opts.new_conn_repeat
-        } else {
-            self.opts.repeat
-        };
+        let repeat = if fresh { self.opts.new_conn_repeat } else { self.opts.repeat };
         let hook = kind.hook();
         let ctx = self.ctx(kind).to_vec();
         let (mut raw, mut base) = (Vec::new(), Vec::new());
@@ -843,9 +902,7 @@ impl ProgBench<'_> {
                 Hook::Xdp => &self.harness.xdp.trivial,
                 Hook::Tc => &self.harness.tc.trivial,
             };
-            let empty = self
-                .harness
-                .run(hook, trivial, frames.len(), fresh_from, repeat, &ctx)?;
+            let empty = self.harness.run(hook, trivial, frames.len(), fresh_from, repeat, &ctx)?;
             raw.push(f64::from(masq.duration_ns));
             base.push(f64::from(empty.duration_ns));
         }
@@ -857,6 +914,17 @@ impl ProgBench<'_> {
             raw_ns: Stat::of(&raw),
             harness_ns: Stat::of(&base),
         })
+    }
+
+    /// `kind`'s hot figure in a namespace that never had an ip rule added, then with masq's.
+    /// Once a namespace has a rule, the kernel keeps walking rules and looks local and main up
+    /// as separate tables, even after the rules are deleted: so this comes first.
+    fn add_rules(&mut self, kind: PathKind) -> Result<RulesCost> {
+        let frames = self.frames(kind, 1);
+        let without_rules_ns = self.measure(kind, &frames)?.ns;
+        ip_lines(&policy_rules("add"))?;
+        let with_rules_ns = self.measure(kind, &frames)?.ns;
+        Ok(RulesCost { path: kind, with_rules_ns, without_rules_ns })
     }
 
     /// New connections one `BPF_PROG_TEST_RUN` each (repeat=1, valid checksums, distinct
@@ -883,9 +951,7 @@ impl ProgBench<'_> {
             self.forget_new_conn(Ipv4Addr::new(12, a, b, c))?;
         }
         let empty = Stat::of(&empty).median;
-        Ok(Stat::of(
-            &masq.iter().map(|m| m - empty).collect::<Vec<_>>(),
-        ))
+        Ok(Stat::of(&masq.iter().map(|m| m - empty).collect::<Vec<_>>()))
     }
 
     /// The untouched path by plain `repeat` (its frame is not modified, so no harness is needed).
@@ -906,11 +972,8 @@ impl ProgBench<'_> {
 
 /// Source (`true`) or destination endpoint of a key.
 fn endpoint_of(key: &FlowKey, source: bool) -> Endpoint {
-    let (addr, port) = if source {
-        (key.src_addr, key.src_port)
-    } else {
-        (key.dst_addr, key.dst_port)
-    };
+    let (addr, port) =
+        if source { (key.src_addr, key.src_port) } else { (key.dst_addr, key.dst_port) };
     Endpoint::new(Ipv4Addr::from(addr.to_ne_bytes()), u16::from_be(port))
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use super::{
     Ratio, Results, Stat, Target,
     forwarding::{Gateway, GatewaySummary, LabResults},
-    prog::{PathKind, ProgResults},
+    prog::{MemoryResult, PathKind, ProgResults},
 };
 
 /// masq against the classic recipe and against plain routing, metric by metric (medians).
@@ -109,8 +109,19 @@ pub fn markdown(r: &Results) -> String {
          (the machine was shared: other work ran meanwhile).\n",
         m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.load_before, m.load_after
     );
+    if let Some(prog) = &r.prog {
+        prog_section(&mut s, prog, &r.targets);
+    }
+    if let Some(lab) = &r.lab {
+        lab_section(&mut s, lab, &r.ratios);
+    }
+    if let Some(memory) = &r.memory {
+        memory_section(&mut s, memory);
+    }
+    s
+}
 
-    let p = &r.prog;
+fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
     let _ = writeln!(
         s,
         "### Program cost, ns per packet (BPF_PROG_TEST_RUN, repeat {}, median of {} runs)\n",
@@ -134,7 +145,7 @@ pub fn markdown(r: &Results) -> String {
         for level in &p.levels {
             match level.paths.iter().find(|x| x.path == kind) {
                 Some(x) => {
-                    let _ = write!(row, " {:.1} | {:.1} |", x.hot.ns.median, x.spread.ns.median);
+                    let _ = write!(row, " {:.0} | {:.0} |", x.hot.ns.median, x.spread.ns.median);
                 }
                 None => row += " – | – |",
             }
@@ -146,35 +157,61 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "- {} connections: new connection by repeat=1 samples {:.0} ns (median, minus an empty \
-             program's); untouched by plain repeat {:.1} ns; table filled in {:.1} s.",
+             program's); untouched by plain repeat {:.0} ns; table filled in {:.1} s.",
             count(level.conns),
             level.new_conn_repeat1_ns.median,
             level.untouched_plain_ns.median,
             level.fill_seconds
         );
     }
-    let _ = writeln!(s, "\nTargets:\n");
-    for t in &r.targets {
+    let rules = &p.policy_rules;
+    let _ = writeln!(
+        s,
+        "- {} hot with masq's ip rules (from-address, fwmark) in place: {:.0} ns; without them: \
+         {:.0} ns. XDP's FIB lookup toward the LAN walks the rules (no BPF_FIB_LOOKUP_DIRECT).",
+        rules.path.name(),
+        rules.with_rules_ns.median,
+        rules.without_rules_ns.median
+    );
+    let _ = writeln!(
+        s,
+        "- One dependent random read in {} MiB (userspace pointer chase, for scale): {:.0} ns.",
+        p.random_read_buffer_mib, p.random_read_ns
+    );
+    for size in &p.programs {
         let _ = writeln!(
             s,
-            "- {}: {:.1} ns (target ≤ {:.0} ns) {}",
+            "- {}: {} bytes of JITed code, {} verified instructions.",
+            size.program,
+            size.jited_bytes,
+            size.verified_insns.map_or("?".to_string(), |n| n.to_string())
+        );
+    }
+    let _ = writeln!(s, "\nTargets:\n");
+    for t in targets {
+        let _ = writeln!(
+            s,
+            "- {}: {:.0} ns (target ≤ {:.0} ns) {}",
             t.what,
             t.measured_ns,
             t.target_ns,
             if t.met { "met" } else { "**missed**" }
         );
     }
+    let _ = writeln!(s);
+}
 
-    let o = &r.lab.options;
+fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
+    let o = &lab.options;
     let _ = writeln!(
         s,
-        "\n### Forwarding in the lab (median of {} rounds, gateways built alternately)\n",
+        "### Forwarding in the lab (median of {} rounds, gateways built alternately)\n",
         o.rounds
     );
     let _ = writeln!(
         s,
-        "UDP: 64-byte payload, one flow, {:.0} s windows. TCP: iperf3 -P {} -t {}. Connections: {} \
-         clients for {:.0} s.\n",
+        "UDP: 64-byte payload, one flow, one generator CPU, {:.0} s windows. TCP: iperf3 -P {} -t {}. \
+         Connections: {} clients for {:.0} s.\n",
         o.window_s, o.iperf_streams, o.iperf_seconds, o.conn_clients, o.conn_seconds
     );
     let _ = writeln!(
@@ -190,7 +227,7 @@ pub fn markdown(r: &Results) -> String {
         ("tcp_gbps", "TCP throughput"),
         ("conns_per_s", "new TCP connections"),
     ];
-    for ratio in &r.ratios {
+    for ratio in ratios {
         let label = labels.iter().find(|(m, _)| *m == ratio.metric).map_or(ratio.metric, |l| l.1);
         let _ = writeln!(
             s,
@@ -202,8 +239,7 @@ pub fn markdown(r: &Results) -> String {
             ratio.masq_over_forward
         );
     }
-    if let Some(ns) = r
-        .lab
+    if let Some(ns) = lab
         .summary
         .iter()
         .find(|x| x.gateway == Gateway::Masq)
@@ -211,16 +247,20 @@ pub fn markdown(r: &Results) -> String {
     {
         let _ = writeln!(
             s,
-            "\nmasq_uplink_in's own run time during the gw-alone flood (BPF_ENABLE_STATS, \
-             run_time_ns/run_cnt; includes the stats' own clock reads): {:.0} ns per packet.",
+            "\nmasq_uplink_in's own run time during the gw-alone flood (BPF_ENABLE_STATS in a \
+             separate window, run_time_ns/run_cnt, includes the accounting's clock reads): {:.0} ns \
+             per packet.",
             ns.median
         );
     }
+    let _ = writeln!(s);
+}
 
-    let _ = writeln!(s, "\n### Memory of the connection table (CONNS, fdinfo memlock)\n");
+fn memory_section(s: &mut String, memory: &MemoryResult) {
+    let _ = writeln!(s, "### Memory of the connection table (CONNS, fdinfo memlock)\n");
     let _ = writeln!(s, "| capacity (connections) | entries | memlock | per connection |");
     let _ = writeln!(s, "|---:|---:|---:|---:|");
-    for point in &r.memory.capacities {
+    for point in &memory.capacities {
         let _ = writeln!(
             s,
             "| {} | {} | {:.1} MiB | {:.0} B |",
@@ -230,14 +270,13 @@ pub fn markdown(r: &Results) -> String {
             point.bytes_per_conn
         );
     }
-    if let Some(bytes) = r.memory.nf_conntrack_object_bytes {
+    if let Some(bytes) = memory.nf_conntrack_object_bytes {
         let _ = writeln!(
             s,
             "\nFor comparison, the classic recipe's conntrack: {bytes} B per `nf_conntrack` slab \
              object, before its extensions (NAT, mark) and hash bucket, allocated per connection."
         );
     }
-    s
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,61 +373,66 @@ fn format_value(v: f64, unit: &str) -> String {
 
 pub fn svg(r: &Results) -> String {
     let mut body = String::new();
-    let ratio_groups: Vec<(String, Vec<f64>)> = r
-        .ratios
-        .iter()
-        .map(|x| {
-            (
-                format!("{} ({} better)", x.metric, x.better),
-                vec![x.masq_over_classic, x.masq_over_forward],
-            )
-        })
-        .collect();
-    let mut y = bar_chart(
-        &mut body,
-        10.0,
-        "masq / classic and masq / forward (lab medians; 1 = equal)",
-        &[("masq / classic", "#2b7bb9"), ("masq / forward (ceiling)", "#9ecae1")],
-        &ratio_groups,
-        Some(1.0),
-        "ratio",
-    );
-    let palette = ["#31a354", "#fd8d3c", "#756bb1", "#636363"];
-    let levels: Vec<String> =
-        r.prog.levels.iter().map(|l| format!("{} conns (spread)", count(l.conns))).collect();
-    let series: Vec<(&str, &str)> =
-        levels.iter().zip(palette).map(|(l, c)| (l.as_str(), c)).collect();
-    let prog_groups: Vec<(String, Vec<f64>)> = PathKind::ALL
-        .iter()
-        .map(|kind| {
-            let values = r
-                .prog
-                .levels
-                .iter()
-                .map(|l| {
-                    l.paths
-                        .iter()
-                        .find(|p| p.path == *kind)
-                        .map_or(f64::NAN, |p| p.spread.ns.median)
-                })
-                .collect();
-            (kind.name().to_string(), values)
-        })
-        .collect();
-    y = bar_chart(
-        &mut body,
-        y,
-        "masq program cost, ns per packet (BPF_PROG_TEST_RUN, harness subtracted)",
-        &series,
-        &prog_groups,
-        None,
-        "ns",
-    );
+    let mut y = 10.0;
+    if !r.ratios.is_empty() {
+        let groups: Vec<(String, Vec<f64>)> = r
+            .ratios
+            .iter()
+            .map(|x| {
+                (
+                    format!("{} ({} better)", x.metric, x.better),
+                    vec![x.masq_over_classic, x.masq_over_forward],
+                )
+            })
+            .collect();
+        y = bar_chart(
+            &mut body,
+            y,
+            "masq / classic and masq / forward (lab medians; 1 = equal)",
+            &[("masq / classic", "#2b7bb9"), ("masq / forward (ceiling)", "#9ecae1")],
+            &groups,
+            Some(1.0),
+            "ratio",
+        );
+    }
+    if let Some(prog) = &r.prog {
+        let palette = ["#31a354", "#fd8d3c", "#756bb1", "#636363"];
+        let levels: Vec<String> =
+            prog.levels.iter().map(|l| format!("{} conns (spread)", count(l.conns))).collect();
+        let series: Vec<(&str, &str)> =
+            levels.iter().zip(palette).map(|(l, c)| (l.as_str(), c)).collect();
+        let groups: Vec<(String, Vec<f64>)> = PathKind::ALL
+            .iter()
+            .map(|kind| {
+                let values = prog
+                    .levels
+                    .iter()
+                    .map(|l| {
+                        l.paths
+                            .iter()
+                            .find(|p| p.path == *kind)
+                            .map_or(f64::NAN, |p| p.spread.ns.median)
+                    })
+                    .collect();
+                (kind.name().to_string(), values)
+            })
+            .collect();
+        y = bar_chart(
+            &mut body,
+            y,
+            "masq program cost, ns per packet (BPF_PROG_TEST_RUN, harness subtracted)",
+            &series,
+            &groups,
+            None,
+            "ns",
+        );
+    }
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{y:.0}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{:.0}\" \
          font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          {body}<text x=\"10\" y=\"{:.0}\" font-size=\"11\" fill=\"#555\">masq bench {} ({})</text>\n</svg>\n",
-        y - 6.0,
+        y + 10.0,
+        y,
         r.started_utc,
         if r.quick { "quick" } else { "full" }
     )
