@@ -90,6 +90,21 @@ pub const TCP_SEEN_FIN: u8 = 1 << 1;
 pub const TCP_SEEN_RST: u8 = 1 << 2;
 pub const TCP_SEEN_ACK: u8 = 1 << 3;
 
+/// Connection times count ticks of 2^30 ns (about 1.07 s) of CLOCK_MONOTONIC_COARSE
+/// (`bpf_ktime_get_coarse_ns` in the programs): a shift instead of a division, and a clock
+/// read that costs almost nothing. Idle timeouts need no finer resolution.
+pub const TICK_SHIFT: u32 = 30;
+
+/// Ticks from nanoseconds of CLOCK_MONOTONIC_COARSE.
+pub const fn tick(ns: u64) -> u32 {
+    (ns >> TICK_SHIFT) as u32
+}
+
+/// Nanoseconds from ticks.
+pub const fn tick_ns(tick: u32) -> u64 {
+    (tick as u64) << TICK_SHIFT
+}
+
 /// Addresses and ports without the protocol: what a connection's packets are rewritten to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -134,11 +149,11 @@ pub struct ConnEntry {
     /// `TCP_SEEN_*` in this direction.
     pub tcp_seen: u8,
     pub _pad: u8,
-    /// Boot-time second (`bpf_ktime_get_boot_ns` / 1e9) of creation.
-    pub created_s: u32,
-    /// Boot-time second of the last packet in this direction. The first packet of each new
-    /// second also confirms the other direction's entry.
-    pub last_seen_s: u32,
+    /// Tick (`TICK_SHIFT`) of creation.
+    pub created_tick: u32,
+    /// Tick of the last packet in this direction. The first packet of each new tick also
+    /// confirms the other direction's entry.
+    pub last_seen_tick: u32,
     pub packets: u64,
     pub bytes: u64,
 }

@@ -1,8 +1,8 @@
 //! The connection table: both directions of a connection, inserted together, kept together.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use masq_common::{
     CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN,
-    TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4,
+    TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
@@ -14,8 +14,8 @@ const EEXIST: i32 = 17;
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: plain helper call. CLOCK_BOOTTIME: keeps counting through suspend, like userspace's.
-    unsafe { bpf_ktime_get_boot_ns() }
+    // SAFETY: plain helper call. CLOCK_MONOTONIC_COARSE, as userspace's expiry reads it.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -25,11 +25,6 @@ pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
     CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
-#[inline(always)]
-pub fn now_s(now_ns: u64) -> u32 {
-    (now_ns / 1_000_000_000) as u32
-}
-
 /// The key and entry of the other direction, rebuilt from this one.
 #[inline(always)]
 fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
@@ -37,8 +32,8 @@ fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
         xlate: Tuple4::of(&key.reversed()),
         uplink: entry.uplink,
         flags: entry.flags ^ CONN_F_REPLY,
-        created_s: entry.created_s,
-        last_seen_s: now,
+        created_tick: entry.created_tick,
+        last_seen_tick: now,
         ..ConnEntry::default()
     };
     (entry.twin_key(key), twin)
@@ -67,7 +62,7 @@ fn tcp_seen_bits(flags: u8) -> u8 {
 /// the LRU evicted it, so one direction is never orphaned.
 #[inline(always)]
 pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
-    let now = now_s(now_ns());
+    let now = tick(now_ns());
     // Plain adds: each direction has its own entry and a flow is handled by one CPU at a time,
     // so a lost update needs two CPUs on one direction at once (BPF has no atomic RMW in core).
     entry.packets += 1;
@@ -87,8 +82,8 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
             entry.tcp_seen |= seen;
         }
     }
-    if entry.last_seen_s != now {
-        entry.last_seen_s = now;
+    if entry.last_seen_tick != now {
+        entry.last_seen_tick = now;
         let (twin_key, twin) = twin_of(key, entry, now);
         if lookup(&twin_key).is_none() {
             let _ = CONNS.insert(twin_key, twin, BPF_NOEXIST as u64);
@@ -150,15 +145,15 @@ pub fn create(
     ports: Option<PortRange>,
     ip: &Ipv4,
 ) -> Result<&'static mut ConnEntry, Counter> {
-    let now = now_s(now_ns());
+    let now = tick(now_ns());
     let mut xlate = Tuple4::of(&xlate);
     let mut entry = ConnEntry {
         xlate,
         uplink,
         flags,
         tcp_seen: if ip.l4 == L4::Tcp { tcp_seen_bits(ip.tcp_flags) } else { 0 },
-        created_s: now,
-        last_seen_s: now,
+        created_tick: now,
+        last_seen_tick: now,
         ..ConnEntry::default()
     };
     let (mut reply_key, mut reply) = twin_of(key, &entry, now);

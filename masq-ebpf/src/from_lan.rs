@@ -114,7 +114,7 @@ fn to_uplink(
         return Ok(TC_ACT_OK);
     }
     let key: FlowKey = translation.result(ip);
-    let (ret, params) = fib_lookup(ctx, skb.ingress_ifindex, &key, ip.tot_len, Some(up.table));
+    let (ret, params) = fib_lookup(ctx, skb.ingress_ifindex, &key, ip.tot_len, up.table);
     let resolved = ret == BPF_FIB_LKUP_RET_SUCCESS as i64;
     if !resolved && ret != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         count(Counter::KernelPath);

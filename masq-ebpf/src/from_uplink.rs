@@ -14,7 +14,7 @@ use crate::{
     nat::published,
     packet::{Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
-    steer::{config, fib_lookup, uplink_by_ifindex},
+    steer::{RT_TABLE_MAIN, config, fib_lookup, uplink_by_ifindex},
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
@@ -121,7 +121,8 @@ fn to_lan(
         count(Counter::KernelPath);
         return Ok(XDP_PASS);
     }
-    let (ret, params) = fib_lookup(ctx, ifindex, key, ip.tot_len, None);
+    // The LAN lives in main: look there directly, without walking the ip rules.
+    let (ret, params) = fib_lookup(ctx, ifindex, key, ip.tot_len, RT_TABLE_MAIN);
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count(Counter::KernelPath);
         return Ok(XDP_PASS);

@@ -241,13 +241,21 @@ impl Packet for TcContext {
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
     }
+    // Direct writes (the verifier unclones the skb first); only the L4 checksums go through
+    // helpers, which reload the packet pointers afterwards.
     #[inline(always)]
     fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
-        self.store(off, &v, 0).map_err(|_| Counter::DropMalformed)
+        let p = self.ptr::<u16>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe { p.write_unaligned(v) };
+        Ok(())
     }
     #[inline(always)]
     fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
-        self.store(off, &v, 0).map_err(|_| Counter::DropMalformed)
+        let p = self.ptr::<u32>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe { p.write_unaligned(v) };
+        Ok(())
     }
     // The kernel helper copes with CHECKSUM_PARTIAL (local senders on veth) as well.
     #[inline(always)]

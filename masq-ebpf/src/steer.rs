@@ -136,14 +136,18 @@ pub fn with_mark(cfg: &DataplaneConfig, mark: u32, uplink_mark: u32) -> u32 {
     (mark & !cfg.mark_mask) | (uplink_mark & cfg.mark_mask)
 }
 
-/// `bpf_fib_lookup` for IPv4; `table` restricts it to one routing table (TBID).
+/// The kernel's main routing table.
+pub const RT_TABLE_MAIN: u32 = 254;
+
+/// `bpf_fib_lookup` for IPv4 in one routing table (TBID, DIRECT: the ip rules are not walked;
+/// without DIRECT they would be, but with no fwmark in the parameters).
 #[inline(always)]
 pub fn fib_lookup<C: EbpfContext>(
     ctx: &C,
     ifindex: u32,
     key: &FlowKey,
     tot_len: u16,
-    table: Option<u32>,
+    table: u32,
 ) -> (i64, FibParams) {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid input.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
@@ -155,14 +159,15 @@ pub fn fib_lookup<C: EbpfContext>(
     params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = key.src_addr;
     params.__bindgen_anon_4.ipv4_dst = key.dst_addr;
-    let mut flags = 0;
-    if let Some(tbid) = table {
-        params.__bindgen_anon_5.tbid = tbid;
-        flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
-    }
+    params.__bindgen_anon_5.tbid = table;
     // SAFETY: params is a valid, fully initialised struct of the size passed.
     let ret = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut params, core::mem::size_of::<FibParams>() as i32, flags)
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID,
+        )
     };
     (ret, params)
 }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 use std::borrow::{Borrow, BorrowMut};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, Tuple4};
+use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, Tuple4, tick_ns};
 
 use crate::config::Timeouts;
 
@@ -13,11 +13,11 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Now on the clock the programs write (`bpf_ktime_get_boot_ns`: CLOCK_BOOTTIME).
-pub fn boottime_ns() -> u64 {
+/// Now on the clock the programs write (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
+pub fn clock_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -80,13 +80,13 @@ impl Conn {
     }
 
     pub fn last_seen_ns(&self) -> u64 {
-        let a = self.orig.map_or(0, |(_, e)| e.last_seen_s);
-        let b = self.reply.map_or(0, |(_, e)| e.last_seen_s);
-        u64::from(a.max(b)) * 1_000_000_000
+        let a = self.orig.map_or(0, |(_, e)| e.last_seen_tick);
+        let b = self.reply.map_or(0, |(_, e)| e.last_seen_tick);
+        tick_ns(a.max(b))
     }
 
     pub fn created_ns(&self) -> u64 {
-        u64::from(self.any().1.created_s) * 1_000_000_000
+        tick_ns(self.any().1.created_tick)
     }
 
     pub fn state(&self) -> ConnState {

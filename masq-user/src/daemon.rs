@@ -189,7 +189,7 @@ async fn serve(
                 }
             }
             _ = expiry.tick() => {
-                let now = conntrack::boottime_ns();
+                let now = conntrack::clock_ns();
                 let expired = dataplane.conns().and_then(|map| {
                     conntrack::expire(&mut ConnTable::try_from(map)?, &cfg.dataplane.timeouts, now)
                 });

@@ -860,7 +860,7 @@ pub fn stats(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
 // `masq conns`
 
 pub fn conns(pin_dir: &Path, names: &Names, filter: &ConnFilter, json: bool) -> anyhow::Result<()> {
-    let now = conntrack::boottime_ns();
+    let now = conntrack::clock_ns();
     let mut views: Vec<ConnView> = read_conns(pin_dir)?
         .iter()
         .filter(|c| filter.matches(c))

@@ -790,7 +790,7 @@ fn icmp_error_a_second_later_leaves_no_stray_conn_entry() {
         // As if the last twin check was more than a second ago.
         let fwd_key = tcp_key((CLIENT, 40000), (DSL_PUB, 80));
         let mut fwd = gw.conn(&fwd_key).unwrap();
-        fwd.last_seen_s = 0;
+        fwd.last_seen_tick = 0;
         gw.conns_map().insert(fwd_key, fwd, 0).unwrap();
 
         let reply = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_ACK);
@@ -1237,7 +1237,7 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
         let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
         let reply_before = gw.conn(&reply_key).unwrap();
         let mut fwd = gw.conn(&fwd_key).unwrap();
-        fwd.last_seen_s = 0;
+        fwd.last_seen_tick = 0;
         let mut map = gw.conns_map();
         map.insert(fwd_key, fwd, 0).unwrap();
         map.remove(&reply_key).unwrap();
@@ -1247,7 +1247,7 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
         let rebuilt = gw.conn(&reply_key).expect("reply entry rebuilt");
         assert_eq!(rebuilt.xlate, reply_before.xlate);
         assert_eq!((rebuilt.uplink, rebuilt.flags), (reply_before.uplink, reply_before.flags));
-        assert_eq!(rebuilt.created_s, reply_before.created_s);
+        assert_eq!(rebuilt.created_tick, reply_before.created_tick);
 
         // And the reply direction works again.
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
@@ -1266,7 +1266,7 @@ fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
         let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
         let fwd_before = gw.conn(&fwd_key).unwrap();
         let mut reply = gw.conn(&reply_key).unwrap();
-        reply.last_seen_s = 0;
+        reply.last_seen_tick = 0;
         let mut map = gw.conns_map();
         map.insert(reply_key, reply, 0).unwrap();
         map.remove(&fwd_key).unwrap();

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     config::{Config, DEFAULT_MARK_MASK},
-    conntrack::{ConnTable, IPPROTO_TCP, boottime_ns},
+    conntrack::{ConnTable, IPPROTO_TCP, clock_ns},
     dataplane::{Dataplane, remove_pins, wire_addr},
     host::HostInterfaces,
     lab::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A},
@@ -626,14 +626,14 @@ fn connection(
     flags: u8,
     now_ns: u64,
 ) -> [(FlowKey, ConnEntry); 2] {
-    let now_s = (now_ns / 1_000_000_000) as u32;
+    let now_tick = masq_common::tick(now_ns);
     let entry = |xlate: FlowKey, flags: u8| ConnEntry {
         xlate: Tuple4::of(&xlate),
         uplink: 0,
         flags,
         tcp_seen: TCP_SEEN_SYN | TCP_SEEN_ACK,
-        created_s: now_s,
-        last_seen_s: now_s,
+        created_tick: now_tick,
+        last_seen_tick: now_tick,
         packets: 3,
         bytes: 180,
         ..ConnEntry::default()
@@ -665,7 +665,7 @@ impl ProgBench<'_> {
 
     /// Adds random distinct connections until there are `conns`.
     fn fill_to(&mut self, conns: usize) -> Result<()> {
-        let now = boottime_ns();
+        let now = clock_ns();
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         let isolde = Endpoint::new(ISOLDE, 80);
         let mut pending = Vec::new();
