@@ -33,6 +33,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const UPLINK_STATS: &str = "UPLINK_STATS";
     pub const FRAGS: &str = "FRAGS";
+    pub const NEXTHOPS: &str = "NEXTHOPS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -296,6 +297,29 @@ pub struct FragXlate {
 }
 const _: () = assert!(core::mem::size_of::<FragXlate>() == 12);
 
+/// A next hop `bpf_fib_lookup` resolved for (table, destination), cached per CPU for the tick
+/// it was found in: established flows skip the FIB, and a route or neighbour change is seen
+/// within a tick.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NextHop {
+    pub table: u32,
+    pub dst_addr: u32,
+    /// 0: empty slot.
+    pub ifindex: u32,
+    pub tick: u32,
+    /// The largest packet (IP total length) the lookup passed the MTU check for.
+    pub ok_len: u16,
+    pub _pad: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
+
+/// Slots of the per-CPU next-hop cache (a power of two; direct-mapped by destination).
+pub const NEXTHOP_SLOTS: u32 = 4096;
+
 /// Datagrams in flight whose fragments masq tracks.
 pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 16384;
 
@@ -446,6 +470,7 @@ mod pod {
     unsafe impl aya::Pod for UplinkStats {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragXlate {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 #[cfg(test)]

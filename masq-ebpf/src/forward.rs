@@ -1,5 +1,4 @@
 //! Sending a translated packet on without the kernel stack: TTL, MAC addresses, redirect.
-use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use masq_common::Counter;
 
 use crate::{
@@ -21,9 +20,8 @@ pub fn decrement_ttl<P: Packet>(p: &mut P) -> Result<(), Counter> {
 
 /// Set the Ethernet addresses the FIB lookup resolved.
 #[inline(always)]
-pub fn set_macs<P: Packet>(p: &mut P, params: &FibParams) -> Result<(), Counter> {
-    let d = params.dmac;
-    let s = params.smac;
+pub fn set_macs<P: Packet>(p: &mut P, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Counter> {
+    let (d, s) = (dmac, smac);
     p.store_u32(0, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))?;
     p.store_u32(4, u32::from_ne_bytes([d[4], d[5], s[0], s[1]]))?;
     p.store_u32(8, u32::from_ne_bytes([s[2], s[3], s[4], s[5]]))

@@ -1,7 +1,7 @@
 //! TC on the LAN device: replies of published services and new or known masqueraded
 //! connections, each steered to its connection's uplink.
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_redir_neigh},
+    bindings::{TC_ACT_OK, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -13,7 +13,7 @@ use crate::{
     maps::PUBLIC_ADDRS,
     packet::{Frag, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN},
     stats::{count, uplink_new_conn},
-    steer::{choose_uplink, config, fib_lookup, in_lan, is_uplink_address, uplink, with_mark},
+    steer::{Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, with_mark},
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
@@ -114,32 +114,31 @@ fn to_uplink(
         return Ok(TC_ACT_OK);
     }
     let key: FlowKey = translation.result(ip);
-    let (ret, params) = fib_lookup(ctx, skb.ingress_ifindex, &key, ip.tot_len, up.table);
-    let resolved = ret == BPF_FIB_LKUP_RET_SUCCESS as i64;
-    if !resolved && ret != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+    let next = route(ctx, skb.ingress_ifindex, &key, ip.tot_len, up.table);
+    if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(TC_ACT_OK);
     }
     translation.apply(ctx, ip)?;
     count(Counter::ToUplinkTranslated);
     decrement_ttl(ctx)?;
-    if resolved {
-        set_macs(ctx, &params)?;
-        count(Counter::FastPathRedirect);
-        // SAFETY: plain helper call.
-        return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
+    match next {
+        Route::Resolved { ifindex, smac, dmac } => {
+            set_macs(ctx, &smac, &dmac)?;
+            count(Counter::FastPathRedirect);
+            // SAFETY: plain helper call.
+            Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+        }
+        Route::NoNeigh { ifindex, next_hop } => {
+            let mut nh = bpf_redir_neigh {
+                nh_family: AF_INET,
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: [next_hop, 0, 0, 0] },
+            };
+            count(Counter::FastPathNeigh);
+            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+            // SAFETY: nh is initialised and its size is passed.
+            Ok(unsafe { bpf_redirect_neigh(ifindex, &mut nh, size, 0) } as i32)
+        }
+        Route::Kernel => Ok(TC_ACT_OK),
     }
-    let mut nh = bpf_redir_neigh { nh_family: AF_INET, ..unsafe { core::mem::zeroed() } };
-    // SAFETY: after NO_NEIGH the lookup left the next hop in `ipv4_dst`.
-    nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
-    count(Counter::FastPathNeigh);
-    // SAFETY: nh is initialised and its size is passed.
-    Ok(unsafe {
-        bpf_redirect_neigh(
-            params.ifindex,
-            &mut nh,
-            core::mem::size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
-    } as i32)
 }

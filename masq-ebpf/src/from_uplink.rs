@@ -1,10 +1,6 @@
 //! XDP on each uplink: ARP for published addresses, new connections to published services,
 //! replies of masqueraded connections, ICMP errors; all sent to the LAN translated.
-use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, xdp_action::XDP_PASS},
-    helpers::bpf_redirect,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_redirect, programs::XdpContext};
 use masq_common::{CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey};
 
 use crate::{
@@ -14,7 +10,7 @@ use crate::{
     nat::published,
     packet::{Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
-    steer::{RT_TABLE_MAIN, config, fib_lookup, uplink_by_ifindex},
+    steer::{RT_TABLE_MAIN, Route, config, route, uplink_by_ifindex},
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
@@ -121,15 +117,16 @@ fn to_lan(
         count(Counter::KernelPath);
         return Ok(XDP_PASS);
     }
-    // The LAN lives in main: look there directly, without walking the ip rules.
-    let (ret, params) = fib_lookup(ctx, ifindex, key, ip.tot_len, RT_TABLE_MAIN);
-    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    // The LAN lives in main.
+    let Route::Resolved { ifindex, smac, dmac } =
+        route(ctx, ifindex, key, ip.tot_len, RT_TABLE_MAIN)
+    else {
         count(Counter::KernelPath);
         return Ok(XDP_PASS);
-    }
+    };
     decrement_ttl(ctx)?;
-    set_macs(ctx, &params)?;
+    set_macs(ctx, &smac, &dmac)?;
     count(Counter::FastPathRedirect);
     // SAFETY: plain helper call; returns XDP_REDIRECT or XDP_ABORTED.
-    Ok(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use masq_common::{
     COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY, DataplaneConfig, FlowKey, FragKey, FragXlate,
-    MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, PolicyRule, PublicAddr,
-    PublishKey, PublishTarget, UplinkInfo, UplinkStats,
+    MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
+    PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo, UplinkStats,
 };
 
 /// The connection table: two entries per connection, one per direction.
@@ -19,6 +19,10 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragXlate> =
     LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Next hops of recent FIB lookups, per CPU (see `steer::next_hop`).
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHOP_SLOTS, 0);
 
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);

@@ -1,17 +1,22 @@
 //! Choosing and reaching an uplink: policy rules, marks, and FIB lookups in an uplink's table.
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
+        BPF_FIB_LOOKUP_TBID, bpf_fib_lookup as FibParams, bpf_fib_lookup__bindgen_ty_1,
+        bpf_fib_lookup__bindgen_ty_2, bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4,
+        bpf_fib_lookup__bindgen_ty_5,
+    },
     helpers::bpf_fib_lookup,
 };
 use masq_common::{
-    DataplaneConfig, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NO_UPLINK, POLICY_F_STICKY,
-    PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
+    DataplaneConfig, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NEXTHOP_SLOTS, NO_UPLINK,
+    NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, tick,
 };
 
 use crate::{
-    conntrack::hash,
-    maps::{CONFIG, POLICIES, UPLINKS},
+    conntrack::{hash, now_ns},
+    maps::{CONFIG, NEXTHOPS, POLICIES, UPLINKS},
 };
 
 const AF_INET: u8 = 2;
@@ -142,24 +147,28 @@ pub const RT_TABLE_MAIN: u32 = 254;
 /// `bpf_fib_lookup` for IPv4 in one routing table (TBID, DIRECT: the ip rules are not walked;
 /// without DIRECT they would be, but with no fwmark in the parameters).
 #[inline(always)]
-pub fn fib_lookup<C: EbpfContext>(
+fn fib_lookup<C: EbpfContext>(
     ctx: &C,
     ifindex: u32,
     key: &FlowKey,
     tot_len: u16,
     table: u32,
 ) -> (i64, FibParams) {
-    // SAFETY: an all-zero `bpf_fib_lookup` is valid input.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = key.proto;
-    params.sport = key.src_port;
-    params.dport = key.dst_port;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = key.src_addr;
-    params.__bindgen_anon_4.ipv4_dst = key.dst_addr;
-    params.__bindgen_anon_5.tbid = table;
+    // Every byte set explicitly (no memset), as the helper reads them all.
+    let mut params = FibParams {
+        family: AF_INET,
+        l4_protocol: key.proto,
+        sport: key.src_port,
+        dport: key.dst_port,
+        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len },
+        ifindex,
+        __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 { flowinfo: 0 },
+        __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 { ipv6_src: [key.src_addr, 0, 0, 0] },
+        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 { ipv6_dst: [key.dst_addr, 0, 0, 0] },
+        __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: table },
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
     // SAFETY: params is a valid, fully initialised struct of the size passed.
     let ret = unsafe {
         bpf_fib_lookup(
@@ -170,4 +179,62 @@ pub fn fib_lookup<C: EbpfContext>(
         )
     };
     (ret, params)
+}
+
+/// Where a packet goes next, per `table`.
+pub enum Route {
+    /// Egress device and Ethernet addresses: redirect.
+    Resolved { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Egress device and next-hop address whose MAC is not known yet: `bpf_redirect_neigh`.
+    NoNeigh { ifindex: u32, next_hop: u32 },
+    /// Anything else (unreachable, fragmentation needed, …): the kernel's business.
+    Kernel,
+}
+
+/// Route `key` by `table`: from the per-CPU next-hop cache when this tick already resolved the
+/// destination for a packet at least this large, else by `bpf_fib_lookup`, caching success.
+#[inline(always)]
+pub fn route<C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    key: &FlowKey,
+    tot_len: u16,
+    table: u32,
+) -> Route {
+    let now = tick(now_ns());
+    let slot = (key.dst_addr ^ table.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 20;
+    // SAFETY: a per-CPU slot: only this CPU reads or writes it, and not reentrantly.
+    let cached = NEXTHOPS.get_ptr_mut(slot & (NEXTHOP_SLOTS - 1)).map(|p| unsafe { &mut *p });
+    if let Some(nh) = cached.as_deref()
+        && nh.ifindex != 0
+        && nh.tick == now
+        && nh.table == table
+        && nh.dst_addr == key.dst_addr
+        && tot_len <= nh.ok_len
+    {
+        return Route::Resolved { ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac };
+    }
+    let (ret, params) = fib_lookup(ctx, ifindex, key, tot_len, table);
+    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if let Some(nh) = cached {
+            let same = nh.tick == now && nh.table == table && nh.dst_addr == key.dst_addr;
+            *nh = NextHop {
+                table,
+                dst_addr: key.dst_addr,
+                ifindex: params.ifindex,
+                tick: now,
+                ok_len: if same { tot_len.max(nh.ok_len) } else { tot_len },
+                _pad: 0,
+                smac: params.smac,
+                dmac: params.dmac,
+            };
+        }
+        return Route::Resolved { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac };
+    }
+    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // SAFETY: after NO_NEIGH the lookup left the next hop in `ipv4_dst`.
+        let next_hop = unsafe { params.__bindgen_anon_4.ipv4_dst };
+        return Route::NoNeigh { ifindex: params.ifindex, next_hop };
+    }
+    Route::Kernel
 }

@@ -21,9 +21,9 @@ use aya::{
 use ipnet::Ipv4Net;
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, DataplaneConfig, FlowKey, FragKey, FragXlate,
-    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, POLICY_F_STICKY, PolicyRule, Prefix4,
-    PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats,
-    map_names, program_names,
+    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY, PolicyRule,
+    Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
+    UplinkStats, map_names, program_names,
 };
 
 use crate::{
@@ -367,6 +367,7 @@ const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray),
     layout::<u32, UplinkStats>(map_names::UPLINK_STATS, MapType::PerCpuArray),
     layout::<FragKey, FragXlate>(map_names::FRAGS, MapType::LruHash),
+    layout::<u32, NextHop>(map_names::NEXTHOPS, MapType::PerCpuArray),
 ];
 
 /// Refuse to adopt pinned maps whose layout differs from this build's: writing through a

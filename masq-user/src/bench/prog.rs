@@ -199,8 +199,8 @@ pub struct ProgResults {
     pub spread_max: usize,
     pub new_conn_repeat: u32,
     pub levels: Vec<LevelResult>,
-    /// XDP's FIB lookup toward the LAN walks the ip rules masq installs (it does not use
-    /// `BPF_FIB_LOOKUP_DIRECT`): inbound_established, hot, with and without those rules.
+    /// inbound_established, hot, with and without the ip rules masq installs: the FIB lookups
+    /// use `BPF_FIB_LOOKUP_DIRECT`, so the rules must not cost anything.
     pub policy_rules: RulesCost,
 }
 
