@@ -1202,6 +1202,21 @@ fn oversized_df_packet_from_lan_goes_to_the_kernel_untranslated_and_marked() {
     });
 }
 
+#[test]
+fn cached_next_hop_still_sends_a_too_big_packet_to_the_kernel() {
+    gateway(SMALL_DSL_MTU, |gw| {
+        // A small packet resolves and caches the next hop; a big one of the same flow right
+        // after must still get the MTU check (and the kernel's frag-needed).
+        let small = Ip::new(TRISTAN, CLIENT).udp(40000, 4500, &[0x5a; 100]);
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &small)).ret, TC_ACT_REDIRECT);
+        let big = Ip::new(TRISTAN, CLIENT).udp(40000, 4500, &[0x5a; 1452]);
+        let frame = from_lan(TRISTAN_MAC, &big);
+        let run = gw.lan_in(&frame);
+        assert_run(&run, TC_ACT_OK, &frame);
+        gw.assert_counters(&[(Counter::FastPathRedirect, 1), (Counter::KernelPath, 1)]);
+    });
+}
+
 /// Found by this suite: without DF the kernel fragments the untranslated packet before the
 /// uplink's egress program, which then drops every fragment for its LAN source.
 #[test]
