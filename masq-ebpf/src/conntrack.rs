@@ -144,7 +144,8 @@ pub fn create(
     flags: u8,
     ports: Option<PortRange>,
     ip: &Ipv4,
-) -> Result<&'static mut ConnEntry, Counter> {
+    len: u64,
+) -> Result<Tuple4, Counter> {
     let now = tick(now_ns());
     let mut xlate = Tuple4::of(&xlate);
     let mut entry = ConnEntry {
@@ -185,13 +186,16 @@ pub fn create(
             return Err(Counter::DropNatPortExhausted);
         }
     }
+    // The first packet is accounted right here, sparing a lookup.
+    entry.packets = 1;
+    entry.bytes = len;
     match CONNS.insert(key, entry, BPF_NOEXIST as u64) {
-        Ok(()) => lookup(key).ok_or(Counter::DropConnInsertFailed),
+        Ok(()) => Ok(entry.xlate),
         Err(err) => {
             let _ = CONNS.remove(reply_key);
             if err == -EEXIST {
-                // Another CPU opened the same connection first: use its entry.
-                lookup(key).ok_or(Counter::DropConnInsertFailed)
+                // Another CPU opened the same connection first: follow its entry.
+                lookup(key).map(|e| e.xlate).ok_or(Counter::DropConnInsertFailed)
             } else {
                 Err(Counter::DropConnInsertFailed)
             }

@@ -76,11 +76,11 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         };
         let mut xlate = *k;
         xlate.src_addr = up.address;
-        let entry = conntrack::create(k, xlate, chosen, 0, crate::port_range(cfg, &ip, true), &ip)?;
+        let ports = crate::port_range(cfg, &ip, true);
+        let xlate = conntrack::create(k, xlate, chosen, 0, ports, &ip, len)?;
         count(Counter::OutboundNew);
         uplink_new_conn(chosen);
-        conntrack::touch(k, entry, &ip, len);
-        (Translation::Flow(entry.xlate.key(ip.key.proto)), chosen)
+        (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
     record_first_fragment(&ip, &translation, uplink_index);
     to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index)

@@ -78,18 +78,18 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
         if target.to_port != 0 {
             xlate.dst_port = target.to_port;
         }
-        let entry = conntrack::create(
+        let xlate = conntrack::create(
             &ip.key,
             xlate,
             uplink_index,
             CONN_F_INBOUND,
             crate::port_range(cfg, &ip, false),
             &ip,
+            len,
         )?;
         count(Counter::InboundNew);
         uplink_new_conn(uplink_index);
-        conntrack::touch(&ip.key, entry, &ip, len);
-        Translation::Flow(entry.xlate.key(ip.key.proto))
+        Translation::Flow(xlate.key(ip.key.proto))
     };
 
     record_first_fragment(&ip, &translation, uplink_index);

@@ -1,6 +1,7 @@
 //! Every map of the dataplane. Capacities come from masq-common so both sides agree; the loader
 //! resizes `CONNS` from the config before loading.
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -13,7 +14,7 @@ use masq_common::{
 /// The connection table: two entries per connection, one per direction.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, 0);
+    LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 /// Translations of fragmented datagrams, written by their first fragment.
 #[map]
