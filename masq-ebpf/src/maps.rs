@@ -1,7 +1,6 @@
 //! Every map of the dataplane. Capacities come from masq-common so both sides agree; the loader
 //! resizes `CONNS` from the config before loading.
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -11,10 +10,12 @@ use masq_common::{
     PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo, UplinkStats,
 };
 
-/// The connection table: two entries per connection, one per direction.
+/// The connection table: two entries per connection, one per direction. One LRU list for all
+/// CPUs: per-CPU lists (`BPF_F_NO_COMMON_LRU`) insert a little faster but split the capacity,
+/// and a NIC queue served by one CPU could then use only its share.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, 0);
 
 /// Translations of fragmented datagrams, written by their first fragment.
 #[map]
