@@ -108,8 +108,6 @@ pub enum Parsed {
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
-    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter>;
-    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter>;
     /// Update the TCP/UDP checksum at `csum_off` for a 32-bit word of the pseudo header.
     fn l4_csum_addr(
         &mut self,
@@ -149,6 +147,26 @@ pub trait Packet {
         Ok(unsafe { p.read_unaligned() })
     }
 
+    /// Direct write (in TC the verifier unclones the skb first). Helpers that change the packet
+    /// (the L4 checksum ones) invalidate pointers: every access re-reads `data`/`data_end`.
+    #[inline(always)]
+    fn write<T>(&mut self, off: usize, v: T) -> Result<(), Counter> {
+        let p = self.ptr::<T>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe { p.write_unaligned(v) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
+        self.write(off, v)
+    }
+
+    #[inline(always)]
+    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
+        self.write(off, v)
+    }
+
     /// Fix a plain (non-offloaded) checksum at `csum_off` for a changed 16-bit word; returns the
     /// old and new checksum so an enclosing checksum can follow.
     #[inline(always)]
@@ -178,20 +196,6 @@ impl Packet for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
-    #[inline(always)]
-    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
-        let p = self.ptr::<u16>(off).ok_or(Counter::DropMalformed)?;
-        // SAFETY: bounds checked by `ptr`.
-        unsafe { p.write_unaligned(v) };
-        Ok(())
-    }
-    #[inline(always)]
-    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
-        let p = self.ptr::<u32>(off).ok_or(Counter::DropMalformed)?;
-        // SAFETY: bounds checked by `ptr`.
-        unsafe { p.write_unaligned(v) };
-        Ok(())
-    }
     // Frames reaching XDP carry complete checksums (the lab turns tx offload off on veth
     // senders), so the pseudo-header words update like any other.
     #[inline(always)]
@@ -202,15 +206,7 @@ impl Packet for XdpContext {
         new: u32,
         udp: bool,
     ) -> Result<(), Counter> {
-        let sum: u16 = self.load(csum_off)?;
-        if udp && sum == 0 {
-            return Ok(());
-        }
-        let mut updated = csum::replace4(sum, old, new);
-        if udp && updated == 0 {
-            updated = 0xffff;
-        }
-        self.store_u16(csum_off, updated)
+        fix_l4_csum(self, csum_off, udp, |sum| csum::replace4(sum, old, new))
     }
     #[inline(always)]
     fn l4_csum_port(
@@ -220,16 +216,25 @@ impl Packet for XdpContext {
         new: u16,
         udp: bool,
     ) -> Result<(), Counter> {
-        let sum: u16 = self.load(csum_off)?;
-        if udp && sum == 0 {
-            return Ok(());
-        }
-        let mut updated = csum::replace2(sum, old, new);
-        if udp && updated == 0 {
-            updated = 0xffff;
-        }
-        self.store_u16(csum_off, updated)
+        fix_l4_csum(self, csum_off, udp, |sum| csum::replace2(sum, old, new))
     }
+}
+
+/// Update a TCP/UDP checksum by hand; a UDP checksum of 0 means "none" and stays 0, and a
+/// computed 0 is sent as 0xffff.
+#[inline(always)]
+fn fix_l4_csum<P: Packet>(
+    p: &mut P,
+    csum_off: usize,
+    udp: bool,
+    update: impl Fn(u16) -> u16,
+) -> Result<(), Counter> {
+    let sum: u16 = p.load(csum_off)?;
+    if udp && sum == 0 {
+        return Ok(());
+    }
+    let updated = update(sum);
+    p.store_u16(csum_off, if udp && updated == 0 { 0xffff } else { updated })
 }
 
 impl Packet for TcContext {
@@ -240,22 +245,6 @@ impl Packet for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
-    }
-    // Direct writes (the verifier unclones the skb first); only the L4 checksums go through
-    // helpers, which reload the packet pointers afterwards.
-    #[inline(always)]
-    fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
-        let p = self.ptr::<u16>(off).ok_or(Counter::DropMalformed)?;
-        // SAFETY: bounds checked by `ptr`.
-        unsafe { p.write_unaligned(v) };
-        Ok(())
-    }
-    #[inline(always)]
-    fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
-        let p = self.ptr::<u32>(off).ok_or(Counter::DropMalformed)?;
-        // SAFETY: bounds checked by `ptr`.
-        unsafe { p.write_unaligned(v) };
-        Ok(())
     }
     // The kernel helper copes with CHECKSUM_PARTIAL (local senders on veth) as well.
     #[inline(always)]
