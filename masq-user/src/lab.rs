@@ -496,23 +496,33 @@ impl Lab {
 
     /// Serves `reply` (plus a newline) to every TCP connection on `port` of `host`.
     pub fn serve_tcp(&self, host: Host, port: u16, reply: &str) -> Result<LabChild> {
-        self.serve(host, "tcp", port, reply)
+        self.serve(host, "tcp", port, &self.reply_file(host, "tcp", port, reply)?)
     }
 
     /// Answers every UDP datagram to `port` of `host` with `reply` (plus a newline).
     pub fn serve_udp(&self, host: Host, port: u16, reply: &str) -> Result<LabChild> {
-        self.serve(host, "udp", port, reply)
+        self.serve(host, "udp", port, &self.reply_file(host, "udp", port, reply)?)
     }
 
-    fn serve(&self, host: Host, proto: &str, port: u16, reply: &str) -> Result<LabChild> {
+    /// Answers every TCP connection to `port` of `host` with the peer's `address:port` as
+    /// `host` sees it: who a masqueraded connection came from.
+    pub fn serve_tcp_peer_address(&self, host: Host, port: u16) -> Result<LabChild> {
+        self.serve(host, "tcp", port, "SYSTEM:echo $SOCAT_PEERADDR")
+    }
+
+    fn reply_file(&self, host: Host, proto: &str, port: u16, reply: &str) -> Result<String> {
         let reply_file = self.run_dir.join(format!("reply-{host}-{proto}-{port}.txt"));
         fs::write(&reply_file, format!("{reply}\n"))?;
+        Ok(format!("SYSTEM:cat {}", reply_file.display()))
+    }
+
+    /// socat on `host` answering `port` with `answer` (a socat address), once it listens.
+    fn serve(&self, host: Host, proto: &str, port: u16, answer: &str) -> Result<LabChild> {
         let listen = match proto {
             "tcp" => format!("TCP-LISTEN:{port},fork,reuseaddr"),
             _ => format!("UDP-RECVFROM:{port},fork,reuseaddr"),
         };
-        let answer = format!("SYSTEM:cat {}", reply_file.display());
-        let server = self.spawn(host, &["socat", &listen, &answer])?;
+        let server = self.spawn(host, &["socat", &listen, answer])?;
         let ss_filter = format!("sport = :{port}");
         let ss_proto = if proto == "tcp" { "-t" } else { "-u" };
         wait_for(LISTEN_TIMEOUT, || {
@@ -967,6 +977,7 @@ pub fn run_demo(masq_bin: &Path, keep: bool) -> Result<()> {
         )?;
         failures += usize::from(!tcp) + usize::from(!ping);
     }
+    failures += demo_outbound(&lab)?;
 
     if keep {
         println!("\nThe lab stays up. Enter a host with:\n{}", lab.describe_hosts());
@@ -985,6 +996,28 @@ pub fn run_demo(masq_bin: &Path, keep: bool) -> Result<()> {
     }
     println!("masq lab: all checks passed");
     Ok(())
+}
+
+/// Outbound: tristan (policy: dsl) and isolde (default: isp-b) reach the client, which reports
+/// the address each connection came from. Returns how many checks failed.
+fn demo_outbound(lab: &Lab) -> Result<usize> {
+    const PORT: u16 = 8080;
+    let _server = lab.serve_tcp_peer_address(Host::Client, PORT)?;
+    let mut failures = 0;
+    for (host, expected, why) in [
+        (Host::Tristan, GW_ISP_A, "dsl, by its [[policy]]"),
+        (Host::Isolde, GW_ISP_B, "isp-b, the default policy"),
+    ] {
+        let seen = lab.tcp_request(host, CLIENT, PORT, DEMO_TIMEOUT)?;
+        let seen_addr = seen.as_deref().and_then(|s| s.split(':').next()?.parse::<Ipv4Addr>().ok());
+        let ok = seen_addr == Some(expected);
+        failures += usize::from(!ok);
+        let label = format!("{host} -> {CLIENT}:{PORT}");
+        let what = seen.map_or("no answer".to_string(), |s| format!("seen by the client from {s}"));
+        let verdict = if ok { "OK" } else { "FAILED" };
+        println!("{label:<30} {what} (masqueraded: {why})  {verdict}");
+    }
+    Ok(failures)
 }
 
 /// Runs `request` from the client (it describes the answer, `None` when there was none) while
