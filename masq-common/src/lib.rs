@@ -294,8 +294,14 @@ pub struct FragXlate {
     pub dst_addr: u32,
     pub uplink: u8,
     pub _pad: [u8; 3],
+    /// Tick of the first fragment: later ones are matched for `FRAG_TICKS` only, before the
+    /// sender's IP identification can come round again.
+    pub tick: u32,
 }
-const _: () = assert!(core::mem::size_of::<FragXlate>() == 12);
+const _: () = assert!(core::mem::size_of::<FragXlate>() == 16);
+
+/// How long (ticks) a first fragment's translation applies to the rest of its datagram.
+pub const FRAG_TICKS: u32 = 2;
 
 /// A next hop `bpf_fib_lookup` resolved for (table, destination), cached per CPU for the tick
 /// it was found in: established flows skip the FIB, and a route or neighbour change is seen
@@ -442,12 +448,11 @@ counters! {
     DropNoUplink = 38, "drop_no_uplink", true;
     /// Dropped: traffic for a published address arrived on another uplink.
     DropWrongUplink = 39, "drop_wrong_uplink", true;
-    /// Dropped: ICMP error whose inner packet matches no connection on a published address.
-    DropIcmpErrorUnknown = 40, "drop_icmp_error_unknown", true;
     /// Dropped: a LAN-sourced packet with IP options about to leave an uplink (not translated).
     DropIpOptions = 41, "drop_ip_options", true;
-    /// Dropped: the connection belongs to another uplink than the one it is leaving by.
-    DropUplinkMismatch = 42, "drop_uplink_mismatch", true;
+    /// Dropped: a reply to a masqueraded connection with TTL 1 (the gateway's own stack would
+    /// answer it with a reset).
+    DropReplyTtlExpired = 43, "drop_reply_ttl_expired", true;
 }
 
 /// Size of the `COUNTERS` array.

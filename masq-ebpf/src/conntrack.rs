@@ -20,7 +20,7 @@ pub fn now_ns() -> u64 {
 
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
-    // SAFETY: map values live until deleted; concurrent writers only touch counters (atomic)
+    // SAFETY: map values live until deleted; concurrent writers only touch counters (plain adds)
     // and monotonic fields.
     CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
@@ -112,6 +112,9 @@ pub struct PortRange {
     pub max: u16,
     pub skip_min: u16,
     pub skip_max: u16,
+    /// Keep the original port only when it lies in the range (SNAT, as Linux NAT does);
+    /// otherwise any free original port is kept.
+    pub strict: bool,
 }
 
 impl PortRange {
@@ -158,8 +161,12 @@ pub fn create(
         ..ConnEntry::default()
     };
     let (mut reply_key, mut reply) = twin_of(key, &entry, now);
-    // The original port is kept when free, unless it is one the gateway uses itself.
-    let keep = ports.is_none_or(|r| !r.skips(u16::from_be(xlate.src_port)));
+    // The original port is kept when free, unless it is out of a strict range or one the
+    // gateway uses itself.
+    let keep = ports.is_none_or(|r| {
+        let port = u16::from_be(xlate.src_port);
+        !r.skips(port) && (!r.strict || (r.min..=r.max).contains(&port))
+    });
     if !keep || CONNS.insert(reply_key, reply, BPF_NOEXIST as u64).is_err() {
         let range = ports.ok_or(Counter::DropConnInsertFailed)?;
         let (hole_start, hole_len) = range.hole();

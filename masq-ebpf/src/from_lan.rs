@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, FlowKey, NO_UPLINK};
+use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, FlowKey};
 
 use crate::{
     conntrack,
@@ -13,11 +13,16 @@ use crate::{
     maps::PUBLIC_ADDRS,
     packet::{Frag, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN},
     stats::{count, uplink_new_conn},
-    steer::{Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, with_mark},
+    steer::{
+        Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, uplink_by_ifindex,
+        with_mark,
+    },
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
 const AF_INET: u32 = 2;
+
+const PACKET_HOST: u32 = 0;
 
 pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     let ip = match crate::parse_tc(&ctx)? {
@@ -28,6 +33,19 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     let Some(cfg) = config() else {
         return Ok(TC_ACT_OK);
     };
+    // Broadcast, multicast and frames for another MAC are the gateway's own business.
+    // SAFETY: `skb` is the program's context.
+    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST
+        || is_multicast_or_broadcast(ip.key.dst_addr)
+    {
+        count(Counter::PassedUntouched);
+        return Ok(TC_ACT_OK);
+    }
+    if ip.ttl <= 1 {
+        // Untranslated, so the kernel's time-exceeded quotes what the LAN host sent.
+        count(Counter::TtlExpiring);
+        return Ok(TC_ACT_OK);
+    }
     let len = u64::from(ctx.len());
 
     let (translation, uplink_index) = if ip.frag == Frag::Later {
@@ -66,14 +84,25 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             return Err(Counter::DropTcpNoConn);
         }
-        if ip.ttl <= 1 {
-            count(Counter::TtlExpiring);
-            return Ok(TC_ACT_OK);
+        let mut chosen = choose_uplink(cfg, k);
+        let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
+        // As MASQUERADE does: the source is the address of the interface the policy's table
+        // routes to. Another uplink's interface (its connected subnet) means that uplink; an
+        // interface that is no uplink (a VPN, another internal network) means no NAT at all.
+        if cfg.flags & CFG_F_NO_STEER == 0 {
+            let probe = FlowKey { src_addr: up.address, ..*k };
+            let egress = match route(&ctx, lan_ifindex(&ctx), &probe, 0, up.table) {
+                Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
+                Route::Kernel => up.ifindex,
+            };
+            if egress != up.ifindex {
+                let Some((index, other)) = uplink_by_ifindex(egress) else {
+                    count(Counter::PassedUntouched);
+                    return Ok(TC_ACT_OK);
+                };
+                (chosen, up) = (index, other);
+            }
         }
-        let chosen = choose_uplink(cfg, k);
-        let Some(up) = uplink(chosen).filter(|_| chosen != NO_UPLINK) else {
-            return Err(Counter::DropNoUplink);
-        };
         let mut xlate = *k;
         xlate.src_addr = up.address;
         let ports = crate::port_range(cfg, &ip, true);
@@ -84,6 +113,30 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     };
     record_first_fragment(&ip, &translation, uplink_index);
     to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index)
+}
+
+#[inline(always)]
+fn lan_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the program's context.
+    unsafe { (*ctx.skb.skb).ingress_ifindex }
+}
+
+/// 224.0.0.0/4 or 255.255.255.255.
+#[inline(always)]
+fn is_multicast_or_broadcast(addr: u32) -> bool {
+    let addr = u32::from_be(addr);
+    addr >> 28 == 0xe || addr == u32::MAX
+}
+
+/// The packet size the FIB's MTU check must pass: for an aggregated (GSO) packet, the size of
+/// the segments it will leave as, not the aggregate's.
+#[inline(always)]
+fn mtu_check_len(skb: &aya_ebpf::bindings::__sk_buff, ip: &Ipv4) -> u16 {
+    if skb.gso_size == 0 {
+        return ip.tot_len;
+    }
+    let headers = 20 + if ip.l4 == L4::Tcp { u32::from(ip.tcp_header_len) } else { 8 };
+    (skb.gso_size + headers).min(u32::from(ip.tot_len)) as u16
 }
 
 /// Steer to the connection's uplink: mark the packet for the kernel's policy tables, and when
@@ -98,10 +151,6 @@ fn to_uplink(
     uplink_index: u8,
 ) -> Result<i32, Counter> {
     let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
-    if ip.ttl <= 1 {
-        count(Counter::TtlExpiring);
-        return Ok(TC_ACT_OK);
-    }
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
         return Ok(TC_ACT_OK);
@@ -114,7 +163,7 @@ fn to_uplink(
         return Ok(TC_ACT_OK);
     }
     let key: FlowKey = translation.result(ip);
-    let next = route(ctx, skb.ingress_ifindex, &key, ip.tot_len, up.table);
+    let next = route(ctx, skb.ingress_ifindex, &key, mtu_check_len(skb, ip), up.table);
     if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(TC_ACT_OK);

@@ -10,7 +10,7 @@ use crate::{
     nat::published,
     packet::{Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
-    steer::{RT_TABLE_MAIN, Route, config, route, uplink_by_ifindex},
+    steer::{RT_TABLE_MAIN, Route, config, is_uplink_address, route, uplink_by_ifindex},
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
@@ -94,6 +94,11 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
 
     record_first_fragment(&ip, &translation, uplink_index);
     if ip.ttl <= 1 {
+        // A reply to a masqueraded connection would reach the gateway's own stack, which has
+        // no socket for it and would reset the connection.
+        if is_uplink_address(ip.key.dst_addr) {
+            return Err(Counter::DropReplyTtlExpired);
+        }
         // Untranslated, so the kernel's time-exceeded quotes what the sender sent.
         count(Counter::TtlExpiring);
         return Ok(XDP_PASS);

@@ -71,10 +71,13 @@ fn parse_tc(ctx: &TcContext) -> Result<Parsed, Counter> {
 #[inline(always)]
 fn port_range(cfg: &DataplaneConfig, ip: &Ipv4, snat: bool) -> Option<PortRange> {
     let (skip_min, skip_max) = if snat { (cfg.port_skip_min, cfg.port_skip_max) } else { (1, 0) };
+    // Like Linux NAT: a TCP/UDP port is kept only inside the range; an echo id whenever free.
+    let range = |strict| {
+        Some(PortRange { min: cfg.port_min, max: cfg.port_max, skip_min, skip_max, strict })
+    };
     match ip.l4 {
-        L4::Tcp | L4::Udp | L4::IcmpEcho => {
-            Some(PortRange { min: cfg.port_min, max: cfg.port_max, skip_min, skip_max })
-        }
+        L4::Tcp | L4::Udp => range(snat),
+        L4::IcmpEcho => range(false),
         _ => None,
     }
 }

@@ -5,8 +5,8 @@ use masq_common::{Counter, FlowKey, PublishKey, PublishTarget};
 use crate::{
     maps::PUBLISH,
     packet::{
-        ICMP_CSUM, ICMP_ECHO_REQUEST, ICMP_ID, INNER_IP, INNER_L4, IP_CSUM, IP_DST, IP_SRC, Inner,
-        Ipv4, L4, L4_OFF, Packet,
+        ICMP_CSUM, ICMP_ECHO_REQUEST, ICMP_ID, INNER_IP, INNER_L4, IP_CSUM, IP_DST, IP_OFF, IP_SRC,
+        Inner, Ipv4, L4, L4_OFF, Packet,
     },
 };
 
@@ -62,7 +62,7 @@ pub fn rewrite<P: Packet>(
         }
         L4::IcmpEcho => {
             // The identifier is the source "port" of a request, the destination one of a reply.
-            let (old, new) = if from.src_port != 0 {
+            let (old, new) = if ip.echo_request {
                 (from.src_port, to.src_port)
             } else {
                 (from.dst_port, to.dst_port)
@@ -120,12 +120,16 @@ fn set_quoted2<P: Packet>(
 
 /// Offset of the quoted transport checksum when the error quotes it and it is in use.
 #[inline(always)]
-fn quoted_l4_csum<P: Packet>(p: &P, inner: &Inner) -> Option<usize> {
+fn quoted_l4_csum<P: Packet>(p: &P, ip: &Ipv4, inner: &Inner) -> Option<usize> {
     let off = match inner.l4 {
         L4::Udp => INNER_L4 + 6,
         L4::Tcp => INNER_L4 + 16,
         _ => return None,
     };
+    // Inside the ICMP message, not in trailer bytes after it.
+    if off + 2 > IP_OFF + usize::from(ip.tot_len) {
+        return None;
+    }
     match p.load::<u16>(off) {
         Ok(0) if inner.l4 == L4::Udp => None,
         Ok(_) => Some(off),
@@ -152,7 +156,7 @@ pub fn rewrite_icmp_error<P: Packet>(
         p.fix_csum4(IP_CSUM, ip.key.dst_addr, dst)?;
         p.store_u32(IP_DST, dst)?;
     }
-    let l4_csum = quoted_l4_csum(p, inner);
+    let l4_csum = quoted_l4_csum(p, ip, inner);
     let old = &inner.key;
     let ip_csum = Some(INNER_IP + 10);
     set_quoted4(p, INNER_IP + 12, old.src_addr, new_inner.src_addr, [ip_csum, l4_csum])?;

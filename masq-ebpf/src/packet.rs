@@ -74,6 +74,10 @@ pub struct Ipv4 {
     pub key: FlowKey,
     pub l4: L4,
     pub tcp_flags: u8,
+    /// TCP header length in bytes (data offset).
+    pub tcp_header_len: u8,
+    /// ICMP echo: a request (identifier in `key.src_port`), not a reply.
+    pub echo_request: bool,
     pub ttl: u8,
     /// Total length, host byte order.
     pub tot_len: u16,
@@ -310,6 +314,8 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
         key: FlowKey::new(p.load(IP_SRC)?, p.load(IP_DST)?, 0, 0, proto),
         l4: L4::Other,
         tcp_flags: 0,
+        tcp_header_len: 0,
+        echo_request: false,
         ttl,
         tot_len,
         frag,
@@ -325,6 +331,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
             ip.key.src_port = p.load(L4_OFF)?;
             ip.key.dst_port = p.load(L4_OFF + 2)?;
             ip.tcp_flags = p.load(L4_OFF + 13)?;
+            ip.tcp_header_len = (p.load::<u8>(L4_OFF + 12)? >> 4) * 4;
             ip.l4 = L4::Tcp;
         }
         IPPROTO_UDP => {
@@ -339,6 +346,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
             match icmp_type {
                 ICMP_ECHO_REQUEST => {
                     ip.key.src_port = p.load(ICMP_ID)?;
+                    ip.echo_request = true;
                     ip.l4 = L4::IcmpEcho;
                 }
                 ICMP_ECHO_REPLY => {
@@ -369,7 +377,9 @@ pub struct Inner {
 pub fn parse_icmp_error<P: Packet>(p: &P) -> Result<Inner, Counter> {
     let _: [u8; 28] = p.load(INNER_IP)?;
     let ver_ihl: u8 = p.load(INNER_IP)?;
-    if ver_ihl != 0x45 {
+    // Only a whole packet or a first fragment quotes its ports.
+    let frag_off = u16::from_be(p.load::<u16>(INNER_IP + 6)?);
+    if ver_ihl != 0x45 || frag_off & 0x1fff != 0 {
         return Err(Counter::DropMalformed);
     }
     let proto: u8 = p.load(INNER_IP + 9)?;

@@ -2,7 +2,7 @@
 //! untranslated (masq's slow path, incl. the fragments the kernel made), and stops LAN addresses
 //! from leaking un-NATed.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use masq_common::{CFG_F_NO_STEER, Counter};
+use masq_common::Counter;
 
 use crate::{
     conntrack,
@@ -30,13 +30,12 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     if !in_lan(cfg, ip.key.src_addr) {
         return Ok(TC_ACT_OK);
     }
-    let len = u64::from(ctx.len());
     let (translation, uplink) = if ip.frag == Frag::Later {
         later_fragment(&ip).ok_or(Counter::DropFragment)?
     } else if ip.l4 == L4::IcmpError {
-        let (translation, entry, conn_key) =
+        // Accounted at LAN ingress, like every packet: only translate here.
+        let (translation, entry, _) =
             icmp_error(&ctx, &ip, false).ok_or(Counter::DropUntranslatedLeak)?;
-        conntrack::touch(&conn_key, entry, &ip, len);
         (translation, entry.uplink)
     } else {
         // Already accounted at LAN ingress; only translate here.
@@ -46,12 +45,6 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         }
         (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
     };
-    // A connection leaves by its own uplink; only the diagnostic no-steer mode lets the main
-    // table send it elsewhere.
-    let steering = cfg.flags & CFG_F_NO_STEER == 0;
-    if steering && this_uplink.is_some_and(|index| index != uplink) {
-        return Err(Counter::DropUplinkMismatch);
-    }
     record_first_fragment(&ip, &translation, uplink);
     translation.apply(&mut ctx, &ip)?;
     count(Counter::EgressTranslated);

@@ -1,10 +1,10 @@
 //! What a packet of a tracked connection becomes: a plain tuple rewrite, or an ICMP error whose
 //! quoted packet is rewritten too.
 use aya_ebpf::bindings::BPF_ANY;
-use masq_common::{ConnEntry, Counter, FlowKey, FragKey, FragXlate};
+use masq_common::{ConnEntry, Counter, FRAG_TICKS, FlowKey, FragKey, FragXlate, tick};
 
 use crate::{
-    conntrack,
+    conntrack::{self, now_ns},
     maps::FRAGS,
     nat::{rewrite, rewrite_icmp_error},
     packet::{Frag, Inner, Ipv4, Packet, parse_icmp_error},
@@ -55,6 +55,9 @@ fn frag_key(ip: &Ipv4) -> FragKey {
 pub fn later_fragment(ip: &Ipv4) -> Option<(Translation, u8)> {
     // SAFETY: read-only use of a map value.
     let x = unsafe { FRAGS.get(frag_key(ip)) }?;
+    if tick(now_ns()).wrapping_sub(x.tick) > FRAG_TICKS {
+        return None;
+    }
     let to = FlowKey::new(x.src_addr, x.dst_addr, 0, 0, ip.key.proto);
     Some((Translation::Flow(to), x.uplink))
 }
@@ -66,7 +69,13 @@ pub fn record_first_fragment(ip: &Ipv4, translation: &Translation, uplink: u8) {
         return;
     }
     let to = translation.result(ip);
-    let x = FragXlate { src_addr: to.src_addr, dst_addr: to.dst_addr, uplink, _pad: [0; 3] };
+    let x = FragXlate {
+        src_addr: to.src_addr,
+        dst_addr: to.dst_addr,
+        uplink,
+        _pad: [0; 3],
+        tick: tick(now_ns()),
+    };
     let _ = FRAGS.insert(frag_key(ip), x, BPF_ANY as u64);
 }
 

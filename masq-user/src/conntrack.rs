@@ -93,9 +93,12 @@ impl Conn {
         let replied = self.reply.is_some_and(|(_, e)| e.packets > 0);
         match self.proto() {
             IPPROTO_TCP => {
-                let seen = self.orig.map_or(0, |(_, e)| e.tcp_seen)
-                    | self.reply.map_or(0, |(_, e)| e.tcp_seen);
-                if seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
+                let orig = self.orig.map_or(0, |(_, e)| e.tcp_seen);
+                let reply = self.reply.map_or(0, |(_, e)| e.tcp_seen);
+                let seen = orig | reply;
+                // Closing once both sides said FIN, or on a reset: a half-closed connection
+                // may still carry data the other way for a long time.
+                if seen & TCP_SEEN_RST != 0 || orig & reply & TCP_SEEN_FIN != 0 {
                     ConnState::TcpClosing
                 } else if replied && seen & TCP_SEEN_ACK != 0 {
                     ConnState::TcpEstablished
@@ -182,7 +185,7 @@ pub fn remove_where<T: BorrowMut<MapData>>(
 
 #[cfg(test)]
 mod tests {
-    use masq_common::{CONN_F_REPLY, TCP_SEEN_SYN};
+    use masq_common::{CONN_F_REPLY, TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SYN};
 
     use super::*;
 
@@ -215,7 +218,12 @@ mod tests {
         assert_eq!(pair(inbound_pair(0, 0))[0].state(), ConnState::TcpSynSent);
         let synack = TCP_SEEN_SYN | TCP_SEEN_ACK;
         assert_eq!(pair(inbound_pair(synack, 1))[0].state(), ConnState::TcpEstablished);
-        assert_eq!(pair(inbound_pair(TCP_SEEN_FIN, 3))[0].state(), ConnState::TcpClosing);
+        let half_closed = synack | TCP_SEEN_FIN;
+        assert_eq!(pair(inbound_pair(half_closed, 3))[0].state(), ConnState::TcpEstablished);
+        let mut both_closed = inbound_pair(half_closed, 3);
+        both_closed[0].1.tcp_seen |= TCP_SEEN_FIN;
+        assert_eq!(pair(both_closed)[0].state(), ConnState::TcpClosing);
+        assert_eq!(pair(inbound_pair(TCP_SEEN_RST, 1))[0].state(), ConnState::TcpClosing);
     }
 
     #[test]
