@@ -587,7 +587,11 @@ impl Harness {
         bpf::map_update(&self.state, &0u32.to_ne_bytes(), &state)?;
         let target = target.as_fd().as_raw_fd() as u32;
         bpf::map_update(&h.prog_array, &0u32.to_ne_bytes(), &target.to_ne_bytes())?;
-        let data = [0u8; FRAME_LEN];
+        // The harness writes every frame itself, but the kernel classifies the skb
+        // (`pkt_type`) by this buffer's destination MAC before the program runs: gw's eth0 (the
+        // TC programs run there; masq leaves frames for other hosts alone).
+        let mut data = [0u8; FRAME_LEN];
+        data[..6].copy_from_slice(&MAC_ETH0);
         let result = bpf::test_run(h.prog.as_fd(), &data, ctx, repeat)?;
         ensure!(
             result.retval != hook.harness_failed(),
