@@ -284,7 +284,7 @@ fn inbound_and_outbound_run_together_without_interfering() {
 }
 
 #[test]
-fn route_added_to_main_appears_in_the_uplink_tables_within_a_second() {
+fn route_added_to_main_follows_into_the_uplink_tables() {
     let (lab, _masq) = lab_with_policies(None);
     let gw = lab.ns(Host::Gw);
     let route = "10.99.0.0/24 via 192.168.100.17";
