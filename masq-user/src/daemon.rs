@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
@@ -26,6 +26,34 @@ use crate::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";
 /// How often idle connections are expired, at most.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often uplink links are checked for failover.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Failover: mark each uplink up or down for new connections by its link state.
+fn check_uplinks(dataplane: &mut Dataplane, cfg: &Config) {
+    for (index, uplink) in cfg.uplinks.iter().enumerate() {
+        let up = match crate::health::link_is_up(&uplink.interface) {
+            Ok(up) => up,
+            Err(e) => {
+                debug!("uplink {}: reading the state of {}: {e}", uplink.name, uplink.interface);
+                false
+            }
+        };
+        match dataplane.set_uplink_up(index, up) {
+            Ok(true) if up => info!(
+                "uplink {} ({}) is up: it takes new connections again",
+                uplink.name, uplink.interface
+            ),
+            Ok(true) => warn!(
+                "uplink {} ({}) is down: new connections go to the next uplink of their policy",
+                uplink.name, uplink.interface
+            ),
+            Ok(false) => {}
+            Err(e) => warn!("uplink {}: updating its state: {e:#}", uplink.name),
+        }
+    }
+}
 
 /// Expire at least as often as the shortest timeout, so none overstays by more than itself.
 fn expiry_interval(t: &crate::config::Timeouts) -> Duration {
@@ -168,8 +196,10 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut expiry = tokio::time::interval(expiry_interval(&cfg.dataplane.timeouts));
+    let mut health = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         tokio::select! {
+            _ = health.tick() => check_uplinks(&mut dataplane, &cfg),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {

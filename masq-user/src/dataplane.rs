@@ -323,6 +323,19 @@ impl Dataplane {
         remove_pins(&self.pin_dir)
     }
 
+    /// Mark uplink `index` up or down for new connections (failover); returns whether it changed.
+    pub fn set_uplink_up(&mut self, index: usize, up: bool) -> anyhow::Result<bool> {
+        let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
+        let mut info = map.get(&(index as u32), 0).with_context(|| format!("UPLINKS[{index}]"))?;
+        let was_up = info.flags & UPLINK_F_UP != 0;
+        if was_up == up {
+            return Ok(false);
+        }
+        info.flags ^= UPLINK_F_UP;
+        map.set(index as u32, info, 0).with_context(|| format!("UPLINKS[{index}]"))?;
+        Ok(true)
+    }
+
     /// The CONNS map, for expiry.
     pub fn conns(&mut self) -> anyhow::Result<&mut aya::maps::Map> {
         self.map_mut(map_names::CONNS)

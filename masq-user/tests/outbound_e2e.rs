@@ -314,3 +314,31 @@ fn route_added_to_main_follows_into_the_uplink_tables() {
     eprintln!("route left tables 201/202 after {took:?}");
     assert_eq!(present, [false; 2], "tables 201, 202 after {took:?}");
 }
+
+#[test]
+fn new_connections_fail_over_while_an_uplink_has_no_carrier() {
+    let (lab, masq) = lab_with_policies(None);
+    let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
+    assert_eq!(tcp_seen(&lab, Host::Tristan, PORT), Some(GW_ISP_A), "tristan's policy: dsl");
+
+    // ISP A's line fails: gw's eth4 loses its carrier. tristan's policy names dsl alone, so
+    // his new connections fall through to the next rule, the default (isp-b).
+    lab.ns(Host::IspA).run_ok("ip link set to-gw down").unwrap();
+    let seen_until = |want: Ipv4Addr| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = tcp_seen(&lab, Host::Tristan, PORT);
+            if seen == Some(want) || Instant::now() > deadline {
+                return seen;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(seen_until(GW_ISP_B), Some(GW_ISP_B), "after dsl lost its carrier");
+    assert!(masq.log_text().contains("uplink dsl (eth4) is down"), "{}", masq.log_text());
+
+    // The line is back: new connections take dsl again.
+    lab.ns(Host::IspA).run_ok("ip link set to-gw up").unwrap();
+    assert_eq!(seen_until(GW_ISP_A), Some(GW_ISP_A), "after dsl came back");
+    assert!(masq.log_text().contains("uplink dsl (eth4) is up"), "{}", masq.log_text());
+}
