@@ -356,13 +356,21 @@ pub struct PublishTarget {
 }
 const _: () = assert!(core::mem::size_of::<PublishTarget>() == 8);
 
-/// `PUBLIC_ADDRS` value: the uplink that answers ARP for a published address.
+/// `PublicAddr::flags`: the whole address is published.
+pub const PUBLIC_F_WHOLE: u8 = 1 << 0;
+/// `PublicAddr::flags`: some protocol/port of the address is published.
+pub const PUBLIC_F_PORTS: u8 = 1 << 1;
+
+/// `PUBLIC_ADDRS` value: the uplink that answers ARP for a published address, and which
+/// `PUBLISH` lookups can match (so traffic for other addresses costs one lookup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PublicAddr {
     pub uplink: u8,
-    pub _pad: [u8; 3],
+    /// `PUBLIC_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<PublicAddr>() == 4);
 

@@ -1,9 +1,9 @@
 //! Address and port translation: rewriting a packet from one tuple to another, the published
 //! services (DNAT) and ICMP errors with their quoted header.
-use masq_common::{Counter, FlowKey, PublishKey, PublishTarget};
+use masq_common::{Counter, FlowKey, PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PublishKey, PublishTarget};
 
 use crate::{
-    maps::PUBLISH,
+    maps::{PUBLIC_ADDRS, PUBLISH},
     packet::{
         ICMP_CSUM, ICMP_ECHO_REQUEST, ICMP_ID, INNER_IP, INNER_L4, IP_CSUM, IP_DST, IP_OFF, IP_SRC,
         Inner, Ipv4, L4, L4_OFF, Packet,
@@ -11,13 +11,21 @@ use crate::{
 };
 
 /// The published service for a packet arriving from an uplink, if any: first the exact
-/// address/protocol/port, then the whole address.
+/// address/protocol/port, then the whole address. `PUBLIC_ADDRS` says which of the two exist.
 #[inline(always)]
 pub fn published(key: &FlowKey) -> Option<&'static PublishTarget> {
-    let exact = PublishKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
-    // SAFETY: read-only use of a map value.
-    if let Some(target) = unsafe { PUBLISH.get(exact) } {
-        return Some(target);
+    // SAFETY: read-only use of map values.
+    let flags = unsafe { PUBLIC_ADDRS.get(key.dst_addr) }?.flags;
+    if flags & PUBLIC_F_PORTS != 0 {
+        let exact =
+            PublishKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
+        // SAFETY: as above.
+        if let Some(target) = unsafe { PUBLISH.get(exact) } {
+            return Some(target);
+        }
+    }
+    if flags & PUBLIC_F_WHOLE == 0 {
+        return None;
     }
     let whole = PublishKey { addr: key.dst_addr, port: 0, proto: 0, _pad: 0 };
     // SAFETY: as above.

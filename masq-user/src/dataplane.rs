@@ -21,9 +21,9 @@ use aya::{
 use ipnet::Ipv4Net;
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, DataplaneConfig, FlowKey, FragKey, FragXlate,
-    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY, PolicyRule,
-    Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
-    UplinkStats, map_names, program_names,
+    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
+    PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget,
+    UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names, program_names,
 };
 
 use crate::{
@@ -244,7 +244,11 @@ impl Dataplane {
         let mut map: HashMap<_, u32, PublicAddr> =
             HashMap::try_from(self.map_mut(map_names::PUBLIC_ADDRS)?)?;
         for p in &cfg.publish {
-            let owner = PublicAddr { uplink: p.uplink as u8, _pad: [0; 3] };
+            let flags =
+                cfg.publish.iter().filter(|q| q.address == p.address).fold(0, |f, q| {
+                    f | if q.port.is_some() { PUBLIC_F_PORTS } else { PUBLIC_F_WHOLE }
+                });
+            let owner = PublicAddr { uplink: p.uplink as u8, flags, _pad: [0; 2] };
             map.insert(wire_addr(p.address), owner, 0).context("PUBLIC_ADDRS")?;
         }
         let stale: Vec<u32> = map
