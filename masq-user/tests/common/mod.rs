@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests (each test crate uses only some of them).
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test crate uses only some of these helpers")]
 
 pub mod packet;
 
