@@ -117,11 +117,6 @@ impl Conn {
     }
 }
 
-/// The key of the entry for the other direction of `(key, entry)`.
-pub fn twin_key(key: &FlowKey, entry: &ConnEntry) -> FlowKey {
-    entry.twin_key(key)
-}
-
 impl From<&Tuple4> for crate::inspect::Tuple {
     fn from(t: &Tuple4) -> Self {
         (&t.key(0)).into()
@@ -138,7 +133,7 @@ pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
         let Some(entry) = by_key.remove(&key) else {
             continue;
         };
-        let twin = twin_key(&key, &entry);
+        let twin = entry.twin_key(&key);
         let reply = by_key.remove(&twin).map(|e| (twin, e));
         conns.push(Conn { orig: Some((key, entry)), reply });
     }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::Config,
     conntrack::{self, ConnTable},
-    dataplane::{Dataplane, ensure_bpffs, remove_pins},
+    dataplane::{Dataplane, remove_pins},
     host::HostInterfaces,
     inspect::{self, DaemonState, Names, NamesSource},
     lab::MASQ_READY_LINE,
@@ -108,7 +108,6 @@ pub fn run(config_path: &Path, pin_dir: &Path, metrics: Option<SocketAddr>) -> a
     let cfg = Config::load(config_path)?;
     let host = HostInterfaces::read()?;
     cfg.check_host(&host)?;
-    ensure_bpffs()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(config_path, cfg, host, pin_dir, metrics))
 }

@@ -322,11 +322,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Remove the pins: once no process holds them, the links detach and the maps go.
-    pub fn unpin(&self) -> anyhow::Result<()> {
-        remove_pins(&self.pin_dir)
-    }
-
     /// Mark uplink `index` up or down for new connections (failover); returns whether it changed.
     pub fn set_uplink_up(&mut self, index: usize, up: bool) -> anyhow::Result<bool> {
         let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;

@@ -3,26 +3,18 @@ mod common;
 
 use std::{fs, process::Command};
 
-use masq_user::lab::{GatewayMode, Host, Lab};
+use masq_user::lab::{GatewayMode, Lab};
 
 /// `masq check`, offline, or against the interfaces of the lab's gateway.
 fn check_on(lab: Option<&Lab>, path: &std::path::Path) -> std::process::Output {
-    let mut cmd = match lab {
-        Some(lab) => {
-            let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--net={}", lab.ns(Host::Gw).path().display()))
-                .arg("--")
-                .arg(common::masq_bin())
-                .args(["check", "-c"]);
-            cmd
-        }
-        None => {
-            let mut cmd = Command::new(common::masq_bin());
-            cmd.args(["check", "--offline", "-c"]);
-            cmd
-        }
-    };
-    cmd.arg(path).output().expect("running masq check")
+    let path = path.to_str().expect("UTF-8 path");
+    match lab {
+        Some(lab) => common::masq_on_gw(lab, &["check", "-c", path]),
+        None => Command::new(common::masq_bin())
+            .args(["check", "--offline", "-c", path])
+            .output()
+            .expect("running masq check"),
+    }
 }
 
 fn check(path: &std::path::Path) -> std::process::Output {

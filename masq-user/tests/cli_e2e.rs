@@ -8,7 +8,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
-    process::{Command, Output},
+    process::Output,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -39,15 +39,7 @@ to = \"192.168.100.32\"";
 
 /// `masq <args> --pin-dir <the lab's>` inside gw's network namespace.
 fn masq(lab: &Lab, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", lab.ns(Host::Gw).path().display()))
-        .arg("--")
-        .arg(common::masq_bin())
-        .args(args)
-        .arg("--pin-dir")
-        .arg(lab.pin_dir())
-        .output()
-        .expect("running masq")
+    common::masq_cli(lab, args)
 }
 
 /// Its stdout; panics with its stderr unless it succeeded.

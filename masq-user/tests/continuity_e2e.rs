@@ -8,7 +8,6 @@ use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -116,18 +115,6 @@ impl Download {
     }
 }
 
-fn masq_cli(lab: &Lab, args: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", lab.ns(Host::Gw).path().display()))
-        .arg("--")
-        .arg(common::masq_bin())
-        .args(args)
-        .arg("--pin-dir")
-        .arg(lab.pin_dir())
-        .output()
-        .expect("running masq")
-}
-
 fn assert_stream_complete(name: &str, (sent, echoed): (u32, BTreeSet<u32>)) {
     assert!(sent > 100, "{name}: only {sent} datagrams sent");
     let lost: Vec<u32> = (0..sent).filter(|n| !echoed.contains(n)).collect();
@@ -160,7 +147,7 @@ fn transfers_and_streams_survive_a_restart_and_a_reload() {
     let extra =
         "[[publish]]\nuplink = \"dsl\"\naddress = \"67.17.28.11\"\nto = \"192.168.100.32\"\n";
     fs::write(&config, format!("{text}\n{extra}")).unwrap();
-    let out = masq_cli(&lab, &["reload"]);
+    let out = common::masq_cli(&lab, &["reload"]);
     assert!(out.status.success(), "masq reload: {}", String::from_utf8_lossy(&out.stderr));
     let new_address = Ipv4Addr::new(67, 17, 28, 11);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -198,7 +185,7 @@ fn flushing_one_uplink_leaves_the_other_uplinks_flows_alone() {
     let isp_b_before = conns.iter().filter(|c| c["uplink_name"] == "isp-b").count();
     assert!(isp_b_before >= 1, "isp-b's download is tracked: {conns:?}");
 
-    let out = masq_cli(&lab, &["conns", "flush", "--uplink", "isp-b"]);
+    let out = common::masq_cli(&lab, &["conns", "flush", "--uplink", "isp-b"]);
     assert!(out.status.success(), "flush: {}", String::from_utf8_lossy(&out.stderr));
     let isp_b_tcp = |conns: &[serde_json::Value]| {
         conns.iter().filter(|c| c["uplink_name"] == "isp-b" && c["proto"] == "tcp").count()

@@ -1,7 +1,7 @@
 //! `masq run` and `masq down` leave the gateway exactly as they found it.
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use masq_user::lab::{GatewayMode, Host, Lab, PUBLIC_ISP_A};
 
@@ -26,17 +26,6 @@ fn gateway_state(lab: &Lab) -> String {
     state
 }
 
-fn masq_cli(lab: &Lab, args: &[&str]) -> std::process::Output {
-    let netns = format!("--net={}", lab.ns(Host::Gw).path().display());
-    Command::new("nsenter")
-        .arg(netns)
-        .arg("--")
-        .arg(common::masq_bin())
-        .args(args)
-        .output()
-        .expect("running masq")
-}
-
 fn assert_installed(lab: &Lab) {
     let gw = lab.ns(Host::Gw);
     let rules = gw.run_ok("ip -4 rule show").unwrap();
@@ -52,7 +41,7 @@ fn assert_installed(lab: &Lab) {
 fn masq_down(lab: &Lab) {
     let config = common::example_config();
     let pin_dir = lab.pin_dir();
-    let out = masq_cli(lab, &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
+    let out = common::masq_on_gw(lab, &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(out.status.success(), "masq down: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -105,7 +94,7 @@ fn run_refuses_pinned_maps_of_another_layout() {
     // A CONNS map whose values are 48 bytes, as an older masq might have left.
     pin_lru_map(&pin_dir.join("CONNS"), 16, 48);
     let config = common::example_config();
-    let out = masq_cli(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
+    let out = common::masq_on_gw(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to adopt"), "{stderr}");
@@ -158,7 +147,7 @@ fn masq_down_cleans_up_after_a_killed_daemon() {
 
     let config = common::example_config();
     let pin_dir = lab.pin_dir();
-    let out = masq_cli(&lab, &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
+    let out = common::masq_on_gw(&lab, &["down", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(out.status.success(), "masq down: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(gateway_state(&lab), before);
 }
@@ -173,7 +162,7 @@ fn run_refuses_a_config_naming_a_missing_interface_and_changes_nothing() {
         .replace("interface = \"eth4\"", "interface = \"eth9\"");
     std::fs::write(&config, text).unwrap();
     let pin_dir = lab.pin_dir();
-    let out = masq_cli(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
+    let out = common::masq_on_gw(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("eth9"), "error names the interface: {stderr}");

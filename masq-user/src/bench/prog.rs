@@ -1056,8 +1056,8 @@ mod tests {
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         let isolde = Endpoint::new(ISOLDE, 80);
         let [(fk, fe), (rk, re)] = connection(client, public, client, isolde, CONN_F_INBOUND, 0);
-        assert_eq!(crate::conntrack::twin_key(&fk, &fe), rk);
-        assert_eq!(crate::conntrack::twin_key(&rk, &re), fk);
+        assert_eq!(fe.twin_key(&fk), rk);
+        assert_eq!(re.twin_key(&rk), fk);
         assert!(fe.toward_lan() && !re.toward_lan());
     }
 

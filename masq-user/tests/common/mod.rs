@@ -41,6 +41,24 @@ pub fn lab(mode: GatewayMode) -> Lab {
     Lab::build(LabOptions { gateway: mode, ..LabOptions::default() }).expect("building the lab")
 }
 
+/// `masq ARGS` run inside the gateway's namespace (`nsenter --net`: `ip netns exec` would hide
+/// /sys/fs/bpf behind a fresh sysfs).
+pub fn masq_on_gw(lab: &Lab, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.ns(masq_user::lab::Host::Gw).path().display()))
+        .arg("--")
+        .arg(masq_bin())
+        .args(args)
+        .output()
+        .expect("running masq")
+}
+
+/// `masq ARGS --pin-dir <the lab's>` inside the gateway's namespace.
+pub fn masq_cli(lab: &Lab, args: &[&str]) -> std::process::Output {
+    let pin_dir = lab.pin_dir();
+    masq_on_gw(lab, &[args, &["--pin-dir", pin_dir.to_str().expect("UTF-8 path")]].concat())
+}
+
 /// The masq binary built for these tests.
 pub fn masq_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_masq"))
