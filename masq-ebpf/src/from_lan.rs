@@ -33,11 +33,13 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     let Some(cfg) = config() else {
         return Ok(TC_ACT_OK);
     };
-    // Broadcast, multicast and frames for another MAC are the gateway's own business.
     // SAFETY: `skb` is the program's context.
-    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST
-        || is_multicast_or_broadcast(ip.key.dst_addr)
-    {
+    let skb = unsafe { &*ctx.skb.skb };
+    // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
+    // the next-hop cache entry a new connection's route probe leaves serves its redirect too.
+    let route_len = mtu_check_len(skb, &ip);
+    // Broadcast, multicast and frames for another MAC are the gateway's own business.
+    if skb.pkt_type != PACKET_HOST || is_multicast_or_broadcast(ip.key.dst_addr) {
         count(Counter::PassedUntouched);
         return Ok(TC_ACT_OK);
     }
@@ -91,7 +93,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         // interface that is no uplink (a VPN, another internal network) means no NAT at all.
         if cfg.flags & CFG_F_NO_STEER == 0 {
             let probe = FlowKey { src_addr: up.address, ..*k };
-            let egress = match route(&ctx, lan_ifindex(&ctx), &probe, 0, up.table) {
+            let egress = match route(&ctx, skb.ingress_ifindex, &probe, route_len, up.table) {
                 Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
                 Route::Kernel => up.ifindex,
             };
@@ -112,13 +114,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
     record_first_fragment(&ip, &translation, uplink_index);
-    to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index)
-}
-
-#[inline(always)]
-fn lan_ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: `skb` is the program's context.
-    unsafe { (*ctx.skb.skb).ingress_ifindex }
+    to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index, route_len)
 }
 
 /// 224.0.0.0/4 or 255.255.255.255.
@@ -149,6 +145,7 @@ fn to_uplink(
     ip: &Ipv4,
     translation: &Translation,
     uplink_index: u8,
+    route_len: u16,
 ) -> Result<i32, Counter> {
     let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
     if cfg.flags & CFG_F_NO_STEER != 0 {
@@ -163,7 +160,7 @@ fn to_uplink(
         return Ok(TC_ACT_OK);
     }
     let key: FlowKey = translation.result(ip);
-    let next = route(ctx, skb.ingress_ifindex, &key, mtu_check_len(skb, ip), up.table);
+    let next = route(ctx, skb.ingress_ifindex, &key, route_len, up.table);
     if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(TC_ACT_OK);
