@@ -21,7 +21,7 @@ impl Translation {
     #[inline(always)]
     pub fn result(&self, ip: &Ipv4) -> FlowKey {
         match self {
-            Translation::Flow(to) => FlowKey { proto: ip.key.proto, ..*to },
+            Translation::Flow(to) => *to,
             Translation::IcmpError { outer, .. } => {
                 FlowKey::new(outer.0, outer.1, 0, 0, ip.key.proto)
             }
