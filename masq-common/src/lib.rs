@@ -38,12 +38,20 @@ pub mod map_names {
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
-    /// XDP, uplink ingress: ARP for published addresses, DNAT / reverse SNAT, redirect to the LAN.
+    /// TC, uplink ingress: ARP for published addresses, DNAT / reverse SNAT, on to the LAN.
     pub const UPLINK_INGRESS: &str = "masq_uplink_in";
+    /// The same on an L3 uplink (no Ethernet header: PPP, raw-ip LTE, WireGuard, tun).
+    pub const UPLINK_INGRESS_L3: &str = "masq_uplink_in_l3";
+    /// The same in XDP, where the loader found it safe.
+    pub const UPLINK_INGRESS_XDP: &str = "masq_uplink_in_xdp";
+    /// XDP pass-through on the devices `UPLINK_INGRESS_XDP` redirects to.
+    pub const XDP_PASS: &str = "masq_xdp_pass";
     /// TC, LAN ingress: new outbound connections, reverse DNAT, SNAT, steering by origin uplink.
     pub const LAN_INGRESS: &str = "masq_lan_in";
     /// TC, uplink egress: translates what the kernel forwarded untranslated (slow path).
     pub const UPLINK_EGRESS: &str = "masq_uplink_out";
+    /// The same on an L3 uplink.
+    pub const UPLINK_EGRESS_L3: &str = "masq_uplink_out_l3";
 }
 
 /// A connection's 5-tuple as seen on the wire (network byte order).
@@ -440,6 +448,8 @@ counters! {
     TtlExpiring = 11, "ttl_expiring", false;
     /// Translated at uplink egress after the kernel forwarded it (slow path).
     EgressTranslated = 12, "egress_translated", false;
+    /// Redirected by the uplinks' XDP program (a subset of `fast_path_redirect`).
+    XdpRedirect = 13, "xdp_redirect", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

@@ -22,7 +22,7 @@ pub fn decrement_ttl<P: Packet>(p: &mut P) -> Result<(), Counter> {
 #[inline(always)]
 pub fn set_macs<P: Packet>(p: &mut P, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Counter> {
     let (d, s) = (dmac, smac);
-    p.store_u32(0, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))?;
-    p.store_u32(4, u32::from_ne_bytes([d[4], d[5], s[0], s[1]]))?;
-    p.store_u32(8, u32::from_ne_bytes([s[2], s[3], s[4], s[5]]))
+    p.frame_write(0, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))?;
+    p.frame_write(4, u32::from_ne_bytes([d[4], d[5], s[0], s[1]]))?;
+    p.frame_write(8, u32::from_ne_bytes([s[2], s[3], s[4], s[5]]))
 }

@@ -1,5 +1,7 @@
-//! masq's eBPF programs. Entry points only: each maps its flow's error (a named drop reason) to
-//! one counted drop.
+//! masq's eBPF programs, one file per program: `uplink_in` (`masq_uplink_in`, `_l3`, `_xdp`),
+//! `lan_in` (`masq_lan_in`), `uplink_out` (`masq_uplink_out`, `_l3`), `xdp_pass`
+//! (`masq_xdp_pass`). Each entry point is a thin hook layer (`hook`) over one body that returns
+//! a `Verdict` or a named drop reason.
 #![no_std]
 #![no_main]
 
@@ -7,63 +9,24 @@ mod arp;
 mod conntrack;
 mod csum;
 mod forward;
-mod from_lan;
-mod from_uplink;
+mod hook;
+mod lan_in;
 mod maps;
 mod nat;
 mod packet;
 mod stats;
 mod steer;
-mod to_uplink;
 mod translate;
+mod uplink_in;
+mod uplink_out;
+mod xdp_pass;
 
-use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, xdp_action::XDP_DROP},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
-};
-use masq_common::{Counter, DataplaneConfig};
+use masq_common::DataplaneConfig;
 
 use crate::{
     conntrack::PortRange,
-    packet::{Ipv4, L4, L4_OFF, Parsed},
-    stats::count,
+    packet::{Ipv4, L4},
 };
-
-#[xdp]
-pub fn masq_uplink_in(ctx: XdpContext) -> u32 {
-    from_uplink::run(ctx).unwrap_or_else(|reason| {
-        count(reason);
-        XDP_DROP
-    })
-}
-
-#[classifier]
-pub fn masq_lan_in(ctx: TcContext) -> i32 {
-    from_lan::run(ctx).unwrap_or_else(|reason| {
-        count(reason);
-        TC_ACT_SHOT
-    })
-}
-
-#[classifier]
-pub fn masq_uplink_out(ctx: TcContext) -> i32 {
-    to_uplink::run(ctx).unwrap_or_else(|reason| {
-        count(reason);
-        TC_ACT_SHOT
-    })
-}
-
-/// Parse in TC, pulling the headers into the linear area first when they are not there.
-#[inline(always)]
-fn parse_tc(ctx: &TcContext) -> Result<Parsed, Counter> {
-    const WANT: usize = L4_OFF + 48;
-    let linear = ctx.data_end() - ctx.data();
-    if linear < WANT && (ctx.len() as usize) > linear {
-        let _ = ctx.pull_data(WANT.min(ctx.len() as usize) as u32);
-    }
-    packet::parse(ctx)
-}
 
 /// The source ports a new connection's translated tuple may take when its own is taken.
 /// Masqueraded ones (`snat`) stay out of the gateway's own ephemeral ports: a reply to the

@@ -5,8 +5,8 @@ use masq_common::{Counter, FlowKey, PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PublishKey, 
 use crate::{
     maps::{PUBLIC_ADDRS, PUBLISH},
     packet::{
-        ICMP_CSUM, ICMP_ECHO_REQUEST, ICMP_ID, INNER_IP, INNER_L4, IP_CSUM, IP_DST, IP_OFF, IP_SRC,
-        Inner, Ipv4, L4, L4_OFF, Packet,
+        ICMP_CSUM, ICMP_ECHO_REQUEST, ICMP_ID, INNER_IP, INNER_L4, IP_CSUM, IP_DST, IP_SRC, Inner,
+        Ipv4, L4, L4_OFF, Packet,
     },
 };
 
@@ -135,7 +135,7 @@ fn quoted_l4_csum<P: Packet>(p: &P, ip: &Ipv4, inner: &Inner) -> Option<usize> {
         _ => return None,
     };
     // Inside the ICMP message, not in trailer bytes after it.
-    if off + 2 > IP_OFF + usize::from(ip.tot_len) {
+    if off + 2 > usize::from(ip.tot_len) {
         return None;
     }
     match p.load::<u16>(off) {

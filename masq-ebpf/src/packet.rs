@@ -1,7 +1,9 @@
-//! Packet layout, parsing and the two ways of writing a packet (XDP: direct, TC: helpers).
+//! Packet layout, parsing and access to a packet for every hook (XDP, TC behind Ethernet, TC on
+//! an L3 device).
 //!
-//! masq translates only plain IPv4 headers (IHL 5) behind an untagged Ethernet header, so every
-//! field sits at a constant offset; anything else is passed or dropped with a named reason.
+//! masq translates only plain IPv4 headers (IHL 5) behind an untagged Ethernet header or none, so
+//! every field sits at a constant offset per hook; anything else is passed or dropped with a
+//! named reason.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
@@ -13,15 +15,19 @@ use crate::csum;
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+/// Offset of the ethertype in an Ethernet header.
+pub const ETH_TYPE: usize = 12;
 
-pub const IP_OFF: usize = ETH_HLEN;
-pub const IP_TOT_LEN: usize = IP_OFF + 2;
-pub const IP_FRAG: usize = IP_OFF + 6;
-pub const IP_TTL: usize = IP_OFF + 8;
-pub const IP_CSUM: usize = IP_OFF + 10;
-pub const IP_SRC: usize = IP_OFF + 12;
-pub const IP_DST: usize = IP_OFF + 16;
-pub const L4_OFF: usize = IP_OFF + 20;
+// Offsets from the start of the IPv4 header (`Packet::IP` bytes into the frame).
+pub const IP_TOT_LEN: usize = 2;
+pub const IP_ID: usize = 4;
+pub const IP_FRAG: usize = 6;
+pub const IP_TTL: usize = 8;
+pub const IP_PROTO: usize = 9;
+pub const IP_CSUM: usize = 10;
+pub const IP_SRC: usize = 12;
+pub const IP_DST: usize = 16;
+pub const L4_OFF: usize = 20;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -86,6 +92,14 @@ pub struct Ipv4 {
     pub id: u16,
 }
 
+impl Ipv4 {
+    /// Length of the IPv4 and transport headers (TCP: with options).
+    #[inline(always)]
+    pub fn l4_header_len(&self) -> u32 {
+        20 + if self.l4 == L4::Tcp { u32::from(self.tcp_header_len) } else { 8 }
+    }
+}
+
 /// Where a packet stands among the fragments of its datagram.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Frag {
@@ -108,10 +122,17 @@ pub enum Parsed {
     Ipv4(Ipv4),
 }
 
-/// Read and write access to a packet, shared by the XDP and TC programs.
+/// Read and write access to a packet, shared by every hook (XDP, TC with and without an
+/// Ethernet header). Offsets are from the start of the IPv4 header, `Self::IP` bytes into the
+/// packet data; the `frame_*` accessors take offsets from the start of the data.
 pub trait Packet {
+    /// Offset of the IPv4 header: 14 behind Ethernet, 0 on an L3 device.
+    const IP: usize;
+
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// Ethertype of the packet (host byte order).
+    fn ethertype(&self) -> Result<u16, Counter>;
     /// Update the TCP/UDP checksum at `csum_off` for a 32-bit word of the pseudo header.
     fn l4_csum_addr(
         &mut self,
@@ -129,14 +150,14 @@ pub trait Packet {
         udp: bool,
     ) -> Result<(), Counter>;
 
-    /// Length of the packet data (L2 included).
+    /// Length of the linear packet data (L2 included).
     #[inline(always)]
     fn len(&self) -> u64 {
         (self.data_end() - self.data()) as u64
     }
 
     #[inline(always)]
-    fn ptr<T>(&self, off: usize) -> Option<*mut T> {
+    fn frame_ptr<T>(&self, off: usize) -> Option<*mut T> {
         let start = self.data() + off;
         if start + core::mem::size_of::<T>() > self.data_end() {
             return None;
@@ -145,8 +166,8 @@ pub trait Packet {
     }
 
     #[inline(always)]
-    fn load<T: Copy>(&self, off: usize) -> Result<T, Counter> {
-        let p = self.ptr::<T>(off).ok_or(Counter::DropMalformed)?;
+    fn frame_load<T: Copy>(&self, off: usize) -> Result<T, Counter> {
+        let p = self.frame_ptr::<T>(off).ok_or(Counter::DropMalformed)?;
         // SAFETY: bounds checked just above.
         Ok(unsafe { p.read_unaligned() })
     }
@@ -154,21 +175,26 @@ pub trait Packet {
     /// Direct write (in TC the verifier unclones the skb first). Helpers that change the packet
     /// (the L4 checksum ones) invalidate pointers: every access re-reads `data`/`data_end`.
     #[inline(always)]
-    fn write<T>(&mut self, off: usize, v: T) -> Result<(), Counter> {
-        let p = self.ptr::<T>(off).ok_or(Counter::DropMalformed)?;
-        // SAFETY: bounds checked by `ptr`.
+    fn frame_write<T>(&mut self, off: usize, v: T) -> Result<(), Counter> {
+        let p = self.frame_ptr::<T>(off).ok_or(Counter::DropMalformed)?;
+        // SAFETY: bounds checked by `frame_ptr`.
         unsafe { p.write_unaligned(v) };
         Ok(())
     }
 
     #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, Counter> {
+        self.frame_load(Self::IP + off)
+    }
+
+    #[inline(always)]
     fn store_u16(&mut self, off: usize, v: u16) -> Result<(), Counter> {
-        self.write(off, v)
+        self.frame_write(Self::IP + off, v)
     }
 
     #[inline(always)]
     fn store_u32(&mut self, off: usize, v: u32) -> Result<(), Counter> {
-        self.write(off, v)
+        self.frame_write(Self::IP + off, v)
     }
 
     /// Fix a plain (non-offloaded) checksum at `csum_off` for a changed 16-bit word; returns the
@@ -192,6 +218,8 @@ pub trait Packet {
 }
 
 impl Packet for XdpContext {
+    const IP: usize = ETH_HLEN;
+
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)
@@ -200,8 +228,12 @@ impl Packet for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
-    // Frames reaching XDP carry complete checksums (the lab turns tx offload off on veth
-    // senders), so the pseudo-header words update like any other.
+    #[inline(always)]
+    fn ethertype(&self) -> Result<u16, Counter> {
+        Ok(u16::from_be(self.frame_load(ETH_TYPE)?))
+    }
+    // XDP sees no checksum state: it runs only where frames carry complete checksums (see the
+    // loader's hook choice), so the pseudo-header words update like any other.
     #[inline(always)]
     fn l4_csum_addr(
         &mut self,
@@ -241,16 +273,63 @@ fn fix_l4_csum<P: Packet>(
     p.store_u16(csum_off, if udp && updated == 0 { 0xffff } else { updated })
 }
 
-impl Packet for TcContext {
+/// A TC packet whose IPv4 header starts `IP` bytes into the data: 14 behind Ethernet, 0 on an
+/// L3 device (PPP, raw-ip LTE, WireGuard, tun), where `skb->protocol` gives the ethertype.
+pub struct Skb<const IP: usize>(pub TcContext);
+
+/// TC on an Ethernet device.
+pub type EthSkb = Skb<ETH_HLEN>;
+
+impl<const IP: usize> Skb<IP> {
+    #[inline(always)]
+    pub fn skb(&self) -> &aya_ebpf::bindings::__sk_buff {
+        // SAFETY: `skb` is the program's context.
+        unsafe { &*self.0.skb.skb }
+    }
+
+    #[inline(always)]
+    pub fn skb_mut(&mut self) -> &mut aya_ebpf::bindings::__sk_buff {
+        // SAFETY: `skb` is the program's context.
+        unsafe { &mut *self.0.skb.skb }
+    }
+
+    /// Pull the headers masq reads into the linear area when they are not there.
+    #[inline(always)]
+    pub fn pull_headers(&self) {
+        let want = IP + INNER_L4 + 20;
+        let linear = self.0.data_end() - self.0.data();
+        if linear < want && (self.0.len() as usize) > linear {
+            let _ = self.0.pull_data(want.min(self.0.len() as usize) as u32);
+        }
+    }
+}
+
+impl<const IP: usize> Packet for Skb<IP> {
+    const IP: usize = IP;
+
     #[inline(always)]
     fn data(&self) -> usize {
-        TcContext::data(self)
+        self.0.data()
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+        self.0.data_end()
     }
-    // The kernel helper copes with CHECKSUM_PARTIAL (local senders on veth) as well.
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        u64::from(self.0.len())
+    }
+    #[inline(always)]
+    fn ethertype(&self) -> Result<u16, Counter> {
+        if IP == 0 {
+            // An L3 device's packet says what it is in its first nibble.
+            let version = self.frame_load::<u8>(0)? >> 4;
+            Ok(if version == 4 { ETH_P_IP } else { 0 })
+        } else {
+            Ok(u16::from_be(self.frame_load(ETH_TYPE)?))
+        }
+    }
+    // The kernel helper copes with CHECKSUM_PARTIAL (local senders) and GSO packets as well.
     #[inline(always)]
     fn l4_csum_addr(
         &mut self,
@@ -260,13 +339,14 @@ impl Packet for TcContext {
         udp: bool,
     ) -> Result<(), Counter> {
         let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-        self.l4_csum_replace(
-            csum_off,
-            old as u64,
-            new as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
-        )
-        .map_err(|_| Counter::DropMalformed)
+        self.0
+            .l4_csum_replace(
+                IP + csum_off,
+                old as u64,
+                new as u64,
+                BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+            )
+            .map_err(|_| Counter::DropMalformed)
     }
     #[inline(always)]
     fn l4_csum_port(
@@ -277,29 +357,30 @@ impl Packet for TcContext {
         udp: bool,
     ) -> Result<(), Counter> {
         let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-        self.l4_csum_replace(csum_off, old as u64, new as u64, mangled | 2)
+        self.0
+            .l4_csum_replace(IP + csum_off, old as u64, new as u64, mangled | 2)
             .map_err(|_| Counter::DropMalformed)
     }
 }
 
-/// Parse Ethernet + IPv4 + the transport header.
+/// Parse the link header (when there is one), IPv4 and the transport header.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
-    let ethertype = u16::from_be(p.load::<u16>(12)?);
+    let ethertype = p.ethertype()?;
     if ethertype == ETH_P_ARP {
         return Ok(Parsed::Arp);
     }
     if ethertype != ETH_P_IP {
         return Ok(Parsed::Other);
     }
-    let ver_ihl: u8 = p.load(IP_OFF)?;
+    let ver_ihl: u8 = p.load(0)?;
     if ver_ihl >> 4 != 4 {
         return Ok(Parsed::Other);
     }
     if ver_ihl != 0x45 {
         return Ok(Parsed::Ipv4Options { src_addr: p.load(IP_SRC)? });
     }
-    let proto: u8 = p.load(IP_OFF + 9)?;
+    let proto: u8 = p.load(IP_PROTO)?;
     let ttl: u8 = p.load(IP_TTL)?;
     let tot_len = u16::from_be(p.load::<u16>(IP_TOT_LEN)?);
     let frag_off = u16::from_be(p.load::<u16>(IP_FRAG)?);
@@ -319,7 +400,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
         ttl,
         tot_len,
         frag,
-        id: p.load(IP_OFF + 4)?,
+        id: p.load(IP_ID)?,
     };
     if frag == Frag::Later {
         return Ok(Parsed::Ipv4(ip));

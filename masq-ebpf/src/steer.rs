@@ -1,6 +1,5 @@
 //! Choosing and reaching an uplink: policy rules, marks, and FIB lookups in an uplink's table.
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
         BPF_FIB_LOOKUP_TBID, bpf_fib_lookup as FibParams, bpf_fib_lookup__bindgen_ty_1,
@@ -16,6 +15,7 @@ use masq_common::{
 
 use crate::{
     conntrack::{hash, now_ns},
+    hook::Hook,
     maps::{CONFIG, NEXTHOPS, POLICIES, UPLINKS},
 };
 
@@ -147,8 +147,8 @@ pub const RT_TABLE_MAIN: u32 = 254;
 /// `bpf_fib_lookup` for IPv4 in one routing table (TBID, DIRECT: the ip rules are not walked;
 /// without DIRECT they would be, but with no fwmark in the parameters).
 #[inline(always)]
-fn fib_lookup<C: EbpfContext>(
-    ctx: &C,
+fn fib_lookup<H: Hook>(
+    ctx: &H,
     ifindex: u32,
     key: &FlowKey,
     tot_len: u16,
@@ -172,7 +172,7 @@ fn fib_lookup<C: EbpfContext>(
     // SAFETY: params is a valid, fully initialised struct of the size passed.
     let ret = unsafe {
         bpf_fib_lookup(
-            ctx.as_ptr(),
+            ctx.ctx_ptr(),
             &mut params,
             core::mem::size_of::<FibParams>() as i32,
             BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID,
@@ -194,13 +194,7 @@ pub enum Route {
 /// Route `key` by `table`: from the per-CPU next-hop cache when this tick already resolved the
 /// destination for a packet at least this large, else by `bpf_fib_lookup`, caching success.
 #[inline(always)]
-pub fn route<C: EbpfContext>(
-    ctx: &C,
-    ifindex: u32,
-    key: &FlowKey,
-    tot_len: u16,
-    table: u32,
-) -> Route {
+pub fn route<H: Hook>(ctx: &H, ifindex: u32, key: &FlowKey, tot_len: u16, table: u32) -> Route {
     let now = tick(now_ns());
     let slot = (key.dst_addr ^ table.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 20;
     // SAFETY: a per-CPU slot: only this CPU reads or writes it, and not reentrantly.

@@ -140,10 +140,25 @@ impl Policy {
     }
 }
 
+/// Where uplink ingress may run in XDP (`hooks.rs` says when it is safe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// XDP where it is safe, TC elsewhere.
+    #[default]
+    Auto,
+    /// TC everywhere.
+    Off,
+    /// XDP on every uplink, or refuse to start; the operator vouches that the uplinks' packets
+    /// carry complete checksums.
+    Required,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Dataplane {
     /// Redirect after `bpf_fib_lookup` instead of handing packets to the kernel.
     pub fast_path: bool,
+    pub xdp: XdpMode,
     /// Steer replies to their connection's uplink (mark + uplink table). Only for diagnosis:
     /// with `false` replies follow the main table, as without masq.
     pub steer: bool,
@@ -160,6 +175,7 @@ impl Default for Dataplane {
     fn default() -> Self {
         Self {
             fast_path: true,
+            xdp: XdpMode::Auto,
             steer: true,
             mark_mask: DEFAULT_MARK_MASK,
             conn_capacity: DEFAULT_CONN_CAPACITY,
@@ -361,6 +377,7 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawDataplane {
     fast_path: Option<bool>,
+    xdp: Option<String>,
     steer: Option<bool>,
     mark_mask: Option<u32>,
     conn_capacity: Option<u32>,
@@ -467,8 +484,21 @@ fn resolve_dataplane(raw: RawDataplane) -> Result<Dataplane> {
         udp_stream: timeout(t.udp_stream, d.udp_stream, "udp_stream")?,
         icmp: timeout(t.icmp, d.icmp, "icmp")?,
     };
+    let xdp = match raw.xdp.as_deref() {
+        None => default.xdp,
+        Some("auto") => XdpMode::Auto,
+        Some("off") => XdpMode::Off,
+        Some("required") => XdpMode::Required,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "dataplane.xdp",
+                format!("\"{other}\" is not one of \"auto\", \"off\", \"required\""),
+            ));
+        }
+    };
     Ok(Dataplane {
         fast_path: raw.fast_path.unwrap_or(default.fast_path),
+        xdp,
         steer: raw.steer.unwrap_or(default.steer),
         mark_mask,
         conn_capacity,

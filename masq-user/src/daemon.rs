@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     conntrack::{self, ConnTable},
     dataplane::{Dataplane, remove_pins},
+    hooks::HookChoice,
     host::HostInterfaces,
     inspect::{self, DaemonState, Names, NamesSource},
     lab::MASQ_READY_LINE,
@@ -118,7 +119,7 @@ async fn start(
     cfg: &Config,
     host: &HostInterfaces,
     pin_dir: &Path,
-) -> anyhow::Result<(Dataplane, PolicyTables)> {
+) -> anyhow::Result<(Dataplane, PolicyTables, Vec<HookChoice>)> {
     let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
     let undo = |tables: Option<PolicyTables>| async move {
         if fresh {
@@ -148,15 +149,21 @@ async fn start(
             return Err(e.context("installing the policy tables"));
         }
     };
-    if let Err(e) = dataplane.attach(cfg) {
-        drop(dataplane);
-        undo(Some(tables)).await;
-        return Err(e);
+    let hooks = match dataplane.attach(cfg, host) {
+        Ok(hooks) => hooks,
+        Err(e) => {
+            drop(dataplane);
+            undo(Some(tables)).await;
+            return Err(e);
+        }
+    };
+    for h in &hooks {
+        info!("{} on {} ({}): {}", h.program, h.interface, h.hook.name(), h.reason);
     }
     if !fresh {
         info!("adopted the pinned dataplane under {}", pin_dir.display());
     }
-    Ok((dataplane, tables))
+    Ok((dataplane, tables, hooks))
 }
 
 async fn serve(
@@ -170,13 +177,14 @@ async fn serve(
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let (mut dataplane, tables) = start(&cfg, &host, pin_dir).await?;
+    let (mut dataplane, tables, hooks) = start(&cfg, &host, pin_dir).await?;
     let tables = Arc::new(tables);
     let monitor = policy_tables::spawn_route_monitor(tables.clone())?;
     let pid_path = pid_file(pin_dir);
     let _ = fs::create_dir_all("/run/masq");
     let _ = fs::write(&pid_path, std::process::id().to_string());
     let mut state = DaemonState::new(pin_dir, config_path, &cfg);
+    state.hooks = hooks;
     if let Err(e) = state.save(pin_dir) {
         warn!("writing the state file for the CLI: {e:#}");
     }
@@ -277,6 +285,7 @@ fn reload(dataplane: &mut Dataplane, current: &Config, path: &Path) -> anyhow::R
 /// Stop a running daemon and remove whatever masq left: policy rules and routes, pins.
 pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
     require_root()?;
+    crate::dataplane::ensure_bpffs()?;
     let pid_path = pid_file(pin_dir);
     if let Ok(pid) = fs::read_to_string(&pid_path) {
         if let Ok(pid) = pid.trim().parse::<i32>() {

@@ -28,6 +28,7 @@ use masq_common::{
 
 use crate::{
     config::{Config, Policy},
+    hooks::{self, DeviceFacts, HookChoice, HookPoint},
     host::HostInterfaces,
 };
 
@@ -136,9 +137,14 @@ pub fn uplink_infos(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Vec<U
             let iface = host
                 .get(&u.interface)
                 .ok_or_else(|| anyhow!("uplink {}: interface {} not found", u.name, u.interface))?;
-            let mac = iface.mac.ok_or_else(|| {
-                anyhow!("uplink {}: interface {} has no MAC", u.name, u.interface)
-            })?;
+            // An L3 device has none; its programs never use it.
+            let mac = match (iface.mac, iface.l3) {
+                (Some(mac), _) => mac,
+                (None, true) => [0; 6],
+                (None, false) => {
+                    bail!("uplink {}: interface {} has no MAC", u.name, u.interface)
+                }
+            };
             Ok(UplinkInfo {
                 ifindex: iface.index,
                 address: wire_addr(u.address),
@@ -159,18 +165,74 @@ pub struct Dataplane {
     pin_dir: PathBuf,
 }
 
-/// Mount bpffs at /sys/fs/bpf when it is not mounted yet.
+const BPFFS: &str = "/sys/fs/bpf";
+/// The host's bpffs as seen from any mount namespace: through init's root.
+const HOST_BPFFS: &str = "/proc/1/root/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &str) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path) else { return false };
+    // SAFETY: statfs writes into `buf`, which outlives the call.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } == 0) && buf.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn device_of(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path).ok().map(|m| m.dev())
+}
+
+/// True when this process has a mount namespace of its own (`ip netns exec`, a container,
+/// systemd sandboxing), not init's.
+fn private_mount_ns() -> bool {
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    match (ns("self"), ns("1")) {
+        (Some(own), Some(init)) => own != init,
+        _ => false,
+    }
+}
+
+/// Make /sys/fs/bpf the host's bpffs, so pins outlive this process and every masq command
+/// sees the same dataplane wherever it runs. On the host: mount it when missing. In a private
+/// mount namespace (`ip netns exec` mounts a fresh /sys, where a bpffs would be private and
+/// die with the process): bind the host's over it; refuse when the host has none.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
-    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if !private_mount_ns() {
+        if is_bpffs(BPFFS) {
+            return Ok(());
+        }
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", BPFFS])
+            .status()
+            .context("running mount -t bpf")?;
+        if !status.success() {
+            bail!("could not mount bpffs at {BPFFS}");
+        }
         return Ok(());
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-        .status()
-        .context("running mount -t bpf")?;
-    if !status.success() {
-        bail!("could not mount bpffs at /sys/fs/bpf");
+    if !is_bpffs(HOST_BPFFS) {
+        bail!(
+            "this masq runs in a private mount namespace (such as `ip netns exec` makes) and the \
+             host has no bpffs at {BPFFS}, so its pins would die with the process: mount it on \
+             the host first (`mount -t bpf bpf {BPFFS}`), or start masq with \
+             `nsenter --net=/run/netns/NAME` instead"
+        );
+    }
+    if is_bpffs(BPFFS) && device_of(BPFFS) == device_of(HOST_BPFFS) {
+        return Ok(());
+    }
+    let _ = fs::create_dir_all(BPFFS);
+    let src = std::ffi::CString::new(HOST_BPFFS)?;
+    let dst = std::ffi::CString::new(BPFFS)?;
+    // SAFETY: plain mount(2) with NUL-terminated paths; a bind mount in our own namespace.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+    };
+    if rc != 0 {
+        bail!(
+            "binding the host's bpffs over {BPFFS} in this private mount namespace: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -269,55 +331,156 @@ impl Dataplane {
         self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 
-    /// Attach: XDP on each uplink (ingress), TC on the LAN device (ingress) and on each uplink
-    /// (egress), all as pinned links. A link pinned by a previous run is kept and its program
-    /// replaced atomically, so traffic never sees a gap.
-    pub fn attach(&mut self, cfg: &Config) -> anyhow::Result<()> {
-        let dir = self.pin_dir.clone();
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut(program_names::UPLINK_INGRESS)
-            .context("program missing")?
-            .try_into()?;
-        xdp.load().context("loading the uplink XDP program (verifier)")?;
-        for u in &cfg.uplinks {
-            let pin = dir.join(link_pin_name(program_names::UPLINK_INGRESS, &u.interface));
-            let id = match PinnedLink::from_pin(&pin) {
-                Ok(old) => xdp.attach_to_link(XdpLink::try_from(FdLink::from(old))?)?,
-                Err(_) => xdp.attach(&u.interface, XdpMode::Driver).or_else(|_| {
-                    xdp.attach(&u.interface, XdpMode::Skb).with_context(|| {
-                        format!("attaching XDP to uplink {} ({})", u.name, u.interface)
-                    })
-                })?,
-            };
-            pin_link(FdLink::try_from(xdp.take_link(id)?)?, &pin)?;
-        }
-        let tc_attachments = std::iter::once((
-            program_names::LAN_INGRESS,
-            &cfg.lan.interface,
-            TcAttachType::Ingress,
-        ))
-        .chain(
-            cfg.uplinks
-                .iter()
-                .map(|u| (program_names::UPLINK_EGRESS, &u.interface, TcAttachType::Egress)),
-        );
-        for (name, iface, attach_type) in tc_attachments {
-            let prog: &mut SchedClassifier =
-                self.ebpf.program_mut(name).context("program missing")?.try_into()?;
-            if prog.fd().is_err() {
-                prog.load().with_context(|| format!("loading {name} (verifier)"))?;
-            }
-            let pin = dir.join(link_pin_name(name, iface));
-            let id = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    prog.attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?)?
+    /// Attach every program where `hooks.rs` says, all as pinned links: TC on the LAN device
+    /// (ingress), on each uplink (egress, and ingress unless XDP runs there), XDP where it is
+    /// safe with the pass-through program on the LAN device it redirects to. A link pinned by a
+    /// previous run is kept and its program replaced atomically, so traffic never sees a gap;
+    /// one whose device is gone is replaced. Returns what runs where and why.
+    pub fn attach(
+        &mut self,
+        cfg: &Config,
+        host: &HostInterfaces,
+    ) -> anyhow::Result<Vec<HookChoice>> {
+        let mode = cfg.dataplane.xdp;
+        let lan_name = cfg.lan.interface.as_str();
+        let lan =
+            host.get(lan_name).with_context(|| format!("lan.interface: {lan_name} not found"))?;
+        let mut plan = vec![HookChoice::new(lan_name, program_names::LAN_INGRESS, "LAN ingress")];
+        let uplink_facts: Vec<DeviceFacts> = cfg
+            .uplinks
+            .iter()
+            .map(|u| {
+                host.get(&u.interface).map(DeviceFacts::read).with_context(|| {
+                    format!("uplink {}: interface {} not found", u.name, u.interface)
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        // The LAN device gets the pass-through program first, so that redirects into it work
+        // from the first packet and its xdp_features tell whether it can take them.
+        let any_xdp = uplink_facts.iter().any(|f| hooks::uplink_refusal(mode, f).is_none());
+        let mut lan_facts = DeviceFacts::read(lan);
+        let mut lan_refusal = None;
+        if any_xdp {
+            let pass =
+                HookChoice::new(lan_name, program_names::XDP_PASS, "target of XDP redirects");
+            match self.attach_one(&pass) {
+                Ok(()) => {
+                    lan_facts = DeviceFacts::read(lan);
+                    plan.push(pass);
                 }
-                Err(_) => prog
-                    .attach(iface, attach_type)
-                    .with_context(|| format!("attaching {name} to {iface}"))?,
+                Err(e) => lan_refusal = Some(format!("{lan_name} refused native XDP: {e:#}")),
+            }
+        }
+        let mut xdp_used = false;
+        for (u, facts) in cfg.uplinks.iter().zip(&uplink_facts) {
+            let mut refusal = lan_refusal
+                .clone()
+                .or_else(|| hooks::xdp_refusal(mode, facts, &lan_facts, lan_name));
+            hooks::require_xdp(mode, &u.name, refusal.as_deref())?;
+            let (tc_in, tc_out) = hooks::uplink_tc(facts.l3);
+            if refusal.is_none() {
+                let reason = format!("native XDP ({}, xdp = {mode:?})", facts.driver);
+                let choice =
+                    HookChoice::new(&u.interface, program_names::UPLINK_INGRESS_XDP, reason);
+                match self.attach_one(&choice) {
+                    Ok(()) => {
+                        plan.push(choice);
+                        xdp_used = true;
+                    }
+                    Err(e) => {
+                        let why = format!("native XDP attach failed: {e:#}");
+                        hooks::require_xdp(mode, &u.name, Some(&why))?;
+                        refusal = Some(why);
+                    }
+                }
+            }
+            if let Some(why) = refusal {
+                plan.push(HookChoice::new(&u.interface, tc_in, format!("TC: {why}")));
+            }
+            plan.push(HookChoice::new(&u.interface, tc_out, "uplink egress"));
+        }
+        if !xdp_used {
+            plan.retain(|c| c.program != program_names::XDP_PASS);
+        }
+        for choice in &plan {
+            if choice.hook != HookPoint::Xdp {
+                self.attach_one(choice)?;
+            }
+        }
+        self.detach_others(&plan)?;
+        Ok(plan)
+    }
+
+    /// Attach one program (loading it first), adopting the link a previous run pinned for it.
+    fn attach_one(&mut self, choice: &HookChoice) -> anyhow::Result<()> {
+        let pin = self.pin_dir.join(link_pin_name(&choice.program, &choice.interface));
+        let iface = choice.interface.as_str();
+        let program = self
+            .ebpf
+            .program_mut(&choice.program)
+            .with_context(|| format!("program {} missing", choice.program))?;
+        let loading = || format!("loading {} (verifier)", choice.program);
+        let adopted = PinnedLink::from_pin(&pin).ok().map(FdLink::from);
+        let link: FdLink = if choice.hook == HookPoint::Xdp {
+            let xdp: &mut Xdp = program.try_into()?;
+            if xdp.fd().is_err() {
+                xdp.load().with_context(loading)?;
+            }
+            let adopted = adopted.map(|old| {
+                XdpLink::try_from(old)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|old| Ok(xdp.attach_to_link(old)?))
+            });
+            let id = match adopted {
+                Some(Ok(id)) => id,
+                // Severed (the device went away and came back) or never there: attach anew.
+                _ => {
+                    let _ = fs::remove_file(&pin);
+                    xdp.attach(iface, XdpMode::Driver).with_context(|| {
+                        format!("attaching {} to {iface} (native XDP)", choice.program)
+                    })?
+                }
             };
-            pin_link(FdLink::try_from(prog.take_link(id)?)?, &pin)?;
+            FdLink::try_from(xdp.take_link(id)?)?
+        } else {
+            let attach_type = if choice.hook == HookPoint::TcIngress {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            let tc: &mut SchedClassifier = program.try_into()?;
+            if tc.fd().is_err() {
+                tc.load().with_context(loading)?;
+            }
+            let adopted = adopted.map(|old| {
+                SchedClassifierLink::try_from(old)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|old| Ok(tc.attach_to_link(old)?))
+            });
+            let id = match adopted {
+                Some(Ok(id)) => id,
+                _ => {
+                    let _ = fs::remove_file(&pin);
+                    tc.attach(iface, attach_type)
+                        .with_context(|| format!("attaching {} to {iface}", choice.program))?
+                }
+            };
+            FdLink::try_from(tc.take_link(id)?)?
+        };
+        pin_link(link, &pin)
+    }
+
+    /// Remove the pinned links of programs `plan` no longer runs (a hook that changed, an
+    /// interface no longer configured): unpinned, they detach.
+    fn detach_others(&self, plan: &[HookChoice]) -> anyhow::Result<()> {
+        let Ok(entries) = fs::read_dir(&self.pin_dir) else { return Ok(()) };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((program, iface)) = parse_link_pin(&name) else { continue };
+            if !plan.iter().any(|c| c.program == program && c.interface == iface) {
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("unpinning {}", entry.path().display()))?;
+            }
         }
         Ok(())
     }
@@ -343,6 +506,18 @@ impl Dataplane {
 
 fn link_pin_name(program: &str, iface: &str) -> String {
     format!("link-{program}-{iface}")
+}
+
+/// `link-<program>-<interface>` → (program, interface).
+pub fn parse_link_pin(name: &str) -> Option<(String, String)> {
+    let rest = name.strip_prefix("link-")?;
+    // Longest name first: `masq_uplink_in_xdp` before `masq_uplink_in`.
+    let mut programs = hooks::PROGRAMS;
+    programs.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    programs.iter().find_map(|p| {
+        let iface = rest.strip_prefix(p)?.strip_prefix('-')?;
+        (!iface.is_empty()).then(|| (p.to_string(), iface.to_string()))
+    })
 }
 
 /// Pin a link at `path`, replacing the pin of the link it took over.

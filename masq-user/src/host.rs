@@ -20,6 +20,8 @@ pub struct HostInterface {
     pub addrs: Vec<Ipv4Net>,
     /// Link-layer address, when the link has a 6-byte one.
     pub mac: Option<[u8; 6]>,
+    /// No Ethernet header (PPP, raw-ip LTE, WireGuard, tun): its link type is not ARPHRD_ETHER.
+    pub l3: bool,
 }
 
 impl HostInterface {
@@ -39,7 +41,7 @@ pub struct HostInterfaces {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Entry {
     Inet(Ipv4Net),
-    Link { index: u32, mac: Option<[u8; 6]> },
+    Link { index: u32, mac: Option<[u8; 6]>, l3: bool },
     Other,
 }
 
@@ -108,9 +110,10 @@ impl HostInterfaces {
                         ifc.addrs.push(net);
                     }
                 }
-                Entry::Link { index, mac } => {
+                Entry::Link { index, mac, l3 } => {
                     ifc.index = index;
                     ifc.mac = mac;
+                    ifc.l3 = l3;
                 }
                 Entry::Other => {}
             }
@@ -162,7 +165,10 @@ unsafe fn decode(addr: *const libc::sockaddr, netmask: *const libc::sockaddr) ->
                 mac.copy_from_slice(&sll.sll_addr[..6]);
                 mac
             });
-            Entry::Link { index: u32::try_from(sll.sll_ifindex).unwrap_or(0), mac }
+            const ARPHRD_ETHER: u16 = 1;
+            const ARPHRD_LOOPBACK: u16 = 772;
+            let l3 = !matches!(sll.sll_hatype, ARPHRD_ETHER | ARPHRD_LOOPBACK);
+            Entry::Link { index: u32::try_from(sll.sll_ifindex).unwrap_or(0), mac, l3 }
         }
         _ => Entry::Other,
     }
@@ -205,7 +211,7 @@ mod tests {
     fn address_labels_are_merged_into_their_device() {
         let mac = Some([2, 0, 0, 0, 0, 1]);
         let host = HostInterfaces::collect(vec![
-            ("eth4".into(), Entry::Link { index: 3, mac }),
+            ("eth4".into(), Entry::Link { index: 3, mac, l3: false }),
             ("eth4".into(), Entry::Inet(net("67.17.28.12/28"))),
             ("eth4:pub".into(), Entry::Inet(net("67.17.28.10/28"))),
             ("eth4".into(), Entry::Other),
@@ -224,8 +230,8 @@ mod tests {
     #[test]
     fn interfaces_keep_kernel_order_and_addresses_are_not_duplicated() {
         let host = HostInterfaces::collect(vec![
-            ("lo".into(), Entry::Link { index: 1, mac: Some([0; 6]) }),
-            ("eth0".into(), Entry::Link { index: 2, mac: None }),
+            ("lo".into(), Entry::Link { index: 1, mac: Some([0; 6]), l3: false }),
+            ("eth0".into(), Entry::Link { index: 2, mac: None, l3: true }),
             ("lo".into(), Entry::Inet(net("127.0.0.1/8"))),
             ("lo".into(), Entry::Inet(net("127.0.0.1/8"))),
         ]);

@@ -33,7 +33,8 @@ use crate::{
     config::Config,
     conntrack::{self, Conn, ConnTable},
     daemon::pid_file,
-    dataplane::open_pinned,
+    dataplane::{open_pinned, parse_link_pin},
+    hooks::{self, HookChoice, HookPoint},
 };
 
 /// The config the CLI reads for names when neither `--config` nor a daemon state file names one.
@@ -142,6 +143,9 @@ pub struct DaemonState {
     pub uplinks: Vec<UplinkName>,
     /// The resolved config in force (informational; its shape follows `config.rs`).
     pub config: serde_json::Value,
+    /// Which program runs on which interface, and why.
+    #[serde(default)]
+    pub hooks: Vec<HookChoice>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -183,6 +187,7 @@ impl DaemonState {
             lan_interface: String::new(),
             uplinks: Vec::new(),
             config: serde_json::Value::Null,
+            hooks: Vec::new(),
         }
         .with_config(cfg)
     }
@@ -434,19 +439,6 @@ pub fn reload(pin_dir: &Path, timeout: Duration) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Program attachments (the pinned links)
 
-/// Where a program hooks in.
-pub fn program_hook(program: &str) -> &'static str {
-    match program {
-        program_names::UPLINK_INGRESS => "xdp",
-        program_names::LAN_INGRESS => "tc_ingress",
-        program_names::UPLINK_EGRESS => "tc_egress",
-        _ => "unknown",
-    }
-}
-
-const PROGRAMS: [&str; 3] =
-    [program_names::UPLINK_INGRESS, program_names::LAN_INGRESS, program_names::UPLINK_EGRESS];
-
 /// One program attachment: a pinned link `link-<program>-<interface>`.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -454,6 +446,8 @@ pub struct Attachment {
     pub interface: String,
     /// `xdp`, `tc_ingress` or `tc_egress`.
     pub hook: &'static str,
+    /// Why this program runs here (the daemon's choice, see `hooks.rs`).
+    pub reason: Option<String>,
     /// The link exists and is attached to a device.
     pub attached: bool,
     pub link_id: Option<u32>,
@@ -468,31 +462,53 @@ pub struct Attachment {
 
 /// The attachments expected from the names plus every link pinned under `pin_dir`.
 pub fn read_attachments(pin_dir: &Path, names: &Names) -> Vec<Attachment> {
+    let pinned_links: Vec<(String, String)> = fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| parse_link_pin(&e.ok()?.file_name().to_string_lossy()))
+        .collect();
+    // An uplink's ingress and egress programs: whichever variant is pinned, else the default.
+    let variant = |iface: &str, variants: &[&str]| {
+        variants
+            .iter()
+            .find(|p| pinned_links.iter().any(|(q, i)| q == *p && i == iface))
+            .unwrap_or(&variants[0])
+            .to_string()
+    };
     let mut wanted: Vec<(String, String)> = Vec::new();
     if let Some(lan) = &names.lan_interface {
         wanted.push((program_names::LAN_INGRESS.into(), lan.clone()));
     }
     for u in &names.uplinks {
-        wanted.push((program_names::UPLINK_INGRESS.into(), u.interface.clone()));
-        wanted.push((program_names::UPLINK_EGRESS.into(), u.interface.clone()));
+        let iface = u.interface.as_str();
+        let ingress = [
+            program_names::UPLINK_INGRESS,
+            program_names::UPLINK_INGRESS_XDP,
+            program_names::UPLINK_INGRESS_L3,
+        ];
+        let egress = [program_names::UPLINK_EGRESS, program_names::UPLINK_EGRESS_L3];
+        wanted.push((variant(iface, &ingress), iface.to_string()));
+        wanted.push((variant(iface, &egress), iface.to_string()));
     }
-    let mut pinned: Vec<(String, String)> = fs::read_dir(pin_dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| parse_link_pin(&e.ok()?.file_name().to_string_lossy()))
-        .filter(|p| !wanted.contains(p))
-        .collect();
+    let reasons = DaemonState::load(pin_dir).map(|s| s.hooks).unwrap_or_default();
+    let mut pinned: Vec<(String, String)> =
+        pinned_links.into_iter().filter(|p| !wanted.contains(p)).collect();
     pinned.sort();
     wanted.extend(pinned);
     wanted
         .into_iter()
         .map(|(program, interface)| {
             let pin = pin_dir.join(format!("link-{program}-{interface}"));
-            let hook = program_hook(&program);
+            let hook = hooks::hook_of(&program).map_or("unknown", HookPoint::name);
+            let reason = reasons
+                .iter()
+                .find(|c| c.program == program && c.interface == interface)
+                .map(|c| c.reason.clone());
             let mut a = Attachment {
                 program,
                 interface,
                 hook,
+                reason,
                 attached: false,
                 link_id: None,
                 program_id: None,
@@ -523,15 +539,6 @@ pub fn read_attachments(pin_dir: &Path, names: &Names) -> Vec<Attachment> {
             a
         })
         .collect()
-}
-
-/// `link-<program>-<interface>` → (program, interface).
-fn parse_link_pin(name: &str) -> Option<(String, String)> {
-    let rest = name.strip_prefix("link-")?;
-    PROGRAMS.iter().find_map(|p| {
-        let iface = rest.strip_prefix(p)?.strip_prefix('-')?;
-        (!iface.is_empty()).then(|| (p.to_string(), iface.to_string()))
-    })
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -1164,12 +1171,12 @@ pub fn status(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> {
                 if a.attached { "yes" } else { "NO" }.to_string(),
                 opt(a.link_id),
                 opt(a.program_id),
-                a.error.clone().unwrap_or_default(),
+                a.error.clone().or_else(|| a.reason.clone()).unwrap_or_default(),
             ]
         })
         .collect();
     print_table(
-        &["PROGRAM", "HOOK", "INTERFACE", "ATTACHED", "LINK_ID", "PROG_ID", "NOTE"],
+        &["PROGRAM", "HOOK", "INTERFACE", "ATTACHED", "LINK_ID", "PROG_ID", "WHY"],
         &rows,
         &[4, 5],
     );

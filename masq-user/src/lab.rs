@@ -108,18 +108,13 @@ impl Host {
         }
     }
 
-    /// Commands run inside the host once its links exist and are up.
-    ///
-    /// Checksum offload: masq's XDP program updates checksums incrementally and does not handle
-    /// CHECKSUM_PARTIAL, so every sender on the internet side (client, core, ISP routers) sends full
-    /// checksums (`tx off`). LAN hosts keep offload on: masq handles the LAN side in TC, which copes.
+    /// Commands run inside the host once its links exist and are up. Every interface keeps the
+    /// kernel's defaults (checksum and segmentation offloads on, GRO off on veth): what users have.
     fn setup(self) -> &'static [&'static str] {
         match self {
-            Host::Client => &[
-                "ip addr add 64.70.12.210/24 dev eth0",
-                "ip route add default via 64.70.12.1",
-                "ethtool -K eth0 tx off",
-            ],
+            Host::Client => {
+                &["ip addr add 64.70.12.210/24 dev eth0", "ip route add default via 64.70.12.1"]
+            }
             Host::Core => &[
                 "sysctl -qw net.ipv4.ip_forward=1",
                 "ip addr add 64.70.12.1/24 dev to-client",
@@ -127,9 +122,6 @@ impl Host {
                 "ip addr add 198.18.2.1/30 dev to-ispb",
                 "ip route add 67.17.28.0/28 via 198.18.1.2",
                 "ip route add 205.254.211.0/24 via 198.18.2.2",
-                "ethtool -K to-client tx off",
-                "ethtool -K to-ispa tx off",
-                "ethtool -K to-ispb tx off",
             ],
             // rp_filter off so spoofed packets reach the FORWARD rule and are counted there.
             Host::IspA => &[
@@ -138,10 +130,6 @@ impl Host {
                 "ip addr add 67.17.28.14/28 dev to-gw",
                 "ip route add default via 198.18.1.1",
                 "iptables -w -A FORWARD -i to-gw ! -s 67.17.28.0/28 -m comment --comment spoofed -j DROP",
-                "ethtool -K to-core tx off",
-                "ethtool -K to-gw tx off",
-                // masq answers ARP and sends frames back by XDP redirect: the veth peer needs GRO.
-                "ethtool -K to-gw gro on",
             ],
             Host::IspB => &[
                 "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.to-gw.rp_filter=0",
@@ -149,10 +137,6 @@ impl Host {
                 "ip addr add 205.254.211.254/24 dev to-gw",
                 "ip route add default via 198.18.2.1",
                 "iptables -w -A FORWARD -i to-gw ! -s 205.254.211.0/24 -m comment --comment spoofed -j DROP",
-                "ethtool -K to-core tx off",
-                "ethtool -K to-gw tx off",
-                // masq answers ARP and sends frames back by XDP redirect: the veth peer needs GRO.
-                "ethtool -K to-gw gro on",
             ],
             // Loose reverse-path filtering: strict mode drops inbound ISP A traffic (see DESIGN-NOTES).
             Host::Gw => &[
@@ -162,15 +146,12 @@ impl Host {
                 "ip addr add 67.17.28.12/28 dev eth4",
                 "ip route add default via 205.254.211.254",
             ],
-            // GRO on gw eth0's peer: a veth only receives XDP_REDIRECTed frames when its peer has XDP
-            // or GRO enabled, and masq redirects from the uplinks into eth0.
             Host::Switch => &[
                 "ip link add br0 type bridge",
                 "ip link set gw master br0",
                 "ip link set isolde master br0",
                 "ip link set tristan master br0",
                 "ip link set br0 up",
-                "ethtool -K gw gro on",
             ],
             Host::Isolde => &[
                 "ip addr add 192.168.100.17/24 dev eth0",
@@ -285,8 +266,28 @@ impl GatewayMode {
     }
 }
 
+/// The XDP-friendly variant ([`LabOptions::xdp_friendly`]): the internet side sends complete
+/// checksums, so XDP's incremental updates are right.
+const XDP_FRIENDLY_SENDERS: &[(Host, &[&str])] = &[
+    (Host::Client, &["ethtool -K eth0 tx off"]),
+    (
+        Host::Core,
+        &["ethtool -K to-client tx off", "ethtool -K to-ispa tx off", "ethtool -K to-ispb tx off"],
+    ),
+    (Host::IspA, &["ethtool -K to-core tx off", "ethtool -K to-gw tx off"]),
+    (Host::IspB, &["ethtool -K to-core tx off", "ethtool -K to-gw tx off"]),
+];
+
+/// The veth peers of gw's interfaces: in the XDP-friendly variant each runs an XDP program, so
+/// frames XDP-redirected into gw's end are received (a veth needs its peer's NAPI for that).
+const GW_PEERS: [End; 3] = [(Host::IspA, "to-gw"), (Host::IspB, "to-gw"), (Host::Switch, "gw")];
+
 #[derive(Clone, Debug, Default)]
 pub struct LabOptions {
+    /// The variant where XDP is safe, tested in addition to the default: senders toward gw's
+    /// uplinks without tx checksum offload, and masq's pass-through XDP program on the veth
+    /// peers of gw's interfaces. Everything else keeps the kernel's defaults.
+    pub xdp_friendly: bool,
     /// Applied to gw right after the build (see [`Lab::configure_gateway`]).
     pub gateway: GatewayMode,
     /// Print every setup command.
@@ -354,8 +355,57 @@ impl Lab {
         for host in Host::ALL {
             lab.run_script(host, host.setup())?;
         }
+        if options.xdp_friendly {
+            for (host, lines) in XDP_FRIENDLY_SENDERS {
+                lab.run_script(*host, lines)?;
+            }
+            registry().dirs.push(lab.peer_pin_dir());
+            lab.attach_peer_xdp()?;
+        }
         lab.configure_gateway(options.gateway)?;
         Ok(lab)
+    }
+
+    /// Where the XDP-friendly variant pins its peers' links (removed with the lab).
+    fn peer_pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(format!("{}-peers", self.id))
+    }
+
+    /// masq's pass-through XDP program on every peer in [`GW_PEERS`], natively.
+    fn attach_peer_xdp(&self) -> Result<()> {
+        use aya::programs::{Xdp, XdpMode, links::FdLink};
+        let peers: Vec<(PathBuf, &'static str, Host)> =
+            GW_PEERS.iter().map(|&(host, iface)| (self.ns(host).path(), iface, host)).collect();
+        let pin_dir = self.peer_pin_dir();
+        fs::create_dir_all(&pin_dir)?;
+        // On a thread of its own: it moves between the peers' namespaces.
+        thread::spawn(move || -> Result<()> {
+            let mut loader = aya::EbpfLoader::new();
+            loader.map_max_entries(masq_common::map_names::CONNS, 64);
+            let mut ebpf = loader.load(crate::dataplane::EBPF_OBJECT)?;
+            let xdp: &mut Xdp = ebpf
+                .program_mut(masq_common::program_names::XDP_PASS)
+                .context("masq_xdp_pass missing")?
+                .try_into()?;
+            xdp.load()?;
+            for (path, iface, host) in peers {
+                let ns = File::open(&path)?;
+                // SAFETY: setns changes only this thread's network namespace; the fd is valid.
+                if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }
+                    != 0
+                {
+                    bail!("setns into {}: {}", path.display(), std::io::Error::last_os_error());
+                }
+                let id = xdp
+                    .attach(iface, XdpMode::Driver)
+                    .with_context(|| format!("XDP on {host} {iface}"))?;
+                let link = FdLink::try_from(xdp.take_link(id)?)?;
+                link.pin(pin_dir.join(format!("link-{host}-{iface}")))?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow!("the peer XDP thread panicked"))?
     }
 
     /// Applies `mode` to gw. Call once, on a lab built with [`GatewayMode::Bare`] (the default).
@@ -670,12 +720,13 @@ impl Drop for Lab {
             registry().namespaces.retain(|n| n != ns.name());
             drop(ns);
         }
-        let pin_dir = self.pin_dir();
+        let (pin_dir, peer_pin_dir) = (self.pin_dir(), self.peer_pin_dir());
         remove_dir(&pin_dir);
+        remove_dir(&peer_pin_dir);
         if !self.keep_run_dir {
             remove_dir(&self.run_dir);
         }
-        registry().dirs.retain(|d| *d != pin_dir && *d != self.run_dir);
+        registry().dirs.retain(|d| *d != pin_dir && *d != peer_pin_dir && *d != self.run_dir);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod hooks;
 pub mod host;
 pub mod inspect;
 pub mod lab;

@@ -249,6 +249,11 @@ fn main() -> ExitCode {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    if !matches!(cli.command, Command::Check { .. } | Command::Run { .. } | Command::Down { .. }) {
+        // Read the host's pins even from a private mount namespace (`ip netns exec`); when that
+        // fails, opening the pins says what is missing.
+        let _ = masq_user::dataplane::ensure_bpffs();
+    }
     let result = match cli.command {
         Command::Check { config, offline } => return check(&config, offline),
         Command::Run { config, pin_dir, metrics } => {

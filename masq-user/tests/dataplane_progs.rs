@@ -163,9 +163,15 @@ fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
         dp.fill_maps(&cfg, &host).expect("filling the maps");
         let ebpf = dp.ebpf_mut();
         let xdp: &mut Xdp =
-            ebpf.program_mut(program_names::UPLINK_INGRESS).unwrap().try_into().unwrap();
-        xdp.load().expect("verifier: masq_uplink_in");
-        for name in [program_names::LAN_INGRESS, program_names::UPLINK_EGRESS] {
+            ebpf.program_mut(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
+        xdp.load().expect("verifier: masq_uplink_in_xdp");
+        for name in [
+            program_names::UPLINK_INGRESS,
+            program_names::UPLINK_INGRESS_L3,
+            program_names::LAN_INGRESS,
+            program_names::UPLINK_EGRESS,
+            program_names::UPLINK_EGRESS_L3,
+        ] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().unwrap_or_else(|e| panic!("verifier: {name}: {e:#}"));
         }
@@ -208,10 +214,10 @@ impl Gw {
         self.host.get(dev).unwrap().mac.unwrap()
     }
 
-    /// `masq_uplink_in` on a frame received by `dev`.
+    /// `masq_uplink_in_xdp` on a frame received by `dev`.
     fn xdp(&self, dev: &str, frame: &[u8]) -> Run {
         let prog: &Xdp =
-            self.dp.ebpf().program(program_names::UPLINK_INGRESS).unwrap().try_into().unwrap();
+            self.dp.ebpf().program(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex(dev), 0, 0];
         let mut out = vec![0u8; frame.len() + 256];
@@ -246,6 +252,12 @@ impl Gw {
         out.truncate(r.data_size_out as usize);
         let mark = u32::from_ne_bytes(skb_out[SKB_MARK..][..4].try_into().unwrap());
         Run { ret: r.return_value, out, mark }
+    }
+
+    /// `masq_uplink_in` (TC) on a frame received by `dev`.
+    fn uplink_in(&self, dev: &str, frame: &[u8]) -> Run {
+        let dev = self.ifindex(dev);
+        self.tc(program_names::UPLINK_INGRESS, dev, dev, frame)
     }
 
     /// `masq_lan_in` on a frame received by eth0.

@@ -141,7 +141,7 @@ impl PathKind {
 
     pub fn program(self) -> &'static str {
         match self.hook() {
-            Hook::Xdp => program_names::UPLINK_INGRESS,
+            Hook::Xdp => program_names::UPLINK_INGRESS_XDP,
             Hook::Tc => program_names::LAN_INGRESS,
         }
     }
@@ -367,9 +367,9 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
     cfg.check_host(&host)?;
     let mut dp = Dataplane::load(&cfg, pin_dir)?;
     dp.fill_maps(&cfg, &host)?;
-    let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS)?;
+    let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS_XDP)?;
     let tc_fd = load_program(&mut dp, program_names::LAN_INGRESS)?;
-    let programs = [program_names::UPLINK_INGRESS, program_names::LAN_INGRESS]
+    let programs = [program_names::UPLINK_INGRESS_XDP, program_names::LAN_INGRESS]
         .into_iter()
         .map(|name| program_size(&dp, name))
         .collect::<Result<_>>()?;

@@ -1,34 +1,65 @@
-//! XDP on each uplink: ARP for published addresses, new connections to published services,
-//! replies of masqueraded connections, ICMP errors; all sent to the LAN translated.
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_redirect, programs::XdpContext};
+//! `masq_uplink_in`: ingress of each uplink. ARP for published addresses, new connections to
+//! published services, replies of masqueraded connections, ICMP errors; all sent to the LAN
+//! translated. One body for three hooks: TC behind Ethernet (the default), TC on an L3 device
+//! (PPP, raw-ip LTE, WireGuard, tun), and XDP where the loader found it safe.
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use masq_common::{CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey};
 
 use crate::{
     arp, conntrack,
-    forward::{decrement_ttl, set_macs},
+    forward::decrement_ttl,
+    hook::{Hook, Verdict, tc_action, xdp_action},
     maps::PUBLIC_ADDRS,
     nat::published,
-    packet::{Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, Frag, Ipv4, L4, Parsed, Skb, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
     steer::{RT_TABLE_MAIN, Route, config, is_uplink_address, route, uplink_by_ifindex},
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
-pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
-    let ifindex = ctx.ingress_ifindex() as u32;
+#[classifier]
+pub fn masq_uplink_in(ctx: TcContext) -> i32 {
+    tc::<ETH_HLEN>(ctx)
+}
+
+#[classifier]
+pub fn masq_uplink_in_l3(ctx: TcContext) -> i32 {
+    tc::<0>(ctx)
+}
+
+#[xdp]
+pub fn masq_uplink_in_xdp(mut ctx: XdpContext) -> u32 {
+    let verdict = run(&mut ctx);
+    xdp_action(&mut ctx, verdict)
+}
+
+#[inline(always)]
+fn tc<const IP: usize>(ctx: TcContext) -> i32 {
+    let mut skb = Skb::<IP>(ctx);
+    skb.pull_headers();
+    let verdict = run(&mut skb);
+    tc_action(&mut skb, verdict)
+}
+
+#[inline(always)]
+fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
+    let ifindex = ctx.ifindex();
     let Some((uplink_index, uplink)) = uplink_by_ifindex(ifindex) else {
-        return Ok(XDP_PASS);
+        return Ok(Verdict::Pass);
     };
     let len = ctx.len();
     uplink_rx(uplink_index, len);
-    let ip = match parse(&ctx)? {
+    let ip = match parse(ctx)? {
         Parsed::Ipv4(ip) => ip,
-        Parsed::Arp => return arp::answer(&mut ctx, uplink_index, uplink),
-        Parsed::Other | Parsed::Ipv4Options { .. } => return Ok(XDP_PASS),
+        Parsed::Arp => return arp::answer(ctx, uplink_index, uplink),
+        Parsed::Other | Parsed::Ipv4Options { .. } => return Ok(Verdict::Pass),
     };
     count(Counter::Ipv4Seen);
     let Some(cfg) = config() else {
-        return Ok(XDP_PASS);
+        return Ok(Verdict::Pass);
     };
 
     let translation = if ip.frag == Frag::Later {
@@ -40,13 +71,13 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
             }
             None => {
                 count(Counter::PassedUntouched);
-                return Ok(XDP_PASS);
+                return Ok(Verdict::Pass);
             }
         }
     } else if ip.l4 == L4::IcmpError {
-        let Some((translation, entry, conn_key)) = icmp_error(&ctx, &ip, true) else {
+        let Some((translation, entry, conn_key)) = icmp_error(ctx, &ip, true) else {
             count(Counter::PassedUntouched);
-            return Ok(XDP_PASS);
+            return Ok(Verdict::Pass);
         };
         conntrack::touch(&conn_key, entry, &ip, len);
         count(Counter::IcmpErrorTranslated);
@@ -54,14 +85,14 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
     } else if let Some(entry) = conntrack::lookup(&ip.key) {
         if !entry.toward_lan() {
             count(Counter::PassedUntouched);
-            return Ok(XDP_PASS);
+            return Ok(Verdict::Pass);
         }
         conntrack::touch(&ip.key, entry, &ip, len);
         Translation::Flow(entry.xlate.key(ip.key.proto))
     } else {
         let Some(target) = published(&ip.key) else {
             count(Counter::PassedUntouched);
-            return Ok(XDP_PASS);
+            return Ok(Verdict::Pass);
         };
         if target.uplink != uplink_index {
             return Err(Counter::DropWrongUplink);
@@ -71,7 +102,7 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
         }
         if ip.ttl <= 1 {
             count(Counter::TtlExpiring);
-            return Ok(XDP_PASS);
+            return Ok(Verdict::Pass);
         }
         let mut xlate = ip.key;
         xlate.dst_addr = target.to_addr;
@@ -101,37 +132,43 @@ pub fn run(mut ctx: XdpContext) -> Result<u32, Counter> {
         }
         // Untranslated, so the kernel's time-exceeded quotes what the sender sent.
         count(Counter::TtlExpiring);
-        return Ok(XDP_PASS);
+        return Ok(Verdict::Pass);
     }
-    translation.apply(&mut ctx, &ip)?;
+    translation.apply(ctx, &ip)?;
     count(Counter::ToLanTranslated);
-    to_lan(&mut ctx, cfg, &ip, &translation.result(&ip), ifindex)
+    to_lan(ctx, cfg, &ip, &translation.result(&ip), ifindex)
 }
 
-/// Redirect straight to the LAN device when the FIB knows the next hop; else let the kernel
+/// Forward straight to the LAN device when the FIB knows the next hop; else let the kernel
 /// forward the (already translated) packet.
 #[inline(always)]
-fn to_lan(
-    ctx: &mut XdpContext,
+fn to_lan<P: Hook>(
+    ctx: &mut P,
     cfg: &DataplaneConfig,
     ip: &Ipv4,
     key: &FlowKey,
     ifindex: u32,
-) -> Result<u32, Counter> {
+) -> Result<Verdict, Counter> {
     if cfg.flags & CFG_F_FAST_PATH == 0 {
         count(Counter::KernelPath);
-        return Ok(XDP_PASS);
+        return Ok(Verdict::Pass);
     }
     // The LAN lives in main.
-    let Route::Resolved { ifindex, smac, dmac } =
-        route(ctx, ifindex, key, ip.tot_len, RT_TABLE_MAIN)
-    else {
-        count(Counter::KernelPath);
-        return Ok(XDP_PASS);
+    let mtu_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
+    let verdict = match route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN) {
+        Route::Resolved { ifindex, smac, dmac } => {
+            count(Counter::FastPathRedirect);
+            Verdict::Forward { ifindex, smac, dmac }
+        }
+        Route::NoNeigh { ifindex, next_hop } if P::NEIGH => {
+            count(Counter::FastPathNeigh);
+            Verdict::ForwardNeigh { ifindex, next_hop }
+        }
+        _ => {
+            count(Counter::KernelPath);
+            return Ok(Verdict::Pass);
+        }
     };
     decrement_ttl(ctx)?;
-    set_macs(ctx, &smac, &dmac)?;
-    count(Counter::FastPathRedirect);
-    // SAFETY: plain helper call; returns XDP_REDIRECT or XDP_ABORTED.
-    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+    Ok(verdict)
 }

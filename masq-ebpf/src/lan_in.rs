@@ -1,17 +1,15 @@
-//! TC on the LAN device: replies of published services and new or known masqueraded
-//! connections, each steered to its connection's uplink.
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::{bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
-};
+//! `masq_lan_in`: TC ingress of the LAN device (Ethernet: a NIC, VLAN subinterface or bridge).
+//! Replies of published services and new or known masqueraded connections, each steered to its
+//! connection's uplink.
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, FlowKey};
 
 use crate::{
     conntrack,
-    forward::{decrement_ttl, set_macs},
+    forward::decrement_ttl,
+    hook::{Hook, Verdict, tc_action},
     maps::PUBLIC_ADDRS,
-    packet::{Frag, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN},
+    packet::{EthSkb, Frag, Ipv4, L4, Packet, Parsed, Skb, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
         Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, uplink_by_ifindex,
@@ -20,47 +18,54 @@ use crate::{
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
 };
 
-const AF_INET: u32 = 2;
-
 const PACKET_HOST: u32 = 0;
 
-pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
-    let ip = match crate::parse_tc(&ctx)? {
+#[classifier]
+pub fn masq_lan_in(ctx: TcContext) -> i32 {
+    let mut skb = Skb(ctx);
+    skb.pull_headers();
+    let verdict = run(&mut skb);
+    tc_action(&mut skb, verdict)
+}
+
+#[inline(always)]
+fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
+    let ip = match parse(ctx)? {
         Parsed::Ipv4(ip) => ip,
-        _ => return Ok(TC_ACT_OK),
+        _ => return Ok(Verdict::Pass),
     };
     count(Counter::Ipv4Seen);
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK);
+        return Ok(Verdict::Pass);
     };
-    // SAFETY: `skb` is the program's context.
-    let skb = unsafe { &*ctx.skb.skb };
+    let skb = ctx.skb();
+    let (pkt_type, ingress_ifindex) = (skb.pkt_type, skb.ingress_ifindex);
     // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
     // the next-hop cache entry a new connection's route probe leaves serves its redirect too.
-    let route_len = mtu_check_len(skb, &ip);
+    let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
     // Broadcast, multicast and frames for another MAC are the gateway's own business.
-    if skb.pkt_type != PACKET_HOST || is_multicast_or_broadcast(ip.key.dst_addr) {
+    if pkt_type != PACKET_HOST || is_multicast_or_broadcast(ip.key.dst_addr) {
         count(Counter::PassedUntouched);
-        return Ok(TC_ACT_OK);
+        return Ok(Verdict::Pass);
     }
     if ip.ttl <= 1 {
         // Untranslated, so the kernel's time-exceeded quotes what the LAN host sent.
         count(Counter::TtlExpiring);
-        return Ok(TC_ACT_OK);
+        return Ok(Verdict::Pass);
     }
-    let len = u64::from(ctx.len());
+    let len = ctx.len();
 
     let (translation, uplink_index) = if ip.frag == Frag::Later {
         let Some(found) = later_fragment(&ip) else {
             // First fragment not seen: the kernel forwards it, uplink egress drops it.
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK);
+            return Ok(Verdict::Pass);
         };
         found
     } else if ip.l4 == L4::IcmpError {
-        let Some((translation, entry, conn_key)) = icmp_error(&ctx, &ip, false) else {
+        let Some((translation, entry, conn_key)) = icmp_error(ctx, &ip, false) else {
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK);
+            return Ok(Verdict::Pass);
         };
         conntrack::touch(&conn_key, entry, &ip, len);
         count(Counter::IcmpErrorTranslated);
@@ -68,7 +73,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
     } else if let Some(entry) = conntrack::lookup(&ip.key) {
         if entry.toward_lan() {
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK);
+            return Ok(Verdict::Pass);
         }
         conntrack::touch(&ip.key, entry, &ip, len);
         (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
@@ -81,7 +86,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
             || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
         if not_ours {
             count(Counter::PassedUntouched);
-            return Ok(TC_ACT_OK);
+            return Ok(Verdict::Pass);
         }
         if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             return Err(Counter::DropTcpNoConn);
@@ -93,14 +98,14 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         // interface that is no uplink (a VPN, another internal network) means no NAT at all.
         if cfg.flags & CFG_F_NO_STEER == 0 {
             let probe = FlowKey { src_addr: up.address, ..*k };
-            let egress = match route(&ctx, skb.ingress_ifindex, &probe, route_len, up.table) {
+            let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
                 Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
                 Route::Kernel => up.ifindex,
             };
             if egress != up.ifindex {
                 let Some((index, other)) = uplink_by_ifindex(egress) else {
                     count(Counter::PassedUntouched);
-                    return Ok(TC_ACT_OK);
+                    return Ok(Verdict::Pass);
                 };
                 (chosen, up) = (index, other);
             }
@@ -114,7 +119,7 @@ pub fn run(mut ctx: TcContext) -> Result<i32, Counter> {
         (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
     record_first_fragment(&ip, &translation, uplink_index);
-    to_uplink(&mut ctx, cfg, &ip, &translation, uplink_index, route_len)
+    to_uplink(ctx, cfg, &ip, &translation, uplink_index, route_len)
 }
 
 /// 224.0.0.0/4 or 255.255.255.255.
@@ -124,67 +129,48 @@ fn is_multicast_or_broadcast(addr: u32) -> bool {
     addr >> 28 == 0xe || addr == u32::MAX
 }
 
-/// The packet size the FIB's MTU check must pass: for an aggregated (GSO) packet, the size of
-/// the segments it will leave as, not the aggregate's.
-#[inline(always)]
-fn mtu_check_len(skb: &aya_ebpf::bindings::__sk_buff, ip: &Ipv4) -> u16 {
-    if skb.gso_size == 0 {
-        return ip.tot_len;
-    }
-    let headers = 20 + if ip.l4 == L4::Tcp { u32::from(ip.tcp_header_len) } else { 8 };
-    (skb.gso_size + headers).min(u32::from(ip.tot_len)) as u16
-}
-
 /// Steer to the connection's uplink: mark the packet for the kernel's policy tables, and when
 /// the uplink's table resolves the route, translate and redirect without the kernel stack.
 /// Otherwise the kernel routes it by the mark and the uplink's egress program translates.
 #[inline(always)]
 fn to_uplink(
-    ctx: &mut TcContext,
+    ctx: &mut EthSkb,
     cfg: &DataplaneConfig,
     ip: &Ipv4,
     translation: &Translation,
     uplink_index: u8,
     route_len: u16,
-) -> Result<i32, Counter> {
+) -> Result<Verdict, Counter> {
     let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
-        return Ok(TC_ACT_OK);
+        return Ok(Verdict::Pass);
     }
-    // SAFETY: `skb` is the program's context.
-    let skb = unsafe { &mut *ctx.skb.skb };
+    let skb = ctx.skb_mut();
     skb.mark = with_mark(cfg, skb.mark, up.mark);
+    let ingress_ifindex = skb.ingress_ifindex;
     if cfg.flags & CFG_F_FAST_PATH == 0 {
         count(Counter::KernelPath);
-        return Ok(TC_ACT_OK);
+        return Ok(Verdict::Pass);
     }
     let key: FlowKey = translation.result(ip);
-    let next = route(ctx, skb.ingress_ifindex, &key, route_len, up.table);
+    let next = route(ctx, ingress_ifindex, &key, route_len, up.table);
     if let Route::Kernel = next {
         count(Counter::KernelPath);
-        return Ok(TC_ACT_OK);
+        return Ok(Verdict::Pass);
     }
     translation.apply(ctx, ip)?;
     count(Counter::ToUplinkTranslated);
     decrement_ttl(ctx)?;
-    match next {
+    Ok(match next {
         Route::Resolved { ifindex, smac, dmac } => {
-            set_macs(ctx, &smac, &dmac)?;
             count(Counter::FastPathRedirect);
-            // SAFETY: plain helper call.
-            Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+            Verdict::Forward { ifindex, smac, dmac }
         }
         Route::NoNeigh { ifindex, next_hop } => {
-            let mut nh = bpf_redir_neigh {
-                nh_family: AF_INET,
-                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: [next_hop, 0, 0, 0] },
-            };
             count(Counter::FastPathNeigh);
-            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
-            // SAFETY: nh is initialised and its size is passed.
-            Ok(unsafe { bpf_redirect_neigh(ifindex, &mut nh, size, 0) } as i32)
+            Verdict::ForwardNeigh { ifindex, next_hop }
         }
-        Route::Kernel => Ok(TC_ACT_OK),
-    }
+        Route::Kernel => Verdict::Pass,
+    })
 }

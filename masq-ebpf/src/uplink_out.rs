@@ -1,0 +1,70 @@
+//! `masq_uplink_out`: TC egress of each uplink (`_l3` on an L3 device). Counts the uplink's
+//! traffic, translates what the kernel forwarded untranslated (masq's slow path, incl. the
+//! fragments the kernel made), and stops LAN addresses from leaking un-NATed.
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use masq_common::Counter;
+
+use crate::{
+    conntrack,
+    hook::{Hook, Verdict, tc_action},
+    packet::{ETH_HLEN, Frag, L4, Packet, Parsed, Skb, parse},
+    stats::{count, uplink_tx},
+    steer::{config, in_lan, uplink_by_ifindex},
+    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
+};
+
+#[classifier]
+pub fn masq_uplink_out(ctx: TcContext) -> i32 {
+    tc::<ETH_HLEN>(ctx)
+}
+
+#[classifier]
+pub fn masq_uplink_out_l3(ctx: TcContext) -> i32 {
+    tc::<0>(ctx)
+}
+
+#[inline(always)]
+fn tc<const IP: usize>(ctx: TcContext) -> i32 {
+    let mut skb = Skb::<IP>(ctx);
+    skb.pull_headers();
+    let verdict = run(&mut skb);
+    tc_action(&mut skb, verdict)
+}
+
+#[inline(always)]
+fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
+    let this_uplink = uplink_by_ifindex(ctx.ifindex()).map(|(index, _)| index);
+    if let Some(index) = this_uplink {
+        uplink_tx(index, ctx.len());
+    }
+    let Some(cfg) = config() else { return Ok(Verdict::Pass) };
+    let ip = match parse(ctx)? {
+        Parsed::Ipv4(ip) => ip,
+        Parsed::Ipv4Options { src_addr } if in_lan(cfg, src_addr) => {
+            return Err(Counter::DropIpOptions);
+        }
+        _ => return Ok(Verdict::Pass),
+    };
+    if !in_lan(cfg, ip.key.src_addr) {
+        return Ok(Verdict::Pass);
+    }
+    let (translation, uplink) = if ip.frag == Frag::Later {
+        later_fragment(&ip).ok_or(Counter::DropFragment)?
+    } else if ip.l4 == L4::IcmpError {
+        // Accounted at LAN ingress, like every packet: only translate here.
+        let (translation, entry, _) =
+            icmp_error(ctx, &ip, false).ok_or(Counter::DropUntranslatedLeak)?;
+        (translation, entry.uplink)
+    } else {
+        // Already accounted at LAN ingress; only translate here.
+        let entry = conntrack::lookup(&ip.key).ok_or(Counter::DropUntranslatedLeak)?;
+        if entry.toward_lan() {
+            return Err(Counter::DropUntranslatedLeak);
+        }
+        (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
+    };
+    record_first_fragment(&ip, &translation, uplink);
+    translation.apply(ctx, &ip)?;
+    count(Counter::EgressTranslated);
+    Ok(Verdict::Pass)
+}
