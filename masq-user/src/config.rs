@@ -1082,6 +1082,7 @@ gateway = "205.254.211.254"
             index,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             mac: Some([2, 0, 0, 0, 0, index as u8]),
+            l3: false,
         }
     }
 

@@ -166,41 +166,55 @@ pub struct Dataplane {
 }
 
 const BPFFS: &str = "/sys/fs/bpf";
-/// The host's bpffs as seen from any mount namespace: through init's root.
-const HOST_BPFFS: &str = "/proc/1/root/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-fn is_bpffs(path: &str) -> bool {
-    let Ok(c_path) = std::ffi::CString::new(path) else { return false };
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into `buf`, which outlives the call.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     (unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } == 0) && buf.f_type as i64 == BPF_FS_MAGIC
 }
 
-fn device_of(path: &str) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    fs::metadata(path).ok().map(|m| m.dev())
+fn mount_ns(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
 }
 
-/// True when this process has a mount namespace of its own (`ip netns exec`, a container,
-/// systemd sandboxing), not init's.
-fn private_mount_ns() -> bool {
-    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    match (ns("self"), ns("1")) {
-        (Some(own), Some(init)) => own != init,
-        _ => false,
-    }
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which ends with the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Make /sys/fs/bpf the host's bpffs, so pins outlive this process and every masq command
-/// sees the same dataplane wherever it runs. On the host: mount it when missing. In a private
-/// mount namespace (`ip netns exec` mounts a fresh /sys, where a bpffs would be private and
-/// die with the process): bind the host's over it; refuse when the host has none.
-pub fn ensure_bpffs() -> anyhow::Result<()> {
-    if !private_mount_ns() {
-        if is_bpffs(BPFFS) {
-            return Ok(());
+/// The nearest ancestor in another mount namespace than ours (`ip netns exec`, a container,
+/// systemd sandboxing make one), if any.
+fn ancestor_outside_mount_ns() -> Option<u32> {
+    let own = mount_ns(std::process::id())?;
+    let mut pid = parent_of(std::process::id())?;
+    for _ in 0..64 {
+        if pid == 0 {
+            return None;
         }
+        if mount_ns(pid).is_some_and(|ns| ns != own) {
+            return Some(pid);
+        }
+        pid = parent_of(pid)?;
+    }
+    None
+}
+
+/// Make /sys/fs/bpf a bpffs that outlives this process, so every masq command sees the same
+/// dataplane wherever it runs. A bpffs there already is used. In a private mount namespace
+/// (`ip netns exec` mounts a fresh /sys, where a new bpffs would be private and die with the
+/// process) the bpffs of the namespace masq was started from is bound over it; masq refuses
+/// when that has none. Otherwise (on the host) one is mounted.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let here = Path::new(BPFFS);
+    if is_bpffs(here) {
+        return Ok(());
+    }
+    let Some(pid) = ancestor_outside_mount_ns() else {
         let status = std::process::Command::new("mount")
             .args(["-t", "bpf", "bpf", BPFFS])
             .status()
@@ -209,20 +223,18 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
             bail!("could not mount bpffs at {BPFFS}");
         }
         return Ok(());
-    }
-    if !is_bpffs(HOST_BPFFS) {
+    };
+    let outside = PathBuf::from(format!("/proc/{pid}/root{BPFFS}"));
+    if !is_bpffs(&outside) {
         bail!(
-            "this masq runs in a private mount namespace (such as `ip netns exec` makes) and the \
-             host has no bpffs at {BPFFS}, so its pins would die with the process: mount it on \
-             the host first (`mount -t bpf bpf {BPFFS}`), or start masq with \
-             `nsenter --net=/run/netns/NAME` instead"
+            "masq runs in a private mount namespace (such as `ip netns exec` makes) and the \
+             namespace it was started from has no bpffs at {BPFFS}, so its pins would die with \
+             the process: mount it there first (`mount -t bpf bpf {BPFFS}`), or start masq \
+             with `nsenter --net=/run/netns/NAME` instead"
         );
     }
-    if is_bpffs(BPFFS) && device_of(BPFFS) == device_of(HOST_BPFFS) {
-        return Ok(());
-    }
     let _ = fs::create_dir_all(BPFFS);
-    let src = std::ffi::CString::new(HOST_BPFFS)?;
+    let src = std::ffi::CString::new(outside.as_os_str().as_encoded_bytes())?;
     let dst = std::ffi::CString::new(BPFFS)?;
     // SAFETY: plain mount(2) with NUL-terminated paths; a bind mount in our own namespace.
     let rc = unsafe {
@@ -230,7 +242,8 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     };
     if rc != 0 {
         bail!(
-            "binding the host's bpffs over {BPFFS} in this private mount namespace: {}",
+            "binding {} over {BPFFS} in this private mount namespace: {}",
+            outside.display(),
             std::io::Error::last_os_error()
         );
     }

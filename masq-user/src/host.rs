@@ -223,6 +223,7 @@ mod tests {
                 index: 3,
                 addrs: vec![net("67.17.28.12/28"), net("67.17.28.10/28")],
                 mac,
+                l3: false,
             }]
         );
     }
@@ -260,6 +261,7 @@ mod tests {
             index: 3,
             addrs: vec![net("10.9.9.1/24"), net("67.17.28.12/28")],
             mac: None,
+            l3: false,
         };
         assert_eq!(ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 14)), Some(net("67.17.28.12/28")));
         assert_eq!(ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 16)), None);

@@ -468,15 +468,33 @@ impl Lab {
         extra_args: &[&str],
     ) -> Result<LabChild> {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.ns(Host::Gw).path().display()))
-            .arg("--")
-            .arg(masq_bin)
-            .arg("run")
-            .arg("-c")
-            .arg(config)
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            .args(extra_args);
+        cmd.arg(format!("--net={}", self.ns(Host::Gw).path().display())).arg("--").arg(masq_bin);
+        self.wait_for_masq(cmd, config, pin_dir, extra_args)
+    }
+
+    /// As [`Lab::start_masq`], started the way many users do: `ip netns exec`, which gives masq
+    /// a private mount namespace with a fresh /sys (masq must still pin on the host's bpffs).
+    pub fn start_masq_netns_exec(
+        &self,
+        masq_bin: &Path,
+        config: &Path,
+        pin_dir: &Path,
+    ) -> Result<LabChild> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns(Host::Gw).name()]).arg(masq_bin);
+        self.wait_for_masq(cmd, config, pin_dir, &[])
+    }
+
+    /// Runs `<cmd> run -c <config> --pin-dir <pin_dir> <extra_args>` and waits for
+    /// [`MASQ_READY_LINE`] in its log.
+    fn wait_for_masq(
+        &self,
+        mut cmd: Command,
+        config: &Path,
+        pin_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<LabChild> {
+        cmd.arg("run").arg("-c").arg(config).arg("--pin-dir").arg(pin_dir).args(extra_args);
         let n = self.spawned.fetch_add(1, Ordering::Relaxed);
         let log = self.run_dir.join(format!("{n:02}-gw-masq.log"));
         let mut masq = self.spawn_logged(cmd, "masq on gw", log.clone())?;

@@ -488,7 +488,7 @@ mod tests {
             "masq_packets_total{path=\"inbound_new\"} 2",
             "masq_drops_total{reason=\"fragment\"} 1",
             "masq_program_attached{program=\"masq_lan_in\",interface=\"eth0\",hook=\"tc_ingress\"} 0",
-            "masq_program_attached{program=\"masq_uplink_in\",interface=\"eth4\",hook=\"xdp\"} 0",
+            "masq_program_attached{program=\"masq_uplink_in\",interface=\"eth4\",hook=\"tc_ingress\"} 0",
             "# EOF",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");

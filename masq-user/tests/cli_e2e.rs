@@ -342,7 +342,10 @@ fn cli_and_metrics_report_known_traffic_and_flush_removes_one_uplink() {
         ("masq_conntrack_capacity", f64::from(DEFAULT_CONN_CAPACITY)),
         ("masq_packets_total{path=\"inbound_new\"}", 2.0),
         ("masq_packets_total{path=\"outbound_new\"}", 1.0),
-        ("masq_program_attached{program=\"masq_uplink_in\",interface=\"eth4\",hook=\"xdp\"}", 1.0),
+        (
+            "masq_program_attached{program=\"masq_uplink_in\",interface=\"eth4\",hook=\"tc_ingress\"}",
+            1.0,
+        ),
         (
             "masq_program_attached{program=\"masq_lan_in\",interface=\"eth0\",hook=\"tc_ingress\"}",
             1.0,

@@ -200,3 +200,53 @@ fn flushing_one_uplink_leaves_the_other_uplinks_flows_alone() {
     // The flushed TCP connection cannot finish: its packets no longer match a connection.
     drop(ispb_download);
 }
+
+/// `ip netns exec <gw> masq ARGS --pin-dir <the lab's>`: a private mount namespace per command.
+fn masq_netns_exec(lab: &Lab, args: &[&str]) -> std::process::Output {
+    let pin_dir = lab.pin_dir();
+    std::process::Command::new("ip")
+        .args(["netns", "exec", lab.ns(Host::Gw).name()])
+        .arg(common::masq_bin())
+        .args(args)
+        .args(["--pin-dir", pin_dir.to_str().unwrap()])
+        .output()
+        .expect("running masq by ip netns exec")
+}
+
+#[test]
+fn started_by_ip_netns_exec_a_restart_keeps_transfers_and_the_cli_sees_the_dataplane() {
+    let lab = common::lab(GatewayMode::Bare);
+    let body = common::random_bytes(FILE_LEN);
+    let _http = common::serve_http(&lab, Host::Isolde, 80, &body);
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = udp_echo(&lab, stop.clone());
+    let config = common::example_config();
+    let start = || lab.start_masq_netns_exec(&common::masq_bin(), &config, &lab.pin_dir());
+    let masq = start().expect("starting masq by ip netns exec");
+
+    let download = start_download(&lab, PUBLIC_ISP_A);
+    let stream = udp_stream(&lab, PUBLIC_ISP_A, stop.clone());
+    thread::sleep(Duration::from_secs(1));
+    // Another `ip netns exec` sees the same pins: the host's bpffs, not a private one.
+    let out = masq_netns_exec(&lab, &["conns", "--json"]);
+    assert!(out.status.success(), "masq conns: {}", String::from_utf8_lossy(&out.stderr));
+    let conns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(conns.iter().any(|c| c["proto"] == "tcp"), "the download is tracked: {conns:?}");
+
+    masq.stop().expect("stopping masq");
+    assert!(lab.pin_dir().join("CONNS").exists(), "pins outlive the daemon");
+    thread::sleep(Duration::from_millis(500));
+    let masq = start().expect("restarting masq by ip netns exec");
+    assert!(masq.log_text().contains("adopted"), "{}", masq.log_text());
+
+    let got = download.finish().expect("the download across the restart failed");
+    assert!(got == body, "download: {} bytes, content differs", got.len());
+    stop.store(true, Ordering::Relaxed);
+    assert_stream_complete("UDP via DSL", stream.join().unwrap());
+    echo.join().unwrap();
+
+    drop(masq);
+    let out = masq_netns_exec(&lab, &["down"]);
+    assert!(out.status.success(), "masq down: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!lab.pin_dir().exists(), "masq down left {}", lab.pin_dir().display());
+}

@@ -41,6 +41,20 @@ pub fn lab(mode: GatewayMode) -> Lab {
     Lab::build(LabOptions { gateway: mode, ..LabOptions::default() }).expect("building the lab")
 }
 
+/// The XDP-friendly variant of the lab ([`LabOptions::xdp_friendly`]), gw bare; needs root.
+pub fn xdp_friendly_lab() -> Lab {
+    require_root();
+    Lab::build(LabOptions { xdp_friendly: true, ..LabOptions::default() })
+        .expect("building the XDP-friendly lab")
+}
+
+/// `masq status --json` of the lab's dataplane.
+pub fn masq_status(lab: &Lab) -> serde_json::Value {
+    let out = masq_cli(lab, &["status", "--json"]);
+    assert!(out.status.success(), "masq status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("masq status --json")
+}
+
 /// `masq ARGS` run inside the gateway's namespace (`nsenter --net`: `ip netns exec` would hide
 /// /sys/fs/bpf behind a fresh sysfs).
 pub fn masq_on_gw(lab: &Lab, args: &[&str]) -> std::process::Output {
