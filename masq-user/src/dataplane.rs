@@ -206,9 +206,9 @@ fn ancestor_outside_mount_ns() -> Option<u32> {
 
 /// Make /sys/fs/bpf a bpffs that outlives this process, so every masq command sees the same
 /// dataplane wherever it runs. A bpffs there already is used. In a private mount namespace
-/// (`ip netns exec` mounts a fresh /sys, where a new bpffs would be private and die with the
-/// process) the bpffs of the namespace masq was started from is bound over it; masq refuses
-/// when that has none. Otherwise (on the host) one is mounted.
+/// without one (`ip netns exec` mounts a fresh /sys, where a new bpffs would be private and die
+/// with the process) masq joins the mount namespace it was started from, when that has one,
+/// and refuses otherwise. On the host, one is mounted.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
     let here = Path::new(BPFFS);
     if is_bpffs(here) {
@@ -233,19 +233,21 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
              with `nsenter --net=/run/netns/NAME` instead"
         );
     }
-    let _ = fs::create_dir_all(BPFFS);
-    let src = std::ffi::CString::new(outside.as_os_str().as_encoded_bytes())?;
-    let dst = std::ffi::CString::new(BPFFS)?;
-    // SAFETY: plain mount(2) with NUL-terminated paths; a bind mount in our own namespace.
-    let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
-    };
-    if rc != 0 {
+    // A bind mount cannot cross mount namespaces: join that namespace instead (only possible
+    // while single-threaded, which is why `main` calls this first). The working directory
+    // follows by path.
+    let cwd = std::env::current_dir().ok();
+    let ns =
+        fs::File::open(format!("/proc/{pid}/ns/mnt")).context("opening its mount namespace")?;
+    // SAFETY: setns(2) on a valid fd; it changes only this (single-threaded) process.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNS) } != 0 {
         bail!(
-            "binding {} over {BPFFS} in this private mount namespace: {}",
-            outside.display(),
+            "joining the mount namespace of pid {pid}, which has the host's bpffs: {}",
             std::io::Error::last_os_error()
         );
+    }
+    if let Some(cwd) = cwd {
+        let _ = std::env::set_current_dir(cwd);
     }
     Ok(())
 }

@@ -249,10 +249,15 @@ fn main() -> ExitCode {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    if !matches!(cli.command, Command::Check { .. } | Command::Run { .. } | Command::Down { .. }) {
-        // Read the host's pins even from a private mount namespace (`ip netns exec`); when that
-        // fails, opening the pins says what is missing.
-        let _ = masq_user::dataplane::ensure_bpffs();
+    // The host's bpffs even from a private mount namespace (`ip netns exec`), before any
+    // thread starts. `run` and `down` fail on their own if it cannot be had; for the
+    // inspection commands, opening the pins says what is missing.
+    if !matches!(cli.command, Command::Check { .. } | Command::Lab { .. } | Command::Bench { .. })
+        && let Err(e) = masq_user::dataplane::ensure_bpffs()
+        && matches!(cli.command, Command::Run { .. } | Command::Down { .. })
+    {
+        eprintln!("masq: {e:#}");
+        return ExitCode::from(1);
     }
     let result = match cli.command {
         Command::Check { config, offline } => return check(&config, offline),

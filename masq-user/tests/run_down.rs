@@ -33,8 +33,11 @@ fn assert_installed(lab: &Lab) {
     assert!(rules.contains("fwmark 0x1000000/0xf000000 lookup 201"), "{rules}");
     let table = gw.run_ok("ip -4 route show table 201").unwrap();
     assert!(table.contains("default via 67.17.28.14 dev eth4"), "{table}");
-    let links = gw.run_ok("ip link show eth4").unwrap();
-    assert!(links.contains("masq_uplink_in"), "{links}");
+    let status = common::masq_status(lab);
+    let attached = status["programs"].as_array().unwrap().iter().any(|a| {
+        a["program"] == "masq_uplink_in" && a["interface"] == "eth4" && a["attached"] == true
+    });
+    assert!(attached, "masq_uplink_in on eth4: {:#}", status["programs"]);
     assert!(lab.pin_dir().join("CONNS").exists());
 }
 
