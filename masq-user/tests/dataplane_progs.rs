@@ -434,7 +434,30 @@ fn inbound_syn_to_dsl_address_is_dnated_and_tracked_on_dsl() {
         gw.assert_counters(&[
             (Counter::InboundNew, 1),
             (Counter::FastPathRedirect, 1),
+            (Counter::XdpRedirect, 1),
             (Counter::ToLanTranslated, 1),
+        ]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn tc_uplink_ingress_dnats_like_xdp_and_counts_no_xdp_redirect() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+        let run = gw.uplink_in("eth4", &from_dsl(&syn));
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
+            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+            DSL,
+            true,
+        );
+        gw.assert_counters(&[
+            (Counter::InboundNew, 1),
+            (Counter::FastPathRedirect, 1),
+            (Counter::XdpRedirect, 0),
         ]);
         gw.assert_no_drops();
     });
