@@ -9,7 +9,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use masq_common::Counter;
 
@@ -111,6 +111,19 @@ pub fn xdp_action(ctx: &mut XdpContext, verdict: Result<Verdict, Counter>) -> u3
     };
     // SAFETY: plain helper call; returns XDP_REDIRECT or XDP_ABORTED.
     unsafe { bpf_redirect(ifindex, 0) as u32 }
+}
+
+/// Run a TC program's body on `ctx` (headers pulled into the linear area first) and return its
+/// action.
+#[inline(always)]
+pub fn tc_run<const IP: usize>(
+    ctx: TcContext,
+    body: impl FnOnce(&mut Skb<IP>) -> Result<Verdict, Counter>,
+) -> i32 {
+    let mut skb = Skb::<IP>(ctx);
+    skb.pull_headers();
+    let verdict = body(&mut skb);
+    tc_action(&mut skb, verdict)
 }
 
 /// The TC action for a body's result. On an L3 device (`IP == 0`) a forwarded packet gets an

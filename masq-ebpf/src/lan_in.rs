@@ -7,9 +7,9 @@ use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, Flo
 use crate::{
     conntrack,
     forward::decrement_ttl,
-    hook::{Hook, Verdict, tc_action},
+    hook::{Hook, Verdict, tc_run},
     maps::PUBLIC_ADDRS,
-    packet::{EthSkb, Frag, Ipv4, L4, Packet, Parsed, Skb, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
         Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, uplink_by_ifindex,
@@ -22,10 +22,7 @@ const PACKET_HOST: u32 = 0;
 
 #[classifier]
 pub fn masq_lan_in(ctx: TcContext) -> i32 {
-    let mut skb = Skb(ctx);
-    skb.pull_headers();
-    let verdict = run(&mut skb);
-    tc_action(&mut skb, verdict)
+    tc_run::<ETH_HLEN>(ctx, run)
 }
 
 #[inline(always)]

@@ -11,10 +11,10 @@ use masq_common::{CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, Flo
 use crate::{
     arp, conntrack,
     forward::decrement_ttl,
-    hook::{Hook, Verdict, tc_action, xdp_action},
+    hook::{Hook, Verdict, tc_run, xdp_action},
     maps::PUBLIC_ADDRS,
     nat::published,
-    packet::{ETH_HLEN, Frag, Ipv4, L4, Parsed, Skb, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, Frag, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
     steer::{RT_TABLE_MAIN, Route, config, is_uplink_address, route, uplink_by_ifindex},
     translate::{Translation, icmp_error, later_fragment, record_first_fragment},
@@ -22,26 +22,18 @@ use crate::{
 
 #[classifier]
 pub fn masq_uplink_in(ctx: TcContext) -> i32 {
-    tc::<ETH_HLEN>(ctx)
+    tc_run::<ETH_HLEN>(ctx, run)
 }
 
 #[classifier]
 pub fn masq_uplink_in_l3(ctx: TcContext) -> i32 {
-    tc::<0>(ctx)
+    tc_run::<0>(ctx, run)
 }
 
 #[xdp]
 pub fn masq_uplink_in_xdp(mut ctx: XdpContext) -> u32 {
     let verdict = run(&mut ctx);
     xdp_action(&mut ctx, verdict)
-}
-
-#[inline(always)]
-fn tc<const IP: usize>(ctx: TcContext) -> i32 {
-    let mut skb = Skb::<IP>(ctx);
-    skb.pull_headers();
-    let verdict = run(&mut skb);
-    tc_action(&mut skb, verdict)
 }
 
 #[inline(always)]

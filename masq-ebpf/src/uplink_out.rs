@@ -6,7 +6,7 @@ use masq_common::Counter;
 
 use crate::{
     conntrack,
-    hook::{Hook, Verdict, tc_action},
+    hook::{Hook, Verdict, tc_run},
     packet::{ETH_HLEN, Frag, L4, Packet, Parsed, Skb, parse},
     stats::{count, uplink_tx},
     steer::{config, in_lan, uplink_by_ifindex},
@@ -15,20 +15,12 @@ use crate::{
 
 #[classifier]
 pub fn masq_uplink_out(ctx: TcContext) -> i32 {
-    tc::<ETH_HLEN>(ctx)
+    tc_run::<ETH_HLEN>(ctx, run)
 }
 
 #[classifier]
 pub fn masq_uplink_out_l3(ctx: TcContext) -> i32 {
-    tc::<0>(ctx)
-}
-
-#[inline(always)]
-fn tc<const IP: usize>(ctx: TcContext) -> i32 {
-    let mut skb = Skb::<IP>(ctx);
-    skb.pull_headers();
-    let verdict = run(&mut skb);
-    tc_action(&mut skb, verdict)
+    tc_run::<0>(ctx, run)
 }
 
 #[inline(always)]
