@@ -450,6 +450,9 @@ counters! {
     EgressTranslated = 12, "egress_translated", false;
     /// Redirected by the uplinks' XDP program (a subset of `fast_path_redirect`).
     XdpRedirect = 13, "xdp_redirect", false;
+    /// Connections removed by the daemon because their uplink's address changed (renumbered
+    /// by DHCP or PPP): they cannot survive it. Counts connections, not packets.
+    ConnsRenumbered = 14, "conns_renumbered", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

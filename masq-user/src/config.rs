@@ -51,9 +51,11 @@ pub struct Lan {
 pub struct Uplink {
     pub name: String,
     pub interface: String,
-    /// Masquerade source.
-    pub address: Ipv4Addr,
-    pub gateway: Ipv4Addr,
+    /// Masquerade source; `None` follows the interface's address (DHCP, PPP IPCP).
+    pub address: Option<Ipv4Addr>,
+    /// Next hop of the uplink's default route; `None` learns it from main's default route via
+    /// the interface, or sends straight out of a point-to-point link.
+    pub gateway: Option<Ipv4Addr>,
     /// Routing table id (default `201 + index`).
     pub table: u32,
     /// fwmark bits (default: index + 1 in the lowest bits of the mark mask).
@@ -286,8 +288,9 @@ impl Config {
             let Some(ifc) = host.get(&uplink.interface) else {
                 return Err(missing(format!("uplink[{i}].interface"), &uplink.interface));
             };
-            for (field, addr) in [("address", uplink.address), ("gateway", uplink.gateway)] {
-                if ifc.subnet_of(addr).is_none() {
+            let fixed = [("address", uplink.address), ("gateway", uplink.gateway)];
+            for (field, addr) in fixed.into_iter().filter_map(|(f, a)| Some((f, a?))) {
+                if ifc.subnet_of(addr).is_none() && !(field == "gateway" && ifc.l3) {
                     let nets: Vec<String> = ifc.addrs.iter().map(Ipv4Net::to_string).collect();
                     let has = if nets.is_empty() {
                         "no IPv4 address".to_owned()
@@ -565,15 +568,19 @@ fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Res
             ));
         }
 
-        let address = parse_addr(&required(u.address, &key("address"))?, &key("address"))?;
-        if let Some(other) = uplinks.iter().find(|o| o.address == address) {
+        let address = u.address.map(|a| parse_addr(&a, &key("address"))).transpose()?;
+        if let Some(address) = address
+            && let Some(other) = uplinks.iter().find(|o| o.address == Some(address))
+        {
             return Err(ConfigError::new(
                 key("address"),
                 format!("address {address} is already used by uplink \"{}\"", other.name),
             ));
         }
-        let gateway = parse_addr(&required(u.gateway, &key("gateway"))?, &key("gateway"))?;
-        if gateway == address {
+        let gateway = u.gateway.map(|g| parse_addr(&g, &key("gateway"))).transpose()?;
+        if let Some(gateway) = gateway
+            && address == Some(gateway)
+        {
             return Err(ConfigError::new(
                 key("gateway"),
                 format!("gateway {gateway} is the uplink's own address"),
@@ -641,7 +648,7 @@ fn resolve_publish(raw: Vec<RawPublish>, lan: &Lan, uplinks: &[Uplink]) -> Resul
         let uplink = find_uplink(uplinks, &uplink_name, &key("uplink"))?;
 
         let address = parse_addr(&required(p.address, &key("address"))?, &key("address"))?;
-        if let Some(own) = uplinks.iter().find(|u| u.address == address) {
+        if let Some(own) = uplinks.iter().find(|u| u.address == Some(address)) {
             return Err(ConfigError::new(
                 key("address"),
                 format!("{address} is the address of uplink \"{}\" (the gateway's own)", own.name),
@@ -1124,13 +1131,13 @@ gateway = "205.254.211.254"
         assert_eq!(names, ["dsl", "isp-b"]);
         let dsl = &c.uplinks[0];
         assert_eq!(dsl.interface, "eth4");
-        assert_eq!(dsl.address, Ipv4Addr::new(67, 17, 28, 12));
-        assert_eq!(dsl.gateway, Ipv4Addr::new(67, 17, 28, 14));
+        assert_eq!(dsl.address, Some(Ipv4Addr::new(67, 17, 28, 12)));
+        assert_eq!(dsl.gateway, Some(Ipv4Addr::new(67, 17, 28, 14)));
         assert_eq!((dsl.table, dsl.mark, dsl.weight), (201, 0x0100_0000, 1));
         let isp_b = &c.uplinks[1];
         assert_eq!(isp_b.interface, "eth1");
-        assert_eq!(isp_b.address, Ipv4Addr::new(205, 254, 211, 179));
-        assert_eq!(isp_b.gateway, Ipv4Addr::new(205, 254, 211, 254));
+        assert_eq!(isp_b.address, Some(Ipv4Addr::new(205, 254, 211, 179)));
+        assert_eq!(isp_b.gateway, Some(Ipv4Addr::new(205, 254, 211, 254)));
         assert_eq!((isp_b.table, isp_b.mark, isp_b.weight), (202, 0x0200_0000, 1));
 
         let isolde = Ipv4Addr::new(192, 168, 100, 17);
@@ -1643,8 +1650,6 @@ to = "192.168.100.17"
 
     #[test]
     fn missing_required_keys_are_named() {
-        let e = Config::from_toml(&BASE.replace("gateway = \"205.254.211.254\"", "")).unwrap_err();
-        assert_err(&e, "uplink[1].gateway", "missing");
         let e = Config::from_toml("[[uplink]]\nname = \"dsl\"\n").unwrap_err();
         assert_err(&e, "lan", "missing section [lan]");
         let e =

@@ -11,16 +11,19 @@ use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
+use masq_common::Counter;
+
 use crate::{
-    config::Config,
+    config::{Config, Uplink},
     conntrack::{self, ConnTable},
     dataplane::{Dataplane, remove_pins},
+    follow::{self, UplinkState},
     hooks::HookChoice,
     host::HostInterfaces,
     inspect::{self, DaemonState, Names, NamesSource},
     lab::MASQ_READY_LINE,
     metrics,
-    policy_tables::{self, PolicySpec, PolicyTables, UplinkTable},
+    policy_tables::{self, PolicySpec, PolicyTables, UplinkRoute, UplinkTable},
 };
 
 /// Default pin directory of the maps.
@@ -30,17 +33,26 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often uplink links are checked for failover.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// Interfaces, addresses and default routes are followed on every netlink change, once this
+/// long after the first of a burst, and this often besides (in case events were lost).
+const FOLLOW_SETTLE: Duration = Duration::from_millis(100);
+const FOLLOW_RESYNC: Duration = Duration::from_secs(10);
 
-/// Failover: mark each uplink up or down for new connections by its link state.
-fn check_uplinks(dataplane: &mut Dataplane, cfg: &Config) {
-    for (index, uplink) in cfg.uplinks.iter().enumerate() {
-        let up = match crate::health::link_is_up(&uplink.interface) {
-            Ok(up) => up,
-            Err(e) => {
-                debug!("uplink {}: reading the state of {}: {e}", uplink.name, uplink.interface);
-                false
-            }
-        };
+/// Failover: mark each uplink up or down for new connections by its link state (an uplink
+/// that is absent or waiting for its address is down).
+fn check_uplinks(dataplane: &mut Dataplane, cfg: &Config, states: &[UplinkState]) {
+    for ((index, uplink), state) in cfg.uplinks.iter().enumerate().zip(states) {
+        let up = state.live().is_some()
+            && match crate::health::link_is_up(&uplink.interface) {
+                Ok(up) => up,
+                Err(e) => {
+                    debug!(
+                        "uplink {}: reading the state of {}: {e}",
+                        uplink.name, uplink.interface
+                    );
+                    false
+                }
+            };
         match dataplane.set_uplink_up(index, up) {
             Ok(true) if up => info!(
                 "uplink {} ({}) is up: it takes new connections again",
@@ -79,25 +91,53 @@ pub fn pid_file(pin_dir: &Path) -> PathBuf {
     PathBuf::from("/run/masq").join(format!("{name}.pid"))
 }
 
-pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<PolicySpec> {
+/// The policy tables for the uplinks as they are now: a table without routes for one that is
+/// absent or waiting.
+pub fn policy_spec(cfg: &Config, states: &[UplinkState]) -> PolicySpec {
     let uplinks = cfg
         .uplinks
         .iter()
-        .map(|u| {
-            let iface = host.get(&u.interface).with_context(|| {
-                format!("uplink {}: interface {} not found", u.name, u.interface)
-            })?;
-            Ok(UplinkTable {
-                name: u.name.clone(),
-                ifindex: iface.index,
-                address: u.address,
-                gateway: u.gateway,
-                table: u.table,
-                mark: u.mark,
-            })
+        .zip(states)
+        .map(|(u, state)| UplinkTable {
+            name: u.name.clone(),
+            table: u.table,
+            mark: u.mark,
+            route: state.live().map(|live| UplinkRoute {
+                ifindex: live.ifindex,
+                address: live.address,
+                gateway: live.gateway,
+            }),
         })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(PolicySpec { uplinks, mark_mask: cfg.dataplane.mark_mask })
+        .collect();
+    PolicySpec { uplinks, mark_mask: cfg.dataplane.mark_mask }
+}
+
+/// What the daemon follows on the host: its interfaces and each uplink's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Followed {
+    host: HostInterfaces,
+    states: Vec<UplinkState>,
+}
+
+impl Followed {
+    async fn observe(cfg: &Config) -> anyhow::Result<Self> {
+        let host = HostInterfaces::read()?;
+        let defaults = follow::main_default_routes().await?;
+        let states = follow::resolve_all(&cfg.uplinks, &host, &defaults);
+        Ok(Followed { host, states })
+    }
+
+    /// The devices programs are attached to (LAN first), by index: a change means re-attaching.
+    fn devices(&self, cfg: &Config) -> Vec<Option<u32>> {
+        let index = |name: &str| self.host.get(name).map(|i| i.index);
+        std::iter::once(index(&cfg.lan.interface))
+            .chain(cfg.uplinks.iter().map(|u| index(&u.interface)))
+            .collect()
+    }
+
+    fn waiting(&self, cfg: &Config) -> Vec<Option<String>> {
+        cfg.uplinks.iter().zip(&self.states).map(|(u, s)| s.why_not(&u.interface)).collect()
+    }
 }
 
 /// Validate, load (adopting a running dataplane's pinned state), fill the maps, install the
@@ -107,19 +147,19 @@ pub fn policy_spec(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Policy
 pub fn run(config_path: &Path, pin_dir: &Path, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
     require_root()?;
     let cfg = Config::load(config_path)?;
-    let host = HostInterfaces::read()?;
-    cfg.check_host(&host)?;
+    cfg.check_host(&HostInterfaces::read()?)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(config_path, cfg, host, pin_dir, metrics))
+    runtime.block_on(serve(config_path, cfg, pin_dir, metrics))
 }
 
 /// Bring the dataplane up. A fresh start that fails removes everything it made; a restart
 /// that fails leaves the running dataplane as it was.
 async fn start(
     cfg: &Config,
-    host: &HostInterfaces,
+    followed: &Followed,
     pin_dir: &Path,
 ) -> anyhow::Result<(Dataplane, PolicyTables, Vec<HookChoice>)> {
+    let (host, states) = (&followed.host, &followed.states);
     let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
     let undo = |tables: Option<PolicyTables>| async move {
         if fresh {
@@ -136,12 +176,12 @@ async fn start(
             return Err(e);
         }
     };
-    if let Err(e) = dataplane.fill_maps(cfg, host) {
+    if let Err(e) = dataplane.fill_maps(cfg, host, states) {
         drop(dataplane);
         undo(None).await;
         return Err(e);
     }
-    let tables = match PolicyTables::install(policy_spec(cfg, host)?).await {
+    let tables = match PolicyTables::install(policy_spec(cfg, states)).await {
         Ok(tables) => tables,
         Err(e) => {
             drop(dataplane);
@@ -157,8 +197,9 @@ async fn start(
             return Err(e);
         }
     };
-    for h in &hooks {
-        info!("{} on {} ({}): {}", h.program, h.interface, h.hook.name(), h.reason);
+    log_hooks(&hooks);
+    for (u, state) in cfg.uplinks.iter().zip(states) {
+        log_uplink(u, None, state);
     }
     if !fresh {
         info!("adopted the pinned dataplane under {}", pin_dir.display());
@@ -166,10 +207,84 @@ async fn start(
     Ok((dataplane, tables, hooks))
 }
 
+fn log_hooks(hooks: &[HookChoice]) {
+    for h in hooks {
+        info!("{} on {} ({}): {}", h.program, h.interface, h.hook.name(), h.reason);
+    }
+}
+
+/// Say what changed about an uplink (`old` is `None` at start).
+fn log_uplink(u: &Uplink, old: Option<&UplinkState>, new: &UplinkState) {
+    if old == Some(new) {
+        return;
+    }
+    match (old.and_then(UplinkState::live), new) {
+        (_, UplinkState::Live(live)) => {
+            let gateway =
+                live.gateway.map_or_else(|| "none (point-to-point)".into(), |g| g.to_string());
+            info!(
+                "uplink {} on {} (ifindex {}): address {}, gateway {gateway}",
+                u.name, u.interface, live.ifindex, live.address
+            );
+        }
+        (_, waiting) => warn!(
+            "uplink {}: {}; it takes no connections until that changes",
+            u.name,
+            waiting.why_not(&u.interface).unwrap_or_default()
+        ),
+    }
+}
+
+/// Apply what changed on the host since `current`: programs re-attached to devices that
+/// (re)appeared, maps, tables and rules following addresses and gateways, connections of an
+/// address the uplink lost removed and counted.
+async fn follow_host(
+    dataplane: &mut Dataplane,
+    tables: &PolicyTables,
+    cfg: &Config,
+    current: &mut Followed,
+    state: &mut DaemonState,
+) -> anyhow::Result<()> {
+    let new = Followed::observe(cfg).await?;
+    if new == *current {
+        return Ok(());
+    }
+    if new.devices(cfg) != current.devices(cfg) {
+        match dataplane.attach(cfg, &new.host) {
+            Ok(hooks) => {
+                log_hooks(&hooks);
+                state.hooks = hooks;
+            }
+            Err(e) => warn!("attaching to the interfaces as they are now: {e:#}"),
+        }
+    }
+    for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
+        log_uplink(u, Some(old), now);
+    }
+    if let Err(e) = dataplane.fill_maps(cfg, &new.host, &new.states) {
+        // Most likely the LAN device is gone; its return brings another change.
+        warn!("updating the maps: {e:#}");
+    }
+    check_uplinks(dataplane, cfg, &new.states);
+    tables.update(policy_spec(cfg, &new.states)).await.context("updating the policy tables")?;
+    for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
+        let Some(lost) = follow::lost_address(old, now) else { continue };
+        let wire = crate::dataplane::wire_addr(lost);
+        let mut table = ConnTable::try_from(dataplane.conns()?)?;
+        let removed = conntrack::remove_where(&mut table, |conn| {
+            conn.keys().any(|k| k.src_addr == wire || k.dst_addr == wire)
+        })?;
+        dataplane.count(Counter::ConnsRenumbered, removed as u64)?;
+        info!("uplink {}: {removed} connections of its old address {lost} removed", u.name);
+    }
+    state.waiting = new.waiting(cfg);
+    *current = new;
+    Ok(())
+}
+
 async fn serve(
     config_path: &Path,
     mut cfg: Config,
-    host: HostInterfaces,
     pin_dir: &Path,
     metrics_addr: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
@@ -177,7 +292,10 @@ async fn serve(
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let (mut dataplane, tables, hooks) = start(&cfg, &host, pin_dir).await?;
+    // Subscribed before the first look, so that no change slips between the two.
+    let (watch, mut host_changed) = follow::spawn_host_watch()?;
+    let mut followed = Followed::observe(&cfg).await?;
+    let (mut dataplane, tables, hooks) = start(&cfg, &followed, pin_dir).await?;
     let tables = Arc::new(tables);
     let monitor = policy_tables::spawn_route_monitor(tables.clone())?;
     let pid_path = pid_file(pin_dir);
@@ -185,6 +303,7 @@ async fn serve(
     let _ = fs::write(&pid_path, std::process::id().to_string());
     let mut state = DaemonState::new(pin_dir, config_path, &cfg);
     state.hooks = hooks;
+    state.waiting = followed.waiting(&cfg);
     if let Err(e) = state.save(pin_dir) {
         warn!("writing the state file for the CLI: {e:#}");
     }
@@ -204,13 +323,33 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup())?;
     let mut expiry = tokio::time::interval(expiry_interval(&cfg.dataplane.timeouts));
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let mut resync = tokio::time::interval(FOLLOW_RESYNC);
     loop {
         tokio::select! {
-            _ = health.tick() => check_uplinks(&mut dataplane, &cfg),
+            _ = health.tick() => check_uplinks(&mut dataplane, &cfg, &followed.states),
+            changed = host_changed.recv(), if !watch.is_finished() => {
+                if changed.is_some() {
+                    // Let a burst (a device with its addresses and routes) settle.
+                    tokio::time::sleep(FOLLOW_SETTLE).await;
+                    while host_changed.try_recv().is_ok() {}
+                    resync.reset_immediately();
+                }
+            }
+            _ = resync.tick() => {
+                let before = (state.hooks.clone(), state.waiting.clone());
+                if let Err(e) = follow_host(&mut dataplane, &tables, &cfg, &mut followed, &mut state).await {
+                    warn!("following the interfaces: {e:#}");
+                }
+                if (state.hooks.clone(), state.waiting.clone()) != before
+                    && let Err(e) = state.save(pin_dir)
+                {
+                    warn!("writing the state file for the CLI: {e:#}");
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                match reload(&mut dataplane, &cfg, config_path) {
+                match reload(&mut dataplane, &cfg, config_path, &followed) {
                     Ok(new) => {
                         cfg = new;
                         state.reloaded(Ok(&cfg));
@@ -241,6 +380,7 @@ async fn serve(
     if let Some(metrics) = metrics {
         metrics.abort();
     }
+    watch.abort();
     monitor.stop().await;
     let _ = fs::remove_file(&pid_path);
     info!("daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
@@ -250,7 +390,12 @@ async fn serve(
 /// Apply a changed config in place: published services, policies and weights. Uplinks
 /// themselves (interfaces, addresses, tables, marks) need a restart. Inbound connections
 /// whose published service is gone are removed; all others keep flowing.
-fn reload(dataplane: &mut Dataplane, current: &Config, path: &Path) -> anyhow::Result<Config> {
+fn reload(
+    dataplane: &mut Dataplane,
+    current: &Config,
+    path: &Path,
+    followed: &Followed,
+) -> anyhow::Result<Config> {
     let new = Config::load(path)?;
     let host = HostInterfaces::read()?;
     new.check_host(&host)?;
@@ -263,7 +408,7 @@ fn reload(dataplane: &mut Dataplane, current: &Config, path: &Path) -> anyhow::R
     if identity(&new) != identity(current) || new.lan != current.lan {
         bail!("uplinks or the LAN changed: that needs `masq run` again, not a reload");
     }
-    dataplane.fill_maps(&new, &host)?;
+    dataplane.fill_maps(&new, &host, &followed.states)?;
     let published = crate::dataplane::publish_entries(&new);
     let mut table = ConnTable::try_from(dataplane.conns()?)?;
     let removed = conntrack::remove_where(&mut table, |conn| {

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapType},
+    maps::{Array, HashMap, MapData, MapType, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,14 +20,15 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, DataplaneConfig, FlowKey, FragKey, FragXlate,
-    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
+    CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey,
+    FragXlate, MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
     PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget,
     UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names, program_names,
 };
 
 use crate::{
-    config::{Config, Policy},
+    config::{Config, Policy, Uplink},
+    follow::UplinkState,
     hooks::{self, DeviceFacts, HookChoice, HookPoint},
     host::HostInterfaces,
 };
@@ -129,32 +130,31 @@ pub fn publish_entries(cfg: &Config) -> Vec<(PublishKey, PublishTarget)> {
         .collect()
 }
 
-/// `UPLINKS[i]`.
-pub fn uplink_infos(cfg: &Config, host: &HostInterfaces) -> anyhow::Result<Vec<UplinkInfo>> {
+/// `UPLINKS[i]`: a live uplink takes connections; one that is absent or waiting is only
+/// enabled (policies skip it, its connections wait).
+pub fn uplink_infos(cfg: &Config, states: &[UplinkState]) -> Vec<UplinkInfo> {
     cfg.uplinks
         .iter()
-        .map(|u| {
-            let iface = host
-                .get(&u.interface)
-                .ok_or_else(|| anyhow!("uplink {}: interface {} not found", u.name, u.interface))?;
-            // An L3 device has none; its programs never use it.
-            let mac = match (iface.mac, iface.l3) {
-                (Some(mac), _) => mac,
-                (None, true) => [0; 6],
-                (None, false) => {
-                    bail!("uplink {}: interface {} has no MAC", u.name, u.interface)
-                }
-            };
-            Ok(UplinkInfo {
-                ifindex: iface.index,
-                address: wire_addr(u.address),
-                gateway: wire_addr(u.gateway),
+        .zip(states)
+        .map(|(u, state)| {
+            let base = UplinkInfo {
                 mark: u.mark,
                 table: u.table,
-                mac,
-                flags: UPLINK_F_ENABLED | UPLINK_F_UP,
-                _pad: 0,
-            })
+                flags: UPLINK_F_ENABLED,
+                ..UplinkInfo::default()
+            };
+            match state.live() {
+                // An L3 device has no MAC; its programs never use it.
+                Some(live) => UplinkInfo {
+                    ifindex: live.ifindex,
+                    address: wire_addr(live.address),
+                    gateway: live.gateway.map_or(0, wire_addr),
+                    mac: live.mac,
+                    flags: UPLINK_F_ENABLED | UPLINK_F_UP,
+                    ..base
+                },
+                None => base,
+            }
         })
         .collect()
 }
@@ -287,12 +287,18 @@ impl Dataplane {
     }
 
     /// Write the config into the maps, replacing what a previous config (or run) left there.
-    pub fn fill_maps(&mut self, cfg: &Config, host: &HostInterfaces) -> anyhow::Result<()> {
+    /// `states`: each uplink as [`crate::follow::resolve_all`] found it.
+    pub fn fill_maps(
+        &mut self,
+        cfg: &Config,
+        host: &HostInterfaces,
+        states: &[UplinkState],
+    ) -> anyhow::Result<()> {
         let lan = host
             .get(&cfg.lan.interface)
             .ok_or_else(|| anyhow!("lan.interface: {} not found", cfg.lan.interface))?;
         let global = dataplane_config(cfg, lan.index, local_port_range())?;
-        let uplinks = uplink_infos(cfg, host)?;
+        let uplinks = uplink_infos(cfg, states);
 
         let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
         for i in 0..MAX_UPLINKS {
@@ -361,15 +367,12 @@ impl Dataplane {
         let lan =
             host.get(lan_name).with_context(|| format!("lan.interface: {lan_name} not found"))?;
         let mut plan = vec![HookChoice::new(lan_name, program_names::LAN_INGRESS, "LAN ingress")];
-        let uplink_facts: Vec<DeviceFacts> = cfg
+        // An uplink whose interface is gone gets its programs when it comes back.
+        let (present, uplink_facts): (Vec<&Uplink>, Vec<DeviceFacts>) = cfg
             .uplinks
             .iter()
-            .map(|u| {
-                host.get(&u.interface).map(DeviceFacts::read).with_context(|| {
-                    format!("uplink {}: interface {} not found", u.name, u.interface)
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
+            .filter_map(|u| Some((u, DeviceFacts::read(host.get(&u.interface)?))))
+            .unzip();
         // The LAN device gets the pass-through program first, so that redirects into it work
         // from the first packet and its xdp_features tell whether it can take them.
         let any_xdp = uplink_facts.iter().any(|f| hooks::uplink_refusal(mode, f).is_none());
@@ -387,7 +390,7 @@ impl Dataplane {
             }
         }
         let mut xdp_used = false;
-        for (u, facts) in cfg.uplinks.iter().zip(&uplink_facts) {
+        for (u, facts) in present.into_iter().zip(&uplink_facts) {
             let mut refusal = lan_refusal
                 .clone()
                 .or_else(|| hooks::xdp_refusal(mode, facts, &lan_facts, lan_name));
@@ -511,6 +514,18 @@ impl Dataplane {
         info.flags ^= UPLINK_F_UP;
         map.set(index as u32, info, 0).with_context(|| format!("UPLINKS[{index}]"))?;
         Ok(true)
+    }
+
+    /// Add `n` to a counter the daemon keeps (the programs never touch its slot).
+    pub fn count(&mut self, counter: Counter, n: u64) -> anyhow::Result<()> {
+        let mut map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map_mut(map_names::COUNTERS)?)?;
+        let mut values: Vec<u64> = map.get(&(counter as u32), 0)?.iter().copied().collect();
+        if let Some(first) = values.first_mut() {
+            *first += n;
+        }
+        map.set(counter as u32, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
     }
 
     /// The CONNS map, for expiry.

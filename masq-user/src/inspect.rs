@@ -146,6 +146,9 @@ pub struct DaemonState {
     /// Which program runs on which interface, and why.
     #[serde(default)]
     pub hooks: Vec<HookChoice>,
+    /// Per uplink index: why it carries nothing right now (interface gone, no address yet).
+    #[serde(default)]
+    pub waiting: Vec<Option<String>>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -188,6 +191,7 @@ impl DaemonState {
             uplinks: Vec::new(),
             config: serde_json::Value::Null,
             hooks: Vec::new(),
+            waiting: Vec::new(),
         }
         .with_config(cfg)
     }
@@ -1035,6 +1039,8 @@ pub struct UplinkStatus {
     pub mark: u32,
     /// Usable for new connections.
     pub up: bool,
+    /// Why the uplink carries nothing, as the daemon last saw it (interface gone, no address).
+    pub waiting: Option<String>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -1096,9 +1102,11 @@ pub fn connections_status(conns: &[Conn], size: TableSize) -> ConnectionsStatus 
 pub fn status_view(pin_dir: &Path, names: &Names) -> anyhow::Result<StatusView> {
     let size = read_table_size(pin_dir)?;
     let conns = read_conns(pin_dir)?;
+    let waiting = DaemonState::load(pin_dir).map(|s| s.waiting).unwrap_or_default();
     let uplinks = read_uplink_infos(pin_dir)?
         .into_iter()
         .map(|(index, info)| UplinkStatus {
+            waiting: waiting.get(usize::from(index)).cloned().flatten(),
             index,
             name: names.uplink(index),
             interface: names.interface(index).map(str::to_string),
@@ -1193,7 +1201,11 @@ pub fn status(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> {
                 u.gateway.to_string(),
                 u.table.to_string(),
                 format!("{:#010x}", u.mark),
-                if u.up { "up" } else { "down" }.to_string(),
+                match (&u.waiting, u.up) {
+                    (Some(why), _) => format!("waiting: {why}"),
+                    (None, true) => "up".into(),
+                    (None, false) => "down".into(),
+                },
             ]
         })
         .collect();

@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, Weak},
+    sync::{Arc, Mutex as StdMutex, Weak},
     time::Duration,
 };
 
@@ -32,6 +32,8 @@ use rtnetlink::{
     },
 };
 use tokio::{sync::Mutex, task::JoinHandle, time::Instant};
+
+use crate::follow::DefaultRoute;
 
 /// `from <uplink address> lookup <table>` rules sit at this priority plus the uplink's index.
 pub const RULE_PRIORITY_FROM: u32 = 1000;
@@ -60,11 +62,20 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkTable {
     pub name: String,
-    pub ifindex: u32,
-    pub address: Ipv4Addr,
-    pub gateway: Ipv4Addr,
     pub table: u32,
     pub mark: u32,
+    /// `None` while the uplink's interface or address is missing: its table stays empty, so
+    /// marked packets fall through to the next rule.
+    pub route: Option<UplinkRoute>,
+}
+
+/// Where an uplink's default route leads, and the address whose traffic it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkRoute {
+    pub ifindex: u32,
+    pub address: Ipv4Addr,
+    /// `None`: a point-to-point link (`default dev ppp0`).
+    pub gateway: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,20 +118,24 @@ impl PolicySpec {
                 "uplink {name}: mark {:#x} is used by another uplink",
                 uplink.mark
             );
-            ensure!(
-                !uplink.address.is_unspecified() && !uplink.gateway.is_unspecified(),
-                "uplink {name}: address and gateway must be set"
-            );
+            if let Some(route) = &uplink.route {
+                ensure!(
+                    !route.address.is_unspecified()
+                        && route.gateway.is_none_or(|g| !g.is_unspecified()),
+                    "uplink {name}: address and gateway must not be 0.0.0.0"
+                );
+            }
         }
         Ok(())
     }
 
     /// The rules of each uplink, in installation order.
     fn rules(&self) -> Vec<(&UplinkTable, PolicyRule)> {
-        let from = self.uplinks.iter().zip(RULE_PRIORITY_FROM..).map(|(uplink, priority)| {
-            let selector = Selector::From(uplink.address);
-            (uplink, PolicyRule { priority, table: uplink.table, selector })
-        });
+        let from =
+            self.uplinks.iter().zip(RULE_PRIORITY_FROM..).filter_map(|(uplink, priority)| {
+                let selector = Selector::From(uplink.route?.address);
+                Some((uplink, PolicyRule { priority, table: uplink.table, selector }))
+            });
         let fwmark = self.uplinks.iter().zip(RULE_PRIORITY_FWMARK..).map(|(uplink, priority)| {
             let selector = Selector::FwMark { mark: uplink.mark, mask: self.mark_mask };
             (uplink, PolicyRule { priority, table: uplink.table, selector })
@@ -132,9 +147,10 @@ impl PolicySpec {
 /// masq's tables and rules, installed in the network namespace `install` ran in.
 pub struct PolicyTables {
     netlink: Netlink,
-    spec: PolicySpec,
+    /// Changes when an uplink follows its interface ([`PolicyTables::update`]).
+    spec: StdMutex<PolicySpec>,
     /// Rules added or adopted, removed again by `remove`.
-    rules: Vec<PolicyRule>,
+    rules: StdMutex<Vec<PolicyRule>>,
     /// Syncs from the caller and the route monitor must not interleave.
     sync_lock: Mutex<()>,
 }
@@ -145,10 +161,10 @@ impl PolicyTables {
     /// added and returns the error.
     pub async fn install(spec: PolicySpec) -> Result<PolicyTables> {
         spec.validate()?;
-        let mut tables = PolicyTables {
+        let tables = PolicyTables {
             netlink: Netlink::connect()?,
-            spec,
-            rules: Vec::new(),
+            spec: StdMutex::new(spec),
+            rules: StdMutex::new(Vec::new()),
             sync_lock: Mutex::new(()),
         };
         // Tables first: a rule never points at a half-filled table.
@@ -167,8 +183,20 @@ impl PolicyTables {
         }
     }
 
-    pub fn spec(&self) -> &PolicySpec {
-        &self.spec
+    pub fn spec(&self) -> PolicySpec {
+        lock(&self.spec).clone()
+    }
+
+    /// Switch to `spec` (same uplinks, tables and marks; interfaces, addresses or gateways
+    /// changed): routes first, then the rules that select them.
+    pub async fn update(&self, spec: PolicySpec) -> Result<()> {
+        spec.validate()?;
+        {
+            let _serialized = self.sync_lock.lock().await;
+            *lock(&self.spec) = spec;
+        }
+        self.sync_routes().await?;
+        self.install_rules().await
     }
 
     /// Makes each uplink table a copy of main's non-default IPv4 routes plus the uplink's default
@@ -179,7 +207,7 @@ impl PolicyTables {
         let dump = dump_routes(handle).await?;
         let main_copies: Vec<TableRoute> = dump.iter().filter_map(copied_from_main).collect();
         let mut errors = Vec::new();
-        for uplink in &self.spec.uplinks {
+        for uplink in &self.spec().uplinks {
             if let Err(err) = sync_table(handle, uplink, &main_copies, &dump).await {
                 errors.push(err.context(format!(
                     "syncing routes of uplink {} (table {})",
@@ -196,9 +224,11 @@ impl PolicyTables {
     }
 
     /// Adopts identical leftover rules, deletes other masq rules, adds the missing ones.
-    async fn install_rules(&mut self) -> Result<()> {
+    async fn install_rules(&self) -> Result<()> {
+        let _serialized = self.sync_lock.lock().await;
         let handle = self.netlink.handle.clone();
-        let wanted = self.spec.rules();
+        let spec = self.spec();
+        let wanted = spec.rules();
         let mut present = HashSet::new();
         for message in dump_rules(&handle).await? {
             if !is_masq_rule(&message) {
@@ -216,13 +246,14 @@ impl PolicyTables {
                 }
             }
         }
+        *lock(&self.rules) = present.iter().copied().collect();
         for (uplink, rule) in wanted {
             if !present.contains(&rule) {
                 add_rule(&handle, rule.to_message())
                     .await
                     .with_context(|| format!("uplink {}: adding rule `{rule}`", uplink.name))?;
+                lock(&self.rules).push(rule);
             }
-            self.rules.push(rule);
         }
         Ok(())
     }
@@ -230,17 +261,35 @@ impl PolicyTables {
     async fn remove_installed(&self) -> Result<()> {
         let handle = &self.netlink.handle;
         let mut errors = Vec::new();
-        for rule in &self.rules {
+        let rules = lock(&self.rules).clone();
+        for rule in &rules {
             if let Err(err) = delete_rule(handle, rule.to_message()).await {
                 errors.push(anyhow!(err).context(format!("deleting rule `{rule}`")));
             }
         }
-        let tables: Vec<u32> = self.spec.uplinks.iter().map(|uplink| uplink.table).collect();
+        let tables: Vec<u32> = self.spec().uplinks.iter().map(|uplink| uplink.table).collect();
         if let Err(err) = delete_masq_routes(handle, Some(&tables)).await {
             errors.push(err);
         }
         combine(errors)
     }
+}
+
+fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Main's IPv4 default routes (those masq did not install) with their device and gateway.
+pub async fn main_default_routes() -> Result<Vec<DefaultRoute>> {
+    let netlink = Netlink::connect()?;
+    let dump = dump_routes(&netlink.handle).await?;
+    Ok(dump
+        .iter()
+        .filter(|m| table_of(m) == RT_TABLE_MAIN && !is_masq_route(m))
+        .filter_map(TableRoute::parse)
+        .filter(|r| r.prefix_len == 0 && r.kind == RouteType::Unicast)
+        .filter_map(|r| Some(DefaultRoute { oif: r.oif?, gateway: r.gateway, metric: r.priority }))
+        .collect())
 }
 
 /// For `masq down` and crash recovery: deletes every IPv4 rule with protocol [`MASQ_PROTOCOL`] and
@@ -544,17 +593,17 @@ impl TableRoute {
         Some(route)
     }
 
-    fn default_via(uplink: &UplinkTable) -> TableRoute {
+    fn default_via(route: &UplinkRoute) -> TableRoute {
         TableRoute {
             destination: Ipv4Addr::UNSPECIFIED,
             prefix_len: 0,
             tos: 0,
             priority: 0,
-            scope: RouteScope::Universe,
+            scope: if route.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link },
             kind: RouteType::Unicast,
             onlink: false,
-            gateway: Some(uplink.gateway),
-            oif: Some(uplink.ifindex),
+            gateway: route.gateway,
+            oif: Some(route.ifindex),
             pref_source: None,
             multipath: Vec::new(),
             metrics: Vec::new(),
@@ -655,8 +704,11 @@ async fn sync_table(
     dump: &[RouteMessage],
 ) -> Result<()> {
     let mut wanted: BTreeMap<RouteKey, TableRoute> = BTreeMap::new();
-    for route in main_copies.iter().cloned().chain([TableRoute::default_via(uplink)]) {
-        wanted.entry(route.key()).or_insert(route);
+    // An uplink that is not there gets an empty table.
+    if let Some(default) = &uplink.route {
+        for route in main_copies.iter().cloned().chain([TableRoute::default_via(default)]) {
+            wanted.entry(route.key()).or_insert(route);
+        }
     }
     let mut present = HashSet::new();
     let mut foreign = HashSet::new();
@@ -871,19 +923,23 @@ mod tests {
             uplinks: vec![
                 UplinkTable {
                     name: "up4".into(),
-                    ifindex: ifindex(ns, "up4"),
-                    address: Ipv4Addr::new(67, 17, 28, 12),
-                    gateway: Ipv4Addr::new(67, 17, 28, 14),
                     table: UP4_TABLE,
                     mark: 0x100,
+                    route: Some(UplinkRoute {
+                        ifindex: ifindex(ns, "up4"),
+                        address: Ipv4Addr::new(67, 17, 28, 12),
+                        gateway: Some(Ipv4Addr::new(67, 17, 28, 14)),
+                    }),
                 },
                 UplinkTable {
                     name: "up1".into(),
-                    ifindex: ifindex(ns, "up1"),
-                    address: Ipv4Addr::new(205, 254, 211, 179),
-                    gateway: Ipv4Addr::new(205, 254, 211, 254),
                     table: UP1_TABLE,
                     mark: 0x200,
+                    route: Some(UplinkRoute {
+                        ifindex: ifindex(ns, "up1"),
+                        address: Ipv4Addr::new(205, 254, 211, 179),
+                        gateway: Some(Ipv4Addr::new(205, 254, 211, 254)),
+                    }),
                 },
             ],
             mark_mask: 0xff00,
@@ -1141,7 +1197,7 @@ mod tests {
         let ns = gateway_ns();
         let mut spec = spec(&ns);
         spec.uplinks[1].name = "ghost".into();
-        spec.uplinks[1].ifindex = 9999;
+        spec.uplinks[1].route.as_mut().unwrap().ifindex = 9999;
         let before = snapshot(ns.name());
         let err = ns.enter(move || block_on(PolicyTables::install(spec)).err().unwrap());
         let message = format!("{err:#}");
@@ -1153,11 +1209,13 @@ mod tests {
     fn validate_rejects_marks_outside_the_mask_and_shared_tables() {
         let uplink = |name: &str, table, mark| UplinkTable {
             name: name.into(),
-            ifindex: 1,
-            address: Ipv4Addr::new(67, 17, 28, 12),
-            gateway: Ipv4Addr::new(67, 17, 28, 14),
             table,
             mark,
+            route: Some(UplinkRoute {
+                ifindex: 1,
+                address: Ipv4Addr::new(67, 17, 28, 12),
+                gateway: Some(Ipv4Addr::new(67, 17, 28, 14)),
+            }),
         };
         let spec = |uplinks| PolicySpec { uplinks, mark_mask: 0xff00 };
         assert!(spec(vec![uplink("a", 201, 0x100), uplink("b", 202, 0x200)]).validate().is_ok());

@@ -160,7 +160,8 @@ fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
         cfg.check_host(&host).expect("config fits the namespace");
         let _unpin = Unpin(pin_dir.clone());
         let mut dp = Dataplane::load(&cfg, &pin_dir).expect("loading the eBPF object");
-        dp.fill_maps(&cfg, &host).expect("filling the maps");
+        let states = masq_user::follow::resolve_all(&cfg.uplinks, &host, &[]);
+        dp.fill_maps(&cfg, &host, &states).expect("filling the maps");
         let ebpf = dp.ebpf_mut();
         let xdp: &mut Xdp =
             ebpf.program_mut(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
