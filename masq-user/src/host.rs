@@ -73,7 +73,10 @@ impl HostInterfaces {
         let mut host = Self::collect(entries);
         for ifc in &mut host.interfaces {
             if ifc.index == 0 {
+                // A link without a link-layer address (tun, PPP, WireGuard): getifaddrs lists
+                // no AF_PACKET entry for it, so neither index nor type came from there.
                 ifc.index = name_to_index(&ifc.name).unwrap_or(0);
+                ifc.l3 = link_type(&ifc.name).is_some_and(is_l3_type);
             }
         }
         host.interfaces.retain(|ifc| ifc.index != 0);
@@ -165,13 +168,41 @@ unsafe fn decode(addr: *const libc::sockaddr, netmask: *const libc::sockaddr) ->
                 mac.copy_from_slice(&sll.sll_addr[..6]);
                 mac
             });
-            const ARPHRD_ETHER: u16 = 1;
-            const ARPHRD_LOOPBACK: u16 = 772;
-            let l3 = !matches!(sll.sll_hatype, ARPHRD_ETHER | ARPHRD_LOOPBACK);
+            let l3 = is_l3_type(sll.sll_hatype);
             Entry::Link { index: u32::try_from(sll.sll_ifindex).unwrap_or(0), mac, l3 }
         }
         _ => Entry::Other,
     }
+}
+
+/// Ethernet and loopback carry an Ethernet header; every other link type (PPP, none) does not.
+fn is_l3_type(hatype: u16) -> bool {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    !matches!(hatype, ARPHRD_ETHER | ARPHRD_LOOPBACK)
+}
+
+/// The link type (`ARPHRD_*`) of `name`, by SIOCGIFHWADDR in this network namespace.
+fn link_type(name: &str) -> Option<u16> {
+    let bytes = name.as_bytes();
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if bytes.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: a plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of a valid ifreq; our own fd is closed after.
+    let ret = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    unsafe { libc::close(fd) };
+    // SAFETY: on success the kernel wrote the hwaddr member of the union.
+    (ret == 0).then(|| unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
 fn name_to_index(name: &str) -> Option<u32> {

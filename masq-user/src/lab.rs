@@ -50,7 +50,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::netns::NetNs;
+use crate::{
+    netns::NetNs,
+    tun_relay::{TunEnd, TunRelay},
+};
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 210);
 pub const ISOLDE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 17);
@@ -186,6 +189,9 @@ const LINKS: [(End, End); 8] = [
     ((Host::Switch, "tristan"), (Host::Tristan, "eth0")),
 ];
 
+/// ISP A's line (ISP A, gw), a veth pair unless [`LabOptions::l3_isp_a`].
+const ISP_A_LINE: (Host, Host) = (Host::IspA, Host::Gw);
+
 /// What runs on gw besides its addresses and main default route.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GatewayMode {
@@ -288,6 +294,9 @@ pub struct LabOptions {
     /// uplinks without tx checksum offload, and masq's pass-through XDP program on the veth
     /// peers of gw's interfaces. Everything else keeps the kernel's defaults.
     pub xdp_friendly: bool,
+    /// ISP A's line as a point-to-point L3 link (a tun device at each end joined by a relay,
+    /// as PPPoE, LTE raw-ip or WireGuard are) instead of a veth pair.
+    pub l3_isp_a: bool,
     /// Applied to gw right after the build (see [`Lab::configure_gateway`]).
     pub gateway: GatewayMode,
     /// Print every setup command.
@@ -306,6 +315,8 @@ pub struct Lab {
     spawned: AtomicUsize,
     /// Process-group leaders started by this lab.
     pids: Mutex<Vec<i32>>,
+    /// L3 links ([`LabOptions::l3_isp_a`]).
+    relays: Vec<TunRelay>,
 }
 
 impl Lab {
@@ -324,6 +335,7 @@ impl Lab {
             verbose: options.verbose,
             spawned: AtomicUsize::new(0),
             pids: Mutex::new(Vec::new()),
+            relays: Vec::new(),
         };
         registry().dirs.push(lab.run_dir.clone());
         registry().dirs.push(lab.pin_dir());
@@ -335,6 +347,20 @@ impl Lab {
             lab.namespaces.push((host, ns));
         }
         for ((host_a, if_a), (host_b, if_b)) in LINKS {
+            if options.l3_isp_a && (host_a, host_b) == ISP_A_LINE {
+                let end = |host: Host, name: &str| TunEnd {
+                    netns: lab.ns(host).path(),
+                    name: name.to_owned(),
+                };
+                lab.log_command(
+                    "host",
+                    &format!("tun {if_a} in {host_a} <-> tun {if_b} in {host_b}"),
+                );
+                lab.relays.push(TunRelay::start(end(host_a, if_a), end(host_b, if_b))?);
+                lab.run_script(host_a, &[&format!("ip link set {if_a} up")])?;
+                lab.run_script(host_b, &[&format!("ip link set {if_b} up")])?;
+                continue;
+            }
             let (ns_a, ns_b) = (lab.ns(host_a).name(), lab.ns(host_b).name());
             let args = [
                 "link", "add", "name", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
@@ -728,6 +754,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Tun devices first: held by the relay, they would outlive their namespaces.
+        self.relays.clear();
         // Children still running (a LabChild that outlives its lab) would keep namespaces alive.
         let pids = std::mem::take(&mut *self.pids.lock().unwrap_or_else(|p| p.into_inner()));
         let live = registry().children.clone();

@@ -14,3 +14,4 @@ pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod policy_tables;
+pub mod tun_relay;

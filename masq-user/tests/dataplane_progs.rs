@@ -464,6 +464,43 @@ fn tc_uplink_ingress_dnats_like_xdp_and_counts_no_xdp_redirect() {
     });
 }
 
+/// The L3 variant (PPP, raw-ip, WireGuard, tun: the IPv4 header at offset 0). test_run always
+/// hands a TC program the bytes given, so the raw packet is what the program sees.
+#[test]
+fn l3_uplink_ingress_dnats_a_packet_without_ethernet_and_adds_the_lan_header() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+        let eth4 = gw.ifindex("eth4");
+        let run = gw.tc(program_names::UPLINK_INGRESS_L3, eth4, eth4, &syn);
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
+            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+            DSL,
+            true,
+        );
+        gw.assert_counters(&[(Counter::InboundNew, 1), (Counter::FastPathRedirect, 1)]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn l3_uplink_egress_translates_a_packet_without_ethernet() {
+    example(|gw| {
+        tristan_syn(gw, 50000);
+        let ack = Ip::new(TRISTAN, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
+        let (eth0, eth4) = (gw.ifindex("eth0"), gw.ifindex("eth4"));
+        let run = gw.tc(program_names::UPLINK_EGRESS_L3, eth0, eth4, &ack);
+        let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
+        assert_eq!(run.ret, TC_ACT_OK, "output:\n{}", hex(&run.out));
+        assert_eq!(hex(&run.out), hex(&want), "no Ethernet header added");
+        assert_checksums(&eth_ip([0; 6], [0; 6], &run.out));
+        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
+        gw.assert_no_drops();
+    });
+}
+
 #[test]
 fn reply_to_dsl_connection_leaves_by_dsl_not_by_main_default() {
     example(|gw| {
