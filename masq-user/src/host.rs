@@ -198,11 +198,13 @@ fn link_type(name: &str) -> Option<u16> {
     if fd < 0 {
         return None;
     }
-    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of a valid ifreq; our own fd is closed after.
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of a valid ifreq.
     let ret = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    // SAFETY: our own fd.
     unsafe { libc::close(fd) };
-    // SAFETY: on success the kernel wrote the hwaddr member of the union.
-    (ret == 0).then(|| unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+    // SAFETY: the union is plain data (zeroed, or the hwaddr the kernel wrote on success).
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    (ret == 0).then_some(family)
 }
 
 fn name_to_index(name: &str) -> Option<u32> {
