@@ -34,7 +34,15 @@ pub mod map_names {
     pub const UPLINK_STATS: &str = "UPLINK_STATS";
     pub const FRAGS: &str = "FRAGS";
     pub const NEXTHOPS: &str = "NEXTHOPS";
+    pub const XDP_PROG_IDS: &str = "XDP_PROG_IDS";
 }
+
+/// Record offsets of `xdp:xdp_redirect_err` and `xdp:xdp_devmap_xmit` (their `format` files);
+/// the loader checks them on the running kernel before attaching.
+pub const XDP_REDIRECT_ERR_PROG_ID: usize = 8;
+pub const XDP_DEVMAP_XMIT_FROM_IFINDEX: usize = 8;
+pub const XDP_DEVMAP_XMIT_TO_IFINDEX: usize = 16;
+pub const XDP_DEVMAP_XMIT_DROPS: usize = 20;
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
@@ -52,6 +60,10 @@ pub mod program_names {
     pub const UPLINK_EGRESS: &str = "masq_uplink_out";
     /// The same on an L3 uplink.
     pub const UPLINK_EGRESS_L3: &str = "masq_uplink_out_l3";
+    /// Tracepoint `xdp:xdp_redirect_err`: redirects by `UPLINK_INGRESS_XDP` that failed.
+    pub const XDP_REDIRECT_ERR: &str = "masq_xdp_redirect_err";
+    /// Tracepoint `xdp:xdp_devmap_xmit`: redirected frames the LAN device's driver dropped.
+    pub const XDP_XMIT: &str = "masq_xdp_xmit";
 }
 
 /// A connection's 5-tuple as seen on the wire (network byte order).
@@ -474,6 +486,9 @@ counters! {
     /// Dropped: a reply to a masqueraded connection with TTL 1 (the gateway's own stack would
     /// answer it with a reset).
     DropReplyTtlExpired = 43, "drop_reply_ttl_expired", true;
+    /// Lost after an XDP redirect: the redirect failed, or the LAN device's driver dropped the
+    /// frame (counted by tracepoints).
+    DropXdpRedirect = 44, "drop_xdp_redirect", true;
 }
 
 /// Size of the `COUNTERS` array.

@@ -47,3 +47,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map]
 pub static UPLINK_STATS: PerCpuArray<UplinkStats> =
     PerCpuArray::with_max_entries(MAX_UPLINKS as u32, 0);
+
+/// Kernel id of the loaded `masq_uplink_in_xdp` (0 while XDP is not used), for the tracepoint
+/// that counts failed redirects.
+#[map]
+pub static XDP_PROG_IDS: Array<u32> = Array::with_max_entries(1, 0);

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapType, PerCpuArray, PerCpuValues},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -23,8 +23,11 @@ use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_STEER, ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey,
     FragXlate, MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
     PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget,
-    UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names, program_names,
+    UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, XDP_DEVMAP_XMIT_DROPS,
+    XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX, XDP_REDIRECT_ERR_PROG_ID, map_names,
+    program_names,
 };
+use tracing::warn;
 
 use crate::{
     config::{Config, Policy, Uplink},
@@ -420,6 +423,9 @@ impl Dataplane {
         if !xdp_used {
             plan.retain(|c| c.program != program_names::XDP_PASS);
         }
+        if let Err(e) = self.count_lost_redirects(xdp_used) {
+            warn!("failed XDP redirects will not be counted: {e:#}");
+        }
         for choice in &plan {
             if choice.hook != HookPoint::Xdp {
                 self.attach_one(choice)?;
@@ -427,6 +433,54 @@ impl Dataplane {
         }
         self.detach_others(&plan)?;
         Ok(plan)
+    }
+
+    /// While XDP runs, attach the tracepoints that count redirects the kernel lost
+    /// (`drop_xdp_redirect`), pinned so they outlive the daemon as the XDP link does.
+    fn count_lost_redirects(&mut self, xdp_used: bool) -> anyhow::Result<()> {
+        let prog_id = match self.ebpf.program(program_names::UPLINK_INGRESS_XDP) {
+            Some(aya::programs::Program::Xdp(xdp)) if xdp_used => xdp.info()?.id(),
+            _ => 0,
+        };
+        let mut ids: Array<_, u32> = Array::try_from(self.map_mut(map_names::XDP_PROG_IDS)?)?;
+        ids.set(0, prog_id, 0).context("XDP_PROG_IDS")?;
+        let tracepoints: [(&str, &str, &[(&str, usize)]); 2] = [
+            (
+                program_names::XDP_REDIRECT_ERR,
+                "xdp_redirect_err",
+                &[("prog_id", XDP_REDIRECT_ERR_PROG_ID)],
+            ),
+            (
+                program_names::XDP_XMIT,
+                "xdp_devmap_xmit",
+                &[
+                    ("from_ifindex", XDP_DEVMAP_XMIT_FROM_IFINDEX),
+                    ("to_ifindex", XDP_DEVMAP_XMIT_TO_IFINDEX),
+                    ("drops", XDP_DEVMAP_XMIT_DROPS),
+                ],
+            ),
+        ];
+        for (program, event, fields) in tracepoints {
+            let pin = self.pin_dir.join(format!("tracepoint-{program}"));
+            // A pinned one from an earlier run may be an older build: always attach anew.
+            let _ = fs::remove_file(&pin);
+            if !xdp_used {
+                continue;
+            }
+            check_trace_format(event, fields)?;
+            let tp: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing"))?
+                .try_into()?;
+            if tp.fd().is_err() {
+                tp.load().with_context(|| format!("loading {program} (verifier)"))?;
+            }
+            let id =
+                tp.attach("xdp", event).with_context(|| format!("attaching to xdp:{event}"))?;
+            pin_link(FdLink::try_from(tp.take_link(id)?)?, &pin)?;
+        }
+        Ok(())
     }
 
     /// Attach one program (loading it first), adopting the link a previous run pinned for it.
@@ -585,6 +639,7 @@ const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<u32, UplinkStats>(map_names::UPLINK_STATS, MapType::PerCpuArray),
     layout::<FragKey, FragXlate>(map_names::FRAGS, MapType::LruHash),
     layout::<u32, NextHop>(map_names::NEXTHOPS, MapType::PerCpuArray),
+    layout::<u32, u32>(map_names::XDP_PROG_IDS, MapType::Array),
 ];
 
 /// Refuse to adopt pinned maps whose layout differs from this build's: writing through a
@@ -635,4 +690,26 @@ pub fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| {
         format!("opening {} (is masq running with --pin-dir {}?)", path.display(), dir.display())
     })
+}
+
+/// Fail unless tracepoint `xdp:<event>` has each field at the offset masq's program reads.
+fn check_trace_format(event: &str, fields: &[(&str, usize)]) -> anyhow::Result<()> {
+    let path = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|root| PathBuf::from(format!("{root}/events/xdp/{event}/format")))
+        .find(|p| p.exists())
+        .with_context(|| format!("no tracefs format for xdp:{event}"))?;
+    let format = fs::read_to_string(&path)?;
+    for (name, offset) in fields {
+        let found = format.lines().any(|line| {
+            line.contains(&format!(" {name};")) && line.contains(&format!("offset:{offset};"))
+        });
+        if !found {
+            bail!(
+                "xdp:{event} has no field {name} at offset {offset} on this kernel ({})",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }

@@ -397,6 +397,12 @@ impl Lab {
         PathBuf::from("/sys/fs/bpf").join(format!("{}-peers", self.id))
     }
 
+    /// Detach the XDP-friendly variant's program from `host`'s `iface` (one of [`GW_PEERS`]).
+    pub fn detach_peer_xdp(&self, host: Host, iface: &str) -> Result<()> {
+        let pin = self.peer_pin_dir().join(format!("link-{host}-{iface}"));
+        fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))
+    }
+
     /// masq's pass-through XDP program on every peer in [`GW_PEERS`], natively.
     fn attach_peer_xdp(&self) -> Result<()> {
         use aya::programs::{Xdp, XdpMode, links::FdLink};

@@ -12,6 +12,7 @@ const HTTP_PORT: u16 = 80;
 const UDP_PORT: u16 = 5353;
 const REPLY: &str = "isolde says hello";
 const TIMEOUT: Duration = Duration::from_secs(5);
+const SHORT: Duration = Duration::from_millis(500);
 
 /// TCP, UDP and ping to both public addresses, each answered.
 fn assert_inbound_works(lab: &Lab) {
@@ -81,6 +82,34 @@ fn xdp_friendly_lab_forwards_inbound_traffic_by_xdp() {
     // The XDP program carried the inbound traffic (TCP, UDP, echo toward isolde).
     let xdp = common::counter(&lab, "xdp_redirect");
     assert!(xdp >= 6, "xdp_redirect = {xdp}");
+    assert_eq!(common::counter(&lab, "drop_xdp_redirect"), 0, "no redirect was lost");
+}
+
+#[test]
+fn xdp_redirects_the_kernel_loses_are_counted_not_silent() {
+    let lab = common::xdp_friendly_lab();
+    let config = common::config_with(&lab, "[dataplane]\nxdp = \"required\"");
+    let _masq = common::start_masq(&lab, &config);
+    for program in ["masq_xdp_redirect_err", "masq_xdp_xmit"] {
+        let pin = lab.pin_dir().join(format!("tracepoint-{program}"));
+        assert!(pin.exists(), "{} pinned", pin.display());
+    }
+    let _udp = lab.serve_udp(Host::Isolde, UDP_PORT, REPLY).unwrap();
+    let udp = lab.udp_request(Host::Client, PUBLIC_ISP_A, UDP_PORT, "ping?", TIMEOUT).unwrap();
+    assert_eq!(udp.as_deref(), Some(REPLY));
+    // The LAN switch's end of gw's eth0 loses its XDP program: a veth then drops every frame
+    // redirected into its peer, as an Intel NIC without one does.
+    lab.detach_peer_xdp(Host::Switch, "gw").unwrap();
+    let before = common::counter(&lab, "drop_xdp_redirect");
+    for _ in 0..5 {
+        let lost = lab.udp_request(Host::Client, PUBLIC_ISP_A, UDP_PORT, "lost?", SHORT).unwrap();
+        assert_eq!(lost, None, "the frame cannot reach isolde");
+    }
+    let lost = common::counter(&lab, "drop_xdp_redirect") - before;
+    assert!(lost >= 5, "drop_xdp_redirect grew by {lost}");
+    let stats = common::masq_cli(&lab, &["stats"]);
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(text.contains("drop_xdp_redirect"), "{text}");
 }
 
 #[test]
