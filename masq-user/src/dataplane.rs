@@ -444,7 +444,7 @@ impl Dataplane {
         };
         let mut ids: Array<_, u32> = Array::try_from(self.map_mut(map_names::XDP_PROG_IDS)?)?;
         ids.set(0, prog_id, 0).context("XDP_PROG_IDS")?;
-        let tracepoints: [(&str, &str, &[(&str, usize)]); 2] = [
+        let tracepoints: [(&str, &str, TraceFields); 2] = [
             (
                 program_names::XDP_REDIRECT_ERR,
                 "xdp_redirect_err",
@@ -691,6 +691,9 @@ pub fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<MapData> {
         format!("opening {} (is masq running with --pin-dir {}?)", path.display(), dir.display())
     })
 }
+
+/// Fields of a tracepoint record a program reads: name and offset.
+type TraceFields = &'static [(&'static str, usize)];
 
 /// Fail unless tracepoint `xdp:<event>` has each field at the offset masq's program reads.
 fn check_trace_format(event: &str, fields: &[(&str, usize)]) -> anyhow::Result<()> {
