@@ -1649,6 +1649,18 @@ to = "192.168.100.17"
     }
 
     #[test]
+    fn uplink_address_and_gateway_may_be_left_out_to_follow_the_interface() {
+        let text = BASE
+            .replace("address = \"205.254.211.179\"", "")
+            .replace("gateway = \"205.254.211.254\"", "");
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!((c.uplinks[1].address, c.uplinks[1].gateway), (None, None));
+        let mut host = seed_host();
+        host.interfaces[3].addrs.clear();
+        c.check_host(&host).expect("nothing fixed to check: the uplink waits for its address");
+    }
+
+    #[test]
     fn missing_required_keys_are_named() {
         let e = Config::from_toml("[[uplink]]\nname = \"dsl\"\n").unwrap_err();
         assert_err(&e, "lan", "missing section [lan]");
