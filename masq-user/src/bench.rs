@@ -61,8 +61,12 @@ pub struct Results {
     pub machine: Machine,
     pub prog: Option<prog::ProgResults>,
     pub memory: Option<prog::MemoryResult>,
+    /// The lab at the kernel's default interface settings (masq on TC).
     pub lab: Option<forwarding::LabResults>,
     pub ratios: Vec<Ratio>,
+    /// The XDP-friendly lab variant (masq on XDP).
+    pub lab_xdp: Option<forwarding::LabResults>,
+    pub ratios_xdp: Vec<Ratio>,
     pub targets: Vec<Target>,
 }
 
@@ -243,22 +247,31 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         iperf_streams: 4,
         conn_seconds: if opts.quick { 1.0 } else { 3.0 },
         conn_clients: 2,
+        xdp_friendly: false,
         masq_bin: opts.masq_bin.clone(),
     };
-    let lab = if wanted(Part::Lab) {
-        eprintln!("masq bench: forwarding in the lab (masq, classic, forward; alternately)");
-        Some(forwarding::run(&lab_opts, &scratch.work_dir)?)
+    let (lab, lab_xdp) = if wanted(Part::Lab) {
+        eprintln!(
+            "masq bench: forwarding in the lab at default settings (masq, classic, forward; \
+             alternately)"
+        );
+        let default = forwarding::run(&lab_opts, &scratch.work_dir)?;
+        eprintln!("masq bench: forwarding in the XDP-friendly lab (masq with xdp = \"required\")");
+        let xdp_opts = forwarding::LabBenchOptions { xdp_friendly: true, ..lab_opts };
+        (Some(default), Some(forwarding::run(&xdp_opts, &scratch.work_dir)?))
     } else {
-        None
+        (None, None)
     };
 
     let results = Results {
-        version: 1,
+        version: 2,
         started_utc: started_utc.clone(),
         quick: opts.quick,
         seconds: started.elapsed().as_secs_f64(),
         machine: machine(load_before),
         ratios: lab.as_ref().map(report::ratios).unwrap_or_default(),
+        ratios_xdp: lab_xdp.as_ref().map(report::ratios).unwrap_or_default(),
+        lab_xdp,
         targets: prog.as_ref().map(report::targets).unwrap_or_default(),
         prog,
         memory,

@@ -53,6 +53,9 @@ pub struct LabBenchOptions {
     pub iperf_streams: u32,
     pub conn_seconds: f64,
     pub conn_clients: usize,
+    /// The XDP-friendly lab variant (`LabOptions::xdp_friendly`) with masq at `xdp = "required"`;
+    /// else the lab at the kernel's defaults, where masq runs TC.
+    pub xdp_friendly: bool,
     #[serde(skip)]
     pub masq_bin: PathBuf,
 }
@@ -144,8 +147,10 @@ pub struct GatewaySummary {
     pub udp_gw_busy_ns_per_packet: Stat,
     pub tcp_gbps: Stat,
     pub conns_per_s: Stat,
-    /// masq_uplink_in's own ns per run during the gw-only flood (masq only).
+    /// masq's uplink ingress program's own ns per run during the gw-only flood (masq only).
     pub masq_uplink_in_ns: Option<Stat>,
+    /// Which program that is (`masq_uplink_in`, or `masq_uplink_in_xdp` in the XDP variant).
+    pub masq_uplink_in_program: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -187,17 +192,23 @@ fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
     let of = |f: &dyn Fn(&Sample) -> f64| {
         Stat::of(&samples.iter().filter(|s| s.gateway == gateway).map(f).collect::<Vec<_>>())
     };
-    let uplink_in: Vec<f64> = samples
+    let ingress = [
+        masq_common::program_names::UPLINK_INGRESS,
+        masq_common::program_names::UPLINK_INGRESS_XDP,
+    ];
+    // The kernel keeps 15 characters of a program's name.
+    let kernel_name = |name: &'static str| &name[..name.len().min(15)];
+    let runs: Vec<(&'static str, f64)> = samples
         .iter()
         .filter(|s| s.gateway == gateway)
         .filter_map(|s| {
-            s.udp_gw
-                .masq_programs
-                .iter()
-                .find(|p| p.program == masq_common::program_names::UPLINK_INGRESS)
-                .map(|p| p.ns_per_run)
+            s.udp_gw.masq_programs.iter().filter(|p| p.runs > 0).find_map(|p| {
+                let name = ingress.into_iter().find(|n| kernel_name(n) == p.program)?;
+                Some((name, p.ns_per_run))
+            })
         })
         .collect();
+    let uplink_in: Vec<f64> = runs.iter().map(|r| r.1).collect();
     GatewaySummary {
         gateway,
         udp_e2e_pps: of(&|s| s.udp_e2e.delivered_pps),
@@ -207,6 +218,7 @@ fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
         tcp_gbps: of(&|s| s.tcp_gbps),
         conns_per_s: of(&|s| s.conns_per_s),
         masq_uplink_in_ns: (!uplink_in.is_empty()).then(|| Stat::of(&uplink_in)),
+        masq_uplink_in_program: runs.first().map(|r| r.0.to_string()),
     }
 }
 
@@ -217,11 +229,16 @@ fn measure(
     sink: &SinkProgram,
     work_dir: &Path,
 ) -> Result<Sample> {
-    let lab = Lab::build(LabOptions { gateway: gateway.mode(), ..LabOptions::default() })?;
+    let lab = Lab::build(LabOptions {
+        gateway: gateway.mode(),
+        xdp_friendly: opts.xdp_friendly,
+        ..LabOptions::default()
+    })?;
     let masq = match gateway {
         Gateway::Masq => {
             let config = lab.run_dir().join("masq-gw.toml");
-            fs::write(&config, super::EXAMPLE_CONFIG)?;
+            let xdp = if opts.xdp_friendly { "\n[dataplane]\nxdp = \"required\"\n" } else { "" };
+            fs::write(&config, format!("{}{xdp}", super::EXAMPLE_CONFIG))?;
             Some(lab.start_masq(&opts.masq_bin, &config, &lab.pin_dir(), &[])?)
         }
         _ => None,

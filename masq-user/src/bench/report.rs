@@ -115,6 +115,9 @@ pub fn markdown(r: &Results) -> String {
     if let Some(lab) = &r.lab {
         lab_section(&mut s, lab, &r.ratios);
     }
+    if let Some(lab) = &r.lab_xdp {
+        lab_section(&mut s, lab, &r.ratios_xdp);
+    }
     if let Some(memory) = &r.memory {
         memory_section(&mut s, memory);
     }
@@ -203,9 +206,15 @@ fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
 
 fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
     let o = &lab.options;
+    let variant = if o.xdp_friendly {
+        "XDP-friendly variant: senders toward the uplinks without tx offload, XDP on gw's veth \
+         peers, masq at xdp = \"required\""
+    } else {
+        "kernel's default interface settings (offloads on), masq on TC"
+    };
     let _ = writeln!(
         s,
-        "### Forwarding in the lab (median of {} rounds, gateways built alternately)\n",
+        "### Forwarding in the lab, {variant} (median of {} rounds, gateways built alternately)\n",
         o.rounds
     );
     let _ = writeln!(
@@ -239,15 +248,13 @@ fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
             ratio.masq_over_forward
         );
     }
-    if let Some(ns) = lab
-        .summary
-        .iter()
-        .find(|x| x.gateway == Gateway::Masq)
-        .and_then(|x| x.masq_uplink_in_ns.as_ref())
+    let masq = lab.summary.iter().find(|x| x.gateway == Gateway::Masq);
+    if let Some((ns, program)) =
+        masq.and_then(|x| Some((x.masq_uplink_in_ns.as_ref()?, x.masq_uplink_in_program.as_ref()?)))
     {
         let _ = writeln!(
             s,
-            "\nmasq_uplink_in's own run time during the gw-alone flood (BPF_ENABLE_STATS in a \
+            "\n{program}'s own run time during the gw-alone flood (BPF_ENABLE_STATS in a \
              separate window, run_time_ns/run_cnt, includes the accounting's clock reads): {:.0} ns \
              per packet.",
             ns.median
