@@ -189,6 +189,45 @@ const LINKS: [(End, End); 8] = [
     ((Host::Switch, "tristan"), (Host::Tristan, "eth0")),
 ];
 
+/// What gw's LAN is, as gateways have it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LanDevice {
+    /// `eth0` itself.
+    #[default]
+    Plain,
+    /// A bridge `br-lan` with `eth0` as its port (OpenWrt's layout). (A VLAN subinterface
+    /// cannot be built here: this kernel has no 802.1Q support.)
+    Bridge,
+}
+
+impl LanDevice {
+    /// masq's `lan.interface` for this LAN.
+    pub fn interface(self) -> &'static str {
+        match self {
+            LanDevice::Plain => "eth0",
+            LanDevice::Bridge => "br-lan",
+        }
+    }
+
+    /// Moves gw's LAN address from eth0 onto the device (new devices inherit gw's loose
+    /// `default.rp_filter`).
+    fn setup(self) -> &'static [(Host, &'static [&'static str])] {
+        match self {
+            LanDevice::Plain => &[],
+            LanDevice::Bridge => &[(
+                Host::Gw,
+                &[
+                    "ip addr del 192.168.100.254/24 dev eth0",
+                    "ip link add br-lan type bridge",
+                    "ip link set eth0 master br-lan",
+                    "ip addr add 192.168.100.254/24 dev br-lan",
+                    "ip link set br-lan up",
+                ],
+            )],
+        }
+    }
+}
+
 /// ISP A's line (ISP A, gw), a veth pair unless [`LabOptions::l3_isp_a`].
 const ISP_A_LINE: (Host, Host) = (Host::IspA, Host::Gw);
 
@@ -297,6 +336,8 @@ pub struct LabOptions {
     /// ISP A's line as a point-to-point L3 link (a tun device at each end joined by a relay,
     /// as PPPoE, LTE raw-ip or WireGuard are) instead of a veth pair.
     pub l3_isp_a: bool,
+    /// The device gw's LAN address lives on (masq's `lan.interface`).
+    pub lan: LanDevice,
     /// Applied to gw right after the build (see [`Lab::configure_gateway`]).
     pub gateway: GatewayMode,
     /// Print every setup command.
@@ -380,6 +421,9 @@ impl Lab {
         }
         for host in Host::ALL {
             lab.run_script(host, host.setup())?;
+        }
+        for (host, lines) in options.lan.setup() {
+            lab.run_script(*host, lines)?;
         }
         if options.xdp_friendly {
             for (host, lines) in XDP_FRIENDLY_SENDERS {

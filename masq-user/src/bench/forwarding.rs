@@ -271,6 +271,9 @@ fn measure(
         )?
     };
 
+    let tcp_gbps = iperf(&lab, target, opts)?;
+    let (conns_per_s, conn_failures) = conn_rate(&lab, target, opts)?;
+
     // gw alone: generator in place of the ISP A router, sink on the switch port facing gw.
     let frame = frames::udp(
         mac(&lab, Host::Gw, "eth4")?,
@@ -279,7 +282,12 @@ fn measure(
         Endpoint::new(target, SINK_PORT),
         UDP_PAYLOAD,
     );
+    // Last: in the XDP-friendly variant the sink takes the place of the switch port's
+    // pass-through program (a veth peer holds one XDP program), which nothing needs after.
     let udp_gw = {
+        if opts.xdp_friendly {
+            lab.detach_peer_xdp(Host::Switch, "gw")?;
+        }
         let attached = sink.attach(&lab, Host::Switch, "gw")?;
         flood(
             &lab,
@@ -294,8 +302,6 @@ fn measure(
         )?
     };
 
-    let tcp_gbps = iperf(&lab, target, opts)?;
-    let (conns_per_s, conn_failures) = conn_rate(&lab, target, opts)?;
     drop(masq);
     Ok(Sample { round, gateway, udp_e2e, udp_gw, tcp_gbps, conns_per_s, conn_failures })
 }
