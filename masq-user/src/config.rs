@@ -286,6 +286,11 @@ impl Config {
         }
         for (i, uplink) in self.uplinks.iter().enumerate() {
             let Some(ifc) = host.get(&uplink.interface) else {
+                // An uplink that follows its interface's address may wait for it (`ppp0` exists
+                // only once pppd dialled); one with a fixed address names a device that exists.
+                if uplink.address.is_none() {
+                    continue;
+                }
                 return Err(missing(format!("uplink[{i}].interface"), &uplink.interface));
             };
             let fixed = [("address", uplink.address), ("gateway", uplink.gateway)];
@@ -308,6 +313,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Uplinks whose interface does not exist yet (allowed only when they follow its address).
+    pub fn waiting_interfaces<'a>(&'a self, host: &HostInterfaces) -> Vec<&'a Uplink> {
+        self.uplinks.iter().filter(|u| host.get(&u.interface).is_none()).collect()
     }
 
     /// Index of the uplink called `name`.
@@ -1658,6 +1668,20 @@ to = "192.168.100.17"
         let mut host = seed_host();
         host.interfaces[3].addrs.clear();
         c.check_host(&host).expect("nothing fixed to check: the uplink waits for its address");
+    }
+
+    #[test]
+    fn a_following_uplink_may_wait_for_its_interface_a_fixed_one_may_not() {
+        let following = BASE.replace("address = \"205.254.211.179\"", "");
+        let c = Config::from_toml(&following).unwrap();
+        let mut host = seed_host();
+        host.interfaces.retain(|i| i.name != "eth1");
+        c.check_host(&host).expect("isp-b waits for eth1");
+        let waiting: Vec<&str> =
+            c.waiting_interfaces(&host).iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(waiting, ["isp-b"]);
+        let e = parse("").unwrap().check_host(&host).unwrap_err();
+        assert_err(&e, "uplink[1].interface", "interface \"eth1\" does not exist on this host");
     }
 
     #[test]

@@ -175,6 +175,12 @@ fn check(path: &Path, offline: bool) -> ExitCode {
                 message: format!("{e:#}"),
             })?;
             cfg.check_host(&host)?;
+            for u in cfg.waiting_interfaces(&host) {
+                println!(
+                    "note: uplink {}: interface {} does not exist yet; it waits for it",
+                    u.name, u.interface
+                );
+            }
         }
         Ok(cfg)
     });

@@ -151,8 +151,17 @@ fn renumbered_uplink_is_followed_live() {
 
 /// Delete gw's eth4 (and with it ISP A's end), then create and configure the pair again.
 fn redial_isp_a(lab: &Lab, between: impl FnOnce()) {
-    lab.ns(Host::Gw).run_ok("ip link del eth4").unwrap();
+    unplug_isp_a(lab);
     between();
+    plug_isp_a(lab);
+}
+
+fn unplug_isp_a(lab: &Lab) {
+    lab.ns(Host::Gw).run_ok("ip link del eth4").unwrap();
+}
+
+/// Create and configure ISP A's line (gw's eth4 and ISP A's to-gw).
+fn plug_isp_a(lab: &Lab) {
     let (gw, ispa) = (lab.ns(Host::Gw).name().to_owned(), lab.ns(Host::IspA).name().to_owned());
     let out = std::process::Command::new("ip")
         .args(["link", "add", "name", "eth4", "netns", &gw, "type", "veth", "peer", "name"])
@@ -246,4 +255,27 @@ fn masq_run_over_pins_whose_devices_vanished_starts_cleanly() {
     assert_inbound_on_isp_a(&lab);
     let dsl = uplink_status(&lab, 0);
     assert_eq!((&dsl["up"], &dsl["ifindex"]), (&true.into(), &ifindex(&lab, "eth4").into()));
+}
+
+#[test]
+fn a_following_uplink_whose_interface_is_not_there_yet_waits_for_it() {
+    let lab = common::lab(GatewayMode::Bare);
+    let config = following_config(&lab);
+    let _http = common::serve_http(&lab, Host::Isolde, HTTP_PORT, REPLY.as_bytes());
+    let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
+    // As at boot before pppd dialled: no eth4 when masq starts.
+    unplug_isp_a(&lab);
+    let _masq = common::start_masq(&lab, &config);
+    let why = uplink_status(&lab, 0)["waiting"].as_str().map(str::to_owned);
+    assert!(why.as_ref().is_some_and(|w| w.contains("eth4 does not exist")), "{why:?}");
+    assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_B), "dsl absent: fail over");
+    plug_isp_a(&lab);
+    // The line came up; its DHCP client adds the default route dsl learns its gateway from.
+    lab.ns(Host::Gw).run_ok("ip route add default via 67.17.28.14 dev eth4 metric 100").unwrap();
+    eventually("dsl to come up on the new eth4", || {
+        let dsl = uplink_status(&lab, 0);
+        (dsl["up"] == true && dsl["gateway"] == "67.17.28.14").then_some(())
+    });
+    assert_inbound_on_isp_a(&lab);
+    assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_A));
 }
