@@ -279,3 +279,43 @@ fn a_following_uplink_whose_interface_is_not_there_yet_waits_for_it() {
     assert_inbound_on_isp_a(&lab);
     assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_A));
 }
+
+#[test]
+fn lan_interface_deleted_and_created_again_is_attached_again() {
+    let lab = common::lab(GatewayMode::Bare);
+    let _masq = common::start_masq(&lab, &common::example_config());
+    let _http = common::serve_http(&lab, Host::Isolde, HTTP_PORT, REPLY.as_bytes());
+    assert_inbound_on_isp_a(&lab);
+    let old_index = ifindex(&lab, "eth0");
+    lab.ns(Host::Gw).run_ok("ip link del eth0").unwrap();
+    let (gw, switch) = (lab.ns(Host::Gw).name().to_owned(), lab.ns(Host::Switch).name().to_owned());
+    let out = std::process::Command::new("ip")
+        .args(["link", "add", "name", "eth0", "netns", &gw, "type", "veth", "peer", "name"])
+        .args(["gw", "netns", &switch])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for cmd in ["ip link set gw master br0", "ip link set gw up"] {
+        lab.ns(Host::Switch).run_ok(cmd).unwrap();
+    }
+    for cmd in ["ip addr add 192.168.100.254/24 dev eth0", "ip link set eth0 up"] {
+        lab.ns(Host::Gw).run_ok(cmd).unwrap();
+    }
+    let new_index = ifindex(&lab, "eth0");
+    assert_ne!(old_index, new_index);
+    eventually("masq_lan_in on the new eth0", || {
+        let status = common::masq_status(&lab);
+        status["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| {
+                a["program"] == "masq_lan_in" && a["attached"] == true && a["ifindex"] == new_index
+            })
+            .then_some(())
+    });
+    assert_inbound_on_isp_a(&lab);
+    let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
+    assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_A));
+    assert_eq!(tcp_seen(&lab, Host::Isolde), Some(GW_ISP_B));
+}
