@@ -1,4 +1,4 @@
-//! `masq bench` (hidden; `cargo xtask bench`): masq side by side with the classic iptables recipe
+//! `masq-lab bench` (`cargo xtask bench`): masq side by side with the classic iptables recipe
 //! and with plain routing, in one run. BENCHMARKS.md describes the method and the latest figures.
 //!
 //! Three parts, each in its own module:

@@ -21,10 +21,12 @@ use crate::{
     hooks::HookChoice,
     host::HostInterfaces,
     inspect::{self, DaemonState, Names, NamesSource},
-    lab::MASQ_READY_LINE,
     metrics,
     policy_tables::{self, PolicySpec, PolicyTables, UplinkRoute, UplinkTable},
 };
+
+/// The line `masq run` prints on stdout once the dataplane is up (the lab and tests wait for it).
+pub const MASQ_READY_LINE: &str = "masq: dataplane ready";
 
 /// Default pin directory of the maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";

@@ -1,4 +1,4 @@
-//! The seed topology (`shared/seed/TOPOLOGY.md`) in network namespaces, for `masq lab` and the
+//! The seed topology (`shared/seed/TOPOLOGY.md`) in network namespaces, for `masq-lab lab` and the
 //! end-to-end tests.
 //!
 //! ```text
@@ -68,7 +68,7 @@ pub const GW_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 /// The ISP routers' interface toward gw: capture there to see by which uplink a packet left gw.
 pub const ISP_GW_SIDE_IFACE: &str = "to-gw";
 /// The line masq prints once its programs are attached.
-pub const MASQ_READY_LINE: &str = "masq: dataplane ready";
+pub use crate::daemon::MASQ_READY_LINE;
 
 const MASQ_READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CHILD_STOP_GRACE: Duration = Duration::from_secs(5);

@@ -1,5 +1,8 @@
-//! masq userspace: config, loader, kernel policy tables, inspection, and the network-namespace lab.
+//! masq userspace: config, loader, kernel policy tables, inspection. With feature `lab` (never in
+//! the `masq` binary a gateway runs): the network-namespace lab and the benchmarks, for the
+//! `masq-lab` binary and the tests.
 
+#[cfg(feature = "lab")]
 pub mod bench;
 pub mod config;
 pub mod conntrack;
@@ -10,8 +13,10 @@ pub mod health;
 pub mod hooks;
 pub mod host;
 pub mod inspect;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod policy_tables;
+#[cfg(feature = "lab")]
 pub mod tun_relay;

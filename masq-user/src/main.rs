@@ -139,25 +139,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Build the seed lab in network namespaces and demonstrate masq (used by `cargo xtask lab`).
-    #[command(hide = true)]
-    Lab {
-        #[arg(long)]
-        keep: bool,
-    },
-    /// Benchmarks: masq, the classic recipe and plain routing side by side (`cargo xtask bench`).
-    #[command(hide = true)]
-    Bench {
-        /// Fewer rounds and repeats, smaller tables (under 3 minutes).
-        #[arg(long)]
-        quick: bool,
-        /// Directory for the results (JSON, SVG chart, Markdown summary).
-        #[arg(long, default_value = "bench-results")]
-        out: PathBuf,
-        /// Run one part only.
-        #[arg(long, value_enum)]
-        only: Option<masq_user::bench::Part>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -250,7 +231,7 @@ fn conns(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. } | Command::Down { .. } | Command::Lab { .. }) {
+    if !matches!(cli.command, Command::Run { .. } | Command::Down { .. }) {
         // Inspection output piped into `head` ends quietly, like other Unix tools.
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -258,7 +239,7 @@ fn main() -> ExitCode {
     // The host's bpffs even from a private mount namespace (`ip netns exec`), before any
     // thread starts. `run` and `down` fail on their own if it cannot be had; for the
     // inspection commands, opening the pins says what is missing.
-    if !matches!(cli.command, Command::Check { .. } | Command::Lab { .. } | Command::Bench { .. })
+    if !matches!(cli.command, Command::Check { .. })
         && let Err(e) = masq_user::dataplane::ensure_bpffs()
         && matches!(cli.command, Command::Run { .. } | Command::Down { .. })
     {
@@ -287,16 +268,6 @@ fn main() -> ExitCode {
         }
         Command::Conns { action, target, filter, json } => conns(action, &target, &filter, json),
         Command::Stats { pin_dir, json } => inspect::stats(&pin_dir, json),
-        Command::Lab { keep } => std::env::current_exe()
-            .map_err(anyhow::Error::from)
-            .and_then(|exe| masq_user::lab::run_demo(&exe, keep)),
-        Command::Bench { quick, out, only } => std::env::current_exe()
-            .map_err(anyhow::Error::from)
-            .and_then(|masq_bin| {
-                let opts = masq_user::bench::BenchOptions { quick, out, masq_bin, only };
-                masq_user::bench::run(&opts)
-            })
-            .map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,28 +79,28 @@ fn run(task: Task) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Task::Lab { keep } => {
-            build()?;
+            build_lab()?;
             let mut args = vec!["lab".to_string()];
             if keep {
                 args.push("--keep".into());
             }
-            exec_masq(&args)
+            exec_release("masq-lab", &args)
         }
         Task::Test { args } => test(&args),
         Task::Run { args } => {
             build()?;
             let mut masq_args = vec!["run".to_string()];
             masq_args.extend(args);
-            exec_masq(&masq_args)
+            exec_release("masq", &masq_args)
         }
         Task::Bench { quick, out } => {
-            build()?;
-            exec_masq(&bench_args(quick, out))
+            build_lab()?;
+            exec_release("masq-lab", &bench_args(quick, out))
         }
     }
 }
 
-/// `masq bench [--quick] --out <dir>`, the directory absolute so the caller's cwd does not matter.
+/// `masq-lab bench [--quick] --out <dir>`, the directory absolute so the caller's cwd does not matter.
 fn bench_args(quick: bool, out: Option<PathBuf>) -> Vec<String> {
     let out = out.unwrap_or_else(|| workspace_root().join("bench-results"));
     let out = if out.is_absolute() {
@@ -136,24 +136,32 @@ fn cargo() -> Command {
     cmd
 }
 
+/// The product: `target/release/masq`, without the lab.
 fn build() -> Result<()> {
-    println!("xtask: cargo build --release -p masq-user");
-    let status = cargo()
-        .args(["build", "--release", "-p", "masq-user"])
-        .status()
-        .context("running cargo build")?;
+    cargo_build(&["build", "--release", "-p", "masq-user", "--bin", "masq"])
+}
+
+/// `masq` and, beside it, `masq-lab` (the lab and the benchmarks; feature `lab`).
+fn build_lab() -> Result<()> {
+    cargo_build(&["build", "--release", "-p", "masq-user", "--features", "lab", "--bins"])
+}
+
+fn cargo_build(args: &[&str]) -> Result<()> {
+    println!("xtask: cargo {}", args.join(" "));
+    let status = cargo().args(args).status().context("running cargo build")?;
     if !status.success() {
-        bail!("cargo build --release -p masq-user failed ({status})");
+        bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }
 
-/// Replaces this process with `target/release/masq <args>`, so Ctrl-C and the exit status are masq's.
-fn exec_masq(args: &[String]) -> Result<ExitCode> {
-    let masq = target_dir().join("release/masq");
-    println!("xtask: {} {}", masq.display(), args.join(" "));
-    let err = Command::new(&masq).args(args).exec();
-    bail!("cannot run {}: {err}", masq.display())
+/// Replaces this process with `target/release/<binary> <args>`, so Ctrl-C and the exit status
+/// are the binary's.
+fn exec_release(binary: &str, args: &[String]) -> Result<ExitCode> {
+    let path = target_dir().join("release").join(binary);
+    println!("xtask: {} {}", path.display(), args.join(" "));
+    let err = Command::new(&path).args(args).exec();
+    bail!("cannot run {}: {err}", path.display())
 }
 
 fn test(args: &[String]) -> Result<ExitCode> {
