@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 use std::borrow::{Borrow, BorrowMut};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, Tuple4, tick_ns};
+use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, tick_ns};
 
 use crate::config::Timeouts;
 
@@ -117,12 +117,6 @@ impl Conn {
     }
 }
 
-impl From<&Tuple4> for crate::inspect::Tuple {
-    fn from(t: &Tuple4) -> Self {
-        (&t.key(0)).into()
-    }
-}
-
 /// Pair the entries of a dump into connections.
 pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
     let mut by_key: HashMap<FlowKey, ConnEntry> = entries.into_iter().collect();
@@ -180,7 +174,7 @@ pub fn remove_where<T: BorrowMut<MapData>>(
 
 #[cfg(test)]
 mod tests {
-    use masq_common::{CONN_F_REPLY, TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SYN};
+    use masq_common::{CONN_F_REPLY, TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4};
 
     use super::*;
 

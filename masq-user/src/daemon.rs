@@ -1,11 +1,5 @@
 //! `masq run` and `masq down`: the operator's checklist, each step undone on failure and exit.
-use std::{
-    fs,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{fs, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,9 +14,9 @@ use crate::{
     follow::{self, UplinkState},
     hooks::HookChoice,
     host::HostInterfaces,
-    inspect::{self, DaemonState, Names, NamesSource},
     metrics,
     policy_tables::{self, PolicySpec, PolicyTables, UplinkRoute, UplinkTable},
+    state::{self, DaemonState, Names, NamesSource, pid_file},
 };
 
 /// The line `masq run` prints on stdout once the dataplane is up (the lab and tests wait for it).
@@ -84,13 +78,6 @@ pub fn require_root() -> anyhow::Result<()> {
         bail!("masq needs root (CAP_BPF, CAP_NET_ADMIN): run it as root");
     }
     Ok(())
-}
-
-/// Where `masq run` records its pid for `masq down` and `masq reload`, one file per pin
-/// directory; its state for the CLI sits beside it ([`inspect::state_file`]).
-pub fn pid_file(pin_dir: &Path) -> PathBuf {
-    let name = pin_dir.to_string_lossy().replace('/', "_");
-    PathBuf::from("/run/masq").join(format!("{name}.pid"))
 }
 
 /// The policy tables for the uplinks as they are now: a table without routes for one that is
@@ -449,7 +436,7 @@ pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
         }
         let _ = fs::remove_file(&pid_path);
     }
-    let _ = fs::remove_file(inspect::state_file(pin_dir));
+    let _ = fs::remove_file(state::state_file(pin_dir));
     let tables: Vec<u32> =
         cfg.map(|c| c.uplinks.iter().map(|u| u.table).collect()).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -716,3 +716,23 @@ fn check_trace_format(event: &str, fields: &[(&str, usize)]) -> anyhow::Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_split_into_program_and_interface() {
+        assert_eq!(
+            parse_link_pin("link-masq_uplink_in-eth4"),
+            Some(("masq_uplink_in".into(), "eth4".into()))
+        );
+        assert_eq!(
+            parse_link_pin("link-masq_lan_in-br-lan"),
+            Some(("masq_lan_in".into(), "br-lan".into()))
+        );
+        assert_eq!(parse_link_pin("CONNS"), None);
+        assert_eq!(parse_link_pin("link-masq_lan_in-"), None);
+        assert_eq!(parse_link_pin("link-other-eth0"), None);
+    }
+}

@@ -9,6 +9,7 @@ use rtnetlink::MulticastGroup;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use crate::policy_tables::DefaultRoute;
 use crate::{config::Uplink, host::HostInterfaces};
 
 /// An uplink whose interface exists and has its address: it can carry connections.
@@ -48,15 +49,6 @@ impl UplinkState {
             UplinkState::Waiting(why) => Some(why.clone()),
         }
     }
-}
-
-/// A default route of the main table: the gateway a DHCP client (or the operator) set for an
-/// interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DefaultRoute {
-    pub oif: u32,
-    pub gateway: Option<Ipv4Addr>,
-    pub metric: u32,
 }
 
 /// Resolve one uplink against the host and main's default routes.

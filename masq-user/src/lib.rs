@@ -15,8 +15,11 @@ pub mod host;
 pub mod inspect;
 #[cfg(feature = "lab")]
 pub mod lab;
+pub mod links;
 pub mod metrics;
 pub mod netns;
+pub mod pinned;
 pub mod policy_tables;
+pub mod state;
 #[cfg(feature = "lab")]
 pub mod tun_relay;

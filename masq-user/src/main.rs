@@ -15,7 +15,8 @@ use masq_user::{
     config::Config,
     daemon::{self, DEFAULT_PIN_DIR},
     host::HostInterfaces,
-    inspect::{self, ConnFilter, Names},
+    inspect::{self, ConnFilter},
+    state::{self, Names},
 };
 use tracing::level_filters::LevelFilter;
 
@@ -260,7 +261,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Reload { pin_dir, timeout } => {
-            inspect::reload(&pin_dir, Duration::from_secs(timeout))
+            state::reload(&pin_dir, Duration::from_secs(timeout))
         }
         Command::Status { target, json } => inspect::status(&target.pin_dir, &target.names(), json),
         Command::Uplinks { target, json } => {

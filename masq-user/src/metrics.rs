@@ -30,10 +30,12 @@ use tracing::{info, warn};
 
 use crate::{
     conntrack::Conn,
-    inspect::{
-        self, Attachment, CounterValue, Names, TableSize, direction_name, proto_name,
-        read_attachments, read_conns, read_counters, read_table_size, read_uplink_stats,
+    inspect::{self, direction_name, proto_name},
+    links::{Attachment, read_attachments},
+    pinned::{
+        CounterValue, TableSize, read_conns, read_counters, read_table_size, read_uplink_stats,
     },
+    state::Names,
 };
 
 /// What Prometheus is told the body is.
@@ -417,7 +419,7 @@ fn response(code: u16, reason: &str, content_type: &str, body: String, head_only
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::{NamesSource, UplinkName};
+    use crate::state::{NamesSource, UplinkName};
 
     #[test]
     fn requests_route_by_method_and_path() {

@@ -33,8 +33,6 @@ use rtnetlink::{
 };
 use tokio::{sync::Mutex, task::JoinHandle, time::Instant};
 
-use crate::follow::DefaultRoute;
-
 /// `from <uplink address> lookup <table>` rules sit at this priority plus the uplink's index.
 pub const RULE_PRIORITY_FROM: u32 = 1000;
 /// `fwmark <mark>/<mask> lookup <table>` rules sit at this priority plus the uplink's index.
@@ -277,6 +275,15 @@ impl PolicyTables {
 
 fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A default route of the main table: the gateway a DHCP client (or the operator) set for an
+/// interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub oif: u32,
+    pub gateway: Option<Ipv4Addr>,
+    pub metric: u32,
 }
 
 /// Main's IPv4 default routes (those masq did not install) with their device and gateway.

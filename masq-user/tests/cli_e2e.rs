@@ -478,7 +478,7 @@ fn reload_publishes_a_new_address_while_an_existing_flow_keeps_working() {
     assert_eq!(uplinks[1]["name"], "isp-b");
 
     // masq down removes the state file with the rest.
-    let state_file = masq_user::inspect::state_file(&lab.pin_dir());
+    let state_file = masq_user::state::state_file(&lab.pin_dir());
     assert!(state_file.exists());
     masq_ok(&lab, &["down"]);
     assert!(!Path::new(&state_file).exists());

@@ -77,12 +77,12 @@ fn restart_adopts_the_pinned_connection_table() {
     let config = common::example_config();
     let masq = lab.start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[]).unwrap();
     assert!(lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3)).unwrap());
-    let conns_before = masq_user::inspect::read_conns(&lab.pin_dir()).unwrap().len();
+    let conns_before = masq_user::pinned::read_conns(&lab.pin_dir()).unwrap().len();
     assert!(conns_before >= 1);
     masq.stop().unwrap();
     let masq = lab.start_masq(&common::masq_bin(), &config, &lab.pin_dir(), &[]).unwrap();
     assert!(masq.log_text().contains("adopted the pinned dataplane"), "{}", masq.log_text());
-    let conns_after = masq_user::inspect::read_conns(&lab.pin_dir()).unwrap().len();
+    let conns_after = masq_user::pinned::read_conns(&lab.pin_dir()).unwrap().len();
     assert_eq!(conns_after, conns_before, "the connection table survives the restart");
     assert!(lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3)).unwrap());
     drop(masq);

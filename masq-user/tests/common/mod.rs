@@ -14,8 +14,8 @@ use std::{
 };
 
 use masq_user::{
-    inspect::read_counters,
     lab::{GatewayMode, Host, Lab, LabChild, LabOptions},
+    pinned::read_counters,
 };
 
 /// Panics unless running as root. Tests that need root fail instead of skipping silently, in CI
