@@ -37,7 +37,7 @@ enum Task {
     /// Run the workspace tests serially (they share kernel state).
     ///
     /// Extra arguments go to `cargo test`; arguments after a second `--` go to the test harness,
-    /// e.g. `cargo xtask test -- -p masq-user --test lab_baseline -- classic`.
+    /// e.g. `cargo xtask test -- -p masq-user --test integration -- lab_baseline::`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -221,8 +221,8 @@ mod tests {
             "test --workspace --exclude masq-ebpf --release -- --test-threads=1 classic"
         );
         assert_eq!(
-            test_args(&["xtask", "test", "--", "-p", "masq-user", "--test", "lab_baseline"]),
-            "test -p masq-user --test lab_baseline -- --test-threads=1"
+            test_args(&["xtask", "test", "--", "-p", "masq-user", "--test", "integration"]),
+            "test -p masq-user --test integration -- --test-threads=1"
         );
     }
 

@@ -83,11 +83,6 @@ impl Ip {
         Self { frag, ..self }
     }
 
-    /// The same header with other addresses.
-    pub fn addrs(self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        Self { src, dst, ..self }
-    }
-
     /// An IPv4 packet (no options) carrying `payload`.
     pub fn packet(&self, proto: u8, payload: &[u8]) -> Vec<u8> {
         self.packet_with_options(proto, &[], payload)
@@ -240,9 +235,6 @@ impl<'a> IpView<'a> {
     pub fn tot_len(&self) -> usize {
         usize::from(self.u16_at(2))
     }
-    pub fn ttl(&self) -> u8 {
-        self.0[8]
-    }
     pub fn proto(&self) -> u8 {
         self.0[9]
     }
@@ -271,9 +263,6 @@ impl<'a> IpView<'a> {
     }
     pub fn icmp_type(&self) -> u8 {
         self.l4()[0]
-    }
-    pub fn icmp_code(&self) -> u8 {
-        self.l4()[1]
     }
     /// Identifier of an echo request or reply.
     pub fn icmp_id(&self) -> u16 {

@@ -1,5 +1,5 @@
 //! `masq check`: the example passes, every bad example is rejected with one line naming its key.
-mod common;
+use crate::common;
 
 use std::{fs, process::Command};
 

@@ -2,7 +2,7 @@
 //! in the seed lab, and every reply (TCP, UDP, ICMP echo, ICMP errors) leaves masq-gw by the uplink
 //! its request came in on. Needs root; run serially (`--test-threads=1`).
 
-mod common;
+use crate::common;
 
 use std::{net::Ipv4Addr, time::Duration};
 

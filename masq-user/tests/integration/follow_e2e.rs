@@ -1,7 +1,7 @@
 //! Uplinks that change under a running masq, end to end: an uplink renumbered (as DHCP or PPP
 //! IPCP does) with its address and gateway left to follow the interface, an uplink interface
 //! deleted and created again (a PPPoE redial), and `masq run` over pins whose devices vanished.
-mod common;
+use crate::common;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},

@@ -1,6 +1,6 @@
 //! Operating masq without cutting anyone off: long transfers and steady UDP streams through each
 //! uplink keep running across a daemon restart, a reload, and a flush of another uplink.
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeSet,

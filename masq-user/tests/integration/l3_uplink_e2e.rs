@@ -1,7 +1,7 @@
 //! An L3 uplink end to end: ISP A's line as a point-to-point link without Ethernet headers
 //! (tun devices joined by a relay, as PPPoE, LTE raw-ip or WireGuard are), `gateway` left out.
 //! Inbound publishing, outbound masquerade and reply steering work across it as on Ethernet.
-mod common;
+use crate::common;
 
 use std::{net::SocketAddrV4, time::Duration};
 

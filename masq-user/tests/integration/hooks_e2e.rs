@@ -1,7 +1,7 @@
 //! Which hook runs where, end to end: TC in the default lab (veth at the kernel's defaults), XDP
 //! in the XDP-friendly variant with proof that the XDP path carried the traffic, and a clear
 //! refusal when XDP is required where it cannot work.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

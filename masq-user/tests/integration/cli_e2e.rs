@@ -2,7 +2,7 @@
 //! `stats`, `status` and the `--metrics` endpoint must report exactly it; `masq conns flush`
 //! removes one uplink's connections; `masq reload` publishes a new address while an existing
 //! flow keeps working; the CLI keeps working once the daemon is gone.
-mod common;
+use crate::common;
 
 use std::{
     io::{Read as _, Write as _},

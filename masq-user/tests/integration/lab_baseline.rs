@@ -1,7 +1,7 @@
 //! The lab without masq: the textbook DNAT setup fails the way TOPOLOGY.md says, and the classic
 //! recipe works. This proves the lab reproduces the problem masq solves. Needs root; run serially.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! masq's LAN program runs on the bridge; inbound publishing, outbound masquerade and reply
 //! steering work as on plain eth0. (A VLAN subinterface cannot be built on this kernel: it has
 //! no 802.1Q support.)
-mod common;
+use crate::common;
 
 use std::{net::SocketAddrV4, time::Duration};
 

@@ -1,5 +1,4 @@
-//! Helpers shared by the integration tests (each test crate uses only some of them).
-#![allow(dead_code, reason = "each test crate uses only some of these helpers")]
+//! The kit of the integration tests: the lab, masq, the CLI, traffic and captures.
 
 pub mod packet;
 

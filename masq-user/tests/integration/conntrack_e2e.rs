@@ -1,6 +1,6 @@
 //! The connection table at work: idle connections expire by their state's timeout, in a table
 //! sized for a million connections.
-mod common;
+use crate::common;
 
 use std::{
     thread,

@@ -1,5 +1,5 @@
 //! `masq run` and `masq down` leave the gateway exactly as they found it.
-mod common;
+use crate::common;
 
 use std::{path::Path, time::Duration};
 

@@ -4,7 +4,7 @@
 //! recomputed from scratch), the counters and the connection table. Needs root; run serially:
 //! `cargo test -p masq-user --test dataplane_progs -- --test-threads=1`.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 
@@ -59,7 +59,7 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const EXAMPLE: &str = include_str!("../../examples/masq-gw.toml");
+const EXAMPLE: &str = include_str!("../../../examples/masq-gw.toml");
 
 // ---- Setup ----
 

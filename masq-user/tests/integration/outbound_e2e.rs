@@ -3,7 +3,7 @@
 //! traffic, inbound and outbound together, and the policy tables following main's routes.
 //! Needs root; run serially (`--test-threads=1`).
 
-mod common;
+use crate::common;
 
 use std::{
     fs,
