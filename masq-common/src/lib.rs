@@ -5,6 +5,11 @@
 //! exactly as they appear on the wire, so the dataplane never swaps bytes on the fast path.
 #![no_std]
 
+/// IP protocol numbers masq translates (wire constants, one definition for every crate).
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
 /// Most uplinks one gateway can have.
 pub const MAX_UPLINKS: usize = 8;
 /// Most LAN prefixes (`[lan] prefixes`).

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize, Serializer, de};
 
 use crate::host::HostInterfaces;
 
+/// Routing tables the kernel reserves: unspec, default, main, local.
+pub const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
 /// fwmark bits masq owns unless `dataplane.mark_mask` says otherwise.
 pub const DEFAULT_MARK_MASK: u32 = 0x0f00_0000;
 /// Routing table of the first uplink; the others follow (`201 + index`).
@@ -25,7 +27,6 @@ pub const MAX_CONN_CAPACITY: u32 = 4_194_304;
 /// Longest accepted timeout (one year), so nanoseconds fit easily in a `u64`.
 pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 /// Tables the kernel reserves: unspec, default, main, local.
-const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
 /// Interface names are at most `IFNAMSIZ - 1` bytes.
 const MAX_IFNAME_LEN: usize = 15;
 const MAX_UPLINK_NAME_LEN: usize = 15;
@@ -38,7 +39,7 @@ pub struct Config {
     pub publish: Vec<Publish>,
     /// Outbound steering rules, first match wins; always ends in a rule that matches everything.
     pub policies: Vec<Policy>,
-    pub dataplane: Dataplane,
+    pub dataplane: DataplaneSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -156,8 +157,9 @@ pub enum XdpMode {
     Required,
 }
 
+/// `[dataplane]` (the loaded programs and maps are `dataplane::Dataplane`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Dataplane {
+pub struct DataplaneSettings {
     /// Redirect after `bpf_fib_lookup` instead of handing packets to the kernel.
     pub fast_path: bool,
     pub xdp: XdpMode,
@@ -173,7 +175,7 @@ pub struct Dataplane {
     pub timeouts: Timeouts,
 }
 
-impl Default for Dataplane {
+impl Default for DataplaneSettings {
     fn default() -> Self {
         Self {
             fast_path: true,
@@ -458,8 +460,8 @@ fn resolve_lan(raw: Option<RawLan>) -> Result<Lan> {
     Ok(Lan { interface, prefixes })
 }
 
-fn resolve_dataplane(raw: RawDataplane) -> Result<Dataplane> {
-    let default = Dataplane::default();
+fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> {
+    let default = DataplaneSettings::default();
     let mark_mask = raw.mark_mask.unwrap_or(default.mark_mask);
     if mark_mask == 0 {
         return Err(ConfigError::new(
@@ -509,7 +511,7 @@ fn resolve_dataplane(raw: RawDataplane) -> Result<Dataplane> {
             ));
         }
     };
-    Ok(Dataplane {
+    Ok(DataplaneSettings {
         fast_path: raw.fast_path.unwrap_or(default.fast_path),
         xdp,
         steer: raw.steer.unwrap_or(default.steer),
@@ -532,7 +534,11 @@ fn timeout(secs: Option<u64>, default: Duration, name: &str) -> Result<Duration>
     Ok(Duration::from_secs(secs))
 }
 
-fn resolve_uplinks(raw: Vec<RawUplink>, lan: &Lan, dataplane: &Dataplane) -> Result<Vec<Uplink>> {
+fn resolve_uplinks(
+    raw: Vec<RawUplink>,
+    lan: &Lan,
+    dataplane: &DataplaneSettings,
+) -> Result<Vec<Uplink>> {
     if raw.is_empty() {
         return Err(ConfigError::new(
             "uplink",
@@ -1172,7 +1178,7 @@ gateway = "205.254.211.254"
         assert!(c.policies[1].is_default());
         assert_eq!(c.policies[1].choices, [(1, 1)]);
 
-        assert_eq!(c.dataplane, Dataplane::default());
+        assert_eq!(c.dataplane, DataplaneSettings::default());
         assert_eq!(c.uplink_index("isp-b"), Some(1));
         assert_eq!(c.uplink_index("isp-c"), None);
     }
@@ -1190,7 +1196,7 @@ gateway = "205.254.211.254"
         let uncommented: String =
             block.lines().map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l))).collect();
         let c = Config::from_toml(&format!("{text}{uncommented}")).unwrap();
-        assert_eq!(c.dataplane, Dataplane::default());
+        assert_eq!(c.dataplane, DataplaneSettings::default());
         assert_eq!(c, Config::from_toml(&text).unwrap());
     }
 

@@ -1071,7 +1071,7 @@ fn wait_for(timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Resul
 // ---------------------------------------------------------------------------------------------
 // `masq lab`: the demo
 
-const DEFAULT_CONFIG: &str = include_str!("../../examples/masq-gw.toml");
+const EXAMPLE_CONFIG: &str = include_str!("../../examples/masq-gw.toml");
 const DEMO_PORT: u16 = 80;
 const DEMO_REPLY: &str = "hello from isolde";
 const DEMO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -1098,7 +1098,7 @@ pub fn run_demo(masq_bin: &Path, keep: bool) -> Result<()> {
     println!("masq lab: building the seed topology in network namespaces");
     let lab = Lab::build(LabOptions::default())?;
     let config = lab.run_dir().join("masq-gw.toml");
-    fs::write(&config, DEFAULT_CONFIG)?;
+    fs::write(&config, EXAMPLE_CONFIG)?;
     let pin_dir = lab.pin_dir();
     println!("masq lab: starting masq on gw ({})", config.display());
     let masq = lab.start_masq(masq_bin, &config, &pin_dir, &[])?;

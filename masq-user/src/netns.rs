@@ -92,13 +92,20 @@ impl Drop for NetNs {
     }
 }
 
-/// Panics unless running as root: tests that need root must fail, never skip silently.
+/// For tests: panics unless running as root. Tests that need root fail instead of skipping
+/// silently, in CI (`CI=true`) and on a developer's machine alike.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert!(
-        euid == 0,
-        "this test needs root (network namespaces, netlink writes); run it as root, e.g. with sudo"
+    if unsafe { libc::geteuid() } == 0 {
+        return;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI must run the tests as root: they build network namespaces and load eBPF programs"
+        );
+    }
+    panic!(
+        "this test needs root (network namespaces, iptables, eBPF): run `sudo -E cargo xtask test`"
     );
 }
 

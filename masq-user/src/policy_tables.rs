@@ -33,6 +33,8 @@ use rtnetlink::{
 };
 use tokio::{sync::Mutex, task::JoinHandle, time::Instant};
 
+use crate::config::RESERVED_TABLES;
+
 /// `from <uplink address> lookup <table>` rules sit at this priority plus the uplink's index.
 pub const RULE_PRIORITY_FROM: u32 = 1000;
 /// `fwmark <mark>/<mask> lookup <table>` rules sit at this priority plus the uplink's index.
@@ -43,13 +45,11 @@ pub const RULE_PRIORITY_FWMARK: u32 = 1100;
 /// iproute2's rt_protos names no more, FRR's private ids are 186–198. 109 is ASCII `m`.
 pub const MASQ_PROTOCOL: u8 = 109;
 
-/// The two rule ranges must not overlap.
-const MAX_UPLINKS: usize = (RULE_PRIORITY_FWMARK - RULE_PRIORITY_FROM) as usize;
+/// Uplinks one rule range has room for: the two ranges must not overlap.
+const RULE_RANGE: usize = (RULE_PRIORITY_FWMARK - RULE_PRIORITY_FROM) as usize;
 const RT_TABLE_MAIN: u32 = 254;
 /// Header value for table ids above 255, which travel in the table attribute.
 const RT_TABLE_COMPAT: u8 = 252;
-/// unspec, default, main, local.
-const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
 /// The monitor syncs this long after the first change of a burst.
 const SETTLE_DELAY: Duration = Duration::from_millis(200);
 /// The monitor also syncs this often, for changes the kernel does not announce (routes flushed
@@ -86,8 +86,8 @@ pub struct PolicySpec {
 impl PolicySpec {
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.uplinks.len() <= MAX_UPLINKS,
-            "at most {MAX_UPLINKS} uplinks are supported, got {}",
+            self.uplinks.len() <= RULE_RANGE,
+            "at most {RULE_RANGE} uplinks are supported, got {}",
             self.uplinks.len()
         );
         ensure!(self.mark_mask != 0, "the fwmark mask must not be 0");
@@ -128,15 +128,15 @@ impl PolicySpec {
     }
 
     /// The rules of each uplink, in installation order.
-    fn rules(&self) -> Vec<(&UplinkTable, PolicyRule)> {
+    fn rules(&self) -> Vec<(&UplinkTable, IpRule)> {
         let from =
             self.uplinks.iter().zip(RULE_PRIORITY_FROM..).filter_map(|(uplink, priority)| {
                 let selector = Selector::From(uplink.route?.address);
-                Some((uplink, PolicyRule { priority, table: uplink.table, selector }))
+                Some((uplink, IpRule { priority, table: uplink.table, selector }))
             });
         let fwmark = self.uplinks.iter().zip(RULE_PRIORITY_FWMARK..).map(|(uplink, priority)| {
             let selector = Selector::FwMark { mark: uplink.mark, mask: self.mark_mask };
-            (uplink, PolicyRule { priority, table: uplink.table, selector })
+            (uplink, IpRule { priority, table: uplink.table, selector })
         });
         from.chain(fwmark).collect()
     }
@@ -148,7 +148,7 @@ pub struct PolicyTables {
     /// Changes when an uplink follows its interface ([`PolicyTables::update`]).
     spec: StdMutex<PolicySpec>,
     /// Rules added or adopted, removed again by `remove`.
-    rules: StdMutex<Vec<PolicyRule>>,
+    rules: StdMutex<Vec<IpRule>>,
     /// Syncs from the caller and the route monitor must not interleave.
     sync_lock: Mutex<()>,
 }
@@ -232,7 +232,7 @@ impl PolicyTables {
             if !is_masq_rule(&message) {
                 continue;
             }
-            match PolicyRule::parse(&message) {
+            match IpRule::parse(&message) {
                 Some(rule) if wanted.iter().any(|(_, w)| *w == rule) => {
                     present.insert(rule);
                 }
@@ -435,7 +435,7 @@ impl Drop for Netlink {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PolicyRule {
+struct IpRule {
     priority: u32,
     table: u32,
     selector: Selector,
@@ -447,7 +447,7 @@ enum Selector {
     FwMark { mark: u32, mask: u32 },
 }
 
-impl PolicyRule {
+impl IpRule {
     fn to_message(self) -> RuleMessage {
         let mut message = RuleMessage::default();
         message.header.family = AddressFamily::Inet;
@@ -473,7 +473,7 @@ impl PolicyRule {
     }
 
     /// Reads a rule of the shape masq installs; `None` for any other rule.
-    fn parse(message: &RuleMessage) -> Option<PolicyRule> {
+    fn parse(message: &RuleMessage) -> Option<IpRule> {
         let header = &message.header;
         if header.family != AddressFamily::Inet
             || header.action != RuleAction::ToTable
@@ -503,11 +503,11 @@ impl PolicyRule {
             (None, 0, mark) if mark != 0 => Selector::FwMark { mark, mask },
             _ => return None,
         };
-        Some(PolicyRule { priority, table, selector })
+        Some(IpRule { priority, table, selector })
     }
 }
 
-impl fmt::Display for PolicyRule {
+impl fmt::Display for IpRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.selector {
             Selector::From(address) => write!(f, "from {address}")?,
@@ -518,7 +518,7 @@ impl fmt::Display for PolicyRule {
 }
 
 fn rule_label(message: &RuleMessage) -> String {
-    if let Some(rule) = PolicyRule::parse(message) {
+    if let Some(rule) = IpRule::parse(message) {
         return format!("`{rule}`");
     }
     let priority = message.attributes.iter().find_map(|attribute| match attribute {

@@ -449,11 +449,7 @@ mod tests {
     use std::os::fd::AsFd as _;
 
     use super::*;
-
-    fn require_root() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "loading BPF programs needs root");
-    }
+    use crate::netns::require_root;
 
     fn udp_frame(port: u16) -> Vec<u8> {
         let mut f = vec![0u8; FRAME_LEN];

@@ -287,11 +287,13 @@ fn lan_interface_deleted_and_created_again_is_attached_again() {
     let _http = common::serve_http(&lab, Host::Isolde, HTTP_PORT, REPLY.as_bytes());
     assert_inbound_on_isp_a(&lab);
     let old_index = ifindex(&lab, "eth0");
+    // The same NIC plugged back (same MAC: the LAN hosts' ARP caches stay right).
+    let mac = lab.ns(Host::Gw).run_ok("cat /sys/class/net/eth0/address").unwrap();
     lab.ns(Host::Gw).run_ok("ip link del eth0").unwrap();
     let (gw, switch) = (lab.ns(Host::Gw).name().to_owned(), lab.ns(Host::Switch).name().to_owned());
     let out = std::process::Command::new("ip")
-        .args(["link", "add", "name", "eth0", "netns", &gw, "type", "veth", "peer", "name"])
-        .args(["gw", "netns", &switch])
+        .args(["link", "add", "name", "eth0", "netns", &gw, "address", mac.trim()])
+        .args(["type", "veth", "peer", "name", "gw", "netns", &switch])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -17,22 +17,7 @@ use masq_user::{
     pinned::read_counters,
 };
 
-/// Panics unless running as root. Tests that need root fail instead of skipping silently, in CI
-/// (`CI=true`) and on a developer's machine alike.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "CI must run the tests as root: they build network namespaces and load eBPF programs"
-        );
-    }
-    panic!(
-        "this test needs root (network namespaces, iptables, eBPF): run `sudo -E cargo xtask test`"
-    );
-}
+pub use masq_user::netns::require_root;
 
 /// A lab with gw configured as `mode`; needs root.
 pub fn lab(mode: GatewayMode) -> Lab {
