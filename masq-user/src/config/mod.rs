@@ -1,0 +1,337 @@
+//! The gateway's configuration: TOML parsing, defaults and validation.
+//!
+//! [`Config::from_toml`] parses the file into raw structs, then resolves defaults and checks
+//! everything that needs no host access; [`Config::check_host`] checks the result against this
+//! host's interfaces. Every error is one line naming the key involved, for example
+//! `uplink[1].name: duplicate uplink name "dsl"`. See `examples/masq-gw.toml` for the format.
+
+use std::{fmt, net::Ipv4Addr, path::Path, time::Duration};
+
+use ipnet::Ipv4Net;
+use masq_common::DEFAULT_CONN_CAPACITY;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::host::HostInterfaces;
+
+/// Routing tables the kernel reserves: unspec, default, main, local.
+pub const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+/// fwmark bits masq owns unless `dataplane.mark_mask` says otherwise.
+pub const DEFAULT_MARK_MASK: u32 = 0x0f00_0000;
+/// Routing table of the first uplink; the others follow (`201 + index`).
+pub const FIRST_TABLE: u32 = 201;
+/// Bounds of `dataplane.conn_capacity`.
+pub const MIN_CONN_CAPACITY: u32 = 1024;
+pub const MAX_CONN_CAPACITY: u32 = 4_194_304;
+/// Longest accepted timeout (one year), so nanoseconds fit easily in a `u64`.
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+/// Tables the kernel reserves: unspec, default, main, local.
+/// Interface names are at most `IFNAMSIZ - 1` bytes.
+const MAX_IFNAME_LEN: usize = 15;
+const MAX_UPLINK_NAME_LEN: usize = 15;
+
+/// A validated configuration with every default resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub lan: Lan,
+    pub uplinks: Vec<Uplink>,
+    pub publish: Vec<Publish>,
+    /// Outbound steering rules, first match wins; always ends in a rule that matches everything.
+    pub policies: Vec<Policy>,
+    pub dataplane: DataplaneSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lan {
+    pub interface: String,
+    pub prefixes: Vec<Ipv4Net>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Uplink {
+    pub name: String,
+    pub interface: String,
+    /// Masquerade source; `None` follows the interface's address (DHCP, PPP IPCP).
+    pub address: Option<Ipv4Addr>,
+    /// Next hop of the uplink's default route; `None` learns it from main's default route via
+    /// the interface, or sends straight out of a point-to-point link.
+    pub gateway: Option<Ipv4Addr>,
+    /// Routing table id (default `201 + index`).
+    pub table: u32,
+    /// fwmark bits (default: index + 1 in the lowest bits of the mark mask).
+    pub mark: u32,
+    pub weight: u32,
+}
+
+/// An inbound service: `address` (optionally one protocol and port of it) leads to `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Publish {
+    /// Index into `Config::uplinks`.
+    pub uplink: usize,
+    pub address: Ipv4Addr,
+    pub to: Ipv4Addr,
+    /// `None` (with `port` `None`): the whole address, ICMP included.
+    pub proto: Option<Proto>,
+    pub port: Option<u16>,
+    /// `None` keeps the port.
+    pub to_port: Option<u16>,
+}
+
+impl Publish {
+    /// True when the whole address is published (1:1), not one port of it.
+    pub fn is_whole_address(&self) -> bool {
+        self.port.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Proto {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Proto> {
+        [Proto::Tcp, Proto::Udp, Proto::Icmp].into_iter().find(|p| p.name() == s)
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One outbound steering rule. `None` match fields match anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub from: Option<Ipv4Net>,
+    pub to: Option<Ipv4Net>,
+    pub proto: Option<Proto>,
+    /// Destination port range, inclusive.
+    pub ports: Option<(u16, u16)>,
+    /// `(uplink index, weight)`, weights all non-zero; one connection picks one by weight.
+    pub choices: Vec<(usize, u32)>,
+    /// All connections of one source keep one uplink.
+    pub sticky: bool,
+}
+
+impl Policy {
+    /// True when the rule matches every packet (the default rule).
+    pub fn is_default(&self) -> bool {
+        self.from.is_none() && self.to.is_none() && self.proto.is_none() && self.ports.is_none()
+    }
+}
+
+/// Where uplink ingress may run in XDP (`hooks.rs` says when it is safe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// XDP where it is safe, TC elsewhere.
+    #[default]
+    Auto,
+    /// TC everywhere.
+    Off,
+    /// XDP on every uplink, or refuse to start; the operator vouches that the uplinks' packets
+    /// carry complete checksums.
+    Required,
+}
+
+/// `[dataplane]` (the loaded programs and maps are `dataplane::Dataplane`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DataplaneSettings {
+    /// Redirect after `bpf_fib_lookup` instead of handing packets to the kernel.
+    pub fast_path: bool,
+    pub xdp: XdpMode,
+    /// Steer replies to their connection's uplink (mark + uplink table). Only for diagnosis:
+    /// with `false` replies follow the main table, as without masq.
+    pub steer: bool,
+    /// fwmark bits masq owns; the others are left alone.
+    pub mark_mask: u32,
+    pub conn_capacity: u32,
+    /// SNAT source port range, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub timeouts: Timeouts,
+}
+
+impl Default for DataplaneSettings {
+    fn default() -> Self {
+        Self {
+            fast_path: true,
+            xdp: XdpMode::Auto,
+            steer: true,
+            mark_mask: DEFAULT_MARK_MASK,
+            conn_capacity: DEFAULT_CONN_CAPACITY,
+            port_min: 1024,
+            port_max: 65535,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Idle timeouts of connections, by state. Serialized as whole seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    #[serde(serialize_with = "secs")]
+    pub tcp_syn: Duration,
+    #[serde(serialize_with = "secs")]
+    pub tcp_established: Duration,
+    #[serde(serialize_with = "secs")]
+    pub tcp_closing: Duration,
+    /// UDP without a reply yet.
+    #[serde(serialize_with = "secs")]
+    pub udp: Duration,
+    /// UDP that has seen a reply.
+    #[serde(serialize_with = "secs")]
+    pub udp_stream: Duration,
+    #[serde(serialize_with = "secs")]
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: Duration::from_secs(30),
+            tcp_established: Duration::from_secs(7440),
+            tcp_closing: Duration::from_secs(30),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(180),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// A config problem: the key involved and what is wrong with it, displayed on one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Path of the key, e.g. `uplink[1].name`, `lan.prefixes[0]`, `dataplane.timeouts.udp`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+impl Config {
+    /// Parses and validates a config (no host access).
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let lan = resolve_lan(raw.lan)?;
+        let dataplane = resolve_dataplane(raw.dataplane)?;
+        let uplinks = resolve_uplinks(raw.uplink, &lan, &dataplane)?;
+        let publish = resolve_publish(raw.publish, &lan, &uplinks)?;
+        let policies = resolve_policies(raw.policy, &uplinks)?;
+        Ok(Config { lan, uplinks, publish, policies, dataplane })
+    }
+
+    /// Reads `path` and parses it with [`Config::from_toml`].
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Checks the config against this host: the interfaces exist, and each uplink's address and
+    /// gateway lie inside a subnet configured on the uplink's interface.
+    pub fn check_host(&self, host: &HostInterfaces) -> Result<()> {
+        let missing = |key: String, name: &str| {
+            let known: Vec<&str> = host.interfaces.iter().map(|i| i.name.as_str()).collect();
+            ConfigError::new(
+                key,
+                format!(
+                    "interface \"{name}\" does not exist on this host (it has: {})",
+                    known.join(", ")
+                ),
+            )
+        };
+        if host.get(&self.lan.interface).is_none() {
+            return Err(missing("lan.interface".into(), &self.lan.interface));
+        }
+        for (i, uplink) in self.uplinks.iter().enumerate() {
+            let Some(ifc) = host.get(&uplink.interface) else {
+                // An uplink that follows its interface's address may wait for it (`ppp0` exists
+                // only once pppd dialled); one with a fixed address names a device that exists.
+                if uplink.address.is_none() {
+                    continue;
+                }
+                return Err(missing(format!("uplink[{i}].interface"), &uplink.interface));
+            };
+            let fixed = [("address", uplink.address), ("gateway", uplink.gateway)];
+            for (field, addr) in fixed.into_iter().filter_map(|(f, a)| Some((f, a?))) {
+                if ifc.subnet_of(addr).is_none() && !(field == "gateway" && ifc.l3) {
+                    let nets: Vec<String> = ifc.addrs.iter().map(Ipv4Net::to_string).collect();
+                    let has = if nets.is_empty() {
+                        "no IPv4 address".to_owned()
+                    } else {
+                        nets.join(", ")
+                    };
+                    return Err(ConfigError::new(
+                        format!("uplink[{i}].{field}"),
+                        format!(
+                            "{addr} is not inside a subnet configured on {} (it has {has})",
+                            uplink.interface
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Uplinks whose interface does not exist yet (allowed only when they follow its address).
+    pub fn waiting_interfaces<'a>(&'a self, host: &HostInterfaces) -> Vec<&'a Uplink> {
+        self.uplinks.iter().filter(|u| host.get(&u.interface).is_none()).collect()
+    }
+
+    /// Index of the uplink called `name`.
+    pub fn uplink_index(&self, name: &str) -> Option<usize> {
+        self.uplinks.iter().position(|u| u.name == name)
+    }
+}
+
+mod key_path;
+mod raw;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use key_path::toml_error;
+use raw::RawConfig;
+use resolve::{resolve_dataplane, resolve_lan, resolve_policies, resolve_publish, resolve_uplinks};
