@@ -9,6 +9,8 @@ pub mod conntrack;
 pub mod daemon;
 pub mod dataplane;
 pub mod follow;
+#[cfg(feature = "lab")]
+pub mod frames;
 pub mod health;
 pub mod hooks;
 pub mod host;

@@ -1,11 +1,8 @@
-//! Ethernet/IPv4/TCP/UDP frames for the benchmark, with every checksum computed in full.
+//! The benchmark's flows and frames, built with the program tests' builder (`crate::frames`).
 use std::net::Ipv4Addr;
 
-pub type Mac = [u8; 6];
-
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-use masq_common::{IPPROTO_TCP, IPPROTO_UDP};
+pub use crate::frames::{Mac, TCP_ACK, TCP_SYN};
+use crate::frames::{Ip, eth_ip};
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,74 +17,10 @@ impl Endpoint {
     }
 }
 
-/// RFC 1071 checksum of `data`.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u64 = data
-        .chunks(2)
-        .map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
-    let mut data = Vec::with_capacity(12 + segment.len());
-    data.extend_from_slice(&src.octets());
-    data.extend_from_slice(&dst.octets());
-    data.extend_from_slice(&[0, proto]);
-    data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    data.extend_from_slice(segment);
-    match checksum(&data) {
-        0 if proto == IPPROTO_UDP => 0xffff,
-        sum => sum,
-    }
-}
-
-fn frame(
-    dst_mac: Mac,
-    src_mac: Mac,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    l4: &[u8],
-) -> Vec<u8> {
-    let mut f = Vec::with_capacity(34 + l4.len());
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&0x1c46u16.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(l4);
-    f
-}
-
 /// A TCP segment without data, padded to the 64-byte harness frame (Ethernet's minimum is 60).
 pub fn tcp(dst_mac: Mac, src_mac: Mac, from: Endpoint, to: Endpoint, flags: u8) -> Vec<u8> {
-    let mut s = [0u8; 20];
-    s[0..2].copy_from_slice(&from.port.to_be_bytes());
-    s[2..4].copy_from_slice(&to.port.to_be_bytes());
-    s[4..8].copy_from_slice(&0x1000_0001u32.to_be_bytes());
-    if flags & TCP_ACK != 0 {
-        s[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
-    }
-    s[12] = 5 << 4;
-    s[13] = flags;
-    s[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let sum = l4_checksum(from.addr, to.addr, IPPROTO_TCP, &s);
-    s[16..18].copy_from_slice(&sum.to_be_bytes());
-    let mut f = frame(dst_mac, src_mac, from.addr, to.addr, IPPROTO_TCP, &s);
+    let packet = Ip::new(from.addr, to.addr).tcp(from.port, to.port, flags);
+    let mut f = eth_ip(dst_mac, src_mac, &packet);
     f.resize(super::bpf::FRAME_LEN, 0);
     f
 }
@@ -100,16 +33,8 @@ pub fn udp(
     to: Endpoint,
     payload_len: usize,
 ) -> Vec<u8> {
-    let mut s = vec![0u8; 8 + payload_len];
-    s[0..2].copy_from_slice(&from.port.to_be_bytes());
-    s[2..4].copy_from_slice(&to.port.to_be_bytes());
-    s[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    for (i, b) in s[8..].iter_mut().enumerate() {
-        *b = b'a' + (i % 26) as u8;
-    }
-    let sum = l4_checksum(from.addr, to.addr, IPPROTO_UDP, &s);
-    s[6..8].copy_from_slice(&sum.to_be_bytes());
-    frame(dst_mac, src_mac, from.addr, to.addr, IPPROTO_UDP, &s)
+    let payload: Vec<u8> = (0..payload_len).map(|i| b'a' + (i % 26) as u8).collect();
+    eth_ip(dst_mac, src_mac, &Ip::new(from.addr, to.addr).udp(from.port, to.port, &payload))
 }
 
 /// A MAC address from `aa:bb:cc:dd:ee:ff`.
@@ -125,6 +50,7 @@ pub fn parse_mac(text: &str) -> Option<Mac> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::internet_checksum;
 
     #[test]
     fn ip_header_checksum_verifies_to_zero() {
@@ -136,7 +62,7 @@ mod tests {
             TCP_ACK,
         );
         assert_eq!(f.len(), 64);
-        assert_eq!(checksum(&f[14..34]), 0);
+        assert_eq!(internet_checksum(&f[14..34]), 0);
     }
 
     #[test]
@@ -152,7 +78,7 @@ mod tests {
         pseudo.extend_from_slice(&[0, 17]);
         pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
         pseudo.extend_from_slice(seg);
-        assert_eq!(checksum(&pseudo), 0);
+        assert_eq!(internet_checksum(&pseudo), 0);
     }
 
     #[test]

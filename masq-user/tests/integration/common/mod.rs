@@ -1,6 +1,6 @@
 //! The kit of the integration tests: the lab, masq, the CLI, traffic and captures.
 
-pub mod packet;
+pub use masq_user::frames as packet;
 
 use std::{
     fs::{self, File},

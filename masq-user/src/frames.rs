@@ -1,4 +1,5 @@
-//! A small builder and parser for the frames the dataplane tests feed to the programs:
+//! A small builder and parser for the frames the program tests and the benchmarks feed to the
+//! programs:
 //! Ethernet + IPv4 + TCP/UDP/ICMP (ICMP errors quoting an inner packet) and ARP.
 //!
 //! Every checksum here is computed from scratch over the whole covered data, so a test never
