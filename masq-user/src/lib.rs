@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod netns;
 pub mod pinned;
 pub mod policy_tables;
+#[cfg(feature = "lab")]
+pub mod progkit;
 pub mod state;
 #[cfg(feature = "lab")]
 pub mod tun_relay;

@@ -1,8 +1,8 @@
 //! The benchmark's flows and frames, built with the program tests' builder (`crate::frames`).
 use std::net::Ipv4Addr;
 
-pub use crate::frames::{Mac, TCP_ACK, TCP_SYN};
 use crate::frames::{Ip, eth_ip};
+pub use crate::frames::{Mac, TCP_ACK, TCP_SYN};
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -259,75 +259,21 @@ pub fn run(opts: &ProgOptions, work_dir: &Path, pin_dir: &Path) -> Result<ProgRe
     result
 }
 
-fn mac_text(mac: Mac) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// gw's side of the seed topology: eth0/eth1/eth4 (veth, peers in the same namespace), addresses,
-/// main and uplink tables 201/202, and permanent neighbours for the ISP routers and every LAN host.
-/// masq's ip rules come later ([`ProgBench::add_rules`]).
+/// gw's side of the seed topology with permanent neighbours for both ISP routers and every LAN
+/// host; masq's ip rules come later ([`ProgBench::add_rules`]).
 fn setup_namespace(ns: &NetNs, work_dir: &Path) -> Result<()> {
-    let mut lines = Vec::new();
-    for (gw, peer, gw_mac, peer_mac) in [
-        ("eth0", "lan", MAC_ETH0, MAC_LAN_PEER),
-        ("eth1", "ispb", MAC_ETH1, MAC_ISPB_PEER),
-        ("eth4", "ispa", MAC_ETH4, MAC_ISPA_PEER),
-    ] {
-        lines.push(format!(
-            "link add {gw} address {} type veth peer name {peer} address {}",
-            mac_text(gw_mac),
-            mac_text(peer_mac)
-        ));
-        lines.push(format!("link set {gw} up"));
-        lines.push(format!("link set {peer} up"));
-    }
-    lines.extend(
-        [
-            "addr add 192.168.100.254/24 dev eth0",
-            "addr add 205.254.211.179/24 dev eth1",
-            "addr add 67.17.28.12/28 dev eth4",
-            "route add default via 205.254.211.254",
-        ]
-        .map(String::from),
-    );
-    for (table, default) in
-        [(201, "via 67.17.28.14 dev eth4"), (202, "via 205.254.211.254 dev eth1")]
-    {
-        for connected in [
-            "192.168.100.0/24 dev eth0 src 192.168.100.254",
-            "205.254.211.0/24 dev eth1 src 205.254.211.179",
-            "67.17.28.0/28 dev eth4 src 67.17.28.12",
-        ] {
-            lines.push(format!("route add {connected} table {table}"));
-        }
-        lines.push(format!("route add default {default} table {table}"));
-    }
-    lines.push(format!(
-        "neigh replace 67.17.28.14 lladdr {} dev eth4 nud permanent",
-        mac_text(MAC_ISPA_PEER)
-    ));
-    lines.push(format!(
-        "neigh replace 205.254.211.254 lladdr {} dev eth1 nud permanent",
-        mac_text(MAC_ISPB_PEER)
-    ));
-    for host in 1..=253 {
-        lines.push(format!(
-            "neigh replace 192.168.100.{host} lladdr {} dev eth0 nud permanent",
-            mac_text(MAC_LAN_PEER)
-        ));
-    }
-    let batch = work_dir.join("prog-namespace.ip");
-    std::fs::write(&batch, lines.join("\n") + "\n")?;
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns.name(), "-batch"])
-        .arg(&batch)
-        .output()
-        .context("running ip -batch")?;
-    if !out.status.success() {
-        bail!("setting up {}: {}", ns.name(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    Ok(())
+    let devices = [
+        ("eth0", MAC_ETH0, MAC_LAN_PEER),
+        ("eth1", MAC_ETH1, MAC_ISPB_PEER),
+        ("eth4", MAC_ETH4, MAC_ISPA_PEER),
+    ];
+    let mut neighbours = vec![
+        (Ipv4Addr::new(67, 17, 28, 14), MAC_ISPA_PEER, "eth4"),
+        (Ipv4Addr::new(205, 254, 211, 254), MAC_ISPB_PEER, "eth1"),
+    ];
+    neighbours
+        .extend((1..=253).map(|host| (Ipv4Addr::new(192, 168, 100, host), MAC_LAN_PEER, "eth0")));
+    crate::progkit::build_seed_gateway(ns, devices, &neighbours, work_dir)
 }
 
 /// The rules `masq run` installs (policy_tables.rs), as `ip rule <verb>` lines: XDP's lookups in

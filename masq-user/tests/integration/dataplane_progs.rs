@@ -22,6 +22,7 @@ use masq_user::{
     dataplane::{Dataplane, remove_pins, wire_addr, wire_port},
     host::HostInterfaces,
     netns::{NetNs, require_root},
+    progkit::build_seed_gateway,
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 210);
@@ -63,54 +64,24 @@ const EXAMPLE: &str = include_str!("../../../examples/masq-gw.toml");
 
 // ---- Setup ----
 
-/// `02:00:...` as `ip` takes it.
-fn mac_str(mac: Mac) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
-}
-
-/// Interfaces of the seed gateway (veth, peers left in the namespace), main and per-uplink
-/// tables, forwarding on; `neighbours`: next hops resolved (permanent entries).
+/// The seed gateway (`masq_user::progkit`); `neighbours`: next hops resolved (permanent
+/// entries). SNAT stays out of the gateway's own ephemeral ports: the tests' LAN ports lie
+/// outside the range set here.
 fn build_topology(ns: &NetNs, neighbours: bool) {
-    let mut cmds = vec![];
-    for (dev, mac, addr) in [
-        ("eth0", ETH0_MAC, "192.168.100.254/24"),
-        ("eth1", ETH1_MAC, "205.254.211.179/24"),
-        ("eth4", ETH4_MAC, "67.17.28.12/28"),
-    ] {
-        let mac = mac_str(mac);
-        cmds.push(format!("ip link add {dev} address {mac} type veth peer name {dev}p"));
-        cmds.push(format!("ip addr add {addr} dev {dev}"));
-        cmds.push(format!("ip link set {dev}p up"));
-        cmds.push(format!("ip link set {dev} up"));
-    }
-    cmds.push(format!("ip route add default via {ISPB_GW}"));
-    for (table, gw, dev) in [(201, DSL_GW, "eth4"), (202, ISPB_GW, "eth1")] {
-        for (net, d) in
-            [("192.168.100.0/24", "eth0"), ("205.254.211.0/24", "eth1"), ("67.17.28.0/28", "eth4")]
-        {
-            cmds.push(format!("ip route add {net} dev {d} table {table}"));
-        }
-        cmds.push(format!("ip route add default via {gw} dev {dev} table {table}"));
-    }
-    if neighbours {
-        for (ip, mac, dev) in [
-            (DSL_GW, DSL_GW_MAC, "eth4"),
-            (ISPB_GW, ISPB_GW_MAC, "eth1"),
-            (ISOLDE, ISOLDE_MAC, "eth0"),
-            (TRISTAN, TRISTAN_MAC, "eth0"),
-            (MARKE, MARKE_MAC, "eth0"),
-        ] {
-            let mac = mac_str(mac);
-            cmds.push(format!("ip neigh add {ip} lladdr {mac} dev {dev} nud permanent"));
-        }
-    }
-    cmds.push("sysctl -qw net.ipv4.ip_forward=1".into());
-    // The gateway's own ephemeral ports, which SNAT avoids (the tests' LAN ports lie outside).
-    for cmd in cmds {
-        ns.run_ok(&cmd).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
-    }
-    // The gateway's own ephemeral ports, which SNAT avoids (the tests' LAN ports lie outside).
+    let devices = [
+        ("eth0", ETH0_MAC, [0x02, 0, 0, 0, 0xe0, 0x01]),
+        ("eth1", ETH1_MAC, [0x02, 0, 0, 0, 0xe1, 0x01]),
+        ("eth4", ETH4_MAC, [0x02, 0, 0, 0, 0xe4, 0x01]),
+    ];
+    let next_hops = [
+        (DSL_GW, DSL_GW_MAC, "eth4"),
+        (ISPB_GW, ISPB_GW_MAC, "eth1"),
+        (ISOLDE, ISOLDE_MAC, "eth0"),
+        (TRISTAN, TRISTAN_MAC, "eth0"),
+        (MARKE, MARKE_MAC, "eth0"),
+    ];
+    let neighbours: &[_] = if neighbours { &next_hops } else { &[] };
+    build_seed_gateway(ns, devices, neighbours, &std::env::temp_dir()).expect("the seed gateway");
     ns.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=61000 61999"]).unwrap();
 }
 
