@@ -9,13 +9,13 @@ use crate::{
     forward::decrement_ttl,
     hook::{Hook, Verdict, tc_run},
     maps::PUBLIC_ADDRS,
-    packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, EthSkb, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
         Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, uplink_by_ifindex,
         with_mark,
     },
-    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
+    translate::{Found, Translation, find, record_first_fragment},
 };
 
 const PACKET_HOST: u32 = 0;
@@ -52,68 +52,67 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     }
     let len = ctx.len();
 
-    let (translation, uplink_index) = if ip.frag == Frag::Later {
-        let Some(found) = later_fragment(&ip) else {
-            // First fragment not seen: the kernel forwards it, uplink egress drops it.
-            count(Counter::PassedUntouched);
-            return Ok(Verdict::Pass);
-        };
-        found
-    } else if ip.l4 == L4::IcmpError {
-        let Some((translation, entry, conn_key)) = icmp_error(ctx, &ip, false) else {
-            count(Counter::PassedUntouched);
-            return Ok(Verdict::Pass);
-        };
-        conntrack::touch(&conn_key, entry, &ip, len);
-        count(Counter::IcmpErrorTranslated);
-        (translation, entry.uplink)
-    } else if let Some(entry) = conntrack::lookup(&ip.key) {
-        if entry.toward_lan() {
+    let (translation, uplink_index) = match find(ctx, &ip, false) {
+        Found::Fragment(translation, uplink) => (translation, uplink),
+        // First fragment not seen: the kernel forwards it, uplink egress drops it.
+        Found::FragmentUnknown | Found::IcmpErrorUnknown => {
             count(Counter::PassedUntouched);
             return Ok(Verdict::Pass);
         }
-        conntrack::touch(&ip.key, entry, &ip, len);
-        (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
-    } else {
-        let k = &ip.key;
-        let not_ours = !in_lan(cfg, k.src_addr)
+        Found::IcmpError(translation, entry, conn_key) => {
+            conntrack::touch(&conn_key, entry, &ip, len);
+            count(Counter::IcmpErrorTranslated);
+            (translation, entry.uplink)
+        }
+        Found::Flow(entry) => {
+            if entry.toward_lan() {
+                count(Counter::PassedUntouched);
+                return Ok(Verdict::Pass);
+            }
+            conntrack::touch(&ip.key, entry, &ip, len);
+            (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
+        }
+        Found::New => {
+            let k = &ip.key;
+            let not_ours = !in_lan(cfg, k.src_addr)
             || in_lan(cfg, k.dst_addr)
             || is_uplink_address(k.dst_addr)
             // SAFETY: read-only lookup.
             || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
-        if not_ours {
-            count(Counter::PassedUntouched);
-            return Ok(Verdict::Pass);
-        }
-        if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-            return Err(Counter::DropTcpNoConn);
-        }
-        let mut chosen = choose_uplink(cfg, k);
-        let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
-        // As MASQUERADE does: the source is the address of the interface the policy's table
-        // routes to. Another uplink's interface (its connected subnet) means that uplink; an
-        // interface that is no uplink (a VPN, another internal network) means no NAT at all.
-        if cfg.flags & CFG_F_NO_STEER == 0 {
-            let probe = FlowKey { src_addr: up.address, ..*k };
-            let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
-                Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
-                Route::Kernel => up.ifindex,
-            };
-            if egress != up.ifindex {
-                let Some((index, other)) = uplink_by_ifindex(egress) else {
-                    count(Counter::PassedUntouched);
-                    return Ok(Verdict::Pass);
-                };
-                (chosen, up) = (index, other);
+            if not_ours {
+                count(Counter::PassedUntouched);
+                return Ok(Verdict::Pass);
             }
+            if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return Err(Counter::DropTcpNoConn);
+            }
+            let mut chosen = choose_uplink(cfg, k);
+            let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
+            // As MASQUERADE does: the source is the address of the interface the policy's table
+            // routes to. Another uplink's interface (its connected subnet) means that uplink; an
+            // interface that is no uplink (a VPN, another internal network) means no NAT at all.
+            if cfg.flags & CFG_F_NO_STEER == 0 {
+                let probe = FlowKey { src_addr: up.address, ..*k };
+                let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
+                    Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
+                    Route::Kernel => up.ifindex,
+                };
+                if egress != up.ifindex {
+                    let Some((index, other)) = uplink_by_ifindex(egress) else {
+                        count(Counter::PassedUntouched);
+                        return Ok(Verdict::Pass);
+                    };
+                    (chosen, up) = (index, other);
+                }
+            }
+            let mut xlate = *k;
+            xlate.src_addr = up.address;
+            let ports = crate::port_range(cfg, &ip, true);
+            let xlate = conntrack::create(k, xlate, chosen, 0, ports, &ip, len)?;
+            count(Counter::OutboundNew);
+            uplink_new_conn(chosen);
+            (Translation::Flow(xlate.key(ip.key.proto)), chosen)
         }
-        let mut xlate = *k;
-        xlate.src_addr = up.address;
-        let ports = crate::port_range(cfg, &ip, true);
-        let xlate = conntrack::create(k, xlate, chosen, 0, ports, &ip, len)?;
-        count(Counter::OutboundNew);
-        uplink_new_conn(chosen);
-        (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
     record_first_fragment(&ip, &translation, uplink_index);
     to_uplink(ctx, cfg, &ip, &translation, uplink_index, route_len)

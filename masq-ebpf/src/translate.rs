@@ -7,7 +7,7 @@ use crate::{
     conntrack::{self, now_ns},
     maps::FRAGS,
     nat::{rewrite, rewrite_icmp_error},
-    packet::{Frag, Inner, Ipv4, Packet, parse_icmp_error},
+    packet::{Frag, Inner, Ipv4, L4, Packet, parse_icmp_error},
 };
 
 #[derive(Clone, Copy)]
@@ -50,9 +50,49 @@ fn frag_key(ip: &Ipv4) -> FragKey {
     }
 }
 
+/// What masq knows about a packet: the one lookup path of every program.
+pub enum Found {
+    /// A later fragment, translated as its first fragment was, on that uplink.
+    Fragment(Translation, u8),
+    /// A later fragment whose first fragment masq has not seen (or no longer remembers).
+    FragmentUnknown,
+    /// An ICMP error about a tracked connection: its translation, and that connection's entry
+    /// (for the error's direction) with its key.
+    IcmpError(Translation, &'static mut ConnEntry, FlowKey),
+    /// An ICMP error about nothing masq tracks in this direction.
+    IcmpErrorUnknown,
+    /// A packet of a tracked connection (either direction: the caller checks).
+    Flow(&'static mut ConnEntry),
+    /// No connection: maybe a new one.
+    New,
+}
+
+/// Find `ip`'s connection: a later fragment by its first fragment's record, an ICMP error by
+/// the connection its quoted packet belongs to (`toward_lan`: it arrived from an uplink), any
+/// other packet by its tuple.
+#[inline(always)]
+pub fn find<P: Packet>(p: &P, ip: &Ipv4, toward_lan: bool) -> Found {
+    if ip.frag == Frag::Later {
+        return match later_fragment(ip) {
+            Some((translation, uplink)) => Found::Fragment(translation, uplink),
+            None => Found::FragmentUnknown,
+        };
+    }
+    if ip.l4 == L4::IcmpError {
+        return match icmp_error(p, ip, toward_lan) {
+            Some((translation, entry, key)) => Found::IcmpError(translation, entry, key),
+            None => Found::IcmpErrorUnknown,
+        };
+    }
+    match conntrack::lookup(&ip.key) {
+        Some(entry) => Found::Flow(entry),
+        None => Found::New,
+    }
+}
+
 /// A later fragment's translation (addresses only) and uplink, as its first fragment recorded.
 #[inline(always)]
-pub fn later_fragment(ip: &Ipv4) -> Option<(Translation, u8)> {
+fn later_fragment(ip: &Ipv4) -> Option<(Translation, u8)> {
     // SAFETY: read-only use of a map value.
     let x = unsafe { FRAGS.get(frag_key(ip)) }?;
     if tick(now_ns()).wrapping_sub(x.tick) > FRAG_TICKS {
@@ -83,7 +123,7 @@ pub fn record_first_fragment(ip: &Ipv4, translation: &Translation, uplink: u8) {
 /// the direction the error travels, and the entry's key. `toward_lan`: the error arrived from
 /// an uplink.
 #[inline(always)]
-pub fn icmp_error<P: Packet>(
+fn icmp_error<P: Packet>(
     p: &P,
     ip: &Ipv4,
     toward_lan: bool,

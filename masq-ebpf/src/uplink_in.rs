@@ -14,10 +14,10 @@ use crate::{
     hook::{Hook, Verdict, tc_run, xdp_action},
     maps::PUBLIC_ADDRS,
     nat::published,
-    packet::{ETH_HLEN, Frag, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
     steer::{RT_TABLE_MAIN, Route, config, is_uplink_address, route, uplink_by_ifindex},
-    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
+    translate::{Found, Translation, find, record_first_fragment},
 };
 
 #[classifier]
@@ -54,65 +54,62 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         return Ok(Verdict::Pass);
     };
 
-    let translation = if ip.frag == Frag::Later {
-        match later_fragment(&ip) {
-            Some((translation, _)) => translation,
-            // SAFETY: read-only lookup.
-            None if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
-                return Err(Counter::DropFragment);
-            }
-            None => {
+    let translation = match find(ctx, &ip, true) {
+        Found::Fragment(translation, _) => translation,
+        // SAFETY: read-only lookup.
+        Found::FragmentUnknown if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
+            return Err(Counter::DropFragment);
+        }
+        Found::FragmentUnknown | Found::IcmpErrorUnknown => {
+            count(Counter::PassedUntouched);
+            return Ok(Verdict::Pass);
+        }
+        Found::IcmpError(translation, entry, conn_key) => {
+            conntrack::touch(&conn_key, entry, &ip, len);
+            count(Counter::IcmpErrorTranslated);
+            translation
+        }
+        Found::Flow(entry) => {
+            if !entry.toward_lan() {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
+            conntrack::touch(&ip.key, entry, &ip, len);
+            Translation::Flow(entry.xlate.key(ip.key.proto))
         }
-    } else if ip.l4 == L4::IcmpError {
-        let Some((translation, entry, conn_key)) = icmp_error(ctx, &ip, true) else {
-            count(Counter::PassedUntouched);
-            return Ok(Verdict::Pass);
-        };
-        conntrack::touch(&conn_key, entry, &ip, len);
-        count(Counter::IcmpErrorTranslated);
-        translation
-    } else if let Some(entry) = conntrack::lookup(&ip.key) {
-        if !entry.toward_lan() {
-            count(Counter::PassedUntouched);
-            return Ok(Verdict::Pass);
+        Found::New => {
+            let Some(target) = published(&ip.key) else {
+                count(Counter::PassedUntouched);
+                return Ok(Verdict::Pass);
+            };
+            if target.uplink != uplink_index {
+                return Err(Counter::DropWrongUplink);
+            }
+            if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return Err(Counter::DropTcpNoConn);
+            }
+            if ip.ttl <= 1 {
+                count(Counter::TtlExpiring);
+                return Ok(Verdict::Pass);
+            }
+            let mut xlate = ip.key;
+            xlate.dst_addr = target.to_addr;
+            if target.to_port != 0 {
+                xlate.dst_port = target.to_port;
+            }
+            let xlate = conntrack::create(
+                &ip.key,
+                xlate,
+                uplink_index,
+                CONN_F_INBOUND,
+                crate::port_range(cfg, &ip, false),
+                &ip,
+                len,
+            )?;
+            count(Counter::InboundNew);
+            uplink_new_conn(uplink_index);
+            Translation::Flow(xlate.key(ip.key.proto))
         }
-        conntrack::touch(&ip.key, entry, &ip, len);
-        Translation::Flow(entry.xlate.key(ip.key.proto))
-    } else {
-        let Some(target) = published(&ip.key) else {
-            count(Counter::PassedUntouched);
-            return Ok(Verdict::Pass);
-        };
-        if target.uplink != uplink_index {
-            return Err(Counter::DropWrongUplink);
-        }
-        if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-            return Err(Counter::DropTcpNoConn);
-        }
-        if ip.ttl <= 1 {
-            count(Counter::TtlExpiring);
-            return Ok(Verdict::Pass);
-        }
-        let mut xlate = ip.key;
-        xlate.dst_addr = target.to_addr;
-        if target.to_port != 0 {
-            xlate.dst_port = target.to_port;
-        }
-        let xlate = conntrack::create(
-            &ip.key,
-            xlate,
-            uplink_index,
-            CONN_F_INBOUND,
-            crate::port_range(cfg, &ip, false),
-            &ip,
-            len,
-        )?;
-        count(Counter::InboundNew);
-        uplink_new_conn(uplink_index);
-        Translation::Flow(xlate.key(ip.key.proto))
     };
 
     record_first_fragment(&ip, &translation, uplink_index);

@@ -5,12 +5,11 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::Counter;
 
 use crate::{
-    conntrack,
     hook::{Hook, Verdict, tc_run},
-    packet::{ETH_HLEN, Frag, L4, Packet, Parsed, Skb, parse},
+    packet::{ETH_HLEN, Packet, Parsed, Skb, parse},
     stats::{count, uplink_tx},
     steer::{config, in_lan, uplink_by_ifindex},
-    translate::{Translation, icmp_error, later_fragment, record_first_fragment},
+    translate::{Found, Translation, find, record_first_fragment},
 };
 
 #[classifier]
@@ -40,20 +39,17 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
     if !in_lan(cfg, ip.key.src_addr) {
         return Ok(Verdict::Pass);
     }
-    let (translation, uplink) = if ip.frag == Frag::Later {
-        later_fragment(&ip).ok_or(Counter::DropFragment)?
-    } else if ip.l4 == L4::IcmpError {
-        // Accounted at LAN ingress, like every packet: only translate here.
-        let (translation, entry, _) =
-            icmp_error(ctx, &ip, false).ok_or(Counter::DropUntranslatedLeak)?;
-        (translation, entry.uplink)
-    } else {
-        // Already accounted at LAN ingress; only translate here.
-        let entry = conntrack::lookup(&ip.key).ok_or(Counter::DropUntranslatedLeak)?;
-        if entry.toward_lan() {
+    // Already accounted at LAN ingress, like every packet: only translate here.
+    let (translation, uplink) = match find(ctx, &ip, false) {
+        Found::Fragment(translation, uplink) => (translation, uplink),
+        Found::FragmentUnknown => return Err(Counter::DropFragment),
+        Found::IcmpError(translation, entry, _) => (translation, entry.uplink),
+        Found::Flow(entry) if !entry.toward_lan() => {
+            (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
+        }
+        Found::IcmpErrorUnknown | Found::Flow(_) | Found::New => {
             return Err(Counter::DropUntranslatedLeak);
         }
-        (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
     };
     record_first_fragment(&ip, &translation, uplink);
     translation.apply(ctx, &ip)?;
