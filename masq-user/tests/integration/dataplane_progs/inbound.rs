@@ -1,0 +1,276 @@
+//! Published services: inbound connections, their replies, port forwards.
+use super::*;
+
+#[test]
+fn inbound_syn_to_dsl_address_is_dnated_and_tracked_on_dsl() {
+    example(|gw| {
+        let run = client_syn_via_dsl(gw);
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+
+        gw.assert_pair(
+            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
+            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+            DSL,
+            true,
+        );
+        let reply = gw.conn(&tcp_key((ISOLDE, 80), (CLIENT, 40000))).unwrap();
+        assert_eq!(reply.xlate.src_addr, wire_addr(DSL_PUB));
+        assert_eq!(gw.conns().len(), 2);
+        gw.assert_counters(&[
+            (Counter::InboundNew, 1),
+            (Counter::FastPathRedirect, 1),
+            (Counter::XdpRedirect, 1),
+            (Counter::ToLanTranslated, 1),
+        ]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn tc_uplink_ingress_dnats_like_xdp_and_counts_no_xdp_redirect() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+        let run = gw.uplink_in("eth4", &from_dsl(&syn));
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
+            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+            DSL,
+            true,
+        );
+        gw.assert_counters(&[
+            (Counter::InboundNew, 1),
+            (Counter::FastPathRedirect, 1),
+            (Counter::XdpRedirect, 0),
+        ]);
+        gw.assert_no_drops();
+    });
+}
+
+/// The L3 variant (PPP, raw-ip, WireGuard, tun: the IPv4 header at offset 0). test_run always
+/// hands a TC program the bytes given, so the raw packet is what the program sees.
+#[test]
+fn l3_uplink_ingress_dnats_a_packet_without_ethernet_and_adds_the_lan_header() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+        let eth4 = gw.ifindex("eth4");
+        let run = gw.tc(program_names::UPLINK_INGRESS_L3, eth4, eth4, &syn);
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
+            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+            DSL,
+            true,
+        );
+        gw.assert_counters(&[(Counter::InboundNew, 1), (Counter::FastPathRedirect, 1)]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn l3_uplink_egress_translates_a_packet_without_ethernet() {
+    example(|gw| {
+        tristan_syn(gw, 50000);
+        let ack = Ip::new(TRISTAN, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
+        let (eth0, eth4) = (gw.ifindex("eth0"), gw.ifindex("eth4"));
+        let run = gw.tc(program_names::UPLINK_EGRESS_L3, eth0, eth4, &ack);
+        let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
+        assert_eq!(run.ret, TC_ACT_OK, "output:\n{}", hex(&run.out));
+        assert_eq!(hex(&run.out), hex(&want), "no Ethernet header added");
+        assert_checksums(&eth_ip([0; 6], [0; 6], &run.out));
+        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn reply_to_dsl_connection_leaves_by_dsl_not_by_main_default() {
+    example(|gw| {
+        client_syn_via_dsl(gw);
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
+        gw.assert_counters(&[
+            (Counter::ToUplinkTranslated, 1),
+            (Counter::FastPathRedirect, 2),
+            (Counter::OutboundNew, 0),
+        ]);
+        let reply = gw.conn(&tcp_key((ISOLDE, 80), (CLIENT, 40000))).unwrap();
+        assert_eq!(reply.packets, 1);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn inbound_connection_to_isp_b_address_is_served_and_answered_via_isp_b() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, ISPB_PUB).tcp(40001, 443, TCP_SYN);
+        let run = gw.xdp("eth1", &from_ispb(&syn));
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40001, 443, TCP_SYN);
+        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 40001), (ISPB_PUB, 443)),
+            tcp_key((CLIENT, 40001), (ISOLDE, 443)),
+            ISPB,
+            true,
+        );
+
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(443, 40001, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        let want = Ip::new(ISPB_PUB, CLIENT).ttl(63).tcp(443, 40001, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+        assert_eq!(run.mark & MARK_MASK, ISPB_MARK, "mark {:#x}", run.mark);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn published_address_arriving_on_the_other_uplink_is_dropped() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+        let run = gw.xdp("eth1", &from_ispb(&syn));
+        assert_eq!(run.ret, XDP_DROP);
+        gw.assert_counters(&[(Counter::DropWrongUplink, 1), (Counter::InboundNew, 0)]);
+        assert!(gw.conns().is_empty());
+    });
+}
+
+#[test]
+fn inbound_udp_and_reply_are_translated_and_a_zero_checksum_stays_zero() {
+    example(|gw| {
+        let query = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
+        let run = gw.xdp("eth4", &from_dsl(&query));
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).udp(5353, 53, b"query");
+        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        let udp = |s, d| key(IPPROTO_UDP, s, d);
+        gw.assert_pair(
+            udp((CLIENT, 5353), (DSL_PUB, 53)),
+            udp((CLIENT, 5353), (ISOLDE, 53)),
+            DSL,
+            true,
+        );
+
+        let answer = Ip::new(ISOLDE, CLIENT).udp(53, 5353, b"answer");
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &answer));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).udp(53, 5353, b"answer");
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+
+        // Checksum 0 ("none") in both directions: XDP and TC keep it 0.
+        let query = Ip::new(CLIENT, DSL_PUB).udp_with(6000, 69, b"q0", false);
+        let run = gw.xdp("eth4", &from_dsl(&query));
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).udp_with(6000, 69, b"q0", false);
+        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        assert_eq!(IpView::of_frame(&run.out).l4_csum(), 0);
+
+        let answer = Ip::new(ISOLDE, CLIENT).udp_with(69, 6000, b"a0", false);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &answer));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).udp_with(69, 6000, b"a0", false);
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        assert_eq!(IpView::of_frame(&run.out).l4_csum(), 0);
+        gw.assert_counters(&[(Counter::InboundNew, 2), (Counter::ToUplinkTranslated, 2)]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn inbound_icmp_echo_to_whole_published_address_and_reply_are_translated() {
+    example(|gw| {
+        let ping = Ip::new(CLIENT, DSL_PUB).echo(true, 0x1234, 1);
+        let run = gw.xdp("eth4", &from_dsl(&ping));
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).echo(true, 0x1234, 1);
+        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            key(IPPROTO_ICMP, (CLIENT, 0x1234), (DSL_PUB, 0)),
+            key(IPPROTO_ICMP, (CLIENT, 0x1234), (ISOLDE, 0)),
+            DSL,
+            true,
+        );
+
+        let pong = Ip::new(ISOLDE, CLIENT).echo(false, 0x1234, 1);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &pong));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).echo(false, 0x1234, 1);
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn same_client_port_to_both_public_addresses_gets_a_second_port_toward_the_server() {
+    example(|gw| {
+        client_syn_via_dsl(gw);
+        let syn = Ip::new(CLIENT, ISPB_PUB).tcp(40000, 80, TCP_SYN);
+        let run = gw.xdp("eth1", &from_ispb(&syn));
+        assert_eq!(run.ret, XDP_REDIRECT);
+        let seen = IpView::of_frame(&run.out);
+        let port = seen.sport();
+        assert_ne!(port, 40000, "isolde already has client:40000 via DSL");
+        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(port, 80, TCP_SYN);
+        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 40000), (ISPB_PUB, 80)),
+            tcp_key((CLIENT, port), (ISOLDE, 80)),
+            ISPB,
+            true,
+        );
+
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(80, port, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        let want = Ip::new(ISPB_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+        assert_eq!(gw.conns().len(), 4);
+        gw.assert_no_drops();
+    });
+}
+
+/// A port forward on ISP B to tristan, whose own outbound policy is DSL.
+const PORT_FORWARD: &str = r#"
+[[publish]]
+uplink = "isp-b"
+address = "205.254.211.20"
+proto = "tcp"
+port = 2222
+to = "192.168.100.32"
+to_port = 22
+"#;
+const FWD_PUB: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 20);
+
+#[test]
+fn port_forward_translates_the_port_and_its_reply_follows_the_connection_not_the_policy() {
+    with_config(PORT_FORWARD, |gw| {
+        let syn = Ip::new(CLIENT, FWD_PUB).tcp(41000, 2222, TCP_SYN);
+        let run = gw.xdp("eth1", &from_ispb(&syn));
+        let want = Ip::new(CLIENT, TRISTAN).ttl(63).tcp(41000, 22, TCP_SYN);
+        assert_run(&run, XDP_REDIRECT, &to_lan(TRISTAN_MAC, &want));
+        gw.assert_pair(
+            tcp_key((CLIENT, 41000), (FWD_PUB, 2222)),
+            tcp_key((CLIENT, 41000), (TRISTAN, 22)),
+            ISPB,
+            true,
+        );
+
+        let synack = Ip::new(TRISTAN, CLIENT).tcp(22, 41000, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &synack));
+        let want = Ip::new(FWD_PUB, CLIENT).ttl(63).tcp(2222, 41000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+        assert_eq!(run.mark & MARK_MASK, ISPB_MARK);
+
+        // Other ports and protocols of that address are not published.
+        for p in [
+            Ip::new(CLIENT, FWD_PUB).tcp(41000, 22, TCP_SYN),
+            Ip::new(CLIENT, FWD_PUB).udp(41000, 2222, b"x"),
+        ] {
+            let frame = from_ispb(&p);
+            assert_run(&gw.xdp("eth1", &frame), XDP_PASS, &frame);
+        }
+        gw.assert_counters(&[(Counter::InboundNew, 1), (Counter::PassedUntouched, 2)]);
+        gw.assert_no_drops();
+    });
+}

@@ -1,0 +1,113 @@
+//! Limits and other traffic: fragments, TCP without SYN, TTL, non-IPv4, ARP.
+use super::*;
+
+#[test]
+fn truncated_tcp_header_is_dropped_as_malformed() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+        let cut = Ip::new(CLIENT, DSL_PUB).packet(IPPROTO_TCP, &syn[20..30]);
+        assert_eq!(gw.xdp("eth4", &from_dsl(&cut)).ret, XDP_DROP);
+        gw.assert_counters(&[(Counter::DropMalformed, 1)]);
+        assert!(gw.conns().is_empty());
+    });
+}
+
+#[test]
+fn fragments_to_a_published_address_follow_their_first_fragment() {
+    example(|gw| {
+        let first = Ip::new(CLIENT, DSL_PUB).frag(IP_MF).udp(5353, 53, &[7; 64]);
+        let run = gw.xdp("eth4", &from_dsl(&first));
+        assert_eq!(run.ret, XDP_REDIRECT);
+        assert_eq!(IpView::of_frame(&run.out).dst(), ISOLDE);
+        assert_checksums(&run.out);
+        let later = Ip::new(CLIENT, DSL_PUB).frag(9).packet(IPPROTO_UDP, &[7; 16]);
+        let run = gw.xdp("eth4", &from_dsl(&later));
+        assert_eq!(run.ret, XDP_REDIRECT);
+        let view = IpView::of_frame(&run.out);
+        assert_eq!((view.src(), view.dst()), (CLIENT, ISOLDE));
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn later_fragment_without_its_first_is_dropped() {
+    example(|gw| {
+        let later = Ip::new(CLIENT, DSL_PUB).frag(9).packet(IPPROTO_UDP, &[7; 16]);
+        assert_eq!(gw.xdp("eth4", &from_dsl(&later)).ret, XDP_DROP);
+        gw.assert_counters(&[(Counter::DropFragment, 1)]);
+        assert!(gw.conns().is_empty());
+    });
+}
+
+#[test]
+fn tcp_without_syn_and_without_connection_is_dropped() {
+    example(|gw| {
+        for flags in [TCP_ACK, TCP_SYN | TCP_ACK, TCP_RST, TCP_FIN | TCP_ACK] {
+            let p = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, flags);
+            assert_eq!(gw.xdp("eth4", &from_dsl(&p)).ret, XDP_DROP, "flags {flags:#x}");
+        }
+        let ack = Ip::new(TRISTAN, CLIENT).tcp(50000, 443, TCP_ACK);
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &ack)).ret, TC_ACT_SHOT);
+        gw.assert_counters(&[(Counter::DropTcpNoConn, 5)]);
+        assert!(gw.conns().is_empty());
+    });
+}
+
+#[test]
+fn ttl_1_to_a_published_address_is_left_untouched_to_the_kernel() {
+    example(|gw| {
+        let frame = from_dsl(&Ip::new(CLIENT, DSL_PUB).ttl(1).tcp(40000, 80, TCP_SYN));
+        assert_run(&gw.xdp("eth4", &frame), XDP_PASS, &frame);
+        gw.assert_counters(&[(Counter::TtlExpiring, 1), (Counter::InboundNew, 0)]);
+        assert!(gw.conns().is_empty());
+
+        // The same for a known connection: untranslated, so the kernel's error quotes it.
+        client_syn_via_dsl(gw);
+        let frame = from_dsl(&Ip::new(CLIENT, DSL_PUB).ttl(1).tcp(40000, 80, TCP_ACK));
+        assert_run(&gw.xdp("eth4", &frame), XDP_PASS, &frame);
+        let frame = from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).ttl(1).tcp(80, 40000, TCP_ACK));
+        let run = gw.lan_in(&frame);
+        assert_run(&run, TC_ACT_OK, &frame);
+        gw.assert_counters(&[(Counter::TtlExpiring, 3)]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn non_ipv4_frames_pass_untouched() {
+    example(|gw| {
+        let v6 = eth(ETH4_MAC, DSL_GW_MAC, ETH_P_IPV6, &[0x60; 48]);
+        let arp_other = arp_request(DSL_GW_MAC, DSL_GW, Ipv4Addr::new(67, 17, 28, 5));
+        let arp_gw = arp_request(DSL_GW_MAC, DSL_GW, DSL_ADDR);
+        for frame in [&v6, &arp_other, &arp_gw] {
+            assert_run(&gw.xdp("eth4", frame), XDP_PASS, frame);
+        }
+        let v6_lan = eth(ETH0_MAC, ISOLDE_MAC, ETH_P_IPV6, &[0x60; 48]);
+        assert_run(&gw.lan_in(&v6_lan), TC_ACT_OK, &v6_lan);
+        // IPv4 with options is not masq's either (see the egress test for the LAN side).
+        let opts =
+            Ip::new(CLIENT, DSL_PUB).packet_with_options(IPPROTO_UDP, &[1, 1, 1, 0], &[0; 8]);
+        let frame = from_dsl(&opts);
+        assert_run(&gw.xdp("eth4", &frame), XDP_PASS, &frame);
+        assert!(gw.conns().is_empty());
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn arp_for_a_published_address_is_answered_on_its_own_uplink_only() {
+    example(|gw| {
+        let req = arp_request(DSL_GW_MAC, DSL_GW, DSL_PUB);
+        let run = gw.xdp("eth4", &req);
+        assert_run(&run, XDP_REDIRECT, &arp_reply(gw.mac("eth4"), DSL_PUB, DSL_GW_MAC, DSL_GW));
+
+        let req = arp_request(ISPB_GW_MAC, ISPB_GW, ISPB_PUB);
+        let run = gw.xdp("eth1", &req);
+        assert_run(&run, XDP_REDIRECT, &arp_reply(ETH1_MAC, ISPB_PUB, ISPB_GW_MAC, ISPB_GW));
+
+        // The DSL address asked for on ISP B's link: not ours to answer there.
+        let req = arp_request(ISPB_GW_MAC, ISPB_GW, DSL_PUB);
+        assert_run(&gw.xdp("eth1", &req), XDP_PASS, &req);
+        gw.assert_counters(&[(Counter::ArpReplied, 2)]);
+    });
+}

@@ -1,0 +1,428 @@
+//! The real eBPF programs run on crafted frames with BPF_PROG_TEST_RUN: each test builds the
+//! seed topology's interfaces, routes and neighbours in a namespace, loads the dataplane with the
+//! example config (not attached), and checks the returned action, the output bytes (checksums
+//! recomputed from scratch), the counters and the connection table; one module per scenario.
+//! Needs root; run serially: `cargo xtask test -- -p masq-user --test integration --
+//! dataplane_progs::`.
+use std::net::Ipv4Addr;
+
+use aya::{
+    maps::{HashMap, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use masq_common::{
+    CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FlowKey, Tuple4, map_names, program_names,
+};
+use masq_user::{
+    config::Config,
+    conntrack,
+    dataplane::{Dataplane, remove_pins, wire_addr, wire_port},
+    host::HostInterfaces,
+    netns::{NetNs, require_root},
+    progkit::build_seed_gateway,
+};
+
+use crate::common::packet::*;
+
+mod icmp_errors;
+mod inbound;
+mod limits;
+mod next_hop;
+mod outbound;
+mod review;
+mod upkeep;
+mod uplink_egress;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 210);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const DSL_PUB: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 10);
+const ISPB_PUB: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 17);
+const DSL_ADDR: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 12);
+const ISPB_ADDR: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 179);
+const DSL_GW: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 14);
+const ISPB_GW: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 254);
+const ISOLDE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 17);
+const TRISTAN: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 32);
+/// A third LAN host, for collisions with isolde (both leave by ISP B).
+const MARKE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 50);
+
+const ETH0_MAC: Mac = [0x02, 0, 0, 0, 0xe0, 0x00];
+const ETH1_MAC: Mac = [0x02, 0, 0, 0, 0xe1, 0x00];
+const ETH4_MAC: Mac = [0x02, 0, 0, 0, 0xe4, 0x00];
+const DSL_GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0e];
+const ISPB_GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0xfe];
+const ISOLDE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+const TRISTAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x20];
+const MARKE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x50];
+
+const DSL: u8 = 0;
+const ISPB: u8 = 1;
+const DSL_MARK: u32 = 0x0100_0000;
+const ISPB_MARK: u32 = 0x0200_0000;
+const MARK_MASK: u32 = 0x0f00_0000;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const EXAMPLE: &str = include_str!("../../../../examples/masq-gw.toml");
+
+// ---- Setup ----
+
+/// The seed gateway (`masq_user::progkit`); `neighbours`: next hops resolved (permanent
+/// entries). SNAT stays out of the gateway's own ephemeral ports: the tests' LAN ports lie
+/// outside the range set here.
+fn build_topology(ns: &NetNs, neighbours: bool) {
+    let devices = [
+        ("eth0", ETH0_MAC, [0x02, 0, 0, 0, 0xe0, 0x01]),
+        ("eth1", ETH1_MAC, [0x02, 0, 0, 0, 0xe1, 0x01]),
+        ("eth4", ETH4_MAC, [0x02, 0, 0, 0, 0xe4, 0x01]),
+    ];
+    let next_hops = [
+        (DSL_GW, DSL_GW_MAC, "eth4"),
+        (ISPB_GW, ISPB_GW_MAC, "eth1"),
+        (ISOLDE, ISOLDE_MAC, "eth0"),
+        (TRISTAN, TRISTAN_MAC, "eth0"),
+        (MARKE, MARKE_MAC, "eth0"),
+    ];
+    let neighbours: &[_] = if neighbours { &next_hops } else { &[] };
+    build_seed_gateway(ns, devices, neighbours, &std::env::temp_dir()).expect("the seed gateway");
+    ns.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=61000 61999"]).unwrap();
+}
+
+/// The loaded (not attached) dataplane inside the test's namespace.
+struct Gw {
+    dp: Dataplane,
+    host: HostInterfaces,
+}
+
+/// Removes the test's map pins (bpffs is shared by all namespaces), also after a panic.
+struct Unpin(std::path::PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        if let Err(e) = remove_pins(&self.0) {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// How a test's gateway differs from the seed one.
+#[derive(Clone, Copy)]
+struct Opts {
+    /// Appended to the example config.
+    toml: &'static str,
+    /// Permanent neighbour entries for the next hops.
+    neighbours: bool,
+    /// Run in the namespace after the topology is built.
+    cmds: &'static [&'static str],
+}
+
+const SEED: Opts = Opts { toml: "", neighbours: true, cmds: &[] };
+
+/// Run `test` against a fresh gateway set up as `opts` says.
+fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
+    require_root();
+    let ns = NetNs::create("masq-progs").expect("creating the namespace");
+    build_topology(&ns, opts.neighbours);
+    for cmd in opts.cmds {
+        ns.run_ok(cmd).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+    }
+    let toml = format!("{EXAMPLE}\n{}", opts.toml);
+    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(ns.name());
+    ns.enter(move || {
+        let host = HostInterfaces::read().expect("reading interfaces");
+        let cfg = Config::from_toml(&toml).expect("config");
+        cfg.check_host(&host).expect("config fits the namespace");
+        let _unpin = Unpin(pin_dir.clone());
+        let mut dp = Dataplane::load(&cfg, &pin_dir).expect("loading the eBPF object");
+        let states = masq_user::follow::resolve_all(&cfg.uplinks, &host, &[]);
+        dp.fill_maps(&cfg, &host, &states).expect("filling the maps");
+        let ebpf = dp.ebpf_mut();
+        let xdp: &mut Xdp =
+            ebpf.program_mut(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
+        xdp.load().expect("verifier: masq_uplink_in_xdp");
+        for name in [
+            program_names::UPLINK_INGRESS,
+            program_names::UPLINK_INGRESS_L3,
+            program_names::LAN_INGRESS,
+            program_names::UPLINK_EGRESS,
+            program_names::UPLINK_EGRESS_L3,
+        ] {
+            let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            tc.load().unwrap_or_else(|e| panic!("verifier: {name}: {e:#}"));
+        }
+        let mut gw = Gw { dp, host };
+        assert_eq!(gw.mac("eth0"), ETH0_MAC);
+        test(&mut gw);
+    });
+}
+
+/// The example config as it is.
+fn example(test: impl FnOnce(&mut Gw) + Send + 'static) {
+    gateway(SEED, test);
+}
+
+/// The example config with `toml` appended.
+fn with_config(toml: &'static str, test: impl FnOnce(&mut Gw) + Send + 'static) {
+    gateway(Opts { toml, ..SEED }, test);
+}
+
+/// What a program run returned.
+struct Run {
+    ret: u32,
+    out: Vec<u8>,
+    /// `skb->mark` after the run (TC only).
+    mark: u32,
+}
+
+/// Offsets in `struct __sk_buff` (192 bytes) of the fields test_run takes and gives back.
+const SKB_LEN: usize = 192;
+const SKB_MARK: usize = 8;
+const SKB_INGRESS_IFINDEX: usize = 36;
+const SKB_IFINDEX: usize = 40;
+
+impl Gw {
+    fn ifindex(&self, dev: &str) -> u32 {
+        self.host.get(dev).unwrap().index
+    }
+
+    fn mac(&self, dev: &str) -> Mac {
+        self.host.get(dev).unwrap().mac.unwrap()
+    }
+
+    /// `masq_uplink_in_xdp` on a frame received by `dev`.
+    fn xdp(&self, dev: &str, frame: &[u8]) -> Run {
+        let prog: &Xdp =
+            self.dp.ebpf().program(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex(dev), 0, 0];
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(bytemuck::cast_slice(&md)),
+                ..TestRunOptions::new()
+            })
+            .expect("XDP test run");
+        out.truncate(r.data_size_out as usize);
+        Run { ret: r.return_value, out, mark: 0 }
+    }
+
+    fn tc(&self, prog: &str, ingress_ifindex: u32, ifindex: u32, frame: &[u8]) -> Run {
+        let prog: &SchedClassifier = self.dp.ebpf().program(prog).unwrap().try_into().unwrap();
+        let mut skb = [0u8; SKB_LEN];
+        skb[SKB_INGRESS_IFINDEX..][..4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        skb[SKB_IFINDEX..][..4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut skb_out = [0u8; SKB_LEN];
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&skb),
+                ctx_out: Some(&mut skb_out),
+                ..TestRunOptions::new()
+            })
+            .expect("TC test run");
+        out.truncate(r.data_size_out as usize);
+        let mark = u32::from_ne_bytes(skb_out[SKB_MARK..][..4].try_into().unwrap());
+        Run { ret: r.return_value, out, mark }
+    }
+
+    /// `masq_uplink_in` (TC) on a frame received by `dev`.
+    fn uplink_in(&self, dev: &str, frame: &[u8]) -> Run {
+        let dev = self.ifindex(dev);
+        self.tc(program_names::UPLINK_INGRESS, dev, dev, frame)
+    }
+
+    /// `masq_lan_in` on a frame received by eth0.
+    fn lan_in(&self, frame: &[u8]) -> Run {
+        let eth0 = self.ifindex("eth0");
+        self.tc(program_names::LAN_INGRESS, eth0, eth0, frame)
+    }
+
+    /// `masq_uplink_out` on a frame the kernel forwarded from eth0 out of `dev`.
+    fn uplink_out(&self, dev: &str, frame: &[u8]) -> Run {
+        let (eth0, out) = (self.ifindex("eth0"), self.ifindex(dev));
+        self.tc(program_names::UPLINK_EGRESS, eth0, out, frame)
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.dp.ebpf().map(map_names::COUNTERS).unwrap()).unwrap();
+        map.get(&(c as u32), 0).unwrap().iter().sum()
+    }
+
+    /// Every non-zero counter, by name.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Counter::ALL.iter().map(|&c| (c.name(), self.counter(c))).filter(|&(_, n)| n != 0).collect()
+    }
+
+    #[track_caller]
+    fn assert_counters(&self, expected: &[(Counter, u64)]) {
+        for &(c, n) in expected {
+            assert_eq!(self.counter(c), n, "counter {}; all: {:?}", c.name(), self.counters());
+        }
+    }
+
+    #[track_caller]
+    fn assert_no_drops(&self) {
+        let drops: Vec<_> = Counter::ALL
+            .iter()
+            .filter(|c| c.is_drop() && self.counter(**c) != 0)
+            .map(|c| c.name())
+            .collect();
+        assert!(drops.is_empty(), "drops counted: {:?}", self.counters());
+    }
+
+    fn conns(&self) -> Vec<(FlowKey, ConnEntry)> {
+        let map: HashMap<_, FlowKey, ConnEntry> =
+            HashMap::try_from(self.dp.ebpf().map(map_names::CONNS).unwrap()).unwrap();
+        map.iter().map(Result::unwrap).collect()
+    }
+
+    /// The connection table, one readable line per entry.
+    fn table(&self) -> String {
+        let addr = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+        let port = u16::from_be;
+        self.conns()
+            .iter()
+            .map(|(k, e)| {
+                let x = &e.xlate;
+                format!(
+                    "proto {} {}:{} -> {}:{} => {}:{} -> {}:{} uplink {} flags {:#x}",
+                    k.proto,
+                    addr(k.src_addr),
+                    port(k.src_port),
+                    addr(k.dst_addr),
+                    port(k.dst_port),
+                    addr(x.src_addr),
+                    port(x.src_port),
+                    addr(x.dst_addr),
+                    port(x.dst_port),
+                    e.uplink,
+                    e.flags
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
+        self.conns().into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
+    /// Both directions' entries of a connection.
+    #[track_caller]
+    fn assert_pair(&self, orig: FlowKey, xlate: FlowKey, uplink: u8, inbound: bool) {
+        let flags = if inbound { CONN_F_INBOUND } else { 0 };
+        let fwd = self
+            .conn(&orig)
+            .unwrap_or_else(|| panic!("no entry for {orig:?}; table:\n{}", self.table()));
+        assert_eq!(fwd.xlate, Tuple4::of(&xlate), "translation of {orig:?}");
+        assert_eq!((fwd.uplink, fwd.flags), (uplink, flags), "entry {orig:?}");
+        let reply_key = xlate.reversed();
+        let rev = self
+            .conn(&reply_key)
+            .unwrap_or_else(|| panic!("no reply entry {reply_key:?}; table:\n{}", self.table()));
+        assert_eq!(rev.xlate, Tuple4::of(&orig.reversed()), "translation of {reply_key:?}");
+        assert_eq!((rev.uplink, rev.flags), (uplink, flags | CONN_F_REPLY), "entry {reply_key:?}");
+        let conns = {
+            let map: HashMap<_, FlowKey, ConnEntry> =
+                HashMap::try_from(self.dp.ebpf().map(map_names::CONNS).unwrap()).unwrap();
+            conntrack::dump(&map).unwrap()
+        };
+        assert!(
+            conns.iter().any(|c| c.orig.is_some_and(|(k, _)| k == orig) && c.reply.is_some()),
+            "userspace pairs {orig:?} with its reply"
+        );
+    }
+
+    fn conns_map(&mut self) -> HashMap<&mut aya::maps::MapData, FlowKey, ConnEntry> {
+        HashMap::try_from(self.dp.ebpf_mut().map_mut(map_names::CONNS).unwrap()).unwrap()
+    }
+}
+
+/// A connection key as the dataplane stores it.
+fn key(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
+    FlowKey::new(wire_addr(src.0), wire_addr(dst.0), wire_port(src.1), wire_port(dst.1), proto)
+}
+
+fn tcp_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
+    key(IPPROTO_TCP, src, dst)
+}
+
+/// Frames as they arrive from each neighbour, and as masq should send them on.
+fn from_dsl(p: &[u8]) -> Vec<u8> {
+    eth_ip(ETH4_MAC, DSL_GW_MAC, p)
+}
+fn from_ispb(p: &[u8]) -> Vec<u8> {
+    eth_ip(ETH1_MAC, ISPB_GW_MAC, p)
+}
+fn from_lan(host_mac: Mac, p: &[u8]) -> Vec<u8> {
+    eth_ip(ETH0_MAC, host_mac, p)
+}
+fn to_lan(host_mac: Mac, p: &[u8]) -> Vec<u8> {
+    eth_ip(host_mac, ETH0_MAC, p)
+}
+fn to_dsl(p: &[u8]) -> Vec<u8> {
+    eth_ip(DSL_GW_MAC, ETH4_MAC, p)
+}
+fn to_ispb(p: &[u8]) -> Vec<u8> {
+    eth_ip(ISPB_GW_MAC, ETH1_MAC, p)
+}
+
+/// Asserts action and bytes, and recomputes every checksum of the output.
+#[track_caller]
+fn assert_run(run: &Run, ret: u32, expected: &[u8]) {
+    assert_eq!(run.ret, ret, "action; output:\n{}", hex(&run.out));
+    assert_frame_eq(&run.out, expected);
+    if u16::from_be_bytes([expected[12], expected[13]]) == ETH_P_IP {
+        assert_checksums(&run.out);
+    }
+}
+
+/// The client's SYN to isolde's DSL address, as XDP on eth4 sends it to isolde.
+fn client_syn_via_dsl(gw: &Gw) -> Run {
+    let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
+    gw.xdp("eth4", &from_dsl(&syn))
+}
+
+/// Tristan's SYN to the client, SNATed by policy to DSL; returns what left.
+fn tristan_syn(gw: &Gw, sport: u16) -> Run {
+    let syn = Ip::new(TRISTAN, CLIENT).tcp(sport, 443, TCP_SYN);
+    gw.lan_in(&from_lan(TRISTAN_MAC, &syn))
+}
+
+/// isolde's and marke's pings to the client with the same id: both leave by ISP B, the second
+/// with another id. Returns marke's id as seen outside.
+fn colliding_pings(gw: &Gw, id: u16) -> u16 {
+    let run = gw.lan_in(&from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).echo(true, id, 1)));
+    let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).echo(true, id, 1);
+    assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+
+    let run = gw.lan_in(&from_lan(MARKE_MAC, &Ip::new(MARKE, CLIENT).echo(true, id, 1)));
+    let new_id = IpView::of_frame(&run.out).icmp_id();
+    assert_ne!(new_id, id, "the id is taken by isolde's ping");
+    let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).echo(true, new_id, 1);
+    assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+    let echo = |s, d| key(IPPROTO_ICMP, s, d);
+    gw.assert_pair(
+        echo((ISOLDE, id), (CLIENT, 0)),
+        echo((ISPB_ADDR, id), (CLIENT, 0)),
+        ISPB,
+        false,
+    );
+    gw.assert_pair(
+        echo((MARKE, id), (CLIENT, 0)),
+        echo((ISPB_ADDR, new_id), (CLIENT, 0)),
+        ISPB,
+        false,
+    );
+    new_id
+}

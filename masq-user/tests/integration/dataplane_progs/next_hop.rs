@@ -1,0 +1,138 @@
+//! Fast path off, unresolved next hops, MTU and the next-hop cache.
+use super::*;
+
+#[test]
+fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
+    with_config("[dataplane]\nfast_path = false\n", |gw| {
+        let syn = from_dsl(&Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN));
+        let run = gw.xdp("eth4", &syn);
+        // Translated, but TTL and MACs left to the kernel.
+        let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
+        assert_run(&run, XDP_PASS, &want);
+
+        let synack =
+            from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK));
+        let run = gw.lan_in(&synack);
+        assert_run(&run, TC_ACT_OK, &synack);
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
+
+        // The kernel routes it by the mark out of eth4; egress translates.
+        let forwarded = Ip::new(ISOLDE, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_OK, &to_dsl(&want));
+        gw.assert_counters(&[
+            (Counter::KernelPath, 2),
+            (Counter::FastPathRedirect, 0),
+            (Counter::EgressTranslated, 1),
+        ]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn unresolved_next_hop_uses_redirect_neigh_or_the_kernel() {
+    gateway(Opts { neighbours: false, ..SEED }, |gw| {
+        // XDP cannot resolve: the kernel forwards the translated packet.
+        let run = client_syn_via_dsl(gw);
+        let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
+        assert_run(&run, XDP_PASS, &want);
+
+        // TC: translated, TTL decremented, MACs left to bpf_redirect_neigh.
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &from_lan(ISOLDE_MAC, &want));
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        gw.assert_counters(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
+    with_config("[dataplane]\nfast_path = false\n", |gw| {
+        let query = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
+        let delivered = gw.xdp("eth4", &from_dsl(&query)).out;
+        let err = Ip::new(ISOLDE, CLIENT).icmp_error(
+            ICMP_DEST_UNREACH,
+            3,
+            [0; 4],
+            &delivered[ETH_HLEN..],
+        );
+        let frame = from_lan(ISOLDE_MAC, &err);
+        let run = gw.lan_in(&frame);
+        assert_run(&run, TC_ACT_OK, &frame);
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+
+        let forwarded = Ip::new(ISOLDE, CLIENT).ttl(63).icmp_error(
+            ICMP_DEST_UNREACH,
+            3,
+            [0; 4],
+            &delivered[ETH_HLEN..],
+        );
+        let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
+        let quoted_want = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
+        let want =
+            Ip::new(DSL_PUB, CLIENT).ttl(63).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
+        assert_run(&run, TC_ACT_OK, &to_dsl(&want));
+        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
+        gw.assert_no_drops();
+    });
+}
+
+/// eth4 with a smaller MTU than the LAN's.
+const SMALL_DSL_MTU: Opts = Opts { cmds: &["ip link set eth4 mtu 1400"], ..SEED };
+
+#[test]
+fn oversized_df_packet_from_lan_goes_to_the_kernel_untranslated_and_marked() {
+    gateway(SMALL_DSL_MTU, |gw| {
+        // The kernel then answers tristan with frag-needed quoting his own packet.
+        let big = Ip::new(TRISTAN, CLIENT).udp(40000, 4500, &[0x5a; 1452]);
+        let frame = from_lan(TRISTAN_MAC, &big);
+        let run = gw.lan_in(&frame);
+        assert_run(&run, TC_ACT_OK, &frame);
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        gw.assert_counters(&[(Counter::OutboundNew, 1), (Counter::KernelPath, 1)]);
+    });
+}
+
+#[test]
+fn cached_next_hop_still_sends_a_too_big_packet_to_the_kernel() {
+    gateway(SMALL_DSL_MTU, |gw| {
+        // A small packet resolves and caches the next hop; a big one of the same flow right
+        // after must still get the MTU check (and the kernel's frag-needed).
+        let small = Ip::new(TRISTAN, CLIENT).udp(40000, 4500, &[0x5a; 100]);
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &small)).ret, TC_ACT_REDIRECT);
+        let big = Ip::new(TRISTAN, CLIENT).udp(40000, 4500, &[0x5a; 1452]);
+        let frame = from_lan(TRISTAN_MAC, &big);
+        let run = gw.lan_in(&frame);
+        assert_run(&run, TC_ACT_OK, &frame);
+        gw.assert_counters(&[(Counter::FastPathRedirect, 1), (Counter::KernelPath, 1)]);
+    });
+}
+
+/// Found by this suite: without DF the kernel fragments the untranslated packet before the
+/// uplink's egress program, which then drops every fragment for its LAN source.
+#[test]
+fn oversized_packet_without_df_from_lan_leaves_fragmented_and_translated() {
+    gateway(SMALL_DSL_MTU, |gw| {
+        let big = Ip::new(TRISTAN, CLIENT).frag(0).udp(40000, 4500, &[0x5a; 1452]);
+        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &big));
+        assert_eq!(run.ret, TC_ACT_OK, "only the kernel can fragment it");
+
+        // What the kernel's forwarding makes of it: a first fragment of 1396 bytes.
+        let handed = IpView::of_frame(&run.out);
+        let first = Ip::new(handed.src(), handed.dst())
+            .ttl(63)
+            .frag(IP_MF)
+            .packet(IPPROTO_UDP, &handed.l4()[..1376]);
+        let out = gw.uplink_out("eth4", &to_dsl(&first));
+        assert_eq!(
+            (out.ret, IpView::of_frame(&out.out).src()),
+            (TC_ACT_OK, DSL_ADDR),
+            "fragment leaves translated; counters: {:?}",
+            gw.counters()
+        );
+    });
+}

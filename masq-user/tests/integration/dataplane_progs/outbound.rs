@@ -1,0 +1,137 @@
+//! Masquerading: outbound connections by policy, port and id allocation.
+use super::*;
+
+#[test]
+fn outbound_connections_are_masqueraded_by_policy_and_replies_reach_the_lan() {
+    example(|gw| {
+        // tristan: policy "dsl".
+        let run = tristan_syn(gw, 50000);
+        let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(50000, 443, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        gw.assert_pair(
+            tcp_key((TRISTAN, 50000), (CLIENT, 443)),
+            tcp_key((DSL_ADDR, 50000), (CLIENT, 443)),
+            DSL,
+            false,
+        );
+
+        // isolde: the default policy, ISP B.
+        let syn = Ip::new(ISOLDE, CLIENT).tcp(50001, 443, TCP_SYN);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(50001, 443, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+        assert_eq!(run.mark & MARK_MASK, ISPB_MARK);
+        gw.assert_pair(
+            tcp_key((ISOLDE, 50001), (CLIENT, 443)),
+            tcp_key((ISPB_ADDR, 50001), (CLIENT, 443)),
+            ISPB,
+            false,
+        );
+
+        // The client's answer to tristan arrives on eth4.
+        let synack = Ip::new(CLIENT, DSL_ADDR).tcp(443, 50000, TCP_SYN | TCP_ACK);
+        let run = gw.xdp("eth4", &from_dsl(&synack));
+        let want = Ip::new(CLIENT, TRISTAN).ttl(63).tcp(443, 50000, TCP_SYN | TCP_ACK);
+        assert_run(&run, XDP_REDIRECT, &to_lan(TRISTAN_MAC, &want));
+        gw.assert_counters(&[
+            (Counter::OutboundNew, 2),
+            (Counter::ToUplinkTranslated, 2),
+            (Counter::ToLanTranslated, 1),
+            (Counter::FastPathRedirect, 3),
+        ]);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn same_source_port_from_two_lan_hosts_gets_a_second_port() {
+    example(|gw| {
+        let syn = Ip::new(ISOLDE, CLIENT).tcp(40000, 443, TCP_SYN);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(40000, 443, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+
+        let syn = Ip::new(MARKE, CLIENT).tcp(40000, 443, TCP_SYN);
+        let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
+        let port = IpView::of_frame(&run.out).sport();
+        assert_ne!(port, 40000);
+        assert!(port >= 1024, "port {port} outside the SNAT range");
+        let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(port, 443, TCP_SYN);
+        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+
+        gw.assert_pair(
+            tcp_key((ISOLDE, 40000), (CLIENT, 443)),
+            tcp_key((ISPB_ADDR, 40000), (CLIENT, 443)),
+            ISPB,
+            false,
+        );
+        gw.assert_pair(
+            tcp_key((MARKE, 40000), (CLIENT, 443)),
+            tcp_key((ISPB_ADDR, port), (CLIENT, 443)),
+            ISPB,
+            false,
+        );
+        assert_eq!(gw.conns().len(), 4);
+
+        // Each reply finds its own host.
+        for (p, host, mac) in [(40000, ISOLDE, ISOLDE_MAC), (port, MARKE, MARKE_MAC)] {
+            let synack = Ip::new(CLIENT, ISPB_ADDR).tcp(443, p, TCP_SYN | TCP_ACK);
+            let run = gw.xdp("eth1", &from_ispb(&synack));
+            let want = Ip::new(CLIENT, host).ttl(63).tcp(443, 40000, TCP_SYN | TCP_ACK);
+            assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
+        }
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn snat_never_picks_the_gateways_own_ephemeral_ports() {
+    example(|gw| {
+        // A LAN port inside the gateway's ephemeral range (61000-61999) is moved out of it, so a
+        // reply to one of the gateway's own sockets can never match a masq connection.
+        let syn = Ip::new(ISOLDE, CLIENT).tcp(61500, 443, TCP_SYN);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        assert_eq!(run.ret, TC_ACT_REDIRECT);
+        let port = IpView::of_frame(&run.out).sport();
+        assert!(!(61000..=61999).contains(&port), "SNAT picked the gateway's port {port}");
+        assert!(port >= 1024);
+        assert_checksums(&run.out);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn same_echo_id_from_two_lan_hosts_gets_a_second_id() {
+    example(|gw| {
+        let id = colliding_pings(gw, 0x0101);
+        // The answers find their hosts with their own ids.
+        for (seen, host, mac) in [(0x0101, ISOLDE, ISOLDE_MAC), (id, MARKE, MARKE_MAC)] {
+            let pong = Ip::new(CLIENT, ISPB_ADDR).echo(false, seen, 1);
+            let run = gw.xdp("eth1", &from_ispb(&pong));
+            let want = Ip::new(CLIENT, host).ttl(63).echo(false, 0x0101, 1);
+            assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
+        }
+        assert_eq!(gw.conns().len(), 4);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn exhausted_port_range_drops_the_new_connection_and_leaves_no_half_entry() {
+    with_config("[dataplane]\nport_min = 2000\nport_max = 2001\n", |gw| {
+        for sport in [2000, 2001] {
+            let syn = Ip::new(ISOLDE, CLIENT).tcp(sport, 443, TCP_SYN);
+            let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+            let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(sport, 443, TCP_SYN);
+            assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
+        }
+        assert_eq!(gw.conns().len(), 4);
+
+        let syn = Ip::new(MARKE, CLIENT).tcp(2000, 443, TCP_SYN);
+        let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
+        assert_eq!(run.ret, TC_ACT_SHOT, "both ports of the range are taken");
+        assert_eq!(gw.conns().len(), 4, "no half entry left:\n{}", gw.table());
+        gw.assert_counters(&[(Counter::DropNatPortExhausted, 1), (Counter::OutboundNew, 2)]);
+    });
+}

@@ -1,0 +1,52 @@
+//! Connection table upkeep: lost entries rebuilt.
+use super::*;
+
+#[test]
+fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
+    example(|gw| {
+        client_syn_via_dsl(gw);
+        let fwd_key = tcp_key((CLIENT, 40000), (DSL_PUB, 80));
+        let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
+        let reply_before = gw.conn(&reply_key).unwrap();
+        let mut fwd = gw.conn(&fwd_key).unwrap();
+        fwd.last_seen_tick = 0;
+        let mut map = gw.conns_map();
+        map.insert(fwd_key, fwd, 0).unwrap();
+        map.remove(&reply_key).unwrap();
+
+        let ack = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_ACK);
+        assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT);
+        let rebuilt = gw.conn(&reply_key).expect("reply entry rebuilt");
+        assert_eq!(rebuilt.xlate, reply_before.xlate);
+        assert_eq!((rebuilt.uplink, rebuilt.flags), (reply_before.uplink, reply_before.flags));
+        assert_eq!(rebuilt.created_tick, reply_before.created_tick);
+
+        // And the reply direction works again.
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
+    example(|gw| {
+        client_syn_via_dsl(gw);
+        let fwd_key = tcp_key((CLIENT, 40000), (DSL_PUB, 80));
+        let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
+        let fwd_before = gw.conn(&fwd_key).unwrap();
+        let mut reply = gw.conn(&reply_key).unwrap();
+        reply.last_seen_tick = 0;
+        let mut map = gw.conns_map();
+        map.insert(reply_key, reply, 0).unwrap();
+        map.remove(&fwd_key).unwrap();
+
+        let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
+        let rebuilt = gw.conn(&fwd_key).expect("forward entry rebuilt");
+        assert_eq!(rebuilt.xlate, fwd_before.xlate);
+        assert_eq!((rebuilt.uplink, rebuilt.flags), (fwd_before.uplink, fwd_before.flags));
+    });
+}
