@@ -8,13 +8,11 @@ use std::{
 };
 
 use anyhow::anyhow;
-use aya::maps::Map;
-use masq_common::{FlowKey, Tuple4, UPLINK_F_UP, map_names};
+use masq_common::{FlowKey, Tuple4, UPLINK_F_UP};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    conntrack::{self, Conn, ConnTable},
-    dataplane::open_pinned,
+    conntrack::{self, Conn},
     links::{Attachment, read_attachments},
     pinned::{
         TableSize, read_conns, read_counters, read_table_size, read_uplink_infos, read_uplink_stats,
@@ -215,6 +213,15 @@ fn print_table(header: &[&str], rows: &[Vec<String>], right: &[usize]) {
     }
 }
 
+/// Every command's output: `view` as JSON, or the tables `table` prints.
+fn render(
+    view: &impl Serialize,
+    json: bool,
+    table: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if json { print_json(view) } else { table() }
+}
+
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
@@ -264,18 +271,17 @@ pub fn stats_view(pin_dir: &Path) -> anyhow::Result<StatsView> {
 
 pub fn stats(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let view = stats_view(pin_dir)?;
-    if json {
-        return print_json(&view);
-    }
-    let rows = |pairs: &[(&str, u64)]| -> Vec<Vec<String>> {
-        pairs.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect()
-    };
-    print_table(&["PATH", "PACKETS"], &rows(&view.paths), &[1]);
-    println!();
-    let mut drops = rows(&view.drops);
-    drops.push(vec!["total".into(), view.drops_total.to_string()]);
-    print_table(&["DROP REASON", "PACKETS"], &drops, &[1]);
-    Ok(())
+    render(&view, json, || {
+        let rows = |pairs: &[(&str, u64)]| -> Vec<Vec<String>> {
+            pairs.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect()
+        };
+        print_table(&["PATH", "PACKETS"], &rows(&view.paths), &[1]);
+        println!();
+        let mut drops = rows(&view.drops);
+        drops.push(vec!["total".into(), view.drops_total.to_string()]);
+        print_table(&["DROP REASON", "PACKETS"], &drops, &[1]);
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,41 +297,40 @@ pub fn conns(pin_dir: &Path, names: &Names, filter: &ConnFilter, json: bool) -> 
     views.sort_by(|a, b| {
         (a.uplink.cmp(&b.uplink)).then(a.proto.cmp(b.proto)).then(b.age_s.total_cmp(&a.age_s))
     });
-    if json {
-        return print_json(&views);
-    }
-    let rows: Vec<Vec<String>> = views
-        .iter()
-        .map(|v| {
-            vec![
-                v.proto.to_string(),
-                v.direction.to_string(),
-                v.uplink_name.clone(),
-                v.state.to_string(),
-                show_tuple(v.proto, &v.original),
-                show_tuple(v.proto, &v.translated),
-                format!("{}/{}", v.packets_original, v.packets_reply),
-                format!("{}/{}", human_bytes(v.bytes_original), human_bytes(v.bytes_reply)),
-                format!("{:.0}", v.idle_s),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "PROTO",
-            "DIR",
-            "UPLINK",
-            "STATE",
-            "ORIGINAL",
-            "TRANSLATED",
-            "PACKETS",
-            "BYTES",
-            "IDLE_S",
-        ],
-        &rows,
-        &[6, 7, 8],
-    );
-    Ok(())
+    render(&views, json, || {
+        let rows: Vec<Vec<String>> = views
+            .iter()
+            .map(|v| {
+                vec![
+                    v.proto.to_string(),
+                    v.direction.to_string(),
+                    v.uplink_name.clone(),
+                    v.state.to_string(),
+                    show_tuple(v.proto, &v.original),
+                    show_tuple(v.proto, &v.translated),
+                    format!("{}/{}", v.packets_original, v.packets_reply),
+                    format!("{}/{}", human_bytes(v.bytes_original), human_bytes(v.bytes_reply)),
+                    format!("{:.0}", v.idle_s),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "PROTO",
+                "DIR",
+                "UPLINK",
+                "STATE",
+                "ORIGINAL",
+                "TRANSLATED",
+                "PACKETS",
+                "BYTES",
+                "IDLE_S",
+            ],
+            &rows,
+            &[6, 7, 8],
+        );
+        Ok(())
+    })
 }
 
 /// A tuple in the table: ICMP echo shows its identifier instead of ports.
@@ -339,9 +344,7 @@ fn show_tuple(proto: &str, t: &Tuple) -> String {
 
 /// `masq conns flush`: remove the connections `filter` picks, both directions; how many.
 pub fn flush(pin_dir: &Path, filter: &ConnFilter) -> anyhow::Result<usize> {
-    let map = Map::from_map_data(open_pinned(pin_dir, map_names::CONNS)?)?;
-    let mut table: ConnTable<_> = ConnTable::try_from(map)?;
-    conntrack::remove_where(&mut table, |c| filter.matches(c))
+    crate::pinned::remove_conns(pin_dir, |c| filter.matches(c))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,41 +400,40 @@ pub fn uplink_traffic(
 pub fn uplinks(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> {
     let conns = read_conns(pin_dir)?;
     let traffic = uplink_traffic(pin_dir, names, &conns)?;
-    if json {
-        return print_json(&traffic);
-    }
-    let rows: Vec<Vec<String>> = traffic
-        .iter()
-        .map(|u| {
-            vec![
-                u.index.to_string(),
-                u.name.clone(),
-                u.interface.clone().unwrap_or_else(|| "-".into()),
-                u.rx_packets.to_string(),
-                human_bytes(u.rx_bytes),
-                u.tx_packets.to_string(),
-                human_bytes(u.tx_bytes),
-                u.new_connections.to_string(),
-                u.active_connections.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "INDEX",
-            "UPLINK",
-            "INTERFACE",
-            "RX_PACKETS",
-            "RX_BYTES",
-            "TX_PACKETS",
-            "TX_BYTES",
-            "NEW_CONNS",
-            "ACTIVE_CONNS",
-        ],
-        &rows,
-        &[0, 3, 4, 5, 6, 7, 8],
-    );
-    Ok(())
+    render(&traffic, json, || {
+        let rows: Vec<Vec<String>> = traffic
+            .iter()
+            .map(|u| {
+                vec![
+                    u.index.to_string(),
+                    u.name.clone(),
+                    u.interface.clone().unwrap_or_else(|| "-".into()),
+                    u.rx_packets.to_string(),
+                    human_bytes(u.rx_bytes),
+                    u.tx_packets.to_string(),
+                    human_bytes(u.tx_bytes),
+                    u.new_connections.to_string(),
+                    u.active_connections.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "INDEX",
+                "UPLINK",
+                "INTERFACE",
+                "RX_PACKETS",
+                "RX_BYTES",
+                "TX_PACKETS",
+                "TX_BYTES",
+                "NEW_CONNS",
+                "ACTIVE_CONNS",
+            ],
+            &rows,
+            &[0, 3, 4, 5, 6, 7, 8],
+        );
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,90 +544,89 @@ pub fn status_view(pin_dir: &Path, names: &Names) -> anyhow::Result<StatusView> 
 
 pub fn status(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> {
     let view = status_view(pin_dir, names)?;
-    if json {
-        return print_json(&view);
-    }
-    let d = &view.daemon;
-    let daemon = match d.pid {
-        Some(pid) => format!("running (pid {pid})"),
-        None => "not running (the dataplane keeps forwarding; `masq down` removes it)".into(),
-    };
-    println!("daemon:       {daemon}");
-    if let Some(config) = &d.config_path {
-        let reload = match &d.last_reload {
-            Some(ReloadOutcome { ok: true, .. }) => "last reload applied".to_string(),
-            Some(ReloadOutcome { ok: false, error, .. }) => {
-                format!("last reload rejected: {}", error.as_deref().unwrap_or_default())
-            }
-            None => "not reloaded".into(),
+    render(&view, json, || {
+        let d = &view.daemon;
+        let daemon = match d.pid {
+            Some(pid) => format!("running (pid {pid})"),
+            None => "not running (the dataplane keeps forwarding; `masq down` removes it)".into(),
         };
-        println!("config:       {} ({reload})", config.display());
-    }
-    println!("pin dir:      {}", view.pin_dir.display());
-    let names_from = match &view.names_from {
-        NamesSource::State(p) => format!("daemon state {}", p.display()),
-        NamesSource::Config(p) => format!("config {}", p.display()),
-        NamesSource::Daemon => "daemon".into(),
-        NamesSource::None => "nothing readable: uplinks shown by index (pass -c FILE)".into(),
-    };
-    println!("names from:   {names_from}");
-    let c = &view.connections;
-    println!(
-        "connections:  {} of {} ({:.1}% of {} map entries used)",
-        c.count,
-        c.capacity,
-        c.fill * 100.0,
-        c.max_entries
-    );
-    println!();
-    let rows: Vec<Vec<String>> = view
-        .programs
-        .iter()
-        .map(|a| {
-            let opt = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
-            vec![
-                a.program.clone(),
-                a.hook.to_string(),
-                a.interface.clone(),
-                if a.attached { "yes" } else { "NO" }.to_string(),
-                opt(a.link_id),
-                opt(a.program_id),
-                a.error.clone().or_else(|| a.reason.clone()).unwrap_or_default(),
-            ]
-        })
-        .collect();
-    print_table(
-        &["PROGRAM", "HOOK", "INTERFACE", "ATTACHED", "LINK_ID", "PROG_ID", "WHY"],
-        &rows,
-        &[4, 5],
-    );
-    println!();
-    let rows: Vec<Vec<String>> = view
-        .uplinks
-        .iter()
-        .map(|u| {
-            vec![
-                u.index.to_string(),
-                u.name.clone(),
-                u.interface.clone().unwrap_or_else(|| "-".into()),
-                u.address.to_string(),
-                u.gateway.to_string(),
-                u.table.to_string(),
-                format!("{:#010x}", u.mark),
-                match (&u.waiting, u.up) {
-                    (Some(why), _) => format!("waiting: {why}"),
-                    (None, true) => "up".into(),
-                    (None, false) => "down".into(),
-                },
-            ]
-        })
-        .collect();
-    print_table(
-        &["INDEX", "UPLINK", "INTERFACE", "ADDRESS", "GATEWAY", "TABLE", "MARK", "STATE"],
-        &rows,
-        &[0, 5],
-    );
-    Ok(())
+        println!("daemon:       {daemon}");
+        if let Some(config) = &d.config_path {
+            let reload = match &d.last_reload {
+                Some(ReloadOutcome { ok: true, .. }) => "last reload applied".to_string(),
+                Some(ReloadOutcome { ok: false, error, .. }) => {
+                    format!("last reload rejected: {}", error.as_deref().unwrap_or_default())
+                }
+                None => "not reloaded".into(),
+            };
+            println!("config:       {} ({reload})", config.display());
+        }
+        println!("pin dir:      {}", view.pin_dir.display());
+        let names_from = match &view.names_from {
+            NamesSource::State(p) => format!("daemon state {}", p.display()),
+            NamesSource::Config(p) => format!("config {}", p.display()),
+            NamesSource::Daemon => "daemon".into(),
+            NamesSource::None => "nothing readable: uplinks shown by index (pass -c FILE)".into(),
+        };
+        println!("names from:   {names_from}");
+        let c = &view.connections;
+        println!(
+            "connections:  {} of {} ({:.1}% of {} map entries used)",
+            c.count,
+            c.capacity,
+            c.fill * 100.0,
+            c.max_entries
+        );
+        println!();
+        let rows: Vec<Vec<String>> = view
+            .programs
+            .iter()
+            .map(|a| {
+                let opt = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
+                vec![
+                    a.program.clone(),
+                    a.hook.to_string(),
+                    a.interface.clone(),
+                    if a.attached { "yes" } else { "NO" }.to_string(),
+                    opt(a.link_id),
+                    opt(a.program_id),
+                    a.error.clone().or_else(|| a.reason.clone()).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(
+            &["PROGRAM", "HOOK", "INTERFACE", "ATTACHED", "LINK_ID", "PROG_ID", "WHY"],
+            &rows,
+            &[4, 5],
+        );
+        println!();
+        let rows: Vec<Vec<String>> = view
+            .uplinks
+            .iter()
+            .map(|u| {
+                vec![
+                    u.index.to_string(),
+                    u.name.clone(),
+                    u.interface.clone().unwrap_or_else(|| "-".into()),
+                    u.address.to_string(),
+                    u.gateway.to_string(),
+                    u.table.to_string(),
+                    format!("{:#010x}", u.mark),
+                    match (&u.waiting, u.up) {
+                        (Some(why), _) => format!("waiting: {why}"),
+                        (None, true) => "up".into(),
+                        (None, false) => "down".into(),
+                    },
+                ]
+            })
+            .collect();
+        print_table(
+            &["INDEX", "UPLINK", "INTERFACE", "ADDRESS", "GATEWAY", "TABLE", "MARK", "STATE"],
+            &rows,
+            &[0, 5],
+        );
+        Ok(())
+    })
 }
 
 #[cfg(test)]

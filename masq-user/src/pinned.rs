@@ -1,5 +1,5 @@
 //! The dataplane's pinned maps as the daemon, the CLI and the metrics read them: counters,
-//! per-uplink traffic, the uplink table and the connection table. Works whether or not the
+//! per-uplink traffic, the uplink table and the connection table (read, and flushed). Works whether or not the
 //! daemon runs, from any network namespace (bpffs is shared by all of them).
 use std::path::Path;
 
@@ -72,6 +72,13 @@ pub fn read_conns(pin_dir: &Path) -> anyhow::Result<Vec<Conn>> {
     let map = Map::from_map_data(open_pinned(pin_dir, map_names::CONNS)?)?;
     let table: ConnTable<_> = ConnTable::try_from(map)?;
     conntrack::dump(&table)
+}
+
+/// Remove the pinned connections `doomed` picks, both directions; returns how many.
+pub fn remove_conns(pin_dir: &Path, doomed: impl Fn(&Conn) -> bool) -> anyhow::Result<usize> {
+    let map = Map::from_map_data(open_pinned(pin_dir, map_names::CONNS)?)?;
+    let mut table: ConnTable<_> = ConnTable::try_from(map)?;
+    conntrack::remove_where(&mut table, doomed)
 }
 
 /// Size of the connection table.
