@@ -1,15 +1,16 @@
 //! The connection table seen from userspace: pairing both directions, connection state,
 //! and expiry of idle connections the LRU has not evicted.
-use std::{collections::HashMap, time::Duration};
-
-use std::borrow::{Borrow, BorrowMut};
+use std::{
+    borrow::{Borrow, BorrowMut},
+    collections::HashMap,
+    time::Duration,
+};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, tick_ns};
+pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::config::Timeouts;
-
-pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Now on the clock the programs write (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
 pub fn clock_ns() -> u64 {

@@ -1,9 +1,9 @@
 //! `masq check`: the example passes, every bad example is rejected with one line naming its key.
-use crate::common;
-
 use std::{fs, process::Command};
 
 use masq_user::lab::{GatewayMode, Lab};
+
+use crate::common;
 
 /// `masq check`, offline, or against the interfaces of the lab's gateway.
 fn check_on(lab: Option<&Lab>, path: &std::path::Path) -> std::process::Output {

@@ -2,8 +2,6 @@
 //! `stats`, `status` and the `--metrics` endpoint must report exactly it; `masq conns flush`
 //! removes one uplink's connections; `masq reload` publishes a new address while an existing
 //! flow keeps working; the CLI keeps working once the daemon is gone.
-use crate::common;
-
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -19,6 +17,8 @@ use masq_user::lab::{
     CLIENT, GW_ISP_A, GatewayMode, Host, ISOLDE, Lab, PUBLIC_ISP_A, PUBLIC_ISP_B, TRISTAN,
 };
 use serde_json::Value;
+
+use crate::common;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_PORT: u16 = 7000;

@@ -1,13 +1,13 @@
 //! The connection table at work: idle connections expire by their state's timeout, in a table
 //! sized for a million connections.
-use crate::common;
-
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
 use masq_user::lab::{GatewayMode, Host, PUBLIC_ISP_A, PUBLIC_ISP_B};
+
+use crate::common;
 
 #[test]
 fn idle_connections_expire_by_their_state_timeout() {

@@ -1,7 +1,5 @@
 //! Operating masq without cutting anyone off: long transfers and steady UDP streams through each
 //! uplink keep running across a daemon restart, a reload, and a flush of another uplink.
-use crate::common;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -17,6 +15,8 @@ use std::{
 };
 
 use masq_user::lab::{GatewayMode, Host, Lab, LabChild, PUBLIC_ISP_A, PUBLIC_ISP_B};
+
+use crate::common;
 
 const FILE_LEN: usize = 12 << 20;
 /// 12 MiB at 2 MiB/s: about six seconds, long enough to span the events of a test.

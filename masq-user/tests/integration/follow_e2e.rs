@@ -1,8 +1,6 @@
 //! Uplinks that change under a running masq, end to end: an uplink renumbered (as DHCP or PPP
 //! IPCP does) with its address and gateway left to follow the interface, an uplink interface
 //! deleted and created again (a PPPoE redial), and `masq run` over pins whose devices vanished.
-use crate::common;
-
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
@@ -12,6 +10,8 @@ use std::{
 
 use masq_user::lab::{CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, Lab, PUBLIC_ISP_A};
 use serde_json::Value;
+
+use crate::common;
 
 const PORT: u16 = 7100;
 const HTTP_PORT: u16 = 80;

@@ -1,12 +1,12 @@
 //! Which hook runs where, end to end: TC in the default lab (veth at the kernel's defaults), XDP
 //! in the XDP-friendly variant with proof that the XDP path carried the traffic, and a clear
 //! refusal when XDP is required where it cannot work.
-use crate::common;
-
 use std::time::Duration;
 
 use masq_user::lab::{GatewayMode, Host, Lab, PUBLIC_ISP_A, PUBLIC_ISP_B};
 use serde_json::Value;
+
+use crate::common;
 
 const HTTP_PORT: u16 = 80;
 const UDP_PORT: u16 = 5353;

@@ -2,8 +2,6 @@
 //! in the seed lab, and every reply (TCP, UDP, ICMP echo, ICMP errors) leaves masq-gw by the uplink
 //! its request came in on. Needs root; run serially (`--test-threads=1`).
 
-use crate::common;
-
 use std::{net::Ipv4Addr, time::Duration};
 
 use masq_user::lab::{
@@ -11,6 +9,8 @@ use masq_user::lab::{
     LabChild, PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
 };
 use serde_json::Value;
+
+use crate::common;
 
 const HTTP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 7777;

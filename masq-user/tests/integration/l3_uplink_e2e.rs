@@ -1,14 +1,14 @@
 //! An L3 uplink end to end: ISP A's line as a point-to-point link without Ethernet headers
 //! (tun devices joined by a relay, as PPPoE, LTE raw-ip or WireGuard are), `gateway` left out.
 //! Inbound publishing, outbound masquerade and reply steering work across it as on Ethernet.
-use crate::common;
-
 use std::{net::SocketAddrV4, time::Duration};
 
 use masq_user::lab::{
     CLIENT, GW_ISP_A, GW_ISP_B, Host, Lab, LabOptions, PUBLIC_ISP_A, PUBLIC_ISP_B,
 };
 use serde_json::Value;
+
+use crate::common;
 
 const HTTP_PORT: u16 = 80;
 const UDP_PORT: u16 = 5353;

@@ -1,13 +1,13 @@
 //! The lab without masq: the textbook DNAT setup fails the way TOPOLOGY.md says, and the classic
 //! recipe works. This proves the lab reproduces the problem masq solves. Needs root; run serially.
 
-use crate::common;
-
 use std::time::Duration;
 
 use masq_user::lab::{
     GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
 };
+
+use crate::common;
 
 const REPLY: &str = "hello from isolde";
 const TIMEOUT: Duration = Duration::from_secs(3);

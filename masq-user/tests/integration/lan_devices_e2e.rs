@@ -2,13 +2,13 @@
 //! masq's LAN program runs on the bridge; inbound publishing, outbound masquerade and reply
 //! steering work as on plain eth0. (A VLAN subinterface cannot be built on this kernel: it has
 //! no 802.1Q support.)
-use crate::common;
-
 use std::{net::SocketAddrV4, time::Duration};
 
 use masq_user::lab::{
     CLIENT, GW_ISP_A, GW_ISP_B, Host, Lab, LabOptions, LanDevice, PUBLIC_ISP_A, PUBLIC_ISP_B,
 };
+
+use crate::common;
 
 const HTTP_PORT: u16 = 80;
 const UDP_PORT: u16 = 5353;

@@ -3,8 +3,6 @@
 //! traffic, inbound and outbound together, and the policy tables following main's routes.
 //! Needs root; run serially (`--test-threads=1`).
 
-use crate::common;
-
 use std::{
     fs,
     io::Read as _,
@@ -20,6 +18,8 @@ use masq_user::lab::{
     CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, LabChild,
     PUBLIC_ISP_A, TRISTAN, packet_sources,
 };
+
+use crate::common;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the client's peer-address server listens (TCP and UDP).

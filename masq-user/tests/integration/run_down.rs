@@ -1,9 +1,9 @@
 //! `masq run` and `masq down` leave the gateway exactly as they found it.
-use crate::common;
-
 use std::{path::Path, time::Duration};
 
 use masq_user::lab::{GatewayMode, Host, Lab, PUBLIC_ISP_A};
+
+use crate::common;
 
 /// Everything masq may touch on the gateway: rules, routes of every table, links (XDP shows
 /// there), TC attachments, and the pin directory.

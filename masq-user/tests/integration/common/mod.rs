@@ -1,7 +1,4 @@
 //! The kit of the integration tests: the lab, masq, the CLI, traffic and captures.
-
-pub use masq_user::frames as packet;
-
 use std::{
     fs::{self, File},
     io::Read as _,
@@ -12,12 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use masq_user::{frames as packet, netns::require_root};
 use masq_user::{
     lab::{GatewayMode, Host, Lab, LabChild, LabOptions},
     pinned::read_counters,
 };
-
-pub use masq_user::netns::require_root;
 
 /// A lab with gw configured as `mode`; needs root.
 pub fn lab(mode: GatewayMode) -> Lab {
