@@ -9,12 +9,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use masq_common::{Counter, FlowKey};
+pub use masq_common::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+    ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_MF, IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 use crate::csum;
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
 /// Offset of the ethertype in an Ethernet header.
 pub const ETH_TYPE: usize = 12;
 
@@ -29,18 +31,6 @@ pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;
 pub const L4_OFF: usize = 20;
 
-pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 pub const ICMP_CSUM: usize = L4_OFF + 2;
 pub const ICMP_ID: usize = L4_OFF + 4;
 /// The offending packet quoted by an ICMP error.
@@ -383,9 +373,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
     let ttl: u8 = p.load(IP_TTL)?;
     let tot_len = u16::from_be(p.load::<u16>(IP_TOT_LEN)?);
     let frag_off = u16::from_be(p.load::<u16>(IP_FRAG)?);
-    let frag = if frag_off & 0x1fff != 0 {
+    let frag = if frag_off & IP_OFFSET != 0 {
         Frag::Later
-    } else if frag_off & 0x2000 != 0 {
+    } else if frag_off & IP_MF != 0 {
         Frag::First
     } else {
         Frag::Whole
@@ -459,7 +449,7 @@ pub fn parse_icmp_error<P: Packet>(p: &P) -> Result<Inner, Counter> {
     let ver_ihl: u8 = p.load(INNER_IP)?;
     // Only a whole packet or a first fragment quotes its ports.
     let frag_off = u16::from_be(p.load::<u16>(INNER_IP + 6)?);
-    if ver_ihl != 0x45 || frag_off & 0x1fff != 0 {
+    if ver_ihl != 0x45 || frag_off & IP_OFFSET != 0 {
         return Err(Counter::DropMalformed);
     }
     let proto: u8 = p.load(INNER_IP + 9)?;

@@ -8,26 +8,11 @@ use std::net::Ipv4Addr;
 
 pub type Mac = [u8; 6];
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-
-pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-
-/// IPv4 "don't fragment" and "more fragments" bits of the flags/offset word.
-pub const IP_DF: u16 = 0x4000;
-pub const IP_MF: u16 = 0x2000;
+pub use masq_common::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED, IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 /// The Internet checksum (RFC 1071) of `data`: one's complement of the one's complement sum of
 /// its 16-bit big-endian words, an odd last byte padded with zero.
