@@ -492,27 +492,21 @@ impl Dataplane {
             .program_mut(&choice.program)
             .with_context(|| format!("program {} missing", choice.program))?;
         let loading = || format!("loading {} (verifier)", choice.program);
-        let adopted = PinnedLink::from_pin(&pin).ok().map(FdLink::from);
         let link: FdLink = if choice.hook == HookPoint::Xdp {
             let xdp: &mut Xdp = program.try_into()?;
             if xdp.fd().is_err() {
                 xdp.load().with_context(loading)?;
             }
-            let adopted = adopted.map(|old| {
-                XdpLink::try_from(old)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|old| Ok(xdp.attach_to_link(old)?))
-            });
-            let id = match adopted {
-                Some(Ok(id)) => id,
-                // Severed (the device went away and came back) or never there: attach anew.
-                _ => {
-                    let _ = fs::remove_file(&pin);
+            let id = adopt_or_attach(
+                xdp,
+                &pin,
+                |xdp, old| Ok(xdp.attach_to_link(XdpLink::try_from(old)?)?),
+                |xdp| {
                     xdp.attach(iface, XdpMode::Driver).with_context(|| {
                         format!("attaching {} to {iface} (native XDP)", choice.program)
-                    })?
-                }
-            };
+                    })
+                },
+            )?;
             FdLink::try_from(xdp.take_link(id)?)?
         } else {
             let attach_type = if choice.hook == HookPoint::TcIngress {
@@ -524,19 +518,15 @@ impl Dataplane {
             if tc.fd().is_err() {
                 tc.load().with_context(loading)?;
             }
-            let adopted = adopted.map(|old| {
-                SchedClassifierLink::try_from(old)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|old| Ok(tc.attach_to_link(old)?))
-            });
-            let id = match adopted {
-                Some(Ok(id)) => id,
-                _ => {
-                    let _ = fs::remove_file(&pin);
+            let id = adopt_or_attach(
+                tc,
+                &pin,
+                |tc, old| Ok(tc.attach_to_link(SchedClassifierLink::try_from(old)?)?),
+                |tc| {
                     tc.attach(iface, attach_type)
-                        .with_context(|| format!("attaching {} to {iface}", choice.program))?
-                }
-            };
+                        .with_context(|| format!("attaching {} to {iface}", choice.program))
+                },
+            )?;
             FdLink::try_from(tc.take_link(id)?)?
         };
         pin_link(link, &pin)
@@ -690,6 +680,23 @@ pub fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| {
         format!("opening {} (is masq running with --pin-dir {}?)", path.display(), dir.display())
     })
+}
+
+/// The link a previous run pinned at `pin`, switched to `program` in place (atomic: traffic
+/// sees no gap); when there is none, or it is severed (its device went away), a fresh attach.
+fn adopt_or_attach<P, Id>(
+    program: &mut P,
+    pin: &Path,
+    adopt: impl FnOnce(&mut P, FdLink) -> anyhow::Result<Id>,
+    attach: impl FnOnce(&mut P) -> anyhow::Result<Id>,
+) -> anyhow::Result<Id> {
+    if let Some(old) = PinnedLink::from_pin(pin).ok().map(FdLink::from)
+        && let Ok(id) = adopt(program, old)
+    {
+        return Ok(id);
+    }
+    let _ = fs::remove_file(pin);
+    attach(program)
 }
 
 /// Fields of a tracepoint record a program reads: name and offset.
