@@ -111,7 +111,7 @@ struct Followed {
 impl Followed {
     async fn observe(cfg: &Config) -> anyhow::Result<Self> {
         let host = HostInterfaces::read()?;
-        let defaults = follow::main_default_routes().await?;
+        let defaults = policy_tables::main_default_routes().await?;
         let states = follow::resolve_all(&cfg.uplinks, &host, &defaults);
         Ok(Followed { host, states })
     }
@@ -207,8 +207,8 @@ fn log_uplink(u: &Uplink, old: Option<&UplinkState>, new: &UplinkState) {
     if old == Some(new) {
         return;
     }
-    match (old.and_then(UplinkState::live), new) {
-        (_, UplinkState::Live(live)) => {
+    match new {
+        UplinkState::Live(live) => {
             let gateway =
                 live.gateway.map_or_else(|| "none (point-to-point)".into(), |g| g.to_string());
             info!(
@@ -216,7 +216,7 @@ fn log_uplink(u: &Uplink, old: Option<&UplinkState>, new: &UplinkState) {
                 u.name, u.interface, live.ifindex, live.address
             );
         }
-        (_, waiting) => warn!(
+        waiting => warn!(
             "uplink {}: {}; it takes no connections until that changes",
             u.name,
             waiting.why_not(&u.interface).unwrap_or_default()
@@ -226,17 +226,17 @@ fn log_uplink(u: &Uplink, old: Option<&UplinkState>, new: &UplinkState) {
 
 /// Apply what changed on the host since `current`: programs re-attached to devices that
 /// (re)appeared, maps, tables and rules following addresses and gateways, connections of an
-/// address the uplink lost removed and counted.
+/// address the uplink lost removed and counted. Returns whether anything changed.
 async fn follow_host(
     dataplane: &mut Dataplane,
     tables: &PolicyTables,
     cfg: &Config,
     current: &mut Followed,
     state: &mut DaemonState,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let new = Followed::observe(cfg).await?;
     if new == *current {
-        return Ok(());
+        return Ok(false);
     }
     if new.devices(cfg) != current.devices(cfg) {
         match dataplane.attach(cfg, &new.host) {
@@ -268,7 +268,7 @@ async fn follow_host(
     }
     state.waiting = new.waiting(cfg);
     *current = new;
-    Ok(())
+    Ok(true)
 }
 
 async fn serve(
@@ -281,12 +281,12 @@ async fn serve(
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    // Subscribed before the first look, so that no change slips between the two.
-    let (watch, mut host_changed) = follow::spawn_host_watch()?;
     let mut followed = Followed::observe(&cfg).await?;
     let (mut dataplane, tables, hooks) = start(&cfg, &followed, pin_dir).await?;
     let tables = Arc::new(tables);
-    let monitor = policy_tables::spawn_route_monitor(tables.clone())?;
+    // Its change notices drive the uplink following; the first follow below (the resync's
+    // first tick is immediate) catches what changed since `observe`.
+    let mut monitor = policy_tables::spawn_route_monitor(tables.clone())?;
     let pid_path = pid_file(pin_dir);
     let _ = fs::create_dir_all("/run/masq");
     let _ = fs::write(&pid_path, std::process::id().to_string());
@@ -316,23 +316,22 @@ async fn serve(
     loop {
         tokio::select! {
             _ = health.tick() => check_uplinks(&mut dataplane, &cfg, &followed.states),
-            changed = host_changed.recv(), if !watch.is_finished() => {
+            changed = monitor.changed(), if !monitor.is_finished() => {
                 if changed.is_some() {
                     // Let a burst (a device with its addresses and routes) settle.
                     tokio::time::sleep(FOLLOW_SETTLE).await;
-                    while host_changed.try_recv().is_ok() {}
                     resync.reset_immediately();
                 }
             }
             _ = resync.tick() => {
-                let before = (state.hooks.clone(), state.waiting.clone());
-                if let Err(e) = follow_host(&mut dataplane, &tables, &cfg, &mut followed, &mut state).await {
-                    warn!("following the interfaces: {e:#}");
-                }
-                if (state.hooks.clone(), state.waiting.clone()) != before
-                    && let Err(e) = state.save(pin_dir)
-                {
-                    warn!("writing the state file for the CLI: {e:#}");
+                match follow_host(&mut dataplane, &tables, &cfg, &mut followed, &mut state).await {
+                    Ok(true) => {
+                        if let Err(e) = state.save(pin_dir) {
+                            warn!("writing the state file for the CLI: {e:#}");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!("following the interfaces: {e:#}"),
                 }
             }
             _ = sigterm.recv() => break,
@@ -369,7 +368,6 @@ async fn serve(
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    watch.abort();
     monitor.stop().await;
     let _ = fs::remove_file(&pid_path);
     info!("daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");

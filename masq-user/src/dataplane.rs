@@ -166,6 +166,8 @@ pub fn uplink_infos(cfg: &Config, states: &[UplinkState]) -> Vec<UplinkInfo> {
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// This process attached the lost-redirect tracepoints (a re-attach keeps them).
+    lost_redirects_counted: bool,
 }
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -278,7 +280,7 @@ impl Dataplane {
         let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and BTF?)")?;
-        Ok(Self { ebpf, pin_dir: pin_dir.to_path_buf() })
+        Ok(Self { ebpf, pin_dir: pin_dir.to_path_buf(), lost_redirects_counted: false })
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -444,6 +446,9 @@ impl Dataplane {
         };
         let mut ids: Array<_, u32> = Array::try_from(self.map_mut(map_names::XDP_PROG_IDS)?)?;
         ids.set(0, prog_id, 0).context("XDP_PROG_IDS")?;
+        if xdp_used && self.lost_redirects_counted {
+            return Ok(());
+        }
         let tracepoints: [(&str, &str, TraceFields); 2] = [
             (
                 program_names::XDP_REDIRECT_ERR,
@@ -462,7 +467,7 @@ impl Dataplane {
         ];
         for (program, event, fields) in tracepoints {
             let pin = self.pin_dir.join(format!("tracepoint-{program}"));
-            // A pinned one from an earlier run may be an older build: always attach anew.
+            // A pinned one from an earlier run may be an older build: attach anew.
             let _ = fs::remove_file(&pin);
             if !xdp_used {
                 continue;
@@ -480,6 +485,7 @@ impl Dataplane {
                 tp.attach("xdp", event).with_context(|| format!("attaching to xdp:{event}"))?;
             pin_link(FdLink::try_from(tp.take_link(id)?)?, &pin)?;
         }
+        self.lost_redirects_counted = xdp_used;
         Ok(())
     }
 

@@ -1,13 +1,10 @@
 //! What each uplink is right now: its interface's index and address and its gateway, from the
 //! config where it fixes them and from the host where it leaves them out (DHCP, PPP). The
-//! daemon resolves again on every link, address or route change and applies the difference.
+//! daemon resolves again on every link, address or route change (told by the route monitor of
+//! `policy_tables`) and applies the difference.
 use std::net::Ipv4Addr;
 
-use anyhow::Context as _;
-use futures::StreamExt;
-use rtnetlink::MulticastGroup;
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use crate::policy_tables::DefaultRoute;
 use crate::{config::Uplink, host::HostInterfaces};
@@ -97,39 +94,6 @@ pub fn resolve_all(
     defaults: &[DefaultRoute],
 ) -> Vec<UplinkState> {
     uplinks.iter().map(|u| resolve(u, host, defaults)).collect()
-}
-
-/// Main's default routes, from which uplinks without a configured gateway learn theirs.
-pub async fn main_default_routes() -> anyhow::Result<Vec<DefaultRoute>> {
-    crate::policy_tables::main_default_routes().await
-}
-
-/// Wakes the receiver (coalesced) on every link, IPv4 address or IPv4 route change, and
-/// when events were lost. Ends with the receiver.
-pub fn spawn_host_watch() -> anyhow::Result<(JoinHandle<()>, mpsc::Receiver<()>)> {
-    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route];
-    let (connection, handle, mut events) = rtnetlink::new_multicast_connection(&groups)
-        .context("subscribing to link, address and route changes")?;
-    let (tx, rx) = mpsc::channel(1);
-    let task = tokio::spawn(async move {
-        let _handle = handle;
-        let mut connection = std::pin::pin!(connection);
-        loop {
-            tokio::select! {
-                () = &mut connection => return,
-                event = events.next() => {
-                    if event.is_none() {
-                        return;
-                    }
-                    match tx.try_send(()) {
-                        Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
-                        Err(mpsc::error::TrySendError::Closed(())) => return,
-                    }
-                }
-            }
-        }
-    });
-    Ok((task, rx))
 }
 
 /// The address uplink connections were masqueraded to before, when it is no longer theirs.

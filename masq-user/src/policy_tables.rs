@@ -31,7 +31,11 @@ use rtnetlink::{
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
-use tokio::{sync::Mutex, task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{Mutex, mpsc},
+    task::JoinHandle,
+    time::Instant,
+};
 
 use crate::config::RESERVED_TABLES;
 
@@ -317,12 +321,20 @@ pub async fn remove_all(tables: &[u32]) -> Result<usize> {
     combine(errors).map(|()| deleted)
 }
 
-/// Keeps the uplink tables in sync with main; stops when dropped, aborted or stopped.
+/// Keeps the uplink tables in sync with main; stops when dropped, aborted or stopped. It also
+/// tells its owner of every link, address and route change ([`RouteMonitor::changed`]), so that
+/// one netlink subscription serves the daemon's uplink following too.
 pub struct RouteMonitor {
     task: JoinHandle<()>,
+    changes: mpsc::Receiver<()>,
 }
 
 impl RouteMonitor {
+    /// Waits for the next burst of host changes (coalesced); `None` once the monitor ended.
+    pub async fn changed(&mut self) -> Option<()> {
+        self.changes.recv().await
+    }
+
     pub fn abort(&self) {
         self.task.abort();
     }
@@ -354,6 +366,7 @@ pub fn spawn_route_monitor(tables: Arc<PolicyTables>) -> Result<RouteMonitor> {
     let (connection, handle, mut events) = rtnetlink::new_multicast_connection(&groups)
         .context("subscribing to route, address and link changes")?;
     let tables: Weak<PolicyTables> = Arc::downgrade(&tables);
+    let (changed, changes) = mpsc::channel(1);
     let task = tokio::spawn(async move {
         // The connection runs as long as a handle to it exists.
         let _handle = handle;
@@ -375,6 +388,8 @@ pub fn spawn_route_monitor(tables: Arc<PolicyTables>) -> Result<RouteMonitor> {
                 }
                 event = events.next() => {
                     let Some((message, _)) = event else { return };
+                    // Full: the owner has not looked yet and will see this one too.
+                    let _ = changed.try_send(());
                     if needs_sync(&message) {
                         due.get_or_insert_with(|| Instant::now() + SETTLE_DELAY);
                     }
@@ -394,7 +409,7 @@ pub fn spawn_route_monitor(tables: Arc<PolicyTables>) -> Result<RouteMonitor> {
             }
         }
     });
-    Ok(RouteMonitor { task })
+    Ok(RouteMonitor { task, changes })
 }
 
 fn needs_sync(message: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
