@@ -136,6 +136,9 @@ pub const TCP_SEEN_SYN: u8 = 1 << 0;
 pub const TCP_SEEN_FIN: u8 = 1 << 1;
 pub const TCP_SEEN_RST: u8 = 1 << 2;
 pub const TCP_SEEN_ACK: u8 = 1 << 3;
+/// `ConnEntry::tcp_next_seq` holds this direction's next sequence number (unset on an entry
+/// rebuilt after an eviction, until its next packet).
+pub const TCP_SEEN_SEQ: u8 = 1 << 4;
 
 /// Connection times count ticks of 2^30 ns (about 1.07 s) of CLOCK_MONOTONIC_COARSE
 /// (`bpf_ktime_get_coarse_ns` in the programs): a shift instead of a division, and a clock
@@ -181,8 +184,8 @@ impl Tuple4 {
 
 /// One direction of a tracked connection. Two entries share a connection: the key as the
 /// initiator's packets show it, and the key of the replies; each holds what its packets become
-/// (`xlate`), so either entry is enough to rebuild the other. 40 bytes: a million connections
-/// (two million entries) fit in 240 MiB of LRU hash map.
+/// (`xlate`), so either entry is enough to rebuild the other. 48 bytes: a million connections
+/// (two million entries) fit in 256 MiB of LRU hash map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -201,10 +204,16 @@ pub struct ConnEntry {
     /// Tick of the last packet in this direction. The first packet of each new tick also
     /// confirms the other direction's entry.
     pub last_seen_tick: u32,
+    /// TCP: the sequence number after the last one this direction sent (host byte order;
+    /// valid with `TCP_SEEN_SEQ`).
+    pub tcp_next_seq: u32,
+    /// TCP: the highest acknowledgment this direction sent (host byte order; valid with
+    /// `TCP_SEEN_ACK`).
+    pub tcp_max_ack: u32,
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 48);
 
 impl ConnEntry {
     pub const fn is_reply(&self) -> bool {
@@ -515,6 +524,28 @@ counters! {
     /// Lost after an XDP redirect: the redirect failed, or the LAN device's driver dropped the
     /// frame (counted by tracepoints).
     DropXdpRedirect = 44, "drop_xdp_redirect", true;
+    /// Dropped: IPv4 header checksum wrong (RFC 1812 5.2.2).
+    DropIpChecksum = 45, "drop_ip_checksum", true;
+    /// Dropped: lengths that contradict each other or the frame (IP total length beyond the
+    /// frame or short of the headers, TCP data offset, UDP length).
+    DropBadLength = 46, "drop_bad_length", true;
+    /// Dropped: a source no host may use (0/8, 127/8, multicast, 255.255.255.255).
+    DropMartianSource = 47, "drop_martian_source", true;
+    /// Dropped: a spoofed source: the gateway's own or published addresses, or a LAN prefix
+    /// arriving from an uplink.
+    DropSpoofedSource = 48, "drop_spoofed_source", true;
+    /// Dropped: a destination no packet may have (0/8, 127/8).
+    DropMartianDestination = 49, "drop_martian_destination", true;
+    /// Dropped: a TCP flag combination no stack sends (SYN+FIN, SYN+RST, none, FIN alone…).
+    DropTcpFlags = 50, "drop_tcp_flags", true;
+    /// Dropped: wrong TCP/UDP/ICMP checksum on a packet that would open a connection.
+    DropL4Checksum = 51, "drop_l4_checksum", true;
+    /// Dropped: a RST or FIN outside the connection's sequence window (RFC 5961); the
+    /// connection is left as it was.
+    DropTcpOutOfWindow = 52, "drop_tcp_out_of_window", true;
+    /// Dropped: an ICMP error quoting a tracked connection that does not match it fully
+    /// (outer destination, uplink, quoted TCP sequence: RFC 5927).
+    DropIcmpErrorMismatch = 53, "drop_icmp_error_mismatch", true;
 }
 
 /// Size of the `COUNTERS` array.

@@ -2,7 +2,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use masq_common::{
     CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN,
-    TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4, tick,
+    TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
@@ -57,6 +57,86 @@ fn tcp_seen_bits(flags: u8) -> u8 {
     seen
 }
 
+/// `a` comes after `b` in sequence space.
+#[inline(always)]
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// `seq` lies in `lo..=hi` of sequence space.
+#[inline(always)]
+fn seq_within(seq: u32, lo: u32, hi: u32) -> bool {
+    seq.wrapping_sub(lo) <= hi.wrapping_sub(lo)
+}
+
+/// Follow this direction's sequence space: the next sequence number it will send and the
+/// highest acknowledgment it sent.
+#[inline(always)]
+fn track_seq(entry: &mut ConnEntry, ip: &Ipv4) -> u8 {
+    let mut seen = 0;
+    let end = ip.tcp_end_seq();
+    if entry.tcp_seen & TCP_SEEN_SEQ == 0 || after(end, entry.tcp_next_seq) {
+        entry.tcp_next_seq = end;
+        seen |= TCP_SEEN_SEQ;
+    }
+    if ip.tcp_flags & TCP_ACK != 0
+        && (entry.tcp_seen & TCP_SEEN_ACK == 0 || after(ip.tcp_ack, entry.tcp_max_ack))
+    {
+        entry.tcp_max_ack = ip.tcp_ack;
+    }
+    seen
+}
+
+/// Whether a RST or FIN may change its connection (RFC 5961, as a middlebox can check it): its
+/// sequence number lies between what the other side acknowledged (less one, for a
+/// retransmitted FIN or a keepalive) and what this side sent; the host accepts no other reset.
+/// A RST answering a connection's first packet must acknowledge it. What masq has not seen
+/// (an entry rebuilt after eviction) is not held against the packet.
+#[inline(always)]
+fn tcp_acceptable(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) -> bool {
+    if ip.tcp_flags & (TCP_RST | TCP_FIN) == 0 {
+        return true;
+    }
+    let Some(twin) = lookup(&entry.twin_key(key)) else {
+        return true;
+    };
+    if entry.tcp_seen & TCP_SEEN_SEQ == 0 {
+        let answers = ip.tcp_flags & TCP_ACK != 0 && ip.tcp_ack == twin.tcp_next_seq;
+        return twin.tcp_seen & TCP_SEEN_SEQ == 0 || answers;
+    }
+    let hi = entry.tcp_next_seq;
+    let lo = if twin.tcp_seen & TCP_SEEN_ACK != 0 { twin.tcp_max_ack } else { hi }.wrapping_sub(1);
+    seq_within(ip.tcp_seq, lo, hi)
+}
+
+/// Whether the TCP segment an ICMP error quotes (`seq`, sent by `sender`) is one its sender
+/// may still have in flight (RFC 5927): at most a window behind what the receiver
+/// acknowledged, not beyond what was sent.
+#[inline(always)]
+pub fn quoted_seq_plausible(seq: u32, sender: &ConnEntry, receiver: &ConnEntry) -> bool {
+    if sender.tcp_seen & TCP_SEEN_SEQ == 0 {
+        return true;
+    }
+    let hi = sender.tcp_next_seq;
+    let lo = if receiver.tcp_seen & TCP_SEEN_ACK != 0 { receiver.tcp_max_ack } else { hi };
+    seq_within(seq, lo.wrapping_sub(QUOTED_SEQ_SLACK), hi)
+}
+
+/// How far behind the receiver's acknowledgment a quoted segment may lie (a retransmission the
+/// sender made before the acknowledgment reached it).
+const QUOTED_SEQ_SLACK: u32 = 1 << 16;
+
+/// A packet of a known connection: checked against the connection's TCP sequence space, then
+/// accounted. A segment that fails changes nothing.
+#[inline(always)]
+pub fn account(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) -> Result<(), Counter> {
+    if ip.l4 == L4::Tcp && !tcp_acceptable(key, entry, ip) {
+        return Err(Counter::DropTcpOutOfWindow);
+    }
+    touch(key, entry, ip, len);
+    Ok(())
+}
+
 /// Account a packet to its connection: counters, last-seen time, TCP state. Once a second it
 /// also confirms the other direction's entry (which refreshes it in the LRU) and rebuilds it if
 /// the LRU evicted it, so one direction is never orphaned.
@@ -68,7 +148,7 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
     entry.packets += 1;
     entry.bytes += len;
     if ip.l4 == L4::Tcp {
-        let seen = tcp_seen_bits(ip.tcp_flags);
+        let mut seen = tcp_seen_bits(ip.tcp_flags);
         let reopened = ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0;
         if reopened {
@@ -78,7 +158,9 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
             if let Some(twin) = lookup(&twin_key) {
                 twin.tcp_seen = 0;
             }
-        } else if entry.tcp_seen | seen != entry.tcp_seen {
+        }
+        seen |= track_seq(entry, ip);
+        if entry.tcp_seen | seen != entry.tcp_seen {
             entry.tcp_seen |= seen;
         }
     }
@@ -155,11 +237,13 @@ pub fn create(
         xlate,
         uplink,
         flags,
-        tcp_seen: if ip.l4 == L4::Tcp { tcp_seen_bits(ip.tcp_flags) } else { 0 },
         created_tick: now,
         last_seen_tick: now,
         ..ConnEntry::default()
     };
+    if ip.l4 == L4::Tcp {
+        entry.tcp_seen = tcp_seen_bits(ip.tcp_flags) | track_seq(&mut entry, ip);
+    }
     let (mut reply_key, mut reply) = twin_of(key, &entry, now);
     // The original port is kept when free, unless it is out of a strict range or one the
     // gateway uses itself.

@@ -44,6 +44,9 @@ pub trait Hook: Packet {
     /// The packet size a route's MTU check must pass: for an aggregated (GSO) packet, the size
     /// of the segments it will leave as.
     fn mtu_len(&self, tot_len: u16, headers: u32) -> u16;
+    /// The frame carried a VLAN tag the device took off into metadata (TC); XDP sees the tag in
+    /// the frame, which then is no IPv4.
+    fn vlan_tagged(&self) -> bool;
 }
 
 impl Hook for XdpContext {
@@ -62,6 +65,11 @@ impl Hook for XdpContext {
     #[inline(always)]
     fn mtu_len(&self, tot_len: u16, _headers: u32) -> u16 {
         tot_len
+    }
+
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        false
     }
 }
 
@@ -85,6 +93,11 @@ impl<const IP: usize> Hook for Skb<IP> {
             return tot_len;
         }
         (gso_size + headers).min(u32::from(tot_len)) as u16
+    }
+
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        self.skb().vlan_present != 0
     }
 }
 

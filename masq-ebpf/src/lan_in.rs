@@ -16,6 +16,7 @@ use crate::{
         with_mark,
     },
     translate::{Found, Translation, find, record_first_fragment},
+    validate::{self, is_multicast_or_broadcast},
 };
 
 const PACKET_HOST: u32 = 0;
@@ -40,11 +41,14 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
     // the next-hop cache entry a new connection's route probe leaves serves its redirect too.
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    // Broadcast, multicast and frames for another MAC are the gateway's own business.
-    if pkt_type != PACKET_HOST || is_multicast_or_broadcast(ip.key.dst_addr) {
+    // Broadcast, multicast, frames for another MAC and VLANs masq is not attached to are the
+    // kernel's business.
+    let for_kernel = pkt_type != PACKET_HOST || ctx.vlan_tagged();
+    if for_kernel || is_multicast_or_broadcast(ip.key.dst_addr) {
         count(Counter::PassedUntouched);
         return Ok(Verdict::Pass);
     }
+    validate::packet(ctx, &ip)?;
     if ip.ttl <= 1 {
         // Untranslated, so the kernel's time-exceeded quotes what the LAN host sent.
         count(Counter::TtlExpiring);
@@ -52,7 +56,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     }
     let len = ctx.len();
 
-    let (translation, uplink_index) = match find(ctx, &ip, false) {
+    let (translation, uplink_index) = match find(ctx, &ip, None)? {
         Found::Fragment(translation, uplink) => (translation, uplink),
         // First fragment not seen: the kernel forwards it, uplink egress drops it.
         Found::FragmentUnknown | Found::IcmpErrorUnknown => {
@@ -69,7 +73,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
-            conntrack::touch(&ip.key, entry, &ip, len);
+            conntrack::account(&ip.key, entry, &ip, len)?;
             (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
         }
         Found::New => {
@@ -86,6 +90,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
                 return Err(Counter::DropTcpNoConn);
             }
+            validate::l4_checksum(ctx, &ip)?;
             let mut chosen = choose_uplink(cfg, k);
             let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
             // As MASQUERADE does: the source is the address of the interface the policy's table
@@ -116,13 +121,6 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     };
     record_first_fragment(&ip, &translation, uplink_index);
     to_uplink(ctx, cfg, &ip, &translation, uplink_index, route_len)
-}
-
-/// 224.0.0.0/4 or 255.255.255.255.
-#[inline(always)]
-fn is_multicast_or_broadcast(addr: u32) -> bool {
-    let addr = u32::from_be(addr);
-    addr >> 28 == 0xe || addr == u32::MAX
 }
 
 /// Steer to the connection's uplink: mark the packet for the kernel's policy tables, and when

@@ -48,6 +48,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 pub static UPLINK_STATS: PerCpuArray<UplinkStats> =
     PerCpuArray::with_max_entries(MAX_UPLINKS as u32, 0);
 
+/// Per-CPU room for the bytes a transport checksum is verified over (`validate::l4_checksum`).
+#[map]
+pub static CSUM_SCRATCH: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Kernel id of the loaded `masq_uplink_in_xdp` (0 while XDP is not used), for the tracepoint
 /// that counts failed redirects.
 #[map]

@@ -70,17 +70,24 @@ pub fn rewrite<P: Packet>(
         }
         L4::IcmpEcho => {
             // The identifier is the source "port" of a request, the destination one of a reply.
-            let (old, new) = if ip.echo_request {
-                (from.src_port, to.src_port)
+            // (Two calls, not a choice of fields: LLVM would pick a stack address with an OR,
+            // which the verifier refuses.)
+            if ip.echo_request {
+                set_echo_id(p, from.src_port, to.src_port)?;
             } else {
-                (from.dst_port, to.dst_port)
-            };
-            if old != new {
-                p.fix_csum2(ICMP_CSUM, old, new)?;
-                p.store_u16(ICMP_ID, new)?;
+                set_echo_id(p, from.dst_port, to.dst_port)?;
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn set_echo_id<P: Packet>(p: &mut P, old: u16, new: u16) -> Result<(), Counter> {
+    if old != new {
+        p.fix_csum2(ICMP_CSUM, old, new)?;
+        p.store_u16(ICMP_ID, new)?;
     }
     Ok(())
 }
@@ -175,13 +182,13 @@ pub fn rewrite_icmp_error<P: Packet>(
             set_quoted2(p, INNER_L4 + 2, old.dst_port, new_inner.dst_port, l4_csum)?;
         }
         L4::IcmpEcho => {
-            let request = p.load::<u8>(INNER_L4)? == ICMP_ECHO_REQUEST;
-            let (was, now) = if request {
-                (old.src_port, new_inner.src_port)
+            // Two calls, not a choice of fields (see `rewrite`).
+            let id_csum = Some(INNER_L4 + 2);
+            if p.load::<u8>(INNER_L4)? == ICMP_ECHO_REQUEST {
+                set_quoted2(p, INNER_L4 + 4, old.src_port, new_inner.src_port, id_csum)?;
             } else {
-                (old.dst_port, new_inner.dst_port)
-            };
-            set_quoted2(p, INNER_L4 + 4, was, now, Some(INNER_L4 + 2))?;
+                set_quoted2(p, INNER_L4 + 4, old.dst_port, new_inner.dst_port, id_csum)?;
+            }
         }
         _ => {}
     }

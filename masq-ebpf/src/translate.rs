@@ -7,7 +7,7 @@ use crate::{
     conntrack::{self, now_ns},
     maps::FRAGS,
     nat::{rewrite, rewrite_icmp_error},
-    packet::{Frag, Inner, Ipv4, L4, Packet, parse_icmp_error},
+    packet::{Frag, INNER_L4, Inner, Ipv4, L4, Packet, parse_icmp_error},
 };
 
 #[derive(Clone, Copy)]
@@ -68,26 +68,27 @@ pub enum Found {
 }
 
 /// Find `ip`'s connection: a later fragment by its first fragment's record, an ICMP error by
-/// the connection its quoted packet belongs to (`toward_lan`: it arrived from an uplink), any
-/// other packet by its tuple.
+/// the connection its quoted packet belongs to (`from_uplink`: the uplink it arrived on, none
+/// from the LAN), any other packet by its tuple. An ICMP error that quotes a connection without
+/// matching it fully is an error.
 #[inline(always)]
-pub fn find<P: Packet>(p: &P, ip: &Ipv4, toward_lan: bool) -> Found {
+pub fn find<P: Packet>(p: &P, ip: &Ipv4, from_uplink: Option<u8>) -> Result<Found, Counter> {
     if ip.frag == Frag::Later {
-        return match later_fragment(ip) {
+        return Ok(match later_fragment(ip) {
             Some((translation, uplink)) => Found::Fragment(translation, uplink),
             None => Found::FragmentUnknown,
-        };
+        });
     }
     if ip.l4 == L4::IcmpError {
-        return match icmp_error(p, ip, toward_lan) {
+        return Ok(match icmp_error(p, ip, from_uplink)? {
             Some((translation, entry, key)) => Found::IcmpError(translation, entry, key),
             None => Found::IcmpErrorUnknown,
-        };
+        });
     }
-    match conntrack::lookup(&ip.key) {
+    Ok(match conntrack::lookup(&ip.key) {
         Some(entry) => Found::Flow(entry),
         None => Found::New,
-    }
+    })
 }
 
 /// A later fragment's translation (addresses only) and uplink, as its first fragment recorded.
@@ -119,21 +120,36 @@ pub fn record_first_fragment(ip: &Ipv4, translation: &Translation, uplink: u8) {
     let _ = FRAGS.insert(frag_key(ip), x, BPF_ANY as u64);
 }
 
+type IcmpErrorMatch = Option<(Translation, &'static mut ConnEntry, FlowKey)>;
+
 /// The translation of an ICMP error about a tracked connection, that connection's entry for
-/// the direction the error travels, and the entry's key. `toward_lan`: the error arrived from
-/// an uplink.
+/// the direction the error travels, and the entry's key; none when it quotes no connection of
+/// this direction. It must match the connection fully (RFC 5927): sent to the quoted packet's
+/// sender, arriving on the connection's uplink, and quoting a TCP segment still in flight.
 #[inline(always)]
 fn icmp_error<P: Packet>(
     p: &P,
     ip: &Ipv4,
-    toward_lan: bool,
-) -> Option<(Translation, &'static mut ConnEntry, FlowKey)> {
-    let inner = parse_icmp_error(p).ok()?;
+    from_uplink: Option<u8>,
+) -> Result<IcmpErrorMatch, Counter> {
+    let Ok(inner) = parse_icmp_error(p) else { return Ok(None) };
     // The quoted packet travelled the other way: its reverse is this error's direction.
     let conn_key = inner.key.reversed();
-    let entry = conntrack::lookup(&conn_key)?;
+    let Some(entry) = conntrack::lookup(&conn_key) else { return Ok(None) };
+    let toward_lan = from_uplink.is_some();
     if entry.toward_lan() != toward_lan {
-        return None;
+        return Ok(None);
+    }
+    let wrong_uplink = from_uplink.is_some_and(|uplink| uplink != entry.uplink);
+    if ip.key.dst_addr != inner.key.src_addr || wrong_uplink {
+        return Err(Counter::DropIcmpErrorMismatch);
+    }
+    if inner.l4 == L4::Tcp {
+        let seq = u32::from_be(p.load(INNER_L4 + 4)?);
+        let sender = conntrack::lookup(&entry.twin_key(&conn_key));
+        if sender.is_some_and(|sender| !conntrack::quoted_seq_plausible(seq, sender, entry)) {
+            return Err(Counter::DropIcmpErrorMismatch);
+        }
     }
     let new_inner = entry.xlate.key(inner.key.proto).reversed();
     // The error goes to the quoted packet's sender; when the quoted packet's destination sent
@@ -144,5 +160,5 @@ fn icmp_error<P: Packet>(
         new_inner.dst_addr
     };
     let translation = Translation::IcmpError { inner, new_inner, outer: (src, new_inner.src_addr) };
-    Some((translation, entry, conn_key))
+    Ok(Some((translation, entry, conn_key)))
 }

@@ -16,8 +16,9 @@ use crate::{
     nat::published,
     packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
-    steer::{RT_TABLE_MAIN, Route, config, is_uplink_address, route, uplink_by_ifindex},
+    steer::{RT_TABLE_MAIN, Route, config, in_lan, is_uplink_address, route, uplink_by_ifindex},
     translate::{Found, Translation, find, record_first_fragment},
+    validate::{self, is_multicast_or_broadcast},
 };
 
 #[classifier]
@@ -53,12 +54,23 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
     let Some(cfg) = config() else {
         return Ok(Verdict::Pass);
     };
+    // Tagged for a VLAN masq is not attached to, multicast, broadcast: the kernel's business.
+    if ctx.vlan_tagged() || is_multicast_or_broadcast(ip.key.dst_addr) {
+        count(Counter::PassedUntouched);
+        return Ok(Verdict::Pass);
+    }
+    validate::packet(ctx, &ip)?;
 
-    let translation = match find(ctx, &ip, true) {
+    let translation = match find(ctx, &ip, Some(uplink_index))? {
         Found::Fragment(translation, _) => translation,
         // SAFETY: read-only lookup.
         Found::FragmentUnknown if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
             return Err(Counter::DropFragment);
+        }
+        // A LAN host is reached only through a translation: an error addressed straight to
+        // it from outside is forged.
+        Found::IcmpErrorUnknown if in_lan(cfg, ip.key.dst_addr) => {
+            return Err(Counter::DropIcmpErrorMismatch);
         }
         Found::FragmentUnknown | Found::IcmpErrorUnknown => {
             count(Counter::PassedUntouched);
@@ -74,7 +86,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
-            conntrack::touch(&ip.key, entry, &ip, len);
+            conntrack::account(&ip.key, entry, &ip, len)?;
             Translation::Flow(entry.xlate.key(ip.key.proto))
         }
         Found::New => {
@@ -88,10 +100,12 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
                 return Err(Counter::DropTcpNoConn);
             }
+            validate::uplink_source(cfg, &ip)?;
             if ip.ttl <= 1 {
                 count(Counter::TtlExpiring);
                 return Ok(Verdict::Pass);
             }
+            validate::l4_checksum(ctx, &ip)?;
             let mut xlate = ip.key;
             xlate.dst_addr = target.to_addr;
             if target.to_port != 0 {

@@ -40,7 +40,7 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
         return Ok(Verdict::Pass);
     }
     // Already accounted at LAN ingress, like every packet: only translate here.
-    let (translation, uplink) = match find(ctx, &ip, false) {
+    let (translation, uplink) = match find(ctx, &ip, None)? {
         Found::Fragment(translation, uplink) => (translation, uplink),
         Found::FragmentUnknown => return Err(Counter::DropFragment),
         Found::IcmpError(translation, entry, _) => (translation, entry.uplink),
