@@ -6,7 +6,9 @@ use masq_common::{Counter, DataplaneConfig};
 
 use crate::{
     maps::{CSUM_SCRATCH, PUBLIC_ADDRS},
-    packet::{Frag, ICMP_CSUM, Ipv4, L4, L4_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{
+        Frag, ICMP_CSUM, IPPROTO_ICMP, Ipv4, L4, L4_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
     steer::{in_lan, is_uplink_address},
 };
 
@@ -131,7 +133,7 @@ pub fn uplink_source(cfg: &DataplaneConfig, ip: &Ipv4) -> Result<(), Counter> {
 pub fn l4_checksum<P: Packet>(p: &P, ip: &Ipv4) -> Result<(), Counter> {
     let csum_off = match ip.l4.pseudo_csum_off() {
         Some(off) => off,
-        None if ip.l4 == L4::IcmpEcho => ICMP_CSUM,
+        None if ip.key.proto == IPPROTO_ICMP => ICMP_CSUM,
         None => return Ok(()),
     };
     // A first fragment's checksum covers the whole datagram.
@@ -147,7 +149,7 @@ pub fn l4_checksum<P: Packet>(p: &P, ip: &Ipv4) -> Result<(), Counter> {
         return Ok(());
     }
     // The pseudo header, as raw words like everything else summed here.
-    let pseudo = if ip.l4 == L4::IcmpEcho {
+    let pseudo = if ip.key.proto == IPPROTO_ICMP {
         0
     } else {
         let tail = u32::from(ip.key.proto) << 8 | u32::from((seg_len as u16).to_be()) << 16;

@@ -92,14 +92,27 @@ impl Ip {
         p
     }
 
-    /// A TCP segment with a 20-byte header and `data`.
+    /// A TCP segment with a 20-byte header and `data` (fixed sequence numbers).
     pub fn tcp_data(&self, sport: u16, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        self.tcp_seq(sport, dport, flags, (0x1000_0001, 0x2000_0001), data)
+    }
+
+    /// A TCP segment with a 20-byte header, sequence and acknowledgment numbers (`seq_ack`;
+    /// the acknowledgment is sent only with ACK) and `data`.
+    pub fn tcp_seq(
+        &self,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq_ack: (u32, u32),
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut s = vec![0u8; 20];
         s[0..2].copy_from_slice(&sport.to_be_bytes());
         s[2..4].copy_from_slice(&dport.to_be_bytes());
-        s[4..8].copy_from_slice(&0x1000_0001u32.to_be_bytes());
+        s[4..8].copy_from_slice(&seq_ack.0.to_be_bytes());
         if flags & TCP_ACK != 0 {
-            s[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
+            s[8..12].copy_from_slice(&seq_ack.1.to_be_bytes());
         }
         s[12] = 5 << 4;
         s[13] = flags;

@@ -24,6 +24,7 @@ use masq_user::{
 
 use crate::common::packet::*;
 
+mod hostile;
 mod icmp_errors;
 mod inbound;
 mod limits;
@@ -228,7 +229,7 @@ impl Gw {
                 ctx_out: Some(&mut skb_out),
                 ..TestRunOptions::new()
             })
-            .expect("TC test run");
+            .unwrap_or_else(|e| panic!("TC test run of {}: {e:?}", hex(frame)));
         out.truncate(r.data_size_out as usize);
         let mark = u32::from_ne_bytes(skb_out[SKB_MARK..][..4].try_into().unwrap());
         Run { ret: r.return_value, out, mark }
