@@ -43,6 +43,11 @@ pub const MAX_CHOICES: usize = 8;
 pub const MAX_PUBLISH: u32 = 1024;
 /// Default connection capacity (each connection uses two map entries).
 pub const DEFAULT_CONN_CAPACITY: u32 = 262_144;
+/// Default room for connections not yet confirmed (`PENDING_CONNS`), a share of the confirmed
+/// table's.
+pub const fn default_pending_capacity(conn_capacity: u32) -> u32 {
+    conn_capacity / 4
+}
 /// Source ports tried by the NAT port search before giving up with `NatPortExhausted`.
 pub const NAT_PORT_TRIES: u32 = 32;
 /// "No uplink" in a `u8` uplink slot.
@@ -51,6 +56,7 @@ pub const NO_UPLINK: u8 = 0xff;
 /// Names of the pinned / loaded maps, shared so both sides agree.
 pub mod map_names {
     pub const CONNS: &str = "CONNS";
+    pub const PENDING_CONNS: &str = "PENDING_CONNS";
     pub const CONFIG: &str = "CONFIG";
     pub const UPLINKS: &str = "UPLINKS";
     pub const POLICIES: &str = "POLICIES";
@@ -130,6 +136,9 @@ impl FlowKey {
 pub const CONN_F_REPLY: u8 = 1 << 0;
 /// `ConnEntry::flags`: the connection was opened from an uplink (a published service).
 pub const CONN_F_INBOUND: u8 = 1 << 1;
+/// `ConnEntry::flags`: not confirmed yet (TCP handshake incomplete, no reply to UDP or ICMP):
+/// the entry lives in `PENDING_CONNS`, where a flood may evict it, not in `CONNS`.
+pub const CONN_F_PENDING: u8 = 1 << 2;
 
 /// `ConnEntry::tcp_seen`: TCP flags seen in this direction (accumulated).
 pub const TCP_SEEN_SYN: u8 = 1 << 0;
@@ -218,6 +227,9 @@ const _: () = assert!(core::mem::size_of::<ConnEntry>() == 48);
 impl ConnEntry {
     pub const fn is_reply(&self) -> bool {
         self.flags & CONN_F_REPLY != 0
+    }
+    pub const fn is_pending(&self) -> bool {
+        self.flags & CONN_F_PENDING != 0
     }
     pub const fn is_inbound(&self) -> bool {
         self.flags & CONN_F_INBOUND != 0
@@ -500,6 +512,12 @@ counters! {
     /// Connections removed by the daemon because their uplink's address changed (renumbered
     /// by DHCP or PPP): they cannot survive it. Counts connections, not packets.
     ConnsRenumbered = 14, "conns_renumbered", false;
+    /// Connections confirmed (handshake done, or a reply seen) and moved to the confirmed
+    /// table, where no unconfirmed one can push them out.
+    ConnsConfirmed = 15, "conns_confirmed", false;
+    /// A connection that would be confirmed stayed pending: the confirmed table is full
+    /// (counted at each packet that tries).
+    ConfirmedTableFull = 16, "confirmed_table_full", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

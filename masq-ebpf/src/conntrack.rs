@@ -1,13 +1,17 @@
-//! The connection table: both directions of a connection, inserted together, kept together.
+//! The connection tables: both directions of a connection, inserted together, kept together.
+//! A new connection starts pending (`PENDING_CONNS`, an LRU a flood may churn) and moves to the
+//! confirmed table (`CONNS`, never evicted) once its TCP handshake completes or a reply to it
+//! arrives, so no connection that never completes can push out one that did.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use masq_common::{
-    CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN,
-    TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
+    CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK,
+    TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
-    maps::CONNS,
+    maps::{CONNS, PENDING_CONNS},
     packet::{Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::count,
 };
 
 const EEXIST: i32 = 17;
@@ -18,11 +22,73 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// A connection's entry for `key`, confirmed or pending (`ConnEntry::is_pending` says which).
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
     // SAFETY: map values live until deleted; concurrent writers only touch counters (plain adds)
     // and monotonic fields.
-    CONNS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    let p = CONNS.get_ptr_mut(key).or_else(|| PENDING_CONNS.get_ptr_mut(key))?;
+    Some(unsafe { &mut *p })
+}
+
+/// Insert an entry into the table its flags name, unless the key exists in either.
+#[inline(always)]
+fn insert_new(key: &FlowKey, entry: &ConnEntry) -> Result<(), i32> {
+    if entry.is_pending() {
+        if CONNS.get_ptr(key).is_some() {
+            return Err(-EEXIST);
+        }
+        PENDING_CONNS.insert(key, entry, BPF_NOEXIST as u64)
+    } else {
+        CONNS.insert(key, entry, BPF_NOEXIST as u64)
+    }
+}
+
+#[inline(always)]
+fn remove(key: &FlowKey, entry: &ConnEntry) {
+    let _ = if entry.is_pending() { PENDING_CONNS.remove(key) } else { CONNS.remove(key) };
+}
+
+/// Whether this packet confirms its pending connection: the initiator's ACK that ends the
+/// handshake (the answer's SYN-ACK seen), or any reply of another protocol.
+#[inline(always)]
+fn confirms(entry: &ConnEntry, twin: &ConnEntry, ip: &Ipv4) -> bool {
+    if ip.l4 != L4::Tcp {
+        return entry.is_reply();
+    }
+    let handshake_answered =
+        twin.tcp_seen & (TCP_SEEN_SYN | TCP_SEEN_ACK) == TCP_SEEN_SYN | TCP_SEEN_ACK;
+    !entry.is_reply()
+        && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+        && handshake_answered
+}
+
+/// Move a pending connection confirmed by this packet to the confirmed table: both entries in
+/// (the reply first, as at creation), then both out of the pending one. When the confirmed table
+/// is full it stays pending, counted.
+#[inline(always)]
+fn confirm(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) {
+    let twin_key = entry.twin_key(key);
+    // SAFETY: read-only use of a map value.
+    let Some(twin) = (unsafe { PENDING_CONNS.get(twin_key) }) else { return };
+    if !confirms(entry, twin, ip) {
+        return;
+    }
+    let (mut this, mut other) = (*entry, *twin);
+    this.flags &= !CONN_F_PENDING;
+    other.flags &= !CONN_F_PENDING;
+    if CONNS.insert(twin_key, other, BPF_NOEXIST as u64).is_err() {
+        count(Counter::ConfirmedTableFull);
+        return;
+    }
+    if CONNS.insert(key, this, BPF_NOEXIST as u64).is_err() {
+        let _ = CONNS.remove(&twin_key);
+        count(Counter::ConfirmedTableFull);
+        return;
+    }
+    let _ = PENDING_CONNS.remove(key);
+    let _ = PENDING_CONNS.remove(&twin_key);
+    count(Counter::ConnsConfirmed);
 }
 
 /// The key and entry of the other direction, rebuilt from this one.
@@ -127,13 +193,18 @@ pub fn quoted_seq_plausible(seq: u32, sender: &ConnEntry, receiver: &ConnEntry) 
 const QUOTED_SEQ_SLACK: u32 = 1 << 16;
 
 /// A packet of a known connection: checked against the connection's TCP sequence space, then
-/// accounted. A segment that fails changes nothing.
+/// accounted, and a pending connection confirmed when this packet does it. A segment that fails
+/// changes nothing. `entry` may be gone afterwards (moved to the confirmed table): read what the
+/// caller needs from it first.
 #[inline(always)]
 pub fn account(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) -> Result<(), Counter> {
     if ip.l4 == L4::Tcp && !tcp_acceptable(key, entry, ip) {
         return Err(Counter::DropTcpOutOfWindow);
     }
     touch(key, entry, ip, len);
+    if entry.is_pending() {
+        confirm(key, entry, ip);
+    }
     Ok(())
 }
 
@@ -168,7 +239,7 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
         entry.last_seen_tick = now;
         let (twin_key, twin) = twin_of(key, entry, now);
         if lookup(&twin_key).is_none() {
-            let _ = CONNS.insert(twin_key, twin, BPF_NOEXIST as u64);
+            let _ = insert_new(&twin_key, &twin);
         }
     }
 }
@@ -215,10 +286,12 @@ impl PortRange {
     }
 }
 
-/// Insert a new connection: `key` becomes `xlate`, replies come back as `xlate.reversed()`.
+/// Insert a new (pending) connection: `key` becomes `xlate`, replies come back as
+/// `xlate.reversed()`.
 ///
-/// The reply entry goes in first with `BPF_NOEXIST`: if its tuple is taken, `xlate.src_port` is
-/// moved through `ports` (keeping the original port when free), up to `NAT_PORT_TRIES` tries.
+/// The reply entry goes in first with `BPF_NOEXIST` (and only when no confirmed entry has its
+/// key): if its tuple is taken, `xlate.src_port` is moved through `ports` (keeping the original
+/// port when free), up to `NAT_PORT_TRIES` tries.
 /// Then the forward entry; if that fails the reply entry is removed again, so a half connection
 /// never stays behind. Returns the forward entry.
 #[inline(always)]
@@ -236,7 +309,7 @@ pub fn create(
     let mut entry = ConnEntry {
         xlate,
         uplink,
-        flags,
+        flags: flags | CONN_F_PENDING,
         created_tick: now,
         last_seen_tick: now,
         ..ConnEntry::default()
@@ -251,7 +324,7 @@ pub fn create(
         let port = u16::from_be(xlate.src_port);
         !r.skips(port) && (!r.strict || (r.min..=r.max).contains(&port))
     });
-    if !keep || CONNS.insert(reply_key, reply, BPF_NOEXIST as u64).is_err() {
+    if !keep || insert_new(&reply_key, &reply).is_err() {
         let range = ports.ok_or(Counter::DropConnInsertFailed)?;
         let (hole_start, hole_len) = range.hole();
         let span = (u32::from(range.max - range.min) + 1).saturating_sub(hole_len);
@@ -268,7 +341,7 @@ pub fn create(
             xlate.src_port = (candidate as u16).to_be();
             entry.xlate = xlate;
             (reply_key, reply) = twin_of(key, &entry, now);
-            if CONNS.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+            if insert_new(&reply_key, &reply).is_ok() {
                 placed = true;
                 break;
             }
@@ -280,10 +353,10 @@ pub fn create(
     // The first packet is accounted right here, sparing a lookup.
     entry.packets = 1;
     entry.bytes = len;
-    match CONNS.insert(key, entry, BPF_NOEXIST as u64) {
+    match insert_new(key, &entry) {
         Ok(()) => Ok(entry.xlate),
         Err(err) => {
-            let _ = CONNS.remove(reply_key);
+            remove(&reply_key, &reply);
             if err == -EEXIST {
                 // Another CPU opened the same connection first: follow its entry.
                 lookup(key).map(|e| e.xlate).ok_or(Counter::DropConnInsertFailed)

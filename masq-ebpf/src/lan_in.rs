@@ -73,8 +73,9 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
+            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink);
             conntrack::account(&ip.key, entry, &ip, len)?;
-            (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink)
+            found
         }
         Found::New => {
             let k = &ip.key;

@@ -1,5 +1,5 @@
 //! Every map of the dataplane. Capacities come from masq-common so both sides agree; the loader
-//! resizes `CONNS` from the config before loading.
+//! resizes `CONNS` and `PENDING_CONNS` from the config before loading.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -8,14 +8,23 @@ use masq_common::{
     COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY, DataplaneConfig, FlowKey, FragKey, FragXlate,
     MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
     PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo, UplinkStats,
+    default_pending_capacity,
 };
 
-/// The connection table: two entries per connection, one per direction. One LRU list for all
-/// CPUs: per-CPU lists (`BPF_F_NO_COMMON_LRU`) insert a little faster but split the capacity,
-/// and a NIC queue served by one CPU could then use only its share.
+/// Confirmed connections: two entries per connection, one per direction. A plain hash, not an
+/// LRU: nothing evicts a confirmed connection; the daemon expires idle ones, and when it is full
+/// new connections stay pending.
 #[map]
-pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, 0);
+pub static CONNS: HashMap<FlowKey, ConnEntry> =
+    HashMap::with_max_entries(2 * DEFAULT_CONN_CAPACITY, 0);
+
+/// Connections not confirmed yet (`CONN_F_PENDING`). An LRU: a flood of connections that never
+/// complete churns this table only. One LRU list for all CPUs: per-CPU lists
+/// (`BPF_F_NO_COMMON_LRU`) insert a little faster but split the capacity, and a NIC queue
+/// served by one CPU could then use only its share.
+#[map]
+pub static PENDING_CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(2 * default_pending_capacity(DEFAULT_CONN_CAPACITY), 0);
 
 /// Translations of fragmented datagrams, written by their first fragment.
 #[map]

@@ -86,8 +86,9 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
+            let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
             conntrack::account(&ip.key, entry, &ip, len)?;
-            Translation::Flow(entry.xlate.key(ip.key.proto))
+            translation
         }
         Found::New => {
             let Some(target) = published(&ip.key) else {

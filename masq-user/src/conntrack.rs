@@ -1,5 +1,5 @@
-//! The connection table seen from userspace: pairing both directions, connection state,
-//! and expiry of idle connections the LRU has not evicted.
+//! The connection tables seen from userspace: pairing both directions, connection state,
+//! and expiry of idle connections (confirmed ones are never evicted; pending ones may be).
 use std::{
     borrow::{Borrow, BorrowMut},
     collections::HashMap,
@@ -111,6 +111,11 @@ impl Conn {
         }
     }
 
+    /// Still pending: its handshake not completed or no reply seen yet.
+    pub fn pending(&self) -> bool {
+        self.any().1.is_pending()
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
         self.orig.iter().chain(self.reply.iter()).map(|(k, _)| *k)
     }
@@ -134,41 +139,47 @@ pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
     conns
 }
 
-/// The `CONNS` map, typed.
+/// One connection table (`CONNS` or `PENDING_CONNS`), typed.
 pub type ConnTable<T> = BpfHashMap<T, FlowKey, ConnEntry>;
 
-/// Read the whole table.
-pub fn dump<T: Borrow<MapData>>(map: &ConnTable<T>) -> anyhow::Result<Vec<Conn>> {
-    let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-    Ok(pair(entries))
+/// Both connection tables: confirmed connections and pending ones (`CONN_F_PENDING`). Each
+/// connection's two entries sit in the same table.
+pub struct ConnTables<T> {
+    pub confirmed: ConnTable<T>,
+    pub pending: ConnTable<T>,
 }
 
-/// Delete every connection idle for longer than its state's timeout; returns how many.
-pub fn expire<T: BorrowMut<MapData>>(
-    map: &mut ConnTable<T>,
-    timeouts: &Timeouts,
-    now_ns: u64,
-) -> anyhow::Result<usize> {
-    remove_where(map, |conn| {
-        let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
-        idle > conn.state().timeout(timeouts)
-    })
-}
-
-/// Delete every connection `doomed` picks, both directions; returns how many.
-pub fn remove_where<T: BorrowMut<MapData>>(
-    map: &mut ConnTable<T>,
-    doomed: impl Fn(&Conn) -> bool,
-) -> anyhow::Result<usize> {
-    let conns = dump(map)?;
-    let mut removed = 0;
-    for conn in conns.iter().filter(|c| doomed(c)) {
-        for key in conn.keys() {
-            let _ = map.remove(&key);
-        }
-        removed += 1;
+impl<T: Borrow<MapData>> ConnTables<T> {
+    /// Every connection of both tables.
+    pub fn dump(&self) -> Vec<Conn> {
+        let entries = self.confirmed.iter().chain(self.pending.iter()).filter_map(Result::ok);
+        pair(entries.collect())
     }
-    Ok(removed)
+}
+
+impl<T: BorrowMut<MapData>> ConnTables<T> {
+    /// Delete every connection idle for longer than its state's timeout; returns how many.
+    pub fn expire(&mut self, timeouts: &Timeouts, now_ns: u64) -> usize {
+        self.remove_where(|conn| {
+            let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
+            idle > conn.state().timeout(timeouts)
+        })
+    }
+
+    /// Delete every connection `doomed` picks, both directions; returns how many.
+    pub fn remove_where(&mut self, doomed: impl Fn(&Conn) -> bool) -> usize {
+        let conns = self.dump();
+        let mut removed = 0;
+        for conn in conns.iter().filter(|c| doomed(c)) {
+            for (key, entry) in conn.orig.iter().chain(conn.reply.iter()) {
+                let table =
+                    if entry.is_pending() { &mut self.pending } else { &mut self.confirmed };
+                let _ = table.remove(key);
+            }
+            removed += 1;
+        }
+        removed
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use masq_common::Counter;
 
 use crate::{
     config::{Config, Uplink},
-    conntrack::{self, ConnTable},
+    conntrack,
     dataplane::{Dataplane, remove_pins},
     follow::{self, UplinkState},
     hooks::HookChoice,
@@ -259,10 +259,9 @@ async fn follow_host(
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         let Some(lost) = follow::lost_address(old, now) else { continue };
         let wire = crate::dataplane::wire_addr(lost);
-        let mut table = ConnTable::try_from(dataplane.conns()?)?;
-        let removed = conntrack::remove_where(&mut table, |conn| {
-            conn.keys().any(|k| k.src_addr == wire || k.dst_addr == wire)
-        })?;
+        let removed = dataplane
+            .conn_tables()?
+            .remove_where(|conn| conn.keys().any(|k| k.src_addr == wire || k.dst_addr == wire));
         dataplane.count(Counter::ConnsRenumbered, removed as u64)?;
         info!("uplink {}: {removed} connections of its old address {lost} removed", u.name);
     }
@@ -354,9 +353,9 @@ async fn serve(
             }
             _ = expiry.tick() => {
                 let now = conntrack::clock_ns();
-                let expired = dataplane.conns().and_then(|map| {
-                    conntrack::expire(&mut ConnTable::try_from(map)?, &cfg.dataplane.timeouts, now)
-                });
+                let expired = dataplane
+                    .conn_tables()
+                    .map(|mut tables| tables.expire(&cfg.dataplane.timeouts, now));
                 match expired {
                     Ok(0) => {}
                     Ok(n) => info!("expired {n} idle connections"),
@@ -397,8 +396,7 @@ fn reload(
     }
     dataplane.fill_maps(&new, &host, &followed.states)?;
     let published = crate::dataplane::publish_entries(&new);
-    let mut table = ConnTable::try_from(dataplane.conns()?)?;
-    let removed = conntrack::remove_where(&mut table, |conn| {
+    let removed = dataplane.conn_tables()?.remove_where(|conn| {
         conn.orig.as_ref().is_some_and(|(key, entry)| {
             entry.is_inbound()
                 && !published.iter().any(|(k, target)| {
@@ -407,7 +405,7 @@ fn reload(
                         && target.to_addr == entry.xlate.dst_addr
                 })
         })
-    })?;
+    });
     if removed > 0 {
         info!("removed {removed} connections to services no longer published");
     }

@@ -31,6 +31,7 @@ use tracing::warn;
 
 use crate::{
     config::{Config, Policy, Uplink},
+    conntrack::{ConnTable, ConnTables},
     follow::UplinkState,
     hooks::{self, DeviceFacts, HookChoice, HookPoint},
     host::HostInterfaces,
@@ -274,6 +275,10 @@ impl Dataplane {
             MAP_LAYOUTS.iter().map(|m| (m.name, pin_dir.join(m.name))).collect();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::CONNS, cfg.dataplane.conn_capacity.saturating_mul(2));
+        loader.map_max_entries(
+            map_names::PENDING_CONNS,
+            cfg.dataplane.pending_capacity.saturating_mul(2),
+        );
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -582,6 +587,22 @@ impl Dataplane {
     pub fn conns(&mut self) -> anyhow::Result<&mut aya::maps::Map> {
         self.map_mut(map_names::CONNS)
     }
+
+    /// Both connection tables of the loaded dataplane.
+    pub fn conn_tables(&mut self) -> anyhow::Result<ConnTables<&mut MapData>> {
+        let (mut confirmed, mut pending) = (None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::CONNS => confirmed = Some(ConnTable::try_from(map)?),
+                map_names::PENDING_CONNS => pending = Some(ConnTable::try_from(map)?),
+                _ => {}
+            }
+        }
+        Ok(ConnTables {
+            confirmed: confirmed.context("no CONNS map")?,
+            pending: pending.context("no PENDING_CONNS map")?,
+        })
+    }
 }
 
 fn link_pin_name(program: &str, iface: &str) -> String {
@@ -625,7 +646,8 @@ const fn layout<K, V>(name: &'static str, map_type: MapType) -> MapLayout {
 }
 
 const MAP_LAYOUTS: &[MapLayout] = &[
-    layout::<FlowKey, ConnEntry>(map_names::CONNS, MapType::LruHash),
+    layout::<FlowKey, ConnEntry>(map_names::CONNS, MapType::Hash),
+    layout::<FlowKey, ConnEntry>(map_names::PENDING_CONNS, MapType::LruHash),
     layout::<u32, DataplaneConfig>(map_names::CONFIG, MapType::Array),
     layout::<u32, UplinkInfo>(map_names::UPLINKS, MapType::Array),
     layout::<u32, PolicyRule>(map_names::POLICIES, MapType::Array),

@@ -8,14 +8,15 @@ use std::{
 };
 
 use anyhow::anyhow;
-use masq_common::{FlowKey, Tuple4, UPLINK_F_UP};
+use masq_common::{Counter, FlowKey, Tuple4, UPLINK_F_UP};
 use serde::{Serialize, Serializer};
 
 use crate::{
     conntrack::{self, Conn},
     links::{Attachment, read_attachments},
     pinned::{
-        TableSize, read_conns, read_counters, read_table_size, read_uplink_infos, read_uplink_stats,
+        CounterValue, TableSize, read_conns, read_counters, read_table_size, read_uplink_infos,
+        read_uplink_stats,
     },
     state::{DaemonState, DaemonView, Names, NamesSource, ReloadOutcome, daemon_view},
 };
@@ -458,15 +459,21 @@ pub struct UplinkStatus {
 
 #[derive(Serialize, Debug, Clone)]
 pub struct ConnectionsStatus {
-    /// Connections in the table.
+    /// Connections tracked, confirmed and pending.
     pub count: u64,
-    /// Connections that fit (`CONNS` max_entries / 2).
+    /// Confirmed connections that fit (`CONNS` max_entries / 2).
     pub capacity: u32,
-    /// Map entries (two per complete connection) and the map's max_entries.
+    /// Confirmed map entries (two per complete connection) and the map's max_entries.
     pub entries: u64,
     pub max_entries: u32,
     /// entries / max_entries.
     pub fill: f64,
+    /// The table of connections not confirmed yet (`PENDING_CONNS`).
+    pub pending: PendingStatus,
+    /// Signs of pressure: moves to the confirmed table refused because it was full (per
+    /// attempt), and new connections refused (no free NAT port, insert failed).
+    pub confirmed_table_full: u64,
+    pub refused: u64,
     /// By protocol, by state, by direction.
     pub by_proto: BTreeMap<&'static str, u64>,
     pub by_state: BTreeMap<&'static str, u64>,
@@ -485,9 +492,29 @@ pub struct StatusView {
     pub connections: ConnectionsStatus,
 }
 
-pub fn connections_status(conns: &[Conn], size: TableSize) -> ConnectionsStatus {
-    let entries: u64 =
-        conns.iter().map(|c| u64::from(c.orig.is_some()) + u64::from(c.reply.is_some())).sum();
+/// Connections not confirmed yet: how many, and how full their table is.
+#[derive(Serialize, Debug, Clone)]
+pub struct PendingStatus {
+    pub count: u64,
+    pub capacity: u32,
+    pub entries: u64,
+    pub max_entries: u32,
+    pub fill: f64,
+}
+
+fn ratio(entries: u64, max_entries: u32) -> f64 {
+    if max_entries == 0 { 0.0 } else { entries as f64 / f64::from(max_entries) }
+}
+
+pub fn connections_status(
+    conns: &[Conn],
+    size: TableSize,
+    counters: &[CounterValue],
+) -> ConnectionsStatus {
+    let entries_of = |c: &Conn| u64::from(c.orig.is_some()) + u64::from(c.reply.is_some());
+    let entries: u64 = conns.iter().filter(|c| !c.pending()).map(entries_of).sum();
+    let pending_entries: u64 = conns.iter().filter(|c| c.pending()).map(entries_of).sum();
+    let counter = |c: Counter| counters.iter().find(|v| v.name == c.name()).map_or(0, |v| v.value);
     let mut by_proto = BTreeMap::new();
     let mut by_state = BTreeMap::new();
     let mut by_direction = BTreeMap::new();
@@ -501,11 +528,16 @@ pub fn connections_status(conns: &[Conn], size: TableSize) -> ConnectionsStatus 
         capacity: size.capacity(),
         entries,
         max_entries: size.max_entries,
-        fill: if size.max_entries == 0 {
-            0.0
-        } else {
-            entries as f64 / f64::from(size.max_entries)
+        fill: ratio(entries, size.max_entries),
+        pending: PendingStatus {
+            count: conns.iter().filter(|c| c.pending()).count() as u64,
+            capacity: size.pending_capacity(),
+            entries: pending_entries,
+            max_entries: size.pending_max_entries,
+            fill: ratio(pending_entries, size.pending_max_entries),
         },
+        confirmed_table_full: counter(Counter::ConfirmedTableFull),
+        refused: counter(Counter::DropConnInsertFailed) + counter(Counter::DropNatPortExhausted),
         by_proto,
         by_state,
         by_direction,
@@ -538,7 +570,7 @@ pub fn status_view(pin_dir: &Path, names: &Names) -> anyhow::Result<StatusView> 
         lan_interface: names.lan_interface.clone(),
         programs: read_attachments(pin_dir, names),
         uplinks,
-        connections: connections_status(&conns, size),
+        connections: connections_status(&conns, size, &read_counters(pin_dir)?),
     })
 }
 
@@ -570,12 +602,21 @@ pub fn status(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> {
         };
         println!("names from:   {names_from}");
         let c = &view.connections;
+        let p = &c.pending;
         println!(
-            "connections:  {} of {} ({:.1}% of {} map entries used)",
-            c.count,
+            "connections:  {} confirmed of {} ({:.1}% of {} map entries), {} pending of {} \
+             ({:.1}%)",
+            c.count - p.count,
             c.capacity,
             c.fill * 100.0,
-            c.max_entries
+            c.max_entries,
+            p.count,
+            p.capacity,
+            p.fill * 100.0,
+        );
+        println!(
+            "pressure:     confirmed table full {} times, {} new connections refused",
+            c.confirmed_table_full, c.refused
         );
         println!();
         let rows: Vec<Vec<String>> = view

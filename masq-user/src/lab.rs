@@ -458,6 +458,7 @@ impl Lab {
         thread::spawn(move || -> Result<()> {
             let mut loader = aya::EbpfLoader::new();
             loader.map_max_entries(masq_common::map_names::CONNS, 64);
+            loader.map_max_entries(masq_common::map_names::PENDING_CONNS, 64);
             let mut ebpf = loader.load(crate::dataplane::EBPF_OBJECT)?;
             let xdp: &mut Xdp = ebpf
                 .program_mut(masq_common::program_names::XDP_PASS)

@@ -57,6 +57,7 @@ pub struct Snapshot {
     conns: std::collections::BTreeMap<(String, &'static str, &'static str, &'static str), u64>,
     conn_count: u64,
     entries: u64,
+    pending: inspect::PendingStatus,
     size: TableSize,
     programs: Vec<Attachment>,
 }
@@ -87,13 +88,14 @@ impl Snapshot {
             );
             *by_labels.entry(key).or_default() += 1;
         }
-        let status = inspect::connections_status(&conns, size);
+        let status = inspect::connections_status(&conns, size, &counters);
         Ok(Snapshot {
             counters,
             uplinks,
             conns: by_labels,
             conn_count: status.count,
             entries: status.entries,
+            pending: status.pending,
             size,
             programs: read_attachments(pin_dir, names),
         })
@@ -207,17 +209,40 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
-        gauge(e, "conntrack_connections", "Connections in the table.", self.conn_count)?;
+        gauge(
+            e,
+            "conntrack_connections",
+            "Connections tracked, confirmed and pending.",
+            self.conn_count,
+        )?;
+        gauge(
+            e,
+            "conntrack_pending_connections",
+            "Connections not confirmed yet (handshake incomplete, no reply).",
+            self.pending.count,
+        )?;
+        gauge(
+            e,
+            "conntrack_pending_capacity",
+            "Pending connections the pending table holds; beyond it the oldest are evicted.",
+            u64::from(self.pending.capacity),
+        )?;
+        gauge(
+            e,
+            "conntrack_pending_fill_ratio",
+            "Entries / max entries of the pending connection map.",
+            self.pending.fill,
+        )?;
         gauge(
             e,
             "conntrack_capacity",
-            "Connections the table holds (max entries / 2).",
+            "Confirmed connections the table holds (max entries / 2).",
             u64::from(self.size.capacity()),
         )?;
         gauge(
             e,
             "conntrack_entries",
-            "Entries in the connection map (two per connection).",
+            "Entries in the confirmed connection map (two per connection).",
             self.entries,
         )?;
         gauge(
@@ -474,7 +499,14 @@ mod tests {
             conns: [(("dsl".to_string(), "inbound", "icmp", "icmp"), 1)].into(),
             conn_count: 1,
             entries: 2,
-            size: TableSize { map_id: 1, max_entries: 2048 },
+            pending: crate::inspect::PendingStatus {
+                count: 3,
+                capacity: 256,
+                entries: 6,
+                max_entries: 512,
+                fill: 6.0 / 512.0,
+            },
+            size: TableSize { map_id: 1, max_entries: 2048, pending_max_entries: 512 },
             programs: read_attachments(Path::new("/nonexistent"), &names),
         };
         let text = snapshot.encode().unwrap();
@@ -487,6 +519,8 @@ mod tests {
             "masq_connections{uplink=\"dsl\",direction=\"inbound\",proto=\"icmp\",state=\"icmp\"} 1",
             "masq_conntrack_capacity 1024",
             "masq_conntrack_entries 2",
+            "masq_conntrack_pending_connections 3",
+            "masq_conntrack_pending_capacity 256",
             "masq_packets_total{path=\"inbound_new\"} 2",
             "masq_drops_total{reason=\"fragment\"} 1",
             "masq_program_attached{program=\"masq_lan_in\",interface=\"eth0\",hook=\"tc_ingress\"} 0",

@@ -3,12 +3,12 @@
 //! daemon runs, from any network namespace (bpffs is shared by all of them).
 use std::path::Path;
 
-use aya::maps::{Array, Map, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use masq_common::{Counter, MAX_UPLINKS, UPLINK_F_ENABLED, UplinkInfo, UplinkStats, map_names};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    conntrack::{self, Conn, ConnTable},
+    conntrack::{Conn, ConnTable, ConnTables},
     dataplane::open_pinned,
 };
 
@@ -68,36 +68,53 @@ pub fn read_uplink_infos(pin_dir: &Path) -> anyhow::Result<Vec<(u8, UplinkInfo)>
     Ok(infos)
 }
 
+/// Both pinned connection tables.
+pub fn conn_tables(pin_dir: &Path) -> anyhow::Result<ConnTables<MapData>> {
+    let open = |name| -> anyhow::Result<ConnTable<MapData>> {
+        Ok(ConnTable::try_from(Map::from_map_data(open_pinned(pin_dir, name)?)?)?)
+    };
+    Ok(ConnTables { confirmed: open(map_names::CONNS)?, pending: open(map_names::PENDING_CONNS)? })
+}
+
 pub fn read_conns(pin_dir: &Path) -> anyhow::Result<Vec<Conn>> {
-    let map = Map::from_map_data(open_pinned(pin_dir, map_names::CONNS)?)?;
-    let table: ConnTable<_> = ConnTable::try_from(map)?;
-    conntrack::dump(&table)
+    Ok(conn_tables(pin_dir)?.dump())
 }
 
 /// Remove the pinned connections `doomed` picks, both directions; returns how many.
 pub fn remove_conns(pin_dir: &Path, doomed: impl Fn(&Conn) -> bool) -> anyhow::Result<usize> {
-    let map = Map::from_map_data(open_pinned(pin_dir, map_names::CONNS)?)?;
-    let mut table: ConnTable<_> = ConnTable::try_from(map)?;
-    conntrack::remove_where(&mut table, doomed)
+    Ok(conn_tables(pin_dir)?.remove_where(doomed))
 }
 
-/// Size of the connection table.
+/// Sizes of the connection tables.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
 pub struct TableSize {
     /// Kernel id of the pinned `CONNS` map (changes when the dataplane is recreated).
     pub map_id: u32,
     /// `CONNS` max_entries: two per connection.
     pub max_entries: u32,
+    /// `PENDING_CONNS` max_entries: two per connection.
+    #[serde(default)]
+    pub pending_max_entries: u32,
 }
 
 impl TableSize {
-    /// Connections that fit.
+    /// Confirmed connections that fit.
     pub fn capacity(&self) -> u32 {
         self.max_entries / 2
+    }
+
+    /// Pending connections that fit.
+    pub fn pending_capacity(&self) -> u32 {
+        self.pending_max_entries / 2
     }
 }
 
 pub fn read_table_size(pin_dir: &Path) -> anyhow::Result<TableSize> {
     let info = open_pinned(pin_dir, map_names::CONNS)?.info()?;
-    Ok(TableSize { map_id: info.id(), max_entries: info.max_entries() })
+    let pending = open_pinned(pin_dir, map_names::PENDING_CONNS)?.info()?;
+    Ok(TableSize {
+        map_id: info.id(),
+        max_entries: info.max_entries(),
+        pending_max_entries: pending.max_entries(),
+    })
 }

@@ -22,6 +22,8 @@ pub const FIRST_TABLE: u32 = 201;
 /// Bounds of `dataplane.conn_capacity`.
 pub const MIN_CONN_CAPACITY: u32 = 1024;
 pub const MAX_CONN_CAPACITY: u32 = 4_194_304;
+/// Lower bound of `dataplane.pending_capacity`.
+pub const MIN_PENDING_CAPACITY: u32 = 256;
 /// Longest accepted timeout (one year), so nanoseconds fit easily in a `u64`.
 pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 /// Tables the kernel reserves: unspec, default, main, local.
@@ -166,7 +168,11 @@ pub struct DataplaneSettings {
     pub steer: bool,
     /// fwmark bits masq owns; the others are left alone.
     pub mark_mask: u32,
+    /// Confirmed connections that fit (handshake done or replied): never evicted.
     pub conn_capacity: u32,
+    /// Connections not confirmed yet that fit; beyond it the oldest are evicted (a flood
+    /// churns these only).
+    pub pending_capacity: u32,
     /// SNAT source port range, inclusive.
     pub port_min: u16,
     pub port_max: u16,
@@ -181,6 +187,7 @@ impl Default for DataplaneSettings {
             steer: true,
             mark_mask: DEFAULT_MARK_MASK,
             conn_capacity: DEFAULT_CONN_CAPACITY,
+            pending_capacity: masq_common::default_pending_capacity(DEFAULT_CONN_CAPACITY),
             port_min: 1024,
             port_max: 65535,
             timeouts: Timeouts::default(),

@@ -71,6 +71,7 @@ pub(super) struct RawDataplane {
     pub(super) steer: Option<bool>,
     pub(super) mark_mask: Option<u32>,
     pub(super) conn_capacity: Option<u32>,
+    pub(super) pending_capacity: Option<u32>,
     pub(super) port_min: Option<u16>,
     pub(super) port_max: Option<u16>,
     #[serde(default)]

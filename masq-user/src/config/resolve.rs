@@ -46,6 +46,18 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
             ),
         ));
     }
+    let pending_capacity = raw
+        .pending_capacity
+        .unwrap_or(masq_common::default_pending_capacity(conn_capacity).max(MIN_PENDING_CAPACITY));
+    if !(MIN_PENDING_CAPACITY..=MAX_CONN_CAPACITY).contains(&pending_capacity) {
+        return Err(ConfigError::new(
+            "dataplane.pending_capacity",
+            format!(
+                "{pending_capacity} is out of range, expected \
+                 {MIN_PENDING_CAPACITY}..={MAX_CONN_CAPACITY}"
+            ),
+        ));
+    }
     let port_min = raw.port_min.unwrap_or(default.port_min);
     let port_max = raw.port_max.unwrap_or(default.port_max);
     if port_min == 0 {
@@ -85,6 +97,7 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         steer: raw.steer.unwrap_or(default.steer),
         mark_mask,
         conn_capacity,
+        pending_capacity,
         port_min,
         port_max,
         timeouts,

@@ -526,6 +526,21 @@ fn mark_mask_zero_is_rejected() {
 }
 
 #[test]
+fn pending_capacity_defaults_to_a_quarter_and_is_bounded() {
+    let d = parse("[dataplane]\nconn_capacity = 8192\n").unwrap().dataplane;
+    assert_eq!(d.pending_capacity, 2048);
+    let d = parse("[dataplane]\nconn_capacity = 1024\n").unwrap().dataplane;
+    assert_eq!(d.pending_capacity, MIN_PENDING_CAPACITY, "never below the minimum");
+    let d = parse("[dataplane]\npending_capacity = 300\n").unwrap().dataplane;
+    assert_eq!(d.pending_capacity, 300);
+    assert_err(
+        &parse_err("[dataplane]\npending_capacity = 10\n"),
+        "dataplane.pending_capacity",
+        "10 is out of range",
+    );
+}
+
+#[test]
 fn conn_capacity_out_of_range_is_rejected() {
     assert_err(
         &bad("conn-capacity-out-of-range"),

@@ -94,8 +94,8 @@ fn run_refuses_pinned_maps_of_another_layout() {
     let lab = common::lab(GatewayMode::Bare);
     let pin_dir = lab.pin_dir();
     std::fs::create_dir_all(&pin_dir).unwrap();
-    // A CONNS map whose values are 48 bytes, as an older masq might have left.
-    pin_lru_map(&pin_dir.join("CONNS"), 16, 48);
+    // A CONNS map as an older masq left it: an LRU with 40-byte values.
+    pin_lru_map(&pin_dir.join("CONNS"), 16, 40);
     let config = common::example_config();
     let out = common::masq_on_gw(&lab, &["run", "-c", path(&config), "--pin-dir", path(&pin_dir)]);
     assert!(!out.status.success());

@@ -139,7 +139,7 @@ fn icmp_error_a_second_later_leaves_no_stray_conn_entry() {
         let fwd_key = tcp_key((CLIENT, 40000), (DSL_PUB, 80));
         let mut fwd = gw.conn(&fwd_key).unwrap();
         fwd.last_seen_tick = 0;
-        gw.conns_map().insert(fwd_key, fwd, 0).unwrap();
+        gw.pending_map().insert(fwd_key, fwd, 0).unwrap();
 
         let reply = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_ACK);
         let err =

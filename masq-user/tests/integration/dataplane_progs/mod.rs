@@ -11,7 +11,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use masq_common::{
-    CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FlowKey, Tuple4, map_names, program_names,
+    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter, FlowKey, Tuple4, map_names,
+    program_names,
 };
 use masq_user::{
     config::Config,
@@ -24,6 +25,7 @@ use masq_user::{
 
 use crate::common::packet::*;
 
+mod flood;
 mod hostile;
 mod icmp_errors;
 mod inbound;
@@ -281,10 +283,16 @@ impl Gw {
         assert!(drops.is_empty(), "drops counted: {:?}", self.counters());
     }
 
+    /// Every entry of both connection tables (confirmed and pending).
     fn conns(&self) -> Vec<(FlowKey, ConnEntry)> {
-        let map: HashMap<_, FlowKey, ConnEntry> =
-            HashMap::try_from(self.dp.ebpf().map(map_names::CONNS).unwrap()).unwrap();
-        map.iter().map(Result::unwrap).collect()
+        [map_names::CONNS, map_names::PENDING_CONNS]
+            .into_iter()
+            .flat_map(|name| {
+                let map: HashMap<_, FlowKey, ConnEntry> =
+                    HashMap::try_from(self.dp.ebpf().map(name).unwrap()).unwrap();
+                map.iter().map(Result::unwrap).collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The connection table, one readable line per entry.
@@ -326,26 +334,25 @@ impl Gw {
             .conn(&orig)
             .unwrap_or_else(|| panic!("no entry for {orig:?}; table:\n{}", self.table()));
         assert_eq!(fwd.xlate, Tuple4::of(&xlate), "translation of {orig:?}");
-        assert_eq!((fwd.uplink, fwd.flags), (uplink, flags), "entry {orig:?}");
+        let pending = fwd.flags & CONN_F_PENDING;
+        assert_eq!((fwd.uplink, fwd.flags & !pending), (uplink, flags), "entry {orig:?}");
         let reply_key = xlate.reversed();
         let rev = self
             .conn(&reply_key)
             .unwrap_or_else(|| panic!("no reply entry {reply_key:?}; table:\n{}", self.table()));
         assert_eq!(rev.xlate, Tuple4::of(&orig.reversed()), "translation of {reply_key:?}");
-        assert_eq!((rev.uplink, rev.flags), (uplink, flags | CONN_F_REPLY), "entry {reply_key:?}");
-        let conns = {
-            let map: HashMap<_, FlowKey, ConnEntry> =
-                HashMap::try_from(self.dp.ebpf().map(map_names::CONNS).unwrap()).unwrap();
-            conntrack::dump(&map).unwrap()
-        };
+        let want = (uplink, flags | CONN_F_REPLY | pending);
+        assert_eq!((rev.uplink, rev.flags), want, "entry {reply_key:?} (same table)");
+        let conns = conntrack::pair(self.conns());
         assert!(
             conns.iter().any(|c| c.orig.is_some_and(|(k, _)| k == orig) && c.reply.is_some()),
             "userspace pairs {orig:?} with its reply"
         );
     }
 
-    fn conns_map(&mut self) -> HashMap<&mut aya::maps::MapData, FlowKey, ConnEntry> {
-        HashMap::try_from(self.dp.ebpf_mut().map_mut(map_names::CONNS).unwrap()).unwrap()
+    /// The pending table, where a new connection's entries are and the LRU may evict one.
+    fn pending_map(&mut self) -> HashMap<&mut aya::maps::MapData, FlowKey, ConnEntry> {
+        HashMap::try_from(self.dp.ebpf_mut().map_mut(map_names::PENDING_CONNS).unwrap()).unwrap()
     }
 }
 

@@ -10,7 +10,7 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
         let reply_before = gw.conn(&reply_key).unwrap();
         let mut fwd = gw.conn(&fwd_key).unwrap();
         fwd.last_seen_tick = 0;
-        let mut map = gw.conns_map();
+        let mut map = gw.pending_map();
         map.insert(fwd_key, fwd, 0).unwrap();
         map.remove(&reply_key).unwrap();
 
@@ -39,7 +39,7 @@ fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
         let fwd_before = gw.conn(&fwd_key).unwrap();
         let mut reply = gw.conn(&reply_key).unwrap();
         reply.last_seen_tick = 0;
-        let mut map = gw.conns_map();
+        let mut map = gw.pending_map();
         map.insert(reply_key, reply, 0).unwrap();
         map.remove(&fwd_key).unwrap();
 
