@@ -11,6 +11,7 @@ mod continuity_e2e;
 mod dataplane_progs;
 mod follow_e2e;
 mod hooks_e2e;
+mod hostile_e2e;
 mod inbound_e2e;
 mod l3_uplink_e2e;
 mod lab_baseline;

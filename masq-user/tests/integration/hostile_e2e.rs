@@ -1,0 +1,250 @@
+//! Hostile input end to end, through the real loader in the lab: a blind RST leaves an idle
+//! connection alive, a SYN flood of ten times the table's capacity evicts no established
+//! connection, and forged ICMP errors never reach a LAN host's socket.
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    thread,
+    time::Duration,
+};
+
+use masq_common::{ICMP_DEST_UNREACH, TCP_RST, TCP_SYN};
+use masq_user::{
+    frames::{Ip, eth_ip},
+    lab::{CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, Lab, PUBLIC_ISP_A, TRISTAN},
+};
+
+use crate::common;
+
+/// A raw IPv4 socket in `host`'s namespace: sends packets as built, spoofed sources included.
+fn raw_ip_socket(lab: &Lab, host: Host) -> OwnedFd {
+    lab.ns(host).enter(|| {
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    })
+}
+
+fn send_ip(fd: &OwnedFd, packet: &[u8]) {
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid buffer and address of the sizes given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(sent, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+}
+
+/// Send a whole Ethernet frame out of `host`'s `iface` (an attacker on the ISP's link).
+fn send_frame(lab: &Lab, host: Host, iface: &'static str, frame: Vec<u8>) {
+    lab.ns(host).enter(move || {
+        // SAFETY: plain socket(2) and sendto(2) on valid buffers; the fd is closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+            let name = std::ffi::CString::new(iface).unwrap();
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(sent, frame.len() as isize, "{}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    });
+}
+
+fn mac_of(lab: &Lab, host: Host, iface: &str) -> [u8; 6] {
+    let out = lab.exec(host, &["cat", &format!("/sys/class/net/{iface}/address")]).unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let bytes: Vec<u8> =
+        text.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    bytes.try_into().unwrap()
+}
+
+/// A TCP connection from the client to isolde's `port` published on ISP A: (client side,
+/// server side).
+fn inbound_connection(lab: &Lab, port: u16) -> (TcpStream, TcpStream) {
+    let listener =
+        lab.ns(Host::Isolde).enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let server = thread::spawn(move || listener.accept().unwrap().0);
+    let client = lab.ns(Host::Client).enter(move || {
+        TcpStream::connect_timeout(&SocketAddr::from((PUBLIC_ISP_A, port)), Duration::from_secs(3))
+            .unwrap()
+    });
+    let server = server.join().unwrap();
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    (client, server)
+}
+
+/// Bytes written on one side arrive on the other, both ways.
+#[track_caller]
+fn assert_alive(a: &TcpStream, b: &TcpStream, what: &str) {
+    for (mut from, mut to) in [(a, b), (b, a)] {
+        from.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        to.read_exact(&mut buf).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(&buf, b"ping", "{what}");
+    }
+}
+
+#[test]
+fn a_blind_rst_leaves_an_idle_connection_alive_past_the_closing_timeout() {
+    let lab = common::lab(GatewayMode::Bare);
+    let config = common::config_with(&lab, "[dataplane.timeouts]\ntcp_closing = 2\n");
+    let _masq = common::start_masq(&lab, &config);
+    let (client, server) = inbound_connection(&lab, 8081);
+    assert_alive(&client, &server, "before");
+    let port = client.local_addr().unwrap().port();
+
+    // Sequence number 0, and one half the sequence space away: neither is in the window.
+    let raw = raw_ip_socket(&lab, Host::Client);
+    for seq in [0, 0x8000_0000] {
+        let rst = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(port, 8081, TCP_RST, (seq, 0), b"");
+        send_ip(&raw, &rst);
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(common::counter(&lab, "drop_tcp_out_of_window") >= 2);
+    // Longer than the closing timeout plus an expiry round.
+    thread::sleep(Duration::from_secs(5));
+    assert_alive(&client, &server, "after the blind RSTs and the closing timeout");
+}
+
+#[test]
+fn a_syn_flood_of_ten_times_capacity_keeps_established_connections() {
+    let lab = common::lab(GatewayMode::Bare);
+    let config =
+        common::config_with(&lab, "[dataplane]\nconn_capacity = 1024\npending_capacity = 256\n");
+    let _masq = common::start_masq(&lab, &config);
+    // The flood's target answers every SYN (syncookies once its backlog is full).
+    let web = lab.ns(Host::Isolde).enter(|| TcpListener::bind(("0.0.0.0", 80)).unwrap());
+    let (inbound_c, inbound_s) = inbound_connection(&lab, 8082);
+    let outbound_l = lab.ns(Host::Client).enter(|| TcpListener::bind(("0.0.0.0", 9000)).unwrap());
+    let accepted = thread::spawn(move || outbound_l.accept().unwrap().0);
+    let outbound_t = lab.ns(Host::Tristan).enter(|| {
+        TcpStream::connect_timeout(&SocketAddr::from((CLIENT, 9000)), Duration::from_secs(3))
+            .unwrap()
+    });
+    let outbound_c = accepted.join().unwrap();
+    for s in [&outbound_t, &outbound_c] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    assert_alive(&inbound_c, &inbound_s, "inbound before");
+    assert_alive(&outbound_t, &outbound_c, "outbound before");
+
+    let raw = raw_ip_socket(&lab, Host::Client);
+    for i in 0..10 * 1024u32 {
+        let spoofed = Ipv4Addr::from(0x0b00_0000 + i * 13);
+        let syn = Ip::new(spoofed, PUBLIC_ISP_A).tcp_seq(
+            1024 + (i % 60000) as u16,
+            80,
+            TCP_SYN,
+            (i, 0),
+            b"",
+        );
+        send_ip(&raw, &syn);
+    }
+    thread::sleep(Duration::from_secs(1));
+    let status = common::masq_status(&lab);
+    let conns = &status["connections"];
+    assert!(common::counter(&lab, "inbound_new") >= 10 * 1024, "{status}");
+    assert!(conns["pending"]["count"].as_u64().unwrap() <= 256, "{status}");
+    assert!(conns["count"].as_u64().unwrap() >= 2, "{status}");
+
+    assert_alive(&inbound_c, &inbound_s, "inbound after the flood");
+    assert_alive(&outbound_t, &outbound_c, "outbound after the flood");
+    drop(web);
+}
+
+/// tristan's connected UDP socket toward the client (masqueraded behind ISP A) and the source
+/// the client sees.
+fn tristan_flow(lab: &Lab) -> (UdpSocket, UdpSocket, SocketAddr) {
+    let server = lab.ns(Host::Client).enter(|| UdpSocket::bind(("0.0.0.0", 5300)).unwrap());
+    let tristan = lab.ns(Host::Tristan).enter(|| {
+        let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.connect((CLIENT, 5300)).unwrap();
+        s
+    });
+    tristan.send(b"hi").unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 16];
+    let (_, seen) = server.recv_from(&mut buf).unwrap();
+    tristan.set_nonblocking(true).unwrap();
+    (tristan, server, seen)
+}
+
+/// The error a connected UDP socket reports now, if any.
+fn pending_error(socket: &UdpSocket) -> Option<ErrorKind> {
+    thread::sleep(Duration::from_millis(400));
+    let mut buf = [0u8; 16];
+    match socket.recv(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+        Err(e) => Some(e.kind()),
+        Ok(n) => panic!("unexpected datagram of {n} bytes"),
+    }
+}
+
+#[test]
+fn forged_port_unreachables_never_reach_the_lan_host_and_the_real_one_does() {
+    let lab = common::lab(GatewayMode::Bare);
+    let config = common::example_config();
+    let _masq = common::start_masq(&lab, &config);
+    let (tristan, _server, seen) = tristan_flow(&lab);
+    let SocketAddr::V4(seen) = seen else { panic!("{seen}") };
+    assert_eq!(*seen.ip(), GW_ISP_A, "tristan leaves by ISP A");
+    let sent = Ip::new(GW_ISP_A, CLIENT).ttl(62).udp(seen.port(), 5300, b"hi");
+    let unreachable = |to: Ipv4Addr, quoted: &[u8]| {
+        Ip::new(CLIENT, to).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], quoted)
+    };
+    let raw = raw_ip_socket(&lab, Host::Client);
+
+    // To the gateway's ISP B address (arrives on ISP B).
+    send_ip(&raw, &unreachable(GW_ISP_B, &sent));
+    assert_eq!(pending_error(&tristan), None, "wrong outer destination");
+    // Correctly addressed, but injected on ISP B's line.
+    let gw_eth1 = mac_of(&lab, Host::Gw, "eth1");
+    let ispb = mac_of(&lab, Host::IspB, "to-gw");
+    send_frame(&lab, Host::IspB, "to-gw", eth_ip(gw_eth1, ispb, &unreachable(GW_ISP_A, &sent)));
+    assert_eq!(pending_error(&tristan), None, "wrong uplink");
+    // Straight to tristan's LAN address over ISP A's line, quoting its untranslated packet.
+    let gw_eth4 = mac_of(&lab, Host::Gw, "eth4");
+    let ispa = mac_of(&lab, Host::IspA, "to-gw");
+    let untranslated =
+        Ip::new(TRISTAN, CLIENT).udp(tristan.local_addr().unwrap().port(), 5300, b"hi");
+    send_frame(
+        &lab,
+        Host::IspA,
+        "to-gw",
+        eth_ip(gw_eth4, ispa, &unreachable(TRISTAN, &untranslated)),
+    );
+    assert_eq!(pending_error(&tristan), None, "straight to the LAN host");
+    assert!(common::counter(&lab, "drop_icmp_error_mismatch") >= 3);
+
+    send_ip(&raw, &unreachable(GW_ISP_A, &sent));
+    assert_eq!(pending_error(&tristan), Some(ErrorKind::ConnectionRefused), "the real error");
+}
