@@ -82,12 +82,12 @@ fn confirm(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) {
         return;
     }
     if CONNS.insert(key, this, BPF_NOEXIST as u64).is_err() {
-        let _ = CONNS.remove(&twin_key);
+        let _ = CONNS.remove(twin_key);
         count(Counter::ConfirmedTableFull);
         return;
     }
     let _ = PENDING_CONNS.remove(key);
-    let _ = PENDING_CONNS.remove(&twin_key);
+    let _ = PENDING_CONNS.remove(twin_key);
     count(Counter::ConnsConfirmed);
 }
 
