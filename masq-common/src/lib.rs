@@ -518,6 +518,9 @@ counters! {
     /// A connection that would be confirmed stayed pending: the confirmed table is full
     /// (counted at each packet that tries).
     ConfirmedTableFull = 16, "confirmed_table_full", false;
+    /// The gateway's own ICMP errors about a packet that came in by another uplink, sent back
+    /// by that uplink from its address (the main table would have sent them elsewhere).
+    OwnIcmpErrorReturned = 17, "own_icmp_error_returned", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

@@ -1,14 +1,16 @@
 //! `masq_uplink_out`: TC egress of each uplink (`_l3` on an L3 device). Counts the uplink's
 //! traffic, translates what the kernel forwarded untranslated (masq's slow path, incl. the
-//! fragments the kernel made), and stops LAN addresses from leaking un-NATed.
+//! fragments the kernel made), stops LAN addresses from leaking un-NATed, and sends the
+//! gateway's own ICMP errors back by the uplink their offending packet came in on.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use masq_common::Counter;
+use masq_common::{Counter, FlowKey, MAX_UPLINKS};
 
 use crate::{
     hook::{Hook, Verdict, tc_run},
-    packet::{ETH_HLEN, Packet, Parsed, Skb, parse},
+    maps::PUBLIC_ADDRS,
+    packet::{ETH_HLEN, IP_CSUM, IP_SRC, Ipv4, L4, Packet, Parsed, Skb, parse, parse_icmp_error},
     stats::{count, uplink_tx},
-    steer::{config, in_lan, uplink_by_ifindex},
+    steer::{Route, config, in_lan, route, uplink, uplink_by_ifindex},
     translate::{Found, Translation, find, record_first_fragment},
 };
 
@@ -37,6 +39,12 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
         _ => return Ok(Verdict::Pass),
     };
     if !in_lan(cfg, ip.key.src_addr) {
+        if IP != 0
+            && ip.l4 == L4::IcmpError
+            && let Some(index) = this_uplink
+        {
+            return own_icmp_error(ctx, &ip, index);
+        }
         return Ok(Verdict::Pass);
     }
     // Already accounted at LAN ingress, like every packet: only translate here.
@@ -55,4 +63,52 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
     translation.apply(ctx, &ip)?;
     count(Counter::EgressTranslated);
     Ok(Verdict::Pass)
+}
+
+/// The uplink whose address, or one of whose published addresses, `addr` is.
+#[inline(always)]
+fn uplink_of_address(addr: u32) -> Option<u8> {
+    // SAFETY: read-only lookup.
+    if let Some(public) = unsafe { PUBLIC_ADDRS.get(addr) } {
+        return Some(public.uplink);
+    }
+    (0..MAX_UPLINKS as u8).find(|&i| uplink(i).is_some_and(|u| u.address == addr))
+}
+
+/// An ICMP error the gateway itself sends (time exceeded, unreachable) about a packet that came
+/// in by another uplink, as the main table routed it: it goes back by that uplink, from its
+/// address, as the sender expects (an ISP drops the other's source). Else (or while that
+/// uplink's next hop is not resolved yet) it leaves as it is.
+#[inline(always)]
+fn own_icmp_error<const IP: usize>(
+    ctx: &mut Skb<IP>,
+    ip: &Ipv4,
+    this: u8,
+) -> Result<Verdict, Counter> {
+    let Some(here) = uplink(this) else { return Ok(Verdict::Pass) };
+    let Ok(inner) = parse_icmp_error(ctx) else { return Ok(Verdict::Pass) };
+    if ip.key.src_addr != here.address {
+        return Ok(Verdict::Pass);
+    }
+    let Some(origin) = uplink_of_address(inner.key.dst_addr).filter(|&i| i != this) else {
+        return Ok(Verdict::Pass);
+    };
+    let Some(back) = uplink(origin).filter(|u| u.mac != [0; 6]) else {
+        return Ok(Verdict::Pass);
+    };
+    let key = FlowKey { src_addr: back.address, ..ip.key };
+    // Only to a resolved next hop: `bpf_redirect_neigh` at egress would keep the Ethernet
+    // header the kernel already wrote for the other uplink.
+    let Route::Resolved { ifindex, smac, dmac } =
+        route(ctx, back.ifindex, &key, ip.tot_len, back.table)
+    else {
+        return Ok(Verdict::Pass);
+    };
+    if ifindex != back.ifindex {
+        return Ok(Verdict::Pass);
+    }
+    ctx.fix_csum4(IP_CSUM, ip.key.src_addr, back.address)?;
+    ctx.store_u32(IP_SRC, back.address)?;
+    count(Counter::OwnIcmpErrorReturned);
+    Ok(Verdict::Forward { ifindex, smac, dmac })
 }

@@ -5,8 +5,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_ISP_B, GW_LAN, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab,
-    LabChild, PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
+    CLIENT, GW_ISP_A, GW_LAN, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, LabChild,
+    PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
 };
 use serde_json::Value;
 
@@ -184,13 +184,17 @@ fn multi_megabyte_transfer_through_each_public_address_arrives_intact() {
 fn traceroute_through_the_dsl_address_gets_its_icmp_errors_back() {
     let lab = common::lab(GatewayMode::Bare);
     let _masq = common::start_masq(&lab, &common::example_config());
+    // A first exchange resolves ISP A's next hop, which masq needs to send gw's own errors back.
+    assert!(lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3)).unwrap());
 
     // Inbound: routers on the way, then isolde's port unreachable translated to 67.17.28.10.
     let (hops, lines) = captured(&lab, || common::traceroute(&lab, Host::Client, PUBLIC_ISP_A));
     assert_eq!(hops.len(), 4, "client -> {PUBLIC_ISP_A} hops: {hops:?}");
     assert_eq!(hops[..2], [Some(CORE_CLIENT_SIDE), Some(ISP_A_CORE_SIDE)], "{hops:?}");
-    // gw's own time-exceeded: the kernel's, with its own source address.
-    assert!(matches!(hops[2], Some(a) if a == GW_ISP_A || a == GW_ISP_B), "{hops:?}");
+    // gw's own time-exceeded: main routes it out of ISP B; masq sends it back by ISP A, from
+    // ISP A's address, as the client expects.
+    assert_eq!(hops[2], Some(GW_ISP_A), "{hops:?}");
+    assert!(common::counter(&lab, "own_icmp_error_returned") > 0);
     assert_eq!(hops[3], Some(PUBLIC_ISP_A), "last hop: {hops:?}");
     let (at_a, at_b) = (at(&lines, Host::IspA), at(&lines, Host::IspB));
     // The outer source and the quoted destination are both the public address.

@@ -50,3 +50,28 @@ fn egress_drops_a_lan_source_with_ip_options() {
         assert_eq!(run.ret, TC_ACT_SHOT, "a LAN source left untranslated");
     });
 }
+
+/// The gateway's own time-exceeded about a packet to ISP A's published address, routed by main
+/// out of ISP B, goes back by ISP A from ISP A's address; one about ISP B's stays as it is.
+#[test]
+fn the_gateways_own_icmp_error_leaves_by_the_uplink_its_packet_came_in_on() {
+    example(|gw| {
+        let offending = Ip::new(CLIENT, DSL_PUB).ttl(1).tcp(40000, 80, TCP_SYN);
+        let exceeded =
+            |src| Ip::new(src, CLIENT).icmp_error(ICMP_TIME_EXCEEDED, 0, [0; 4], &offending);
+        let run = gw.uplink_out("eth1", &to_ispb(&exceeded(ISPB_ADDR)));
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&exceeded(DSL_ADDR)));
+        gw.assert_counters(&[(Counter::OwnIcmpErrorReturned, 1)]);
+
+        let about_ispb = Ip::new(CLIENT, ISPB_PUB).ttl(1).tcp(40000, 443, TCP_SYN);
+        let own = to_ispb(&Ip::new(ISPB_ADDR, CLIENT).icmp_error(
+            ICMP_TIME_EXCEEDED,
+            0,
+            [0; 4],
+            &about_ispb,
+        ));
+        assert_run(&gw.uplink_out("eth1", &own), TC_ACT_OK, &own);
+        gw.assert_counters(&[(Counter::OwnIcmpErrorReturned, 1)]);
+        gw.assert_no_drops();
+    });
+}
