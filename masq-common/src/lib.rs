@@ -289,6 +289,8 @@ pub const CFG_F_FAST_PATH: u32 = 1 << 0;
 /// `DataplaneConfig::flags`: diagnosis only, leave replies to the main table (no mark, no
 /// uplink table): what happens without masq's steering.
 pub const CFG_F_NO_STEER: u32 = 1 << 1;
+/// `DataplaneConfig::flags`: for measuring only, skip the RFC 1812 checks (`validate`).
+pub const CFG_F_NO_VALIDATE: u32 = 1 << 2;
 
 /// Global settings, slot 0 of the `CONFIG` array.
 #[repr(C)]

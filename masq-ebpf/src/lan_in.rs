@@ -48,7 +48,10 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         count(Counter::PassedUntouched);
         return Ok(Verdict::Pass);
     }
-    validate::packet(ctx, &ip)?;
+    let validate = validate::enabled(cfg);
+    if validate {
+        validate::packet(ctx, &ip)?;
+    }
     if ip.ttl <= 1 {
         // Untranslated, so the kernel's time-exceeded quotes what the LAN host sent.
         count(Counter::TtlExpiring);
@@ -91,7 +94,9 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
                 return Err(Counter::DropTcpNoConn);
             }
-            validate::l4_checksum(ctx, &ip)?;
+            if validate {
+                validate::l4_checksum(ctx, &ip)?;
+            }
             let mut chosen = choose_uplink(cfg, k);
             let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
             // As MASQUERADE does: the source is the address of the interface the policy's table

@@ -59,7 +59,10 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         count(Counter::PassedUntouched);
         return Ok(Verdict::Pass);
     }
-    validate::packet(ctx, &ip)?;
+    let validate = validate::enabled(cfg);
+    if validate {
+        validate::packet(ctx, &ip)?;
+    }
 
     let translation = match find(ctx, &ip, Some(uplink_index))? {
         Found::Fragment(translation, _) => translation,
@@ -101,12 +104,16 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
                 return Err(Counter::DropTcpNoConn);
             }
-            validate::uplink_source(cfg, &ip)?;
+            if validate {
+                validate::uplink_source(cfg, &ip)?;
+            }
             if ip.ttl <= 1 {
                 count(Counter::TtlExpiring);
                 return Ok(Verdict::Pass);
             }
-            validate::l4_checksum(ctx, &ip)?;
+            if validate {
+                validate::l4_checksum(ctx, &ip)?;
+            }
             let mut xlate = ip.key;
             xlate.dst_addr = target.to_addr;
             if target.to_port != 0 {

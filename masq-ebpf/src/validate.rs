@@ -2,7 +2,7 @@
 //! checksum and lengths, martian addresses, TCP flags, and the transport checksum of a packet
 //! that would open a connection. Each failure is a named drop.
 use aya_ebpf::helpers::bpf_csum_diff;
-use masq_common::{Counter, DataplaneConfig};
+use masq_common::{CFG_F_NO_VALIDATE, Counter, DataplaneConfig};
 
 use crate::{
     maps::{CSUM_SCRATCH, PUBLIC_ADDRS},
@@ -55,6 +55,12 @@ pub fn is_multicast_or_broadcast(addr: u32) -> bool {
 fn is_zero_or_loopback(addr: u32) -> bool {
     let top = u32::from_be(addr) >> 24;
     top == 0 || top == 127
+}
+
+/// The checks run (off only to measure what they cost).
+#[inline(always)]
+pub fn enabled(cfg: &DataplaneConfig) -> bool {
+    cfg.flags & CFG_F_NO_VALIDATE == 0
 }
 
 #[inline(always)]

@@ -19,12 +19,12 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::{Program, ProgramFd, TestRun as _, TestRunOptions},
 };
 use masq_common::{
-    CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4,
-    map_names, program_names,
+    CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, DataplaneConfig, FlowKey,
+    TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4, map_names, program_names,
 };
 use serde::Serialize;
 
@@ -202,6 +202,22 @@ pub struct ProgResults {
     /// inbound_established, hot, with and without the ip rules masq installs: the FIB lookups
     /// use `BPF_FIB_LOOKUP_DIRECT`, so the rules must not cost anything.
     pub policy_rules: RulesCost,
+    /// What the RFC 1812 checks cost (hot, smallest table): each path with and without them.
+    pub validation: Vec<ValidationCost>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ValidationCost {
+    pub path: PathKind,
+    pub with_ns: Stat,
+    pub without_ns: Stat,
+}
+
+impl ValidationCost {
+    /// Median with minus median without.
+    pub fn cost_ns(&self) -> f64 {
+        self.with_ns.median - self.without_ns.median
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -338,6 +354,20 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
     };
     bench.fill_to(opts.levels.first().copied().unwrap_or(1_000))?;
     let policy_rules = bench.add_rules(PathKind::InboundEstablished)?;
+    let validation =
+        [PathKind::InboundEstablished, PathKind::InboundReply, PathKind::NewConnection]
+            .into_iter()
+            .map(|kind| bench.validation_cost(kind))
+            .collect::<Result<Vec<_>>>()?;
+    for v in &validation {
+        eprintln!(
+            "masq bench: prog: validation on {:<20} {:+.1} ns ({:.1} with, {:.1} without)",
+            v.path.name(),
+            v.cost_ns(),
+            v.with_ns.median,
+            v.without_ns.median
+        );
+    }
     let mut levels = Vec::new();
     for &conns in &opts.levels {
         let started = Instant::now();
@@ -383,6 +413,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
         new_conn_repeat: opts.new_conn_repeat,
         levels,
         policy_rules,
+        validation,
     })
 }
 
@@ -695,11 +726,7 @@ impl ProgBench<'_> {
                     let (lan, server) = pop.outbound[rng.below(pop.outbound.len() as u64) as usize];
                     from_uplink(server, Endpoint::new(GW_ISP_A, lan.port), TCP_ACK)
                 }
-                PathKind::NewConnection => from_uplink(
-                    Endpoint::new(Ipv4Addr::new(11, 0, 0, 0), NEW_CONN_PORT),
-                    public,
-                    TCP_SYN,
-                ),
+                PathKind::NewConnection => from_uplink(new_conn_source(0), public, TCP_SYN),
                 PathKind::PassedUntouched => from_uplink(
                     Endpoint::new(CLIENT, 443),
                     Endpoint::new(GW_ISP_A, rng.port()),
@@ -772,9 +799,9 @@ impl ProgBench<'_> {
         let client = Endpoint::new(src, NEW_CONN_PORT);
         let fwd = key(client, Endpoint::new(PUBLIC_ISP_A, 80));
         let reply = key(Endpoint::new(ISOLDE, 80), client);
-        let mut table = self.conns()?;
-        let _ = table.remove(&fwd);
-        let _ = table.remove(&reply);
+        let mut tables = self.dp.conn_tables()?;
+        let _ = tables.pending.remove(&fwd);
+        let _ = tables.pending.remove(&reply);
         Ok(())
     }
 
@@ -808,24 +835,30 @@ impl ProgBench<'_> {
     }
 
     fn measure(&mut self, kind: PathKind, frames: &[Vec<u8>]) -> Result<Measured> {
-        self.harness.load_frames(frames)?;
         let fresh = kind == PathKind::NewConnection;
         let repeat = if fresh { self.opts.new_conn_repeat } else { self.opts.repeat };
+        let mut frames = frames.to_vec();
         let hook = kind.hook();
         let ctx = self.ctx(kind).to_vec();
         let (mut raw, mut base) = (Vec::new(), Vec::new());
-        for _ in 0..self.opts.runs {
+        for run in 0..self.opts.runs {
             let start = self.next_fresh;
-            let fresh_from = fresh.then_some(start);
+            if fresh {
+                // A SYN from a new source per repeat, each with valid checksums (masq verifies
+                // them on every packet that opens a connection).
+                let public = Endpoint::new(PUBLIC_ISP_A, 80);
+                frames = (start..start + u64::from(repeat).next_power_of_two())
+                    .map(|n| {
+                        frames::tcp(MAC_ETH4, MAC_ISPA_PEER, new_conn_source(n), public, TCP_SYN)
+                    })
+                    .collect();
+            }
+            if fresh || run == 0 {
+                self.harness.load_frames(&frames)?;
+            }
             let before = self.read_counters()?;
-            let masq = self.harness.run(
-                hook,
-                self.masq_fd(kind),
-                frames.len(),
-                fresh_from,
-                repeat,
-                &ctx,
-            )?;
+            let masq =
+                self.harness.run(hook, self.masq_fd(kind), frames.len(), None, repeat, &ctx)?;
             let after = self.read_counters()?;
             ensure!(
                 masq.retval == kind.expected_return(),
@@ -843,17 +876,16 @@ impl ProgBench<'_> {
                 );
             }
             if fresh {
-                self.next_fresh += u64::from(repeat);
-                for n in start..self.next_fresh {
-                    let [a, b, c, _] = (n as u32).to_le_bytes();
-                    self.forget_new_conn(Ipv4Addr::new(11, a, b, c))?;
+                self.next_fresh += u64::from(repeat).next_power_of_two();
+                for n in start..start + u64::from(repeat) {
+                    self.forget_new_conn(new_conn_source(n).addr)?;
                 }
             }
             let trivial = match hook {
                 Hook::Xdp => &self.harness.xdp.trivial,
                 Hook::Tc => &self.harness.tc.trivial,
             };
-            let empty = self.harness.run(hook, trivial, frames.len(), fresh_from, repeat, &ctx)?;
+            let empty = self.harness.run(hook, trivial, frames.len(), None, repeat, &ctx)?;
             raw.push(f64::from(masq.duration_ns));
             base.push(f64::from(empty.duration_ns));
         }
@@ -876,6 +908,31 @@ impl ProgBench<'_> {
         ip_lines(&policy_rules("add"))?;
         let with_rules_ns = self.measure(kind, &frames)?.ns;
         Ok(RulesCost { path: kind, with_rules_ns, without_rules_ns })
+    }
+
+    /// `kind`'s hot figure with the RFC 1812 checks and without (`CFG_F_NO_VALIDATE`), in
+    /// alternating rounds so the machine's drift hits both alike.
+    fn validation_cost(&mut self, kind: PathKind) -> Result<ValidationCost> {
+        let frames = self.frames(kind, 1);
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            with.extend(self.measure(kind, &frames)?.ns.runs);
+            self.set_validation(false)?;
+            let off = self.measure(kind, &frames);
+            self.set_validation(true)?;
+            without.extend(off?.ns.runs);
+        }
+        Ok(ValidationCost { path: kind, with_ns: Stat::of(&with), without_ns: Stat::of(&without) })
+    }
+
+    fn set_validation(&mut self, on: bool) -> Result<()> {
+        let mut config: Array<_, DataplaneConfig> =
+            Array::try_from(self.dp.ebpf_mut().map_mut(map_names::CONFIG).context("no CONFIG")?)?;
+        let mut value = config.get(&0, 0)?;
+        value.flags =
+            if on { value.flags & !CFG_F_NO_VALIDATE } else { value.flags | CFG_F_NO_VALIDATE };
+        config.set(0, value, 0)?;
+        Ok(())
     }
 
     /// New connections one `BPF_PROG_TEST_RUN` each (repeat=1, valid checksums, distinct
@@ -919,6 +976,12 @@ impl ProgBench<'_> {
         }
         Ok(Stat::of(&net))
     }
+}
+
+/// The `n`th new connection's client: 11.x.y.z from `n`'s low 24 bits.
+fn new_conn_source(n: u64) -> Endpoint {
+    let [a, b, c, _] = (n as u32).to_le_bytes();
+    Endpoint::new(Ipv4Addr::new(11, a, b, c), NEW_CONN_PORT)
 }
 
 /// Source (`true`) or destination endpoint of a key.

@@ -176,6 +176,17 @@ fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
         rules.with_rules_ns.median,
         rules.without_rules_ns.median
     );
+    for v in &p.validation {
+        let _ = writeln!(
+            s,
+            "- RFC 1812 checks on {} (hot, alternating rounds): {:+.1} ns ({:.0} ns with, {:.0} ns \
+             without; target on established paths ≤ 10 ns).",
+            v.path.name(),
+            v.cost_ns(),
+            v.with_ns.median,
+            v.without_ns.median
+        );
+    }
     let _ = writeln!(
         s,
         "- One dependent random read in {} MiB (userspace pointer chase, for scale): {:.0} ns.",

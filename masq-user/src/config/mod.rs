@@ -166,6 +166,9 @@ pub struct DataplaneSettings {
     /// Steer replies to their connection's uplink (mark + uplink table). Only for diagnosis:
     /// with `false` replies follow the main table, as without masq.
     pub steer: bool,
+    /// Check every packet as a router must (RFC 1812) before translating it. Only for measuring
+    /// what the checks cost: `false` lets malformed and spoofed packets through.
+    pub validate: bool,
     /// fwmark bits masq owns; the others are left alone.
     pub mark_mask: u32,
     /// Confirmed connections that fit (handshake done or replied): never evicted.
@@ -185,6 +188,7 @@ impl Default for DataplaneSettings {
             fast_path: true,
             xdp: XdpMode::Auto,
             steer: true,
+            validate: true,
             mark_mask: DEFAULT_MARK_MASK,
             conn_capacity: DEFAULT_CONN_CAPACITY,
             pending_capacity: masq_common::default_pending_capacity(DEFAULT_CONN_CAPACITY),

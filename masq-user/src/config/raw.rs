@@ -69,6 +69,7 @@ pub(super) struct RawDataplane {
     pub(super) fast_path: Option<bool>,
     pub(super) xdp: Option<String>,
     pub(super) steer: Option<bool>,
+    pub(super) validate: Option<bool>,
     pub(super) mark_mask: Option<u32>,
     pub(super) conn_capacity: Option<u32>,
     pub(super) pending_capacity: Option<u32>,

@@ -95,6 +95,7 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         fast_path: raw.fast_path.unwrap_or(default.fast_path),
         xdp,
         steer: raw.steer.unwrap_or(default.steer),
+        validate: raw.validate.unwrap_or(default.validate),
         mark_mask,
         conn_capacity,
         pending_capacity,
