@@ -6,10 +6,13 @@
 //!   connection table filled to several sizes;
 //! - [`forwarding`]: packets/s, TCP throughput and new connections/s through the seed lab, with
 //!   masq, the classic recipe and plain routing built alternately, plus the gateway's own cost;
-//! - memory of the connection table per connection ([`prog::memory`]).
+//! - memory of the connection table per connection ([`prog::memory`]);
+//! - new connections/s under a SYN flood of ten times the table's capacity, and the keep-alive
+//!   connections it must not cost ([`flood`]), masq and the classic recipe.
 //!
 //! Results go to `<out>/<timestamp>.{json,svg,md}` and `<out>/latest.{json,svg,md}`.
 pub mod bpf;
+mod flood;
 mod forwarding;
 mod frames;
 mod prog;
@@ -50,6 +53,8 @@ pub enum Part {
     Memory,
     /// Forwarding in the lab.
     Lab,
+    /// New connections under a SYN flood.
+    Flood,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +72,8 @@ pub struct Results {
     /// The XDP-friendly lab variant (masq on XDP).
     pub lab_xdp: Option<forwarding::LabResults>,
     pub ratios_xdp: Vec<Ratio>,
+    /// The SYN flood part (masq, classic).
+    pub flood: Option<Vec<flood::FloodResult>>,
     pub targets: Vec<Target>,
 }
 
@@ -262,6 +269,20 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
     } else {
         (None, None)
     };
+    let flood = if wanted(Part::Flood) {
+        eprintln!("masq bench: new connections under a SYN flood (masq, classic)");
+        Some(flood::run(&flood::FloodOptions {
+            conn_capacity: 4096,
+            factor: 10,
+            keepalive_inbound: 100,
+            keepalive_outbound: 20,
+            conn_seconds: if opts.quick { 1.0 } else { 3.0 },
+            conn_clients: 2,
+            masq_bin: opts.masq_bin.clone(),
+        })?)
+    } else {
+        None
+    };
 
     let results = Results {
         version: 2,
@@ -272,6 +293,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         ratios: lab.as_ref().map(report::ratios).unwrap_or_default(),
         ratios_xdp: lab_xdp.as_ref().map(report::ratios).unwrap_or_default(),
         lab_xdp,
+        flood,
         targets: prog.as_ref().map(report::targets).unwrap_or_default(),
         prog,
         memory,

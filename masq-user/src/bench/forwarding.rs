@@ -272,7 +272,8 @@ fn measure(
     };
 
     let tcp_gbps = iperf(&lab, target, opts)?;
-    let (conns_per_s, conn_failures) = conn_rate(&lab, target, opts)?;
+    let duration = Duration::from_secs_f64(opts.conn_seconds);
+    let (conns_per_s, conn_failures) = conn_rate(&lab, target, duration, opts.conn_clients)?;
 
     // gw alone: generator in place of the ISP A router, sink on the switch port facing gw.
     let frame = frames::udp(
@@ -317,7 +318,7 @@ fn read_sys(lab: &Lab, host: Host, path: &str) -> Result<u64> {
 }
 
 /// Pings from the client until the target answers (ARP, masq's first connection): up to 10 s.
-fn wait_reachable(lab: &Lab, target: Ipv4Addr) -> Result<()> {
+pub(super) fn wait_reachable(lab: &Lab, target: Ipv4Addr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lab.ping(Host::Client, target, Duration::from_secs(1))? {
         ensure!(Instant::now() < deadline, "{target} not reachable from the client");
@@ -557,7 +558,7 @@ fn wait_listening(lab: &Lab, host: Host, port: u16) -> Result<()> {
 }
 
 /// Runs `f` on a new thread inside the namespace at `path`.
-fn spawn_in<T: Send + 'static>(
+pub(super) fn spawn_in<T: Send + 'static>(
     path: PathBuf,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> thread::JoinHandle<Result<T>> {
@@ -572,7 +573,12 @@ fn spawn_in<T: Send + 'static>(
 }
 
 /// New TCP connections per second from the client to `target` (and how many attempts failed).
-fn conn_rate(lab: &Lab, target: Ipv4Addr, opts: &LabBenchOptions) -> Result<(f64, u64)> {
+pub(super) fn conn_rate(
+    lab: &Lab,
+    target: Ipv4Addr,
+    duration: Duration,
+    conn_clients: usize,
+) -> Result<(f64, u64)> {
     // TOPOLOGY.md lab notes: isolde closes first and keeps TIME_WAIT; the client reuses ports, so
     // timestamps without per-connection offsets (2) keep PAWS happy, and a wide port range.
     lab.exec(
@@ -602,9 +608,8 @@ fn conn_rate(lab: &Lab, target: Ipv4Addr, opts: &LabBenchOptions) -> Result<(f64
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .map_err(|_| anyhow!("connection server on isolde did not start"))?;
-    let duration = Duration::from_secs_f64(opts.conn_seconds);
     let started = Instant::now();
-    let clients: Vec<_> = (0..opts.conn_clients)
+    let clients: Vec<_> = (0..conn_clients)
         .map(|_| {
             spawn_in(lab.ns(Host::Client).path(), move || {
                 let addr = SocketAddr::from((target, CONN_PORT));

@@ -915,12 +915,15 @@ impl ProgBench<'_> {
     fn validation_cost(&mut self, kind: PathKind) -> Result<ValidationCost> {
         let frames = self.frames(kind, 1);
         let (mut with, mut without) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            with.extend(self.measure(kind, &frames)?.ns.runs);
-            self.set_validation(false)?;
-            let off = self.measure(kind, &frames);
-            self.set_validation(true)?;
-            without.extend(off?.ns.runs);
+        // Alternating rounds, each order as often: the table's state after one round (a new
+        // connection's inserts and removals) weighs on the next alike.
+        for round in 0..4 {
+            for on in [round % 2 == 0, round % 2 == 1] {
+                self.set_validation(on)?;
+                let runs = self.measure(kind, &frames);
+                self.set_validation(true)?;
+                if on { &mut with } else { &mut without }.extend(runs?.ns.runs);
+            }
         }
         Ok(ValidationCost { path: kind, with_ns: Stat::of(&with), without_ns: Stat::of(&without) })
     }
