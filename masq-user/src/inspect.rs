@@ -79,6 +79,9 @@ pub struct ConnView {
     /// Its name (`#<index>` when no name is known).
     pub uplink_name: String,
     pub state: &'static str,
+    /// Not confirmed yet (handshake incomplete, no reply): in the pending table, which a flood
+    /// may churn.
+    pub pending: bool,
     pub age_s: f64,
     pub idle_s: f64,
     pub packets_original: u64,
@@ -133,6 +136,7 @@ pub fn conn_view(conn: &Conn, now_ns: u64, names: &Names) -> ConnView {
         uplink: conn.uplink(),
         uplink_name: names.uplink(conn.uplink()),
         state: conn.state().name(),
+        pending: conn.pending(),
         age_s: secs(conn.created_ns()),
         idle_s: secs(conn.last_seen_ns()),
         packets_original: conn.orig.map_or(0, |(_, e)| e.packets),

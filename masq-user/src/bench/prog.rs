@@ -211,14 +211,12 @@ pub struct ValidationCost {
     pub path: PathKind,
     pub with_ns: Stat,
     pub without_ns: Stat,
+    /// Per pair: with minus without.
+    pub cost_ns: Stat,
 }
 
-impl ValidationCost {
-    /// Median with minus median without.
-    pub fn cost_ns(&self) -> f64 {
-        self.with_ns.median - self.without_ns.median
-    }
-}
+/// Pairs of single runs (with, without) per path in `validation_cost`.
+const VALIDATION_PAIRS: usize = 16;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RulesCost {
@@ -363,7 +361,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
         eprintln!(
             "masq bench: prog: validation on {:<20} {:+.1} ns ({:.1} with, {:.1} without)",
             v.path.name(),
-            v.cost_ns(),
+            v.cost_ns.median,
             v.with_ns.median,
             v.without_ns.median
         );
@@ -835,13 +833,22 @@ impl ProgBench<'_> {
     }
 
     fn measure(&mut self, kind: PathKind, frames: &[Vec<u8>]) -> Result<Measured> {
+        self.measure_runs(kind, frames, self.opts.runs)
+    }
+
+    fn measure_runs(
+        &mut self,
+        kind: PathKind,
+        frames: &[Vec<u8>],
+        runs: usize,
+    ) -> Result<Measured> {
         let fresh = kind == PathKind::NewConnection;
         let repeat = if fresh { self.opts.new_conn_repeat } else { self.opts.repeat };
         let mut frames = frames.to_vec();
         let hook = kind.hook();
         let ctx = self.ctx(kind).to_vec();
         let (mut raw, mut base) = (Vec::new(), Vec::new());
-        for run in 0..self.opts.runs {
+        for run in 0..runs {
             let start = self.next_fresh;
             if fresh {
                 // A SYN from a new source per repeat, each with valid checksums (masq verifies
@@ -910,22 +917,30 @@ impl ProgBench<'_> {
         Ok(RulesCost { path: kind, with_rules_ns, without_rules_ns })
     }
 
-    /// `kind`'s hot figure with the RFC 1812 checks and without (`CFG_F_NO_VALIDATE`), in
-    /// alternating rounds so the machine's drift hits both alike.
+    /// `kind`'s hot figure with the RFC 1812 checks and without (`CFG_F_NO_VALIDATE`): single
+    /// runs in pairs, each order as often, so the machine's drift (which moves a path by tens of
+    /// ns from one second to the next here) cancels in each pair's difference.
     fn validation_cost(&mut self, kind: PathKind) -> Result<ValidationCost> {
         let frames = self.frames(kind, 1);
-        let (mut with, mut without) = (Vec::new(), Vec::new());
-        // Alternating rounds, each order as often: the table's state after one round (a new
-        // connection's inserts and removals) weighs on the next alike.
-        for round in 0..4 {
-            for on in [round % 2 == 0, round % 2 == 1] {
+        let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..VALIDATION_PAIRS {
+            let mut got = [0.0; 2];
+            for on in [pair % 2 == 0, pair % 2 == 1] {
                 self.set_validation(on)?;
-                let runs = self.measure(kind, &frames);
+                let run = self.measure_runs(kind, &frames, 1);
                 self.set_validation(true)?;
-                if on { &mut with } else { &mut without }.extend(runs?.ns.runs);
+                got[usize::from(on)] = run?.ns.median;
             }
+            without.push(got[0]);
+            with.push(got[1]);
+            diffs.push(got[1] - got[0]);
         }
-        Ok(ValidationCost { path: kind, with_ns: Stat::of(&with), without_ns: Stat::of(&without) })
+        Ok(ValidationCost {
+            path: kind,
+            with_ns: Stat::of(&with),
+            without_ns: Stat::of(&without),
+            cost_ns: Stat::of(&diffs),
+        })
     }
 
     fn set_validation(&mut self, on: bool) -> Result<()> {

@@ -222,10 +222,14 @@ fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
     for v in &p.validation {
         let _ = writeln!(
             s,
-            "- RFC 1812 checks on {} (hot, alternating rounds): {:+.1} ns ({:.0} ns with, {:.0} ns \
-             without; target on established paths ≤ 10 ns).",
+            "- RFC 1812 checks on {} (hot, median of {} paired single runs): {:+.1} ns (pairs from \
+             {:+.0} to {:+.0}; {:.0} ns with, {:.0} ns without; target on established paths \
+             ≤ 10 ns).",
             v.path.name(),
-            v.cost_ns(),
+            v.cost_ns.runs.len(),
+            v.cost_ns.median,
+            v.cost_ns.min,
+            v.cost_ns.max,
             v.with_ns.median,
             v.without_ns.median
         );
