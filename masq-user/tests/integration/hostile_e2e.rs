@@ -248,3 +248,38 @@ fn forged_port_unreachables_never_reach_the_lan_host_and_the_real_one_does() {
     send_ip(&raw, &unreachable(GW_ISP_A, &sent));
     assert_eq!(pending_error(&tristan), Some(ErrorKind::ConnectionRefused), "the real error");
 }
+
+/// A frame tristan tags for a VLAN gw has no interface for: the devices on the way keep the tag
+/// in metadata, so masq's LAN program sees plain IPv4. It must not masquerade it (it would leave
+/// an uplink still tagged); the kernel then drops it.
+#[test]
+fn a_vlan_tagged_frame_from_the_lan_never_leaves_an_uplink() {
+    let lab = common::lab(GatewayMode::Bare);
+    let _masq = common::start_masq(&lab, &common::example_config());
+    let captures = [Host::IspA, Host::IspB]
+        .map(|isp| lab.capture(isp, "to-gw", "tcp port 443 or (vlan and tcp port 443)").unwrap());
+    thread::sleep(Duration::from_millis(500));
+    let before = common::counter(&lab, "outbound_new");
+    let syn = Ip::new(TRISTAN, CLIENT).tcp(50123, 443, TCP_SYN);
+    let mut frame =
+        eth_ip(mac_of(&lab, Host::Gw, "eth0"), mac_of(&lab, Host::Tristan, "eth0"), &syn);
+    frame.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+    for _ in 0..3 {
+        send_frame(&lab, Host::Tristan, "eth0", frame.clone());
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(common::counter(&lab, "outbound_new"), before, "no connection opened");
+    for (isp, capture) in [Host::IspA, Host::IspB].into_iter().zip(captures) {
+        let lines = capture.stop().unwrap();
+        assert!(lines.is_empty(), "{isp} saw:\n{}", lines.join("\n"));
+    }
+    // Untagged, the same SYN is masqueraded.
+    send_frame(
+        &lab,
+        Host::Tristan,
+        "eth0",
+        eth_ip(mac_of(&lab, Host::Gw, "eth0"), mac_of(&lab, Host::Tristan, "eth0"), &syn),
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(common::counter(&lab, "outbound_new"), before + 1, "the untagged SYN opens one");
+}
