@@ -75,10 +75,12 @@ fn uplink_of_address(addr: u32) -> Option<u8> {
     (0..MAX_UPLINKS as u8).find(|&i| uplink(i).is_some_and(|u| u.address == addr))
 }
 
-/// An ICMP error the gateway itself sends (time exceeded, unreachable) about a packet that came
-/// in by another uplink, as the main table routed it: it goes back by that uplink, from its
-/// address, as the sender expects (an ISP drops the other's source). Else (or while that
-/// uplink's next hop is not resolved yet) it leaves as it is.
+/// An ICMP error the gateway itself sends, as the main table routed it. About a packet masq
+/// translated toward the LAN (fragmentation needed on the LAN link) it quotes the LAN-side
+/// tuple: translated back as a LAN host's error would be. About a packet that came in by another
+/// uplink (time exceeded for a published address) it goes back by that uplink, from that
+/// uplink's address, as the sender expects (an ISP drops the other's source). Else (or while
+/// that uplink's next hop is not resolved yet) it leaves as it is.
 #[inline(always)]
 fn own_icmp_error<const IP: usize>(
     ctx: &mut Skb<IP>,
@@ -86,29 +88,56 @@ fn own_icmp_error<const IP: usize>(
     this: u8,
 ) -> Result<Verdict, Counter> {
     let Some(here) = uplink(this) else { return Ok(Verdict::Pass) };
-    let Ok(inner) = parse_icmp_error(ctx) else { return Ok(Verdict::Pass) };
     if ip.key.src_addr != here.address {
         return Ok(Verdict::Pass);
     }
-    let Some(origin) = uplink_of_address(inner.key.dst_addr).filter(|&i| i != this) else {
+    if let Found::IcmpError(translation, entry, _) = find(ctx, ip, None)? {
+        let origin = entry.uplink;
+        translation.apply(ctx, ip)?;
+        count(Counter::EgressTranslated);
+        let sent = translation.result(ip);
+        return Ok(send_back(ctx, ip, &sent, origin, this)?.unwrap_or(Verdict::Pass));
+    }
+    let Ok(inner) = parse_icmp_error(ctx) else { return Ok(Verdict::Pass) };
+    let Some(origin) = uplink_of_address(inner.key.dst_addr) else {
         return Ok(Verdict::Pass);
     };
-    let Some(back) = uplink(origin).filter(|u| u.mac != [0; 6]) else {
-        return Ok(Verdict::Pass);
-    };
-    let key = FlowKey { src_addr: back.address, ..ip.key };
-    // Only to a resolved next hop: `bpf_redirect_neigh` at egress would keep the Ethernet
-    // header the kernel already wrote for the other uplink.
+    let Some(back) = uplink(origin) else { return Ok(Verdict::Pass) };
+    let sent = FlowKey { src_addr: back.address, ..ip.key };
+    match send_back(ctx, ip, &sent, origin, this)? {
+        Some(verdict) => {
+            ctx.fix_csum4(IP_CSUM, ip.key.src_addr, back.address)?;
+            ctx.store_u32(IP_SRC, back.address)?;
+            Ok(verdict)
+        }
+        None => Ok(Verdict::Pass),
+    }
+}
+
+/// The redirect that sends `sent` (the packet's addresses as it will leave) out of uplink
+/// `origin` instead of `this`, when that uplink is another Ethernet one whose next hop is
+/// resolved: `bpf_redirect_neigh` at egress would keep the Ethernet header the kernel already
+/// wrote for this uplink.
+#[inline(always)]
+fn send_back<const IP: usize>(
+    ctx: &Skb<IP>,
+    ip: &Ipv4,
+    sent: &FlowKey,
+    origin: u8,
+    this: u8,
+) -> Result<Option<Verdict>, Counter> {
+    if origin == this {
+        return Ok(None);
+    }
+    let Some(back) = uplink(origin).filter(|u| u.mac != [0; 6]) else { return Ok(None) };
     let Route::Resolved { ifindex, smac, dmac } =
-        route(ctx, back.ifindex, &key, ip.tot_len, back.table)
+        route(ctx, back.ifindex, sent, ip.tot_len, back.table)
     else {
-        return Ok(Verdict::Pass);
+        return Ok(None);
     };
     if ifindex != back.ifindex {
-        return Ok(Verdict::Pass);
+        return Ok(None);
     }
-    ctx.fix_csum4(IP_CSUM, ip.key.src_addr, back.address)?;
-    ctx.store_u32(IP_SRC, back.address)?;
     count(Counter::OwnIcmpErrorReturned);
-    Ok(Verdict::Forward { ifindex, smac, dmac })
+    Ok(Some(Verdict::Forward { ifindex, smac, dmac }))
 }

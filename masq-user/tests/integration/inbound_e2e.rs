@@ -275,3 +275,41 @@ fn without_masq_steering_the_dsl_address_fails() {
     assert_eq!(answered, [true; 3], "TCP, UDP, ping to {PUBLIC_ISP_B} answered");
     assert_eq!(lab.spoof_drops(Host::IspA), 0, "ISP A dropped packets as spoofed");
 }
+
+/// The other direction: the LAN link is narrower than what isolde announces (gw's eth0 at 1400,
+/// isolde at 1500), so gw itself sends the client fragmentation-needed about its upload. masq
+/// translates it back to the published address and sends it by ISP A, and the upload completes.
+#[test]
+fn path_mtu_discovery_works_for_an_upload_through_a_narrower_lan_link() {
+    use std::io::{Read as _, Write as _};
+    let lab = common::lab(GatewayMode::Bare);
+    lab.ns(Host::Gw).run_ok("ip link set eth0 mtu 1400").unwrap();
+    let _masq = common::start_masq(&lab, &common::example_config());
+    let listener =
+        lab.ns(Host::Isolde).enter(|| std::net::TcpListener::bind(("0.0.0.0", 8084)).unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(got.len().to_string().as_bytes()).unwrap();
+    });
+    let body = common::random_bytes(BIG);
+    let sent = body.len();
+    let reply = lab.ns(Host::Client).enter(move || -> std::io::Result<String> {
+        let addr = std::net::SocketAddr::from((PUBLIC_ISP_A, 8084));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(BIG_TIMEOUT))?;
+        s.set_write_timeout(Some(BIG_TIMEOUT))?;
+        s.write_all(&body)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    });
+    let reply = reply.unwrap_or_else(|e| panic!("the upload of {sent} bytes stalled: {e}"));
+    assert_eq!(reply, sent.to_string(), "isolde received the whole upload");
+    server.join().unwrap();
+    assert!(common::counter(&lab, "egress_translated") > 0, "gw's frag-needed translated");
+    let route = lab.ns(Host::Client).run_ok(&format!("ip route get {PUBLIC_ISP_A}")).unwrap();
+    assert!(route.contains("mtu 1400"), "the client's route learned the MTU: {route}");
+}

@@ -75,3 +75,22 @@ fn the_gateways_own_icmp_error_leaves_by_the_uplink_its_packet_came_in_on() {
         gw.assert_no_drops();
     });
 }
+
+/// The gateway's own fragmentation-needed about an inbound packet (too big for the LAN link)
+/// quotes the packet as masq translated it, to isolde: translated back to the published address
+/// and sent by the connection's uplink, so the client's socket matches it.
+#[test]
+fn the_gateways_frag_needed_about_an_inbound_packet_is_translated_back_and_steered() {
+    example(|gw| {
+        client_syn_via_dsl(gw);
+        let toward_isolde = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        let mtu = [0, 0, 0x05, 0x78];
+        let own = Ip::new(ISPB_ADDR, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &toward_isolde);
+        let run = gw.uplink_out("eth1", &to_ispb(&own));
+        let quoted = Ip::new(CLIENT, DSL_PUB).ttl(63).tcp(40000, 80, TCP_SYN);
+        let want = Ip::new(DSL_PUB, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
+        gw.assert_counters(&[(Counter::EgressTranslated, 1), (Counter::OwnIcmpErrorReturned, 1)]);
+        gw.assert_no_drops();
+    });
+}
