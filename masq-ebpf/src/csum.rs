@@ -1,8 +1,9 @@
 //! Incremental Internet checksum updates (RFC 1624), on raw words as loaded from the packet, so
 //! byte order never matters.
 
+/// Fold a 32-bit one's complement sum into 16 bits.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16

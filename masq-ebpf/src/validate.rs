@@ -5,6 +5,7 @@ use aya_ebpf::helpers::bpf_csum_diff;
 use masq_common::{CFG_F_NO_VALIDATE, Counter, DataplaneConfig};
 
 use crate::{
+    csum::fold,
     maps::{CSUM_SCRATCH, PUBLIC_ADDRS},
     packet::{
         Frag, ICMP_CSUM, IPPROTO_ICMP, Ipv4, L4, L4_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -30,13 +31,6 @@ const VALID_TCP_FLAGS: u64 = 1 << TCP_SYN
 /// 1500-byte packet); longer ones (jumbo frames, aggregated packets) are taken as they are.
 const CSUM_CHUNK: u32 = 256;
 const CSUM_MAX_CHUNKS: u32 = 6;
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
 
 #[inline(always)]
 fn add32(sum: u32, word: u32) -> u32 {

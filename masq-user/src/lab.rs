@@ -731,6 +731,21 @@ impl Lab {
         })
     }
 
+    /// A raw IPv4 socket in `host`'s namespace, to send crafted packets (what an attacker would).
+    pub fn raw_ip_socket(&self, host: Host) -> Result<RawIpSocket> {
+        self.ns(host).enter(|| {
+            // SAFETY: plain socket(2); the fd is owned at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            if fd < 0 {
+                bail!("raw socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd nobody else owns.
+            Ok(RawIpSocket(unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }))
+        })
+    }
+
     /// One ICMP echo from `host` to `addr`; true when answered within `timeout` (whole seconds).
     pub fn ping(&self, host: Host, addr: Ipv4Addr, timeout: Duration) -> Result<bool> {
         let wait = timeout.as_secs().max(1).to_string();
@@ -1053,6 +1068,39 @@ fn random() -> u64 {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A raw IPv4 socket (`Lab::raw_ip_socket`): sends IPv4 packets exactly as built, spoofed
+/// sources included, routed by their destination in the namespace it was opened in.
+pub struct RawIpSocket(std::os::fd::OwnedFd);
+
+impl RawIpSocket {
+    /// Send one IPv4 packet (header included) to its destination address.
+    pub fn send(&self, packet: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let dst = packet.get(16..20).context("not an IPv4 packet")?;
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.try_into()?) },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address of the sizes given.
+        let sent = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if sent != packet.len() as isize {
+            bail!("sendto: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Polls `ready` every 50 ms until it returns true, fails, or `timeout` passes.

@@ -8,7 +8,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -74,38 +73,6 @@ fn in_ns<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
     spawn_in(lab.ns(host).path(), f).join().map_err(|_| anyhow!("a thread in {host} panicked"))?
-}
-
-/// A raw IPv4 socket in `host`'s namespace (spoofed sources allowed).
-fn raw_socket(lab: &Lab, host: Host) -> Result<OwnedFd> {
-    in_ns(lab, host, || {
-        // SAFETY: plain socket(2); the fd is owned at once.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh fd nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    })?
-}
-
-fn send_to(fd: &OwnedFd, packet: &[u8], dst: Ipv4Addr) -> bool {
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: valid buffer and address of the sizes given.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    sent == packet.len() as isize
 }
 
 /// `n` connections from `from` to `to:port`, accepted by a listener in `server`'s namespace:
@@ -195,7 +162,7 @@ fn measure(gateway: Gateway, opts: &FloodOptions) -> Result<FloodResult> {
             Ip::new(src, PUBLIC_ISP_A).tcp_seq(port, FLOOD_PORT, TCP_SYN, (i, 0), b"")
         })
         .collect();
-    let raw = raw_socket(&lab, Host::Client)?;
+    let raw = lab.raw_ip_socket(Host::Client)?;
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let flooder = {
@@ -205,7 +172,7 @@ fn measure(gateway: Gateway, opts: &FloodOptions) -> Result<FloodResult> {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if send_to(&raw, syn, PUBLIC_ISP_A) {
+                if raw.send(syn).is_ok() {
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
             }

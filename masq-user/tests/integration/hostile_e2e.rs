@@ -4,7 +4,6 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     thread,
     time::Duration,
 };
@@ -16,39 +15,6 @@ use masq_user::{
 };
 
 use crate::common;
-
-/// A raw IPv4 socket in `host`'s namespace: sends packets as built, spoofed sources included.
-fn raw_ip_socket(lab: &Lab, host: Host) -> OwnedFd {
-    lab.ns(host).enter(|| {
-        // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh fd nobody else owns.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    })
-}
-
-fn send_ip(fd: &OwnedFd, packet: &[u8]) {
-    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: valid buffer and address of the sizes given.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    assert_eq!(sent, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-}
 
 /// Send a whole Ethernet frame out of `host`'s `iface` (an attacker on the ISP's link).
 fn send_frame(lab: &Lab, host: Host, iface: &'static str, frame: Vec<u8>) {
@@ -123,10 +89,10 @@ fn a_blind_rst_leaves_an_idle_connection_alive_past_the_closing_timeout() {
     let port = client.local_addr().unwrap().port();
 
     // Sequence number 0, and one half the sequence space away: neither is in the window.
-    let raw = raw_ip_socket(&lab, Host::Client);
+    let raw = lab.raw_ip_socket(Host::Client).unwrap();
     for seq in [0, 0x8000_0000] {
         let rst = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(port, 8081, TCP_RST, (seq, 0), b"");
-        send_ip(&raw, &rst);
+        raw.send(&rst).unwrap();
     }
     thread::sleep(Duration::from_millis(300));
     assert!(common::counter(&lab, "drop_tcp_out_of_window") >= 2);
@@ -157,7 +123,7 @@ fn a_syn_flood_of_ten_times_capacity_keeps_established_connections() {
     assert_alive(&inbound_c, &inbound_s, "inbound before");
     assert_alive(&outbound_t, &outbound_c, "outbound before");
 
-    let raw = raw_ip_socket(&lab, Host::Client);
+    let raw = lab.raw_ip_socket(Host::Client).unwrap();
     for i in 0..10 * 1024u32 {
         let spoofed = Ipv4Addr::from(0x0b00_0000 + i * 13);
         let syn = Ip::new(spoofed, PUBLIC_ISP_A).tcp_seq(
@@ -167,7 +133,7 @@ fn a_syn_flood_of_ten_times_capacity_keeps_established_connections() {
             (i, 0),
             b"",
         );
-        send_ip(&raw, &syn);
+        raw.send(&syn).unwrap();
     }
     thread::sleep(Duration::from_secs(1));
     let status = common::masq_status(&lab);
@@ -221,10 +187,10 @@ fn forged_port_unreachables_never_reach_the_lan_host_and_the_real_one_does() {
     let unreachable = |to: Ipv4Addr, quoted: &[u8]| {
         Ip::new(CLIENT, to).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], quoted)
     };
-    let raw = raw_ip_socket(&lab, Host::Client);
+    let raw = lab.raw_ip_socket(Host::Client).unwrap();
 
     // To the gateway's ISP B address (arrives on ISP B).
-    send_ip(&raw, &unreachable(GW_ISP_B, &sent));
+    raw.send(&unreachable(GW_ISP_B, &sent)).unwrap();
     assert_eq!(pending_error(&tristan), None, "wrong outer destination");
     // Correctly addressed, but injected on ISP B's line.
     let gw_eth1 = mac_of(&lab, Host::Gw, "eth1");
@@ -245,7 +211,7 @@ fn forged_port_unreachables_never_reach_the_lan_host_and_the_real_one_does() {
     assert_eq!(pending_error(&tristan), None, "straight to the LAN host");
     assert!(common::counter(&lab, "drop_icmp_error_mismatch") >= 3);
 
-    send_ip(&raw, &unreachable(GW_ISP_A, &sent));
+    raw.send(&unreachable(GW_ISP_A, &sent)).unwrap();
     assert_eq!(pending_error(&tristan), Some(ErrorKind::ConnectionRefused), "the real error");
 }
 
