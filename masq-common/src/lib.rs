@@ -148,6 +148,10 @@ pub const TCP_SEEN_ACK: u8 = 1 << 3;
 /// `ConnEntry::tcp_next_seq` holds this direction's next sequence number (unset on an entry
 /// rebuilt after an eviction, until its next packet).
 pub const TCP_SEEN_SEQ: u8 = 1 << 4;
+/// `ConnEntry::tcp_seen`: this direction sent a SYN on a tuple whose sequence state is known (a
+/// new connection reusing it, or a forgery): the state is renewed only when the other side
+/// answers with a SYN-ACK.
+pub const TCP_SEEN_RESYN: u8 = 1 << 5;
 
 /// Connection times count ticks of 2^30 ns (about 1.07 s) of CLOCK_MONOTONIC_COARSE
 /// (`bpf_ktime_get_coarse_ns` in the programs): a shift instead of a division, and a clock

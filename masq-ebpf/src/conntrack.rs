@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use masq_common::{
     CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK,
-    TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
+    TCP_SEEN_FIN, TCP_SEEN_RESYN, TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
@@ -50,17 +50,18 @@ fn remove(key: &FlowKey, entry: &ConnEntry) {
 }
 
 /// Whether this packet confirms its pending connection: the initiator's ACK that ends the
-/// handshake (the answer's SYN-ACK seen), or any reply of another protocol.
+/// handshake, acknowledging the answer's SYN-ACK (a blind ACK cannot know its sequence number),
+/// or any reply of another protocol. An answer entry rebuilt after eviction knows nothing and
+/// holds nothing against it.
 #[inline(always)]
 fn confirms(entry: &ConnEntry, twin: &ConnEntry, ip: &Ipv4) -> bool {
     if ip.l4 != L4::Tcp {
         return entry.is_reply();
     }
-    let handshake_answered =
-        twin.tcp_seen & (TCP_SEEN_SYN | TCP_SEEN_ACK) == TCP_SEEN_SYN | TCP_SEEN_ACK;
-    !entry.is_reply()
-        && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
-        && handshake_answered
+    let answered = twin.tcp_seen & TCP_SEEN_SEQ == 0
+        || twin.tcp_seen & (TCP_SEEN_SYN | TCP_SEEN_ACK) == TCP_SEEN_SYN | TCP_SEEN_ACK
+            && seq_within(ip.tcp_ack, twin.tcp_next_seq.wrapping_sub(SEQ_SLACK), twin.tcp_next_seq);
+    !entry.is_reply() && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && answered
 }
 
 /// Move a pending connection confirmed by this packet to the confirmed table: both entries in
@@ -153,11 +154,13 @@ fn track_seq(entry: &mut ConnEntry, ip: &Ipv4) -> u8 {
     seen
 }
 
-/// Whether a RST or FIN may change its connection (RFC 5961, as a middlebox can check it): its
-/// sequence number lies between what the other side acknowledged (less one, for a
-/// retransmitted FIN or a keepalive) and what this side sent; the host accepts no other reset.
-/// A RST answering a connection's first packet must acknowledge it. What masq has not seen
-/// (an entry rebuilt after eviction) is not held against the packet.
+/// Whether a RST or FIN may change its connection (RFC 5961, as a middlebox can check it). A
+/// RST's sequence number lies between what the other side acknowledged (less one) and what this
+/// side sent: the host accepts no other reset. A FIN's segment reaches into that window: it may
+/// start before it (retransmitted with its data) or up to 64 KiB past it (data lost before the
+/// gateway). A RST answering a connection's first packet must acknowledge it; one answering a
+/// SYN that reuses the tuple is taken. What masq has not seen (an entry rebuilt after eviction)
+/// is not held against the packet.
 #[inline(always)]
 fn tcp_acceptable(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) -> bool {
     if ip.tcp_flags & (TCP_RST | TCP_FIN) == 0 {
@@ -166,13 +169,21 @@ fn tcp_acceptable(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) -> bool {
     let Some(twin) = lookup(&entry.twin_key(key)) else {
         return true;
     };
+    let rst = ip.tcp_flags & TCP_RST != 0;
+    if rst && twin.tcp_seen & TCP_SEEN_RESYN != 0 {
+        return true;
+    }
     if entry.tcp_seen & TCP_SEEN_SEQ == 0 {
         let answers = ip.tcp_flags & TCP_ACK != 0 && ip.tcp_ack == twin.tcp_next_seq;
         return twin.tcp_seen & TCP_SEEN_SEQ == 0 || answers;
     }
     let hi = entry.tcp_next_seq;
     let lo = if twin.tcp_seen & TCP_SEEN_ACK != 0 { twin.tcp_max_ack } else { hi }.wrapping_sub(1);
-    seq_within(ip.tcp_seq, lo, hi)
+    if rst {
+        seq_within(ip.tcp_seq, lo, hi)
+    } else {
+        !after(lo, ip.tcp_end_seq()) && !after(ip.tcp_seq, hi.wrapping_add(SEQ_SLACK))
+    }
 }
 
 /// Whether the TCP segment an ICMP error quotes (`seq`, sent by `sender`) is one its sender
@@ -185,12 +196,13 @@ pub fn quoted_seq_plausible(seq: u32, sender: &ConnEntry, receiver: &ConnEntry) 
     }
     let hi = sender.tcp_next_seq;
     let lo = if receiver.tcp_seen & TCP_SEEN_ACK != 0 { receiver.tcp_max_ack } else { hi };
-    seq_within(seq, lo.wrapping_sub(QUOTED_SEQ_SLACK), hi)
+    seq_within(seq, lo.wrapping_sub(SEQ_SLACK), hi)
 }
 
-/// How far behind the receiver's acknowledgment a quoted segment may lie (a retransmission the
-/// sender made before the acknowledgment reached it).
-const QUOTED_SEQ_SLACK: u32 = 1 << 16;
+/// Slack in sequence space where masq cannot know better (64 KiB): how far behind the
+/// receiver's acknowledgment a quoted segment may lie, past what masq saw sent a FIN may lie,
+/// and behind the answer's next sequence number the handshake's last ACK may acknowledge.
+const SEQ_SLACK: u32 = 1 << 16;
 
 /// A packet of a known connection: checked against the connection's TCP sequence space, then
 /// accounted, and a pending connection confirmed when this packet does it. A segment that fails
@@ -220,17 +232,33 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
     entry.bytes += len;
     if ip.l4 == L4::Tcp {
         let mut seen = tcp_seen_bits(ip.tcp_flags);
-        let reopened = ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0;
-        if reopened {
+        let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
+        let (twin_key, _) = twin_of(key, entry, now);
+        if syn == TCP_SYN && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
             // A new SYN on a closed tuple starts over: forget both directions' close.
             entry.tcp_seen = seen;
-            let (twin_key, _) = twin_of(key, entry, now);
             if let Some(twin) = lookup(&twin_key) {
                 twin.tcp_seen = 0;
             }
+            seen |= track_seq(entry, ip);
+        } else if syn == TCP_SYN && entry.tcp_seen & TCP_SEEN_SEQ != 0 {
+            // A SYN on a live tuple (reused, or forged): the sequence state stays until the
+            // other side answers it.
+            seen |= TCP_SEEN_RESYN;
+        } else {
+            // Anything but a SYN from this side ends a reuse it had begun.
+            entry.tcp_seen &= !TCP_SEEN_RESYN;
+            if let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0)
+                && syn == TCP_SYN | TCP_ACK
+            {
+                // The answer to a SYN that reused the tuple: both directions start over, the
+                // initiator at what this SYN-ACK acknowledges.
+                twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
+                twin.tcp_next_seq = ip.tcp_ack;
+                entry.tcp_seen = 0;
+            }
+            seen |= track_seq(entry, ip);
         }
-        seen |= track_seq(entry, ip);
         if entry.tcp_seen | seen != entry.tcp_seen {
             entry.tcp_seen |= seen;
         }

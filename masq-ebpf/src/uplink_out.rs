@@ -39,8 +39,7 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
         _ => return Ok(Verdict::Pass),
     };
     if !in_lan(cfg, ip.key.src_addr) {
-        if IP != 0
-            && ip.l4 == L4::IcmpError
+        if ip.l4 == L4::IcmpError
             && let Some(index) = this_uplink
         {
             return own_icmp_error(ctx, &ip, index);
@@ -91,12 +90,16 @@ fn own_icmp_error<const IP: usize>(
     if ip.key.src_addr != here.address {
         return Ok(Verdict::Pass);
     }
-    if let Found::IcmpError(translation, entry, _) = find(ctx, ip, None)? {
-        let origin = entry.uplink;
-        translation.apply(ctx, ip)?;
+    if let Found::IcmpError(Translation::IcmpError { inner, new_inner, outer }, entry, _) =
+        find(ctx, ip, None)?
+    {
+        let sent = FlowKey { src_addr: outer.0, dst_addr: outer.1, ..ip.key };
+        let back = send_back(ctx, ip, &sent, entry.uplink, this)?;
+        // Leaving by this uplink after all, it keeps this uplink's source.
+        let outer = if back.is_some() { outer } else { (ip.key.src_addr, outer.1) };
+        Translation::IcmpError { inner, new_inner, outer }.apply(ctx, ip)?;
         count(Counter::EgressTranslated);
-        let sent = translation.result(ip);
-        return Ok(send_back(ctx, ip, &sent, origin, this)?.unwrap_or(Verdict::Pass));
+        return Ok(back.unwrap_or(Verdict::Pass));
     }
     let Ok(inner) = parse_icmp_error(ctx) else { return Ok(Verdict::Pass) };
     let Some(origin) = uplink_of_address(inner.key.dst_addr) else {

@@ -144,7 +144,12 @@ pub fn l4_checksum<P: Packet>(p: &P, ip: &Ipv4) -> Result<(), Counter> {
     if ip.frag != Frag::Whole {
         return Ok(());
     }
-    let seg_len = u32::from(ip.tot_len) - 20;
+    // UDP: what its length field covers (bytes past it, which Linux trims, are not summed).
+    let seg_len = if ip.l4 == L4::Udp {
+        u32::from(u16::from_be(p.load::<u16>(L4_OFF + 4)?))
+    } else {
+        u32::from(ip.tot_len) - 20
+    };
     if seg_len > CSUM_CHUNK * CSUM_MAX_CHUNKS {
         return Ok(());
     }

@@ -506,3 +506,111 @@ fn mutated_packets_are_dropped_passed_or_translated_with_valid_checksums() {
         eprintln!("{runs} program runs over {iterations} mutants; counters {:?}", gw.counters());
     });
 }
+
+// ---- Found by review: legitimate packets the checks must take ----
+
+#[test]
+fn a_retransmitted_fin_with_data_is_taken_after_its_ack_passed() {
+    example(|gw| {
+        let (_, server_next) = established_inbound(gw);
+        let fin = Ip::new(ISOLDE, CLIENT).tcp_seq(
+            80,
+            40000,
+            TCP_FIN | TCP_ACK,
+            (server_next, CLIENT_ISN + 101),
+            &[b'z'; 500],
+        );
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &fin)).ret, TC_ACT_REDIRECT);
+        // The client's ACK of data and FIN passes masq, then is lost; the server sends again.
+        let ack = Ip::new(CLIENT, DSL_PUB).tcp_seq(
+            40000,
+            80,
+            TCP_ACK,
+            (CLIENT_ISN + 101, server_next + 501),
+            b"",
+        );
+        assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT);
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &fin)).ret, TC_ACT_REDIRECT, "retransmission");
+        gw.assert_no_drops();
+    });
+}
+
+/// The client comes back from the same port with a new ISN "before" the old one (the old
+/// connection died without FIN or RST): the server's SYN-ACK renews both directions' state, so
+/// the new connection's FIN is taken; a RST refusing such a SYN is taken too.
+#[test]
+fn a_tuple_reused_with_an_earlier_isn_starts_its_sequence_state_over() {
+    example(|gw| {
+        established_inbound(gw);
+        let isn = CLIENT_ISN - 0x1000_0000;
+        let from_client = |flags, seq_ack| {
+            let p = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, flags, seq_ack, b"");
+            gw.xdp("eth4", &from_dsl(&p)).ret
+        };
+        // A RST|ACK refusing the reused tuple's SYN.
+        assert_eq!(from_client(TCP_SYN, (isn, 0)), XDP_REDIRECT);
+        let refuse =
+            Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_RST | TCP_ACK, (0, isn + 1), b"");
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &refuse)).ret, TC_ACT_REDIRECT, "refusal");
+
+        // Again, answered this time.
+        let isn = isn - 0x100;
+        assert_eq!(from_client(TCP_SYN, (isn, 0)), XDP_REDIRECT);
+        let synack =
+            Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (7, isn + 1), b"");
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
+        assert_eq!(from_client(TCP_ACK, (isn + 1, 8)), XDP_REDIRECT);
+        assert_eq!(from_client(TCP_FIN | TCP_ACK, (isn + 1, 8)), XDP_REDIRECT, "the new FIN");
+        gw.assert_no_drops();
+    });
+}
+
+/// A blind attacker's SYN on a live tuple changes nothing it could use: its RST afterwards is
+/// still out of the window.
+#[test]
+fn a_forged_syn_on_a_live_tuple_does_not_open_its_window() {
+    example(|gw| {
+        let (client_next, _) = established_inbound(gw);
+        let forged = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_SYN, (0x1234_0000, 0), b"");
+        gw.xdp("eth4", &from_dsl(&forged));
+        for seq in [0x1234_0001, client_next + 0x4000_0000] {
+            let rst = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_RST, (seq, 0), b"");
+            assert_eq!(gw.xdp("eth4", &from_dsl(&rst)).ret, XDP_DROP, "seq {seq:#x}");
+        }
+        gw.assert_counters(&[(Counter::DropTcpOutOfWindow, 2)]);
+    });
+}
+
+#[test]
+fn a_blind_ack_does_not_confirm_a_flooded_connection() {
+    example(|gw| {
+        let syn = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_SYN, (100, 0), b"");
+        gw.xdp("eth4", &from_dsl(&syn));
+        let synack = Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), b"");
+        gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        let blind = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 0x7777_0000), b"");
+        gw.xdp("eth4", &from_dsl(&blind));
+        gw.assert_counters(&[(Counter::ConnsConfirmed, 0)]);
+        let right = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
+        gw.xdp("eth4", &from_dsl(&right));
+        gw.assert_counters(&[(Counter::ConnsConfirmed, 1)]);
+    });
+}
+
+/// Bytes past the UDP length (Linux trims them) are not part of the checksum.
+#[test]
+fn udp_with_bytes_past_its_length_opens_its_connection() {
+    example(|gw| {
+        let mut q = Ip::new(TRISTAN, CLIENT).udp(50000, 53, b"query");
+        q.extend_from_slice(&[0xaa; 6]);
+        let tot = q.len() as u16;
+        let q = edited(&q, |p| p[2..4].copy_from_slice(&tot.to_be_bytes()));
+        assert_eq!(
+            gw.lan_in(&from_lan(TRISTAN_MAC, &q)).ret,
+            TC_ACT_REDIRECT,
+            "{:?}",
+            gw.counters()
+        );
+        gw.assert_counters(&[(Counter::OutboundNew, 1)]);
+    });
+}

@@ -94,3 +94,20 @@ fn the_gateways_frag_needed_about_an_inbound_packet_is_translated_back_and_steer
         gw.assert_no_drops();
     });
 }
+
+/// The same error already leaving by the connection's uplink: translated back, and it keeps
+/// the source the kernel gave it (this uplink's own address).
+#[test]
+fn the_gateways_frag_needed_on_the_right_uplink_keeps_its_source() {
+    example(|gw| {
+        client_syn_via_dsl(gw);
+        let toward_isolde = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+        let mtu = [0, 0, 0x05, 0x78];
+        let own = Ip::new(DSL_ADDR, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &toward_isolde);
+        let run = gw.uplink_out("eth4", &to_dsl(&own));
+        let quoted = Ip::new(CLIENT, DSL_PUB).ttl(63).tcp(40000, 80, TCP_SYN);
+        let want = Ip::new(DSL_ADDR, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
+        assert_run(&run, TC_ACT_OK, &to_dsl(&want));
+        gw.assert_counters(&[(Counter::EgressTranslated, 1), (Counter::OwnIcmpErrorReturned, 0)]);
+    });
+}
