@@ -731,6 +731,12 @@ impl Lab {
         })
     }
 
+    /// The MAC address of `host`'s `iface`.
+    pub fn mac(&self, host: Host, iface: &str) -> Result<[u8; 6]> {
+        let text = self.ns(host).run_ok(&format!("cat /sys/class/net/{iface}/address"))?;
+        parse_mac(&text).ok_or_else(|| anyhow!("{host} {iface}: bad MAC {text:?}"))
+    }
+
     /// A raw IPv4 socket in `host`'s namespace, to send crafted packets (what an attacker would).
     pub fn raw_ip_socket(&self, host: Host) -> Result<RawIpSocket> {
         self.ns(host).enter(|| {
@@ -1070,6 +1076,16 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `aa:bb:cc:dd:ee:ff` (as /sys prints it) as bytes.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// A raw IPv4 socket (`Lab::raw_ip_socket`): sends IPv4 packets exactly as built, spoofed
 /// sources included, routed by their destination in the namespace it was opened in.
 pub struct RawIpSocket(std::os::fd::OwnedFd);
@@ -1271,4 +1287,15 @@ fn demo_check(
         if ok { "OK" } else { "FAILED" }
     );
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses() {
+        assert_eq!(parse_mac("02:00:0a:ff:10:01\n"), Some([2, 0, 10, 255, 16, 1]));
+        assert_eq!(parse_mac("02:00"), None);
+    }
 }

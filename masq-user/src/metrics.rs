@@ -32,9 +32,7 @@ use crate::{
     conntrack::Conn,
     inspect::{self, direction_name, proto_name},
     links::{Attachment, read_attachments},
-    pinned::{
-        CounterValue, TableSize, read_conns, read_counters, read_table_size, read_uplink_stats,
-    },
+    pinned::{CounterValue, read_conns, read_counters, read_table_size, read_uplink_stats},
     state::Names,
 };
 
@@ -55,10 +53,7 @@ pub struct Snapshot {
     uplinks: Vec<(String, String, UplinkStats, u64)>,
     /// (uplink, direction, proto, state) → connections.
     conns: std::collections::BTreeMap<(String, &'static str, &'static str, &'static str), u64>,
-    conn_count: u64,
-    entries: u64,
-    pending: inspect::PendingStatus,
-    size: TableSize,
+    connections: inspect::ConnectionsStatus,
     programs: Vec<Attachment>,
 }
 
@@ -93,10 +88,7 @@ impl Snapshot {
             counters,
             uplinks,
             conns: by_labels,
-            conn_count: status.count,
-            entries: status.entries,
-            pending: status.pending,
-            size,
+            connections: status,
             programs: read_attachments(pin_dir, names),
         })
     }
@@ -209,58 +201,40 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
-        gauge(
-            e,
-            "conntrack_connections",
-            "Connections tracked, confirmed and pending.",
-            self.conn_count,
-        )?;
+        let c = &self.connections;
+        gauge(e, "conntrack_connections", "Connections tracked, confirmed and pending.", c.count)?;
         gauge(
             e,
             "conntrack_pending_connections",
             "Connections not confirmed yet (handshake incomplete, no reply).",
-            self.pending.count,
+            c.pending.count,
         )?;
         gauge(
             e,
             "conntrack_pending_capacity",
             "Pending connections the pending table holds; beyond it the oldest are evicted.",
-            u64::from(self.pending.capacity),
+            u64::from(c.pending.capacity),
         )?;
         gauge(
             e,
             "conntrack_pending_fill_ratio",
             "Entries / max entries of the pending connection map.",
-            self.pending.fill,
+            c.pending.fill,
         )?;
         gauge(
             e,
             "conntrack_capacity",
             "Confirmed connections the table holds (max entries / 2).",
-            u64::from(self.size.capacity()),
+            u64::from(c.capacity),
         )?;
         gauge(
             e,
             "conntrack_entries",
             "Entries in the confirmed connection map (two per connection).",
-            self.entries,
+            c.entries,
         )?;
-        gauge(
-            e,
-            "conntrack_max_entries",
-            "Size of the connection map.",
-            u64::from(self.size.max_entries),
-        )?;
-        gauge(
-            e,
-            "conntrack_fill_ratio",
-            "Entries / max entries of the connection map.",
-            if self.size.max_entries == 0 {
-                0.0
-            } else {
-                self.entries as f64 / f64::from(self.size.max_entries)
-            },
-        )?;
+        gauge(e, "conntrack_max_entries", "Size of the connection map.", u64::from(c.max_entries))?;
+        gauge(e, "conntrack_fill_ratio", "Entries / max entries of the connection map.", c.fill)?;
         counter_family(
             e,
             "packets",
@@ -497,16 +471,25 @@ mod tests {
                 1,
             )],
             conns: [(("dsl".to_string(), "inbound", "icmp", "icmp"), 1)].into(),
-            conn_count: 1,
-            entries: 2,
-            pending: crate::inspect::PendingStatus {
-                count: 3,
-                capacity: 256,
-                entries: 6,
-                max_entries: 512,
-                fill: 6.0 / 512.0,
+            connections: crate::inspect::ConnectionsStatus {
+                count: 1,
+                capacity: 1024,
+                entries: 2,
+                max_entries: 2048,
+                fill: 2.0 / 2048.0,
+                pending: crate::inspect::PendingStatus {
+                    count: 3,
+                    capacity: 256,
+                    entries: 6,
+                    max_entries: 512,
+                    fill: 6.0 / 512.0,
+                },
+                confirmed_table_full: 0,
+                refused: 0,
+                by_proto: Default::default(),
+                by_state: Default::default(),
+                by_direction: Default::default(),
             },
-            size: TableSize { map_id: 1, max_entries: 2048, pending_max_entries: 512 },
             programs: read_attachments(Path::new("/nonexistent"), &names),
         };
         let text = snapshot.encode().unwrap();

@@ -250,8 +250,8 @@ fn measure(
 
     // End to end: client → core → ISP A → gw → switch → isolde.
     let frame = frames::udp(
-        mac(&lab, Host::Core, "to-client")?,
-        mac(&lab, Host::Client, "eth0")?,
+        lab.mac(Host::Core, "to-client")?,
+        lab.mac(Host::Client, "eth0")?,
         Endpoint::new(CLIENT, 4000),
         Endpoint::new(target, SINK_PORT),
         UDP_PAYLOAD,
@@ -277,8 +277,8 @@ fn measure(
 
     // gw alone: generator in place of the ISP A router, sink on the switch port facing gw.
     let frame = frames::udp(
-        mac(&lab, Host::Gw, "eth4")?,
-        mac(&lab, Host::IspA, "to-gw")?,
+        lab.mac(Host::Gw, "eth4")?,
+        lab.mac(Host::IspA, "to-gw")?,
         Endpoint::new(CLIENT, 4001),
         Endpoint::new(target, SINK_PORT),
         UDP_PAYLOAD,
@@ -305,11 +305,6 @@ fn measure(
 
     drop(masq);
     Ok(Sample { round, gateway, udp_e2e, udp_gw, tcp_gbps, conns_per_s, conn_failures })
-}
-
-fn mac(lab: &Lab, host: Host, iface: &str) -> Result<frames::Mac> {
-    let text = lab.ns(host).run_ok(&format!("cat /sys/class/net/{iface}/address"))?;
-    frames::parse_mac(&text).ok_or_else(|| anyhow!("{host} {iface}: bad MAC {text:?}"))
 }
 
 fn read_sys(lab: &Lab, host: Host, path: &str) -> Result<u64> {

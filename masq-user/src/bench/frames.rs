@@ -37,16 +37,6 @@ pub fn udp(
     eth_ip(dst_mac, src_mac, &Ip::new(from.addr, to.addr).udp(from.port, to.port, &payload))
 }
 
-/// A MAC address from `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,11 +69,5 @@ mod tests {
         pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
         pseudo.extend_from_slice(seg);
         assert_eq!(internet_checksum(&pseudo), 0);
-    }
-
-    #[test]
-    fn mac_parses() {
-        assert_eq!(parse_mac("02:00:0a:ff:10:01\n"), Some([2, 0, 10, 255, 16, 1]));
-        assert_eq!(parse_mac("02:00"), None);
     }
 }

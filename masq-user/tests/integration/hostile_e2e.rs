@@ -43,14 +43,6 @@ fn send_frame(lab: &Lab, host: Host, iface: &'static str, frame: Vec<u8>) {
     });
 }
 
-fn mac_of(lab: &Lab, host: Host, iface: &str) -> [u8; 6] {
-    let out = lab.exec(host, &["cat", &format!("/sys/class/net/{iface}/address")]).unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let bytes: Vec<u8> =
-        text.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    bytes.try_into().unwrap()
-}
-
 /// A TCP connection from the client to isolde's `port` published on ISP A: (client side,
 /// server side).
 fn inbound_connection(lab: &Lab, port: u16) -> (TcpStream, TcpStream) {
@@ -193,13 +185,13 @@ fn forged_port_unreachables_never_reach_the_lan_host_and_the_real_one_does() {
     raw.send(&unreachable(GW_ISP_B, &sent)).unwrap();
     assert_eq!(pending_error(&tristan), None, "wrong outer destination");
     // Correctly addressed, but injected on ISP B's line.
-    let gw_eth1 = mac_of(&lab, Host::Gw, "eth1");
-    let ispb = mac_of(&lab, Host::IspB, "to-gw");
+    let gw_eth1 = lab.mac(Host::Gw, "eth1").unwrap();
+    let ispb = lab.mac(Host::IspB, "to-gw").unwrap();
     send_frame(&lab, Host::IspB, "to-gw", eth_ip(gw_eth1, ispb, &unreachable(GW_ISP_A, &sent)));
     assert_eq!(pending_error(&tristan), None, "wrong uplink");
     // Straight to tristan's LAN address over ISP A's line, quoting its untranslated packet.
-    let gw_eth4 = mac_of(&lab, Host::Gw, "eth4");
-    let ispa = mac_of(&lab, Host::IspA, "to-gw");
+    let gw_eth4 = lab.mac(Host::Gw, "eth4").unwrap();
+    let ispa = lab.mac(Host::IspA, "to-gw").unwrap();
     let untranslated =
         Ip::new(TRISTAN, CLIENT).udp(tristan.local_addr().unwrap().port(), 5300, b"hi");
     send_frame(
@@ -228,7 +220,7 @@ fn a_vlan_tagged_frame_from_the_lan_never_leaves_an_uplink() {
     let before = common::counter(&lab, "outbound_new");
     let syn = Ip::new(TRISTAN, CLIENT).tcp(50123, 443, TCP_SYN);
     let mut frame =
-        eth_ip(mac_of(&lab, Host::Gw, "eth0"), mac_of(&lab, Host::Tristan, "eth0"), &syn);
+        eth_ip(lab.mac(Host::Gw, "eth0").unwrap(), lab.mac(Host::Tristan, "eth0").unwrap(), &syn);
     frame.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
     for _ in 0..3 {
         send_frame(&lab, Host::Tristan, "eth0", frame.clone());
@@ -244,7 +236,7 @@ fn a_vlan_tagged_frame_from_the_lan_never_leaves_an_uplink() {
         &lab,
         Host::Tristan,
         "eth0",
-        eth_ip(mac_of(&lab, Host::Gw, "eth0"), mac_of(&lab, Host::Tristan, "eth0"), &syn),
+        eth_ip(lab.mac(Host::Gw, "eth0").unwrap(), lab.mac(Host::Tristan, "eth0").unwrap(), &syn),
     );
     thread::sleep(Duration::from_millis(300));
     assert_eq!(common::counter(&lab, "outbound_new"), before + 1, "the untagged SYN opens one");
