@@ -705,8 +705,9 @@ impl Lab {
         }))
     }
 
-    /// Sends `payload` from `host` to `addr:port` over UDP and returns the first reply datagram
-    /// (trailing newline removed); `None` when none arrives within `timeout`.
+    /// Sends `payload` from `host` to `addr:port` over UDP (again every half second) and returns
+    /// the first reply datagram (trailing newline removed); `None` when none arrives within
+    /// `timeout`.
     pub fn udp_request(
         &self,
         host: Host,
@@ -719,15 +720,25 @@ impl Lab {
         self.ns(host).enter(move || {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
             socket.connect((addr, port))?;
-            socket.set_read_timeout(Some(timeout))?;
-            socket.send(&payload)?;
+            let deadline = Instant::now() + timeout;
             let mut buf = [0u8; 65536];
-            Ok(match socket.recv(&mut buf) {
-                Ok(n) => {
-                    Some(String::from_utf8_lossy(&buf[..n]).trim_end_matches('\n').to_string())
+            // Sent again every half second, as a resolver does: a datagram lost on a loaded
+            // machine, or refused while socat's forking server re-listens, is not an answer.
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                socket.send(&payload)?;
+                socket.set_read_timeout(Some(left.min(UDP_RETRY).max(Duration::from_millis(1))))?;
+                match socket.recv(&mut buf) {
+                    Ok(n) => {
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        return Ok(Some(text.trim_end_matches('\n').to_string()));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => None,
-            })
+            }
+            Ok(None)
         })
     }
 
@@ -1085,6 +1096,9 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(mac)
 }
+
+/// How long `Lab::udp_request` waits for an answer before sending again.
+const UDP_RETRY: Duration = Duration::from_millis(500);
 
 /// A raw IPv4 socket (`Lab::raw_ip_socket`): sends IPv4 packets exactly as built, spoofed
 /// sources included, routed by their destination in the namespace it was opened in.
