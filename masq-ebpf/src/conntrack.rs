@@ -31,21 +31,17 @@ pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
     Some(unsafe { &mut *p })
 }
 
-/// Insert an entry into the table its flags name, unless that table has the key (the caller
-/// knows the other has not).
+/// Insert an entry into the table its flags name, unless the key exists in either.
 #[inline(always)]
 fn insert_new(key: &FlowKey, entry: &ConnEntry) -> Result<(), i32> {
     if entry.is_pending() {
+        if CONNS.get_ptr(key).is_some() {
+            return Err(-EEXIST);
+        }
         PENDING_CONNS.insert(key, entry, BPF_NOEXIST as u64)
     } else {
         CONNS.insert(key, entry, BPF_NOEXIST as u64)
     }
-}
-
-/// Insert a new connection's reply entry (pending) unless its tuple is taken in either table.
-#[inline(always)]
-fn insert_reply(key: &FlowKey, entry: &ConnEntry) -> bool {
-    CONNS.get_ptr(key).is_none() && insert_new(key, entry).is_ok()
 }
 
 #[inline(always)]
@@ -224,46 +220,6 @@ pub fn account(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) -> Res
     Ok(())
 }
 
-/// A TCP segment's flags and sequence numbers in its direction's entry (and, when it starts a
-/// connection over, in the other's). Only a SYN or SYN-ACK looks at the other entry.
-#[inline(always)]
-fn track_tcp(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4) {
-    let mut seen = tcp_seen_bits(ip.tcp_flags);
-    let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
-    let mut kept = entry.tcp_seen;
-    if syn == TCP_SYN && kept & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
-        // A new SYN on a closed tuple starts over: forget both directions' close.
-        kept = 0;
-        if let Some(twin) = lookup(&entry.twin_key(key)) {
-            twin.tcp_seen = 0;
-        }
-        entry.tcp_seen = 0;
-        seen |= track_seq(entry, ip);
-    } else if syn == TCP_SYN && kept & TCP_SEEN_SEQ != 0 {
-        // A SYN on a live tuple (reused, or forged): the sequence state stays until the other
-        // side answers it.
-        seen |= TCP_SEEN_RESYN;
-    } else {
-        // Anything but a SYN from this side ends a reuse it had begun.
-        kept &= !TCP_SEEN_RESYN;
-        if syn == TCP_SYN | TCP_ACK
-            && let Some(twin) =
-                lookup(&entry.twin_key(key)).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0)
-        {
-            // The answer to a SYN that reused the tuple: both directions start over, the
-            // initiator at what this SYN-ACK acknowledges.
-            twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
-            twin.tcp_next_seq = ip.tcp_ack;
-            kept = 0;
-            entry.tcp_seen = 0;
-        }
-        seen |= track_seq(entry, ip);
-    }
-    if kept | seen != entry.tcp_seen {
-        entry.tcp_seen = kept | seen;
-    }
-}
-
 /// Account a packet to its connection: counters, last-seen time, TCP state. Once a second it
 /// also confirms the other direction's entry (which refreshes it in the LRU) and rebuilds it if
 /// the LRU evicted it, so one direction is never orphaned.
@@ -275,7 +231,37 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
     entry.packets += 1;
     entry.bytes += len;
     if ip.l4 == L4::Tcp {
-        track_tcp(key, entry, ip);
+        let mut seen = tcp_seen_bits(ip.tcp_flags);
+        let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
+        let (twin_key, _) = twin_of(key, entry, now);
+        if syn == TCP_SYN && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
+            // A new SYN on a closed tuple starts over: forget both directions' close.
+            entry.tcp_seen = seen;
+            if let Some(twin) = lookup(&twin_key) {
+                twin.tcp_seen = 0;
+            }
+            seen |= track_seq(entry, ip);
+        } else if syn == TCP_SYN && entry.tcp_seen & TCP_SEEN_SEQ != 0 {
+            // A SYN on a live tuple (reused, or forged): the sequence state stays until the
+            // other side answers it.
+            seen |= TCP_SEEN_RESYN;
+        } else {
+            // Anything but a SYN from this side ends a reuse it had begun.
+            entry.tcp_seen &= !TCP_SEEN_RESYN;
+            if let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0)
+                && syn == TCP_SYN | TCP_ACK
+            {
+                // The answer to a SYN that reused the tuple: both directions start over, the
+                // initiator at what this SYN-ACK acknowledges.
+                twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
+                twin.tcp_next_seq = ip.tcp_ack;
+                entry.tcp_seen = 0;
+            }
+            seen |= track_seq(entry, ip);
+        }
+        if entry.tcp_seen | seen != entry.tcp_seen {
+            entry.tcp_seen |= seen;
+        }
     }
     if entry.last_seen_tick != now {
         entry.last_seen_tick = now;
@@ -366,7 +352,7 @@ pub fn create(
         let port = u16::from_be(xlate.src_port);
         !r.skips(port) && (!r.strict || (r.min..=r.max).contains(&port))
     });
-    if !keep || !insert_reply(&reply_key, &reply) {
+    if !keep || insert_new(&reply_key, &reply).is_err() {
         let range = ports.ok_or(Counter::DropConnInsertFailed)?;
         let (hole_start, hole_len) = range.hole();
         let span = (u32::from(range.max - range.min) + 1).saturating_sub(hole_len);
@@ -383,7 +369,7 @@ pub fn create(
             xlate.src_port = (candidate as u16).to_be();
             entry.xlate = xlate;
             (reply_key, reply) = twin_of(key, &entry, now);
-            if insert_reply(&reply_key, &reply) {
+            if insert_new(&reply_key, &reply).is_ok() {
                 placed = true;
                 break;
             }
