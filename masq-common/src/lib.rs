@@ -218,7 +218,8 @@ pub struct ConnEntry {
     /// confirms the other direction's entry.
     pub last_seen_tick: u32,
     /// TCP: the sequence number after the last one this direction sent (host byte order;
-    /// valid with `TCP_SEEN_SEQ`).
+    /// valid with `TCP_SEEN_SEQ`). The reply entry of a masqueraded connection holds the
+    /// initiator's SYN time instead until the first reply (microseconds, 0 unknown).
     pub tcp_next_seq: u32,
     /// TCP: the highest acknowledgment this direction sent (host byte order; valid with
     /// `TCP_SEEN_ACK`).
@@ -338,10 +339,12 @@ pub struct PolicyRule {
     pub flags: u32,
     /// Uplink indexes of the weighted choice.
     pub uplinks: [u8; MAX_CHOICES],
+    /// Tier of each choice: new connections take the lowest tier with an uplink up.
+    pub tiers: [u8; MAX_CHOICES],
     /// Weight of each choice.
     pub weights: [u32; MAX_CHOICES],
 }
-const _: () = assert!(core::mem::size_of::<PolicyRule>() == 16 + 12 + 8 + 32);
+const _: () = assert!(core::mem::size_of::<PolicyRule>() == 16 + 12 + 8 + 8 + 32);
 
 /// `FRAGS` key: the fragments of one datagram, as they arrive (before translation).
 #[repr(C)]
@@ -457,8 +460,14 @@ pub struct UplinkStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub new_conns: u64,
+    /// Passive health: masqueraded TCP connections opened on the uplink (their SYN sent) ...
+    pub syn_sent: u64,
+    /// ... how many of them were answered (SYN-ACK or RST) ...
+    pub syn_answered: u64,
+    /// ... and the sum of their SYN to answer times, in microseconds.
+    pub syn_answer_us: u64,
 }
-const _: () = assert!(core::mem::size_of::<UplinkStats>() == 40);
+const _: () = assert!(core::mem::size_of::<UplinkStats>() == 64);
 
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident = $id:expr, $label:literal, $drop:expr; )*) => {

@@ -2,16 +2,20 @@
 //! A new connection starts pending (`PENDING_CONNS`, an LRU a flood may churn) and moves to the
 //! confirmed table (`CONNS`, never evicted) once its TCP handshake completes or a reply to it
 //! arrives, so no connection that never completes can push out one that did.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use masq_common::{
-    CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK,
-    TCP_SEEN_FIN, TCP_SEEN_RESYN, TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
+    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES,
+    TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RESYN, TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4,
+    tick,
 };
 
 use crate::{
     maps::{CONNS, PENDING_CONNS},
     packet::{Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    stats::count,
+    stats::{count, uplink_syn_answered, uplink_syn_sent},
 };
 
 const EEXIST: i32 = 17;
@@ -104,6 +108,27 @@ fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
         ..ConnEntry::default()
     };
     (entry.twin_key(key), twin)
+}
+
+/// Microseconds of CLOCK_MONOTONIC (wrapping, never 0), precise enough for a SYN's answer time.
+#[inline(always)]
+fn now_us() -> u32 {
+    // SAFETY: plain helper call.
+    ((unsafe { bpf_ktime_get_ns() } / 1000) as u32).max(1)
+}
+
+/// Passive health: the first packet back on a masqueraded TCP connection (a SYN-ACK or RST)
+/// answers its SYN, whose time the reply entry holds until then.
+#[inline(always)]
+fn count_syn_answer(entry: &ConnEntry, ip: &Ipv4) {
+    if entry.tcp_seen == 0
+        && entry.flags & (CONN_F_REPLY | CONN_F_INBOUND) == CONN_F_REPLY
+        && ip.tcp_flags & (TCP_SYN | TCP_RST) != 0
+    {
+        let sent = entry.tcp_next_seq;
+        let waited = if sent == 0 { 0 } else { now_us().wrapping_sub(sent) };
+        uplink_syn_answered(entry.uplink, u64::from(waited));
+    }
 }
 
 #[inline(always)]
@@ -231,6 +256,7 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
     entry.packets += 1;
     entry.bytes += len;
     if ip.l4 == L4::Tcp {
+        count_syn_answer(entry, ip);
         let mut seen = tcp_seen_bits(ip.tcp_flags);
         let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
         let (twin_key, _) = twin_of(key, entry, now);
@@ -342,10 +368,17 @@ pub fn create(
         last_seen_tick: now,
         ..ConnEntry::default()
     };
+    // A masqueraded TCP connection's reply entry keeps its SYN's time (passive health).
+    let syn_us = if ip.l4 == L4::Tcp && flags & CONN_F_INBOUND == 0 { now_us() } else { 0 };
     if ip.l4 == L4::Tcp {
         entry.tcp_seen = tcp_seen_bits(ip.tcp_flags) | track_seq(&mut entry, ip);
     }
-    let (mut reply_key, mut reply) = twin_of(key, &entry, now);
+    let reply_of = |entry: &ConnEntry| {
+        let (key, mut reply) = twin_of(key, entry, now);
+        reply.tcp_next_seq = syn_us;
+        (key, reply)
+    };
+    let (mut reply_key, mut reply) = reply_of(&entry);
     // The original port is kept when free, unless it is out of a strict range or one the
     // gateway uses itself.
     let keep = ports.is_none_or(|r| {
@@ -368,7 +401,7 @@ pub fn create(
             }
             xlate.src_port = (candidate as u16).to_be();
             entry.xlate = xlate;
-            (reply_key, reply) = twin_of(key, &entry, now);
+            (reply_key, reply) = reply_of(&entry);
             if insert_new(&reply_key, &reply).is_ok() {
                 placed = true;
                 break;
@@ -382,7 +415,12 @@ pub fn create(
     entry.packets = 1;
     entry.bytes = len;
     match insert_new(key, &entry) {
-        Ok(()) => Ok(entry.xlate),
+        Ok(()) => {
+            if syn_us != 0 {
+                uplink_syn_sent(uplink);
+            }
+            Ok(entry.xlate)
+        }
         Err(err) => {
             remove(&reply_key, &reply);
             if err == -EEXIST {

@@ -39,3 +39,18 @@ pub fn uplink_new_conn(uplink: u8) {
         s.new_conns += 1;
     }
 }
+
+#[inline(always)]
+pub fn uplink_syn_sent(uplink: u8) {
+    if let Some(s) = uplink_stats(uplink) {
+        s.syn_sent += 1;
+    }
+}
+
+#[inline(always)]
+pub fn uplink_syn_answered(uplink: u8, waited_us: u64) {
+    if let Some(s) = uplink_stats(uplink) {
+        s.syn_answered += 1;
+        s.syn_answer_us += waited_us;
+    }
+}

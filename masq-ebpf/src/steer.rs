@@ -82,16 +82,25 @@ fn rule_matches(rule: &PolicyRule, key: &FlowKey) -> bool {
     port >= rule.port_min && port <= rule.port_max
 }
 
-/// Weighted pick among the rule's uplinks that are up, or `NO_UPLINK`.
+/// Weighted pick among the rule's uplinks that are up in its lowest tier with one up, or
+/// `NO_UPLINK`.
 #[inline(always)]
 fn pick(rule: &PolicyRule, key: &FlowKey) -> u8 {
+    let up = |i: usize| uplink(rule.uplinks[i]).is_some_and(|u| u.flags & UPLINK_F_UP != 0);
+    let mut tier = u8::MAX;
     let mut total: u32 = 0;
     for i in 0..MAX_CHOICES {
         if i >= rule.choice_count as usize {
             break;
         }
-        if uplink(rule.uplinks[i]).is_some_and(|u| u.flags & UPLINK_F_UP != 0) {
-            total += rule.weights[i];
+        if up(i) {
+            if rule.tiers[i] < tier {
+                tier = rule.tiers[i];
+                total = 0;
+            }
+            if rule.tiers[i] == tier {
+                total += rule.weights[i];
+            }
         }
     }
     if total == 0 {
@@ -107,7 +116,7 @@ fn pick(rule: &PolicyRule, key: &FlowKey) -> u8 {
         if i >= rule.choice_count as usize {
             break;
         }
-        if uplink(rule.uplinks[i]).is_some_and(|u| u.flags & UPLINK_F_UP != 0) {
+        if rule.tiers[i] == tier && up(i) {
             if point < rule.weights[i] {
                 return rule.uplinks[i];
             }

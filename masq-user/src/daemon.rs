@@ -8,10 +8,15 @@ use tracing::{debug, info, warn};
 use masq_common::Counter;
 
 use crate::{
-    config::{Config, Uplink},
+    config::{Config, OnDown, OnUp, Uplink},
     conntrack,
     dataplane::{Dataplane, remove_pins},
     follow::{self, UplinkState},
+    health::{
+        monitor::{Monitor, Verdict},
+        probe::ProbeSource,
+        transition::{self, TransitionEvent},
+    },
     hooks::HookChoice,
     host::HostInterfaces,
     metrics,
@@ -27,41 +32,107 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";
 /// How often idle connections are expired, at most.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often uplink links are checked for failover.
-const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the dataplane's SYN counters are sampled and the CLI's state file rewritten.
+const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
 /// Interfaces, addresses and default routes are followed on every netlink change, once this
 /// long after the first of a burst, and this often besides (in case events were lost).
 const FOLLOW_SETTLE: Duration = Duration::from_millis(100);
 const FOLLOW_RESYNC: Duration = Duration::from_secs(10);
 
-/// Failover: mark each uplink up or down for new connections by its link state (an uplink
-/// that is absent or waiting for its address is down).
-fn check_uplinks(dataplane: &mut Dataplane, cfg: &Config, states: &[UplinkState]) {
-    for ((index, uplink), state) in cfg.uplinks.iter().enumerate().zip(states) {
-        let up = state.live().is_some()
-            && match crate::health::link_is_up(&uplink.interface) {
-                Ok(up) => up,
-                Err(e) => {
-                    debug!(
-                        "uplink {}: reading the state of {}: {e}",
-                        uplink.name, uplink.interface
-                    );
-                    false
-                }
-            };
-        match dataplane.set_uplink_up(index, up) {
-            Ok(true) if up => info!(
-                "uplink {} ({}) is up: it takes new connections again",
-                uplink.name, uplink.interface
-            ),
-            Ok(true) => warn!(
-                "uplink {} ({}) is down: new connections go to the next uplink of their policy",
-                uplink.name, uplink.interface
-            ),
-            Ok(false) => {}
-            Err(e) => warn!("uplink {}: updating its state: {e:#}", uplink.name),
-        }
+/// Tell the health monitor what the host shows of each uplink now (interface, carrier,
+/// address); returns the verdicts that changed.
+fn follow_links(monitor: &mut Monitor, cfg: &Config, followed: &Followed) -> Vec<Verdict> {
+    cfg.uplinks
+        .iter()
+        .zip(&followed.states)
+        .enumerate()
+        .filter_map(|(i, (u, state))| {
+            let carrier = followed.host.get(&u.interface).is_some_and(|ifc| ifc.carrier);
+            let source = state.live().map(|live| ProbeSource {
+                address: live.address,
+                device: u.interface.clone(),
+                mark: u.mark,
+            });
+            monitor.set_link(i, carrier, source, state.why_not(&u.interface))
+        })
+        .collect()
+}
+
+/// Apply a changed verdict: the uplink's flag for new connections, its log line, what its
+/// `on_down`/`on_up` asks for its connections, and the operator's `on_transition` command.
+fn apply_verdict(dataplane: &mut Dataplane, cfg: &Config, monitor: &Monitor, v: &Verdict) {
+    let Some(u) = cfg.uplinks.get(v.uplink) else { return };
+    if let Err(e) = dataplane.set_uplink_up(v.uplink, v.up) {
+        warn!("uplink {}: updating its state: {e:#}", u.name);
     }
+    if v.up {
+        info!(
+            "uplink {} ({}) is up: {}; it takes new connections again",
+            u.name, u.interface, v.reason
+        );
+    } else {
+        warn!(
+            "uplink {} ({}) is down: {}; new connections go by the next uplink of their policy",
+            u.name, u.interface, v.reason
+        );
+    }
+    let removed = match (v.up, u.on_down, u.on_up) {
+        (false, OnDown::Flush, _) => dataplane.conn_tables().map(|mut t| {
+            t.remove_where(|c| !c.any().1.is_inbound() && usize::from(c.uplink()) == v.uplink)
+        }),
+        (true, _, OnUp::Reclaim) => dataplane
+            .conn_tables()
+            .map(|mut t| t.remove_where(|c| steered_back(cfg, monitor, c, v.uplink))),
+        _ => Ok(0),
+    };
+    match removed {
+        Ok(0) => {}
+        Ok(n) if v.up => info!(
+            "uplink {}: {n} masqueraded connections that went by another uplink meanwhile              removed (on_up = \"reclaim\"): they reconnect by it",
+            u.name
+        ),
+        Ok(n) => info!(
+            "uplink {}: its {n} masqueraded connections removed (on_down = \"flush\")",
+            u.name
+        ),
+        Err(e) => warn!("uplink {}: removing connections: {e:#}", u.name),
+    }
+    if let Some(hook) = &cfg.on_transition {
+        let state = |up: bool| if up { "up" } else { "down" };
+        transition::spawn(
+            hook,
+            TransitionEvent {
+                uplink: u.name.clone(),
+                interface: u.interface.clone(),
+                state: state(v.up),
+                previous: state(!v.up),
+                reason: v.reason.clone(),
+            },
+        );
+    }
+}
+
+/// A masqueraded connection on another uplink that its policy would now give to `uplink`.
+fn steered_back(cfg: &Config, monitor: &Monitor, conn: &conntrack::Conn, uplink: usize) -> bool {
+    let Some((key, entry)) = &conn.orig else { return false };
+    let on = usize::from(entry.uplink);
+    if entry.is_inbound() || on == uplink {
+        return false;
+    }
+    let ip = |a: u32| std::net::Ipv4Addr::from(u32::from_be(a));
+    let choices = cfg.steered_to(
+        ip(key.src_addr),
+        ip(key.dst_addr),
+        key.proto,
+        u16::from_be(key.dst_port),
+        |i| monitor.is_up(i),
+    );
+    choices.contains(&uplink) && !choices.contains(&on)
+}
+
+/// Each uplink's verdict, for `fill_maps`.
+fn verdicts(monitor: &Monitor, cfg: &Config) -> Vec<bool> {
+    (0..cfg.uplinks.len()).map(|i| monitor.is_up(i)).collect()
 }
 
 /// Expire at least as often as the shortest timeout, so none overstays by more than itself.
@@ -147,6 +218,7 @@ async fn start(
     cfg: &Config,
     followed: &Followed,
     pin_dir: &Path,
+    up: &[bool],
 ) -> anyhow::Result<(Dataplane, PolicyTables, Vec<HookChoice>)> {
     let (host, states) = (&followed.host, &followed.states);
     let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
@@ -165,7 +237,7 @@ async fn start(
             return Err(e);
         }
     };
-    if let Err(e) = dataplane.fill_maps(cfg, host, states) {
+    if let Err(e) = dataplane.fill_maps(cfg, host, states, up) {
         drop(dataplane);
         undo(None).await;
         return Err(e);
@@ -233,6 +305,7 @@ async fn follow_host(
     cfg: &Config,
     current: &mut Followed,
     state: &mut DaemonState,
+    monitor: &mut Monitor,
 ) -> anyhow::Result<bool> {
     let new = Followed::observe(cfg).await?;
     if new == *current {
@@ -250,11 +323,14 @@ async fn follow_host(
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         log_uplink(u, Some(old), now);
     }
-    if let Err(e) = dataplane.fill_maps(cfg, &new.host, &new.states) {
+    let changed = follow_links(monitor, cfg, &new);
+    if let Err(e) = dataplane.fill_maps(cfg, &new.host, &new.states, &verdicts(monitor, cfg)) {
         // Most likely the LAN device is gone; its return brings another change.
         warn!("updating the maps: {e:#}");
     }
-    check_uplinks(dataplane, cfg, &new.states);
+    for verdict in &changed {
+        apply_verdict(dataplane, cfg, monitor, verdict);
+    }
     tables.update(policy_spec(cfg, &new.states)).await.context("updating the policy tables")?;
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         let Some(lost) = follow::lost_address(old, now) else { continue };
@@ -281,11 +357,21 @@ async fn serve(
         None => None,
     };
     let mut followed = Followed::observe(&cfg).await?;
-    let (mut dataplane, tables, hooks) = start(&cfg, &followed, pin_dir).await?;
+    // Probes start as an adopted dataplane had its uplinks, or as configured.
+    let adopted: Vec<bool> = crate::pinned::read_uplink_infos(pin_dir)
+        .map(|infos| infos.iter().map(|(_, i)| i.flags & masq_common::UPLINK_F_UP != 0).collect())
+        .unwrap_or_default();
+    let mut monitor = Monitor::start(&cfg, &adopted);
+    for v in follow_links(&mut monitor, &cfg, &followed) {
+        let name = &cfg.uplinks[v.uplink].name;
+        info!("uplink {name} starts {}: {}", if v.up { "up" } else { "down" }, v.reason);
+    }
+    let up = verdicts(&monitor, &cfg);
+    let (mut dataplane, tables, hooks) = start(&cfg, &followed, pin_dir, &up).await?;
     let tables = Arc::new(tables);
     // Its change notices drive the uplink following; the first follow below (the resync's
     // first tick is immediate) catches what changed since `observe`.
-    let mut monitor = policy_tables::spawn_route_monitor(tables.clone())?;
+    let mut route_monitor = policy_tables::spawn_route_monitor(tables.clone())?;
     let pid_path = pid_file(pin_dir);
     let _ = fs::create_dir_all("/run/masq");
     let _ = fs::write(&pid_path, std::process::id().to_string());
@@ -310,12 +396,30 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut expiry = tokio::time::interval(expiry_interval(&cfg.dataplane.timeouts));
-    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let mut health = tokio::time::interval(HEALTH_SAMPLE);
     let mut resync = tokio::time::interval(FOLLOW_RESYNC);
     loop {
         tokio::select! {
-            _ = health.tick() => check_uplinks(&mut dataplane, &cfg, &followed.states),
-            changed = monitor.changed(), if !monitor.is_finished() => {
+            Some((uplink, round)) = monitor.next_round() => {
+                if let Some(v) = monitor.record(uplink, &round) {
+                    apply_verdict(&mut dataplane, &cfg, &monitor, &v);
+                    state.health = monitor.reports();
+                    if let Err(e) = state.save(pin_dir) {
+                        warn!("writing the state file for the CLI: {e:#}");
+                    }
+                }
+            }
+            _ = health.tick() => {
+                match crate::pinned::read_uplink_stats(pin_dir, cfg.uplinks.len()) {
+                    Ok(stats) => monitor.sample_passive(&stats),
+                    Err(e) => debug!("reading the uplinks' counters: {e:#}"),
+                }
+                state.health = monitor.reports();
+                if let Err(e) = state.save(pin_dir) {
+                    warn!("writing the state file for the CLI: {e:#}");
+                }
+            }
+            changed = route_monitor.changed(), if !route_monitor.is_finished() => {
                 if changed.is_some() {
                     // Let a burst (a device with its addresses and routes) settle.
                     tokio::time::sleep(FOLLOW_SETTLE).await;
@@ -323,7 +427,9 @@ async fn serve(
                 }
             }
             _ = resync.tick() => {
-                match follow_host(&mut dataplane, &tables, &cfg, &mut followed, &mut state).await {
+                let followed_now =
+                    follow_host(&mut dataplane, &tables, &cfg, &mut followed, &mut state, &mut monitor);
+                match followed_now.await {
                     Ok(true) => {
                         if let Err(e) = state.save(pin_dir) {
                             warn!("writing the state file for the CLI: {e:#}");
@@ -336,8 +442,16 @@ async fn serve(
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                match reload(&mut dataplane, &cfg, config_path, &followed) {
+                match reload(&mut dataplane, &cfg, config_path, &followed, &monitor) {
                     Ok(new) => {
+                        if health_settings(&new) != health_settings(&cfg) {
+                            // Probes restart with the new settings, from the states they had.
+                            let up: Vec<bool> = verdicts(&monitor, &cfg);
+                            monitor = Monitor::start(&new, &up);
+                            for v in follow_links(&mut monitor, &new, &followed) {
+                                apply_verdict(&mut dataplane, &new, &monitor, &v);
+                            }
+                        }
                         cfg = new;
                         state.reloaded(Ok(&cfg));
                         info!("reloaded {}", config_path.display());
@@ -367,7 +481,8 @@ async fn serve(
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    monitor.stop().await;
+    monitor.stop();
+    route_monitor.stop().await;
     let _ = fs::remove_file(&pid_path);
     info!("daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
     Ok(())
@@ -381,6 +496,7 @@ fn reload(
     current: &Config,
     path: &Path,
     followed: &Followed,
+    monitor: &Monitor,
 ) -> anyhow::Result<Config> {
     let new = Config::load(path)?;
     let host = HostInterfaces::read()?;
@@ -394,7 +510,7 @@ fn reload(
     if identity(&new) != identity(current) || new.lan != current.lan {
         bail!("uplinks or the LAN changed: that needs `masq run` again, not a reload");
     }
-    dataplane.fill_maps(&new, &host, &followed.states)?;
+    dataplane.fill_maps(&new, &host, &followed.states, &verdicts(monitor, current))?;
     let published = crate::dataplane::publish_entries(&new);
     let removed = dataplane.conn_tables()?.remove_where(|conn| {
         conn.orig.as_ref().is_some_and(|(key, entry)| {
@@ -410,6 +526,11 @@ fn reload(
         info!("removed {removed} connections to services no longer published");
     }
     Ok(new)
+}
+
+/// What the health monitor is built from: a reload that changes it restarts the probes.
+fn health_settings(cfg: &Config) -> Vec<Option<&crate::config::Health>> {
+    cfg.uplinks.iter().map(|u| u.health.as_ref()).collect()
 }
 
 /// Stop a running daemon and remove whatever masq left: policy rules and routes, pins.

@@ -106,9 +106,10 @@ pub fn policy_rule(policy: &Policy) -> PolicyRule {
         flags: if policy.sticky { POLICY_F_STICKY } else { 0 },
         ..PolicyRule::default()
     };
-    for (i, (uplink, weight)) in policy.choices.iter().take(MAX_CHOICES).enumerate() {
-        rule.uplinks[i] = *uplink as u8;
-        rule.weights[i] = *weight;
+    for (i, choice) in policy.choices.iter().take(MAX_CHOICES).enumerate() {
+        rule.uplinks[i] = choice.uplink as u8;
+        rule.weights[i] = choice.weight;
+        rule.tiers[i] = choice.tier;
     }
     rule
 }
@@ -135,13 +136,16 @@ pub fn publish_entries(cfg: &Config) -> Vec<(PublishKey, PublishTarget)> {
         .collect()
 }
 
-/// `UPLINKS[i]`: a live uplink takes connections; one that is absent or waiting is only
-/// enabled (policies skip it, its connections wait).
-pub fn uplink_infos(cfg: &Config, states: &[UplinkState]) -> Vec<UplinkInfo> {
+/// `UPLINKS[i]`: a live uplink takes connections unless `up[i]` is false (its health says
+/// down); one that is absent or waiting is only enabled (policies skip it, its connections
+/// wait). An empty `up` holds nothing down.
+pub fn uplink_infos(cfg: &Config, states: &[UplinkState], up: &[bool]) -> Vec<UplinkInfo> {
     cfg.uplinks
         .iter()
         .zip(states)
-        .map(|(u, state)| {
+        .enumerate()
+        .map(|(i, (u, state))| {
+            let up = if up.get(i).copied().unwrap_or(true) { UPLINK_F_UP } else { 0 };
             let base = UplinkInfo {
                 mark: u.mark,
                 table: u.table,
@@ -155,7 +159,7 @@ pub fn uplink_infos(cfg: &Config, states: &[UplinkState]) -> Vec<UplinkInfo> {
                     address: wire_addr(live.address),
                     gateway: live.gateway.map_or(0, wire_addr),
                     mac: live.mac,
-                    flags: UPLINK_F_ENABLED | UPLINK_F_UP,
+                    flags: UPLINK_F_ENABLED | up,
                     ..base
                 },
                 None => base,
@@ -304,12 +308,13 @@ impl Dataplane {
         cfg: &Config,
         host: &HostInterfaces,
         states: &[UplinkState],
+        up: &[bool],
     ) -> anyhow::Result<()> {
         let lan = host
             .get(&cfg.lan.interface)
             .ok_or_else(|| anyhow!("lan.interface: {} not found", cfg.lan.interface))?;
         let global = dataplane_config(cfg, lan.index, local_port_range())?;
-        let uplinks = uplink_infos(cfg, states);
+        let uplinks = uplink_infos(cfg, states, up);
 
         let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
         for i in 0..MAX_UPLINKS {

@@ -123,6 +123,9 @@ mod tests {
             table: 201,
             mark: 1,
             weight: 1,
+            health: None,
+            on_down: Default::default(),
+            on_up: Default::default(),
         }
     }
 
@@ -133,6 +136,7 @@ mod tests {
             addrs: addrs.iter().map(|a| a.parse::<Ipv4Net>().unwrap()).collect(),
             mac: (!l3).then_some([2, 0, 0, 0, 0, 4]),
             l3,
+            carrier: true,
         }])
     }
 

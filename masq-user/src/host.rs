@@ -22,6 +22,8 @@ pub struct HostInterface {
     pub mac: Option<[u8; 6]>,
     /// No Ethernet header (PPP, raw-ip LTE, WireGuard, tun): its link type is not ARPHRD_ETHER.
     pub l3: bool,
+    /// Administratively up with a carrier (IFF_UP and IFF_RUNNING): it can pass traffic.
+    pub carrier: bool,
 }
 
 impl HostInterface {
@@ -55,6 +57,7 @@ impl HostInterfaces {
         }
         let list = IfAddrs(head);
         let mut entries = Vec::new();
+        let mut carrier = Vec::new();
         let mut cur = list.0;
         while !cur.is_null() {
             // SAFETY: `cur` is a node of the list returned by getifaddrs, alive until `list` drops.
@@ -68,10 +71,15 @@ impl HostInterfaces {
             // SAFETY: the pointers come from getifaddrs and are null or point to sockaddrs
             // of the family they announce.
             let entry = unsafe { decode(ifa.ifa_addr, ifa.ifa_netmask) };
+            let running = (libc::IFF_UP | libc::IFF_RUNNING) as u32;
+            if ifa.ifa_flags & running == running {
+                carrier.push(label.split(':').next().unwrap_or_default().to_owned());
+            }
             entries.push((label, entry));
         }
         let mut host = Self::collect(entries);
         for ifc in &mut host.interfaces {
+            ifc.carrier = carrier.contains(&ifc.name);
             if ifc.index == 0 {
                 // A link without a link-layer address (tun, PPP, WireGuard): getifaddrs lists
                 // no AF_PACKET entry for it, so neither index nor type came from there.
@@ -257,6 +265,7 @@ mod tests {
                 addrs: vec![net("67.17.28.12/28"), net("67.17.28.10/28")],
                 mac,
                 l3: false,
+                carrier: false,
             }]
         );
     }
@@ -295,6 +304,7 @@ mod tests {
             addrs: vec![net("10.9.9.1/24"), net("67.17.28.12/28")],
             mac: None,
             l3: false,
+            carrier: true,
         };
         assert_eq!(ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 14)), Some(net("67.17.28.12/28")));
         assert_eq!(ifc.subnet_of(Ipv4Addr::new(67, 17, 28, 16)), None);

@@ -13,6 +13,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     conntrack::{self, Conn},
+    health::monitor::UplinkHealthReport,
     links::{Attachment, read_attachments},
     pinned::{
         CounterValue, TableSize, read_conns, read_counters, read_table_size, read_uplink_infos,
@@ -371,6 +372,12 @@ pub struct UplinkTraffic {
     pub new_connections: u64,
     /// Connections in the table now.
     pub active_connections: u64,
+    /// Masqueraded TCP connections opened on it, and how many got a SYN-ACK or RST.
+    pub syn_sent: u64,
+    pub syn_answered: u64,
+    /// Up or down for new connections, since when, why, and what its probes say: from the
+    /// running daemon (`None` without one).
+    pub health: Option<UplinkHealthReport>,
 }
 
 pub fn uplink_traffic(
@@ -382,6 +389,7 @@ pub fn uplink_traffic(
     let count =
         infos.iter().map(|(i, _)| *i as usize + 1).max().unwrap_or(0).max(names.uplinks.len());
     let stats = read_uplink_stats(pin_dir, count)?;
+    let health = DaemonState::load(pin_dir).map(|s| s.health).unwrap_or_default();
     Ok(stats
         .iter()
         .enumerate()
@@ -397,6 +405,9 @@ pub fn uplink_traffic(
                 tx_bytes: s.tx_bytes,
                 new_connections: s.new_conns,
                 active_connections: conns.iter().filter(|c| c.uplink() == index).count() as u64,
+                syn_sent: s.syn_sent,
+                syn_answered: s.syn_answered,
+                health: health.get(i).cloned(),
             }
         })
         .collect())
@@ -406,13 +417,46 @@ pub fn uplinks(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> 
     let conns = read_conns(pin_dir)?;
     let traffic = uplink_traffic(pin_dir, names, &conns)?;
     render(&traffic, json, || {
+        let now = crate::health::unix_ms();
         let rows: Vec<Vec<String>> = traffic
             .iter()
             .map(|u| {
+                let (state, since) = match &u.health {
+                    Some(h) => (
+                        if h.up { "up" } else { "down" }.to_owned(),
+                        format!("{}s", now.saturating_sub(h.since_unix_ms) / 1000),
+                    ),
+                    None => ("-".into(), "-".into()),
+                };
+                let probes = u.health.as_ref().and_then(|h| h.probes.as_ref());
+                let rtt = probes
+                    .and_then(|p| {
+                        let rtts: Vec<f64> =
+                            p.targets.iter().filter_map(|t| t.avg_rtt_ms).collect();
+                        (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64)
+                    })
+                    .map_or_else(|| "-".into(), |ms| format!("{ms:.1}ms"));
+                let loss = probes
+                    .map(|p| {
+                        let worst = p.targets.iter().map(|t| t.loss_percent).fold(0.0, f64::max);
+                        format!("{worst:.0}%")
+                    })
+                    .unwrap_or_else(|| "-".into());
+                let answering = probes
+                    .map(|p| {
+                        let up = p.targets.iter().filter(|t| t.answering).count();
+                        format!("{up}/{}", p.targets.len())
+                    })
+                    .unwrap_or_else(|| "-".into());
                 vec![
                     u.index.to_string(),
                     u.name.clone(),
                     u.interface.clone().unwrap_or_else(|| "-".into()),
+                    state,
+                    since,
+                    rtt,
+                    loss,
+                    answering,
                     u.rx_packets.to_string(),
                     human_bytes(u.rx_bytes),
                     u.tx_packets.to_string(),
@@ -427,6 +471,11 @@ pub fn uplinks(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> 
                 "INDEX",
                 "UPLINK",
                 "INTERFACE",
+                "STATE",
+                "SINCE",
+                "RTT",
+                "LOSS",
+                "TARGETS",
                 "RX_PACKETS",
                 "RX_BYTES",
                 "TX_PACKETS",
@@ -435,8 +484,15 @@ pub fn uplinks(pin_dir: &Path, names: &Names, json: bool) -> anyhow::Result<()> 
                 "ACTIVE_CONNS",
             ],
             &rows,
-            &[0, 3, 4, 5, 6, 7, 8],
+            &[0, 4, 5, 6, 8, 9, 10, 11, 12, 13],
         );
+        for u in &traffic {
+            let Some(h) = &u.health else { continue };
+            println!("{}: {}", u.name, h.reason);
+            if let Some(why) = &h.passive.suspect {
+                println!("{}: suspect: {why}", u.name);
+            }
+        }
         Ok(())
     })
 }

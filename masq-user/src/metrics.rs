@@ -30,10 +30,11 @@ use tracing::{info, warn};
 
 use crate::{
     conntrack::Conn,
+    health::monitor::UplinkHealthReport,
     inspect::{self, direction_name, proto_name},
     links::{Attachment, read_attachments},
     pinned::{CounterValue, read_conns, read_counters, read_table_size, read_uplink_stats},
-    state::Names,
+    state::{DaemonState, Names},
 };
 
 /// What Prometheus is told the body is.
@@ -55,6 +56,8 @@ pub struct Snapshot {
     conns: std::collections::BTreeMap<(String, &'static str, &'static str, &'static str), u64>,
     connections: inspect::ConnectionsStatus,
     programs: Vec<Attachment>,
+    /// Per uplink, from the daemon's state file.
+    health: Vec<UplinkHealthReport>,
 }
 
 impl Snapshot {
@@ -90,6 +93,7 @@ impl Snapshot {
             conns: by_labels,
             connections: status,
             programs: read_attachments(pin_dir, names),
+            health: DaemonState::load(pin_dir).map(|s| s.health).unwrap_or_default(),
         })
     }
 
@@ -143,6 +147,79 @@ fn gauge<V: EncodeGaugeValue>(
     encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
 }
 
+type UplinkLabels<'a> = &'a dyn Fn(&str, &str) -> Vec<(&'static str, String)>;
+
+impl Snapshot {
+    /// The daemon's verdicts and probe results, per uplink and target.
+    fn encode_health(&self, e: &mut DescriptorEncoder, uplink: UplinkLabels) -> fmt::Result {
+        let named =
+            || self.uplinks.iter().zip(&self.health).map(|((n, i, _, _), h)| (uplink(n, i), h));
+        let per_target = || {
+            named().flat_map(|(labels, h)| {
+                h.probes.iter().flat_map(|p| &p.targets).map(move |t| {
+                    let mut l = labels.clone();
+                    l.push(("target", t.address.to_string()));
+                    (l, t)
+                })
+            })
+        };
+        gauge_family(
+            e,
+            "uplink_up",
+            "1 while the uplink takes new connections (carrier, address and probes).",
+            named().map(|(l, h)| (l, u64::from(h.up))),
+        )?;
+        counter_family(
+            e,
+            "uplink_transitions",
+            "Up/down transitions of the uplink since the daemon started.",
+            named().map(|(l, h)| (l, h.transitions)),
+        )?;
+        gauge_family(
+            e,
+            "uplink_suspect",
+            "1 while the dataplane's SYNs on the uplink go unanswered.",
+            named().map(|(l, h)| (l, u64::from(h.passive.suspect.is_some()))),
+        )?;
+        gauge_family(
+            e,
+            "uplink_syn_unanswered",
+            "SYNs sent a few seconds ago without any answer since.",
+            named().map(|(l, h)| (l, h.passive.unanswered)),
+        )?;
+        gauge_family(
+            e,
+            "uplink_syn_answer_seconds",
+            "Average SYN to SYN-ACK time over the last seconds.",
+            named().filter_map(|(l, h)| Some((l, h.passive.answer_ms? / 1000.0))),
+        )?;
+        counter_family(
+            e,
+            "uplink_probes_sent",
+            "Health probes sent, by uplink and target.",
+            per_target().map(|(l, t)| (l, t.sent)),
+        )?;
+        counter_family(
+            e,
+            "uplink_probes_answered",
+            "Health probes answered in time, by uplink and target.",
+            per_target().map(|(l, t)| (l, t.answered)),
+        )?;
+        gauge_family(
+            e,
+            "uplink_probe_rtt_seconds",
+            "Average probe round-trip time over the window, by uplink and target.",
+            per_target().filter_map(|(l, t)| Some((l, t.avg_rtt_ms? / 1000.0))),
+        )?;
+        gauge_family(
+            e,
+            "uplink_probe_loss_ratio",
+            "Share of the window's probes lost, by uplink and target.",
+            per_target().map(|(l, t)| (l, t.loss_percent / 100.0)),
+        )
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
@@ -179,6 +256,19 @@ impl Collector for Snapshot {
             "Connections opened on each uplink (inbound and outbound).",
             self.uplinks.iter().map(|(n, i, s, _)| (uplink(n, i), s.new_conns)),
         )?;
+        counter_family(
+            e,
+            "uplink_syn_sent",
+            "Masqueraded TCP connections opened on each uplink (passive health).",
+            self.uplinks.iter().map(|(n, i, s, _)| (uplink(n, i), s.syn_sent)),
+        )?;
+        counter_family(
+            e,
+            "uplink_syn_answered",
+            "Of those, answered by a SYN-ACK or RST.",
+            self.uplinks.iter().map(|(n, i, s, _)| (uplink(n, i), s.syn_answered)),
+        )?;
+        self.encode_health(e, &uplink)?;
         gauge_family(
             e,
             "uplink_connections",
@@ -467,6 +557,9 @@ mod tests {
                     tx_packets: 4,
                     tx_bytes: 400,
                     new_conns: 1,
+                    syn_sent: 7,
+                    syn_answered: 6,
+                    syn_answer_us: 6000,
                 },
                 1,
             )],
@@ -491,6 +584,41 @@ mod tests {
                 by_direction: Default::default(),
             },
             programs: read_attachments(Path::new("/nonexistent"), &names),
+            health: vec![UplinkHealthReport {
+                up: false,
+                since_unix_ms: 0,
+                reason: "3 rounds in a row failed".into(),
+                carrier: true,
+                transitions: 1,
+                probes: Some(crate::health::HealthView {
+                    method: "icmp".into(),
+                    state: crate::health::ProbeState::Down,
+                    failing: false,
+                    suspect: None,
+                    since_unix_ms: 0,
+                    reason: String::new(),
+                    interval_ms: 500,
+                    rounds: 10,
+                    rounds_passed: 7,
+                    transitions: 1,
+                    targets: vec![crate::health::TargetView {
+                        address: "64.70.12.210".parse().unwrap(),
+                        sent: 10,
+                        answered: 7,
+                        answering: false,
+                        last_rtt_ms: Some(2.0),
+                        avg_rtt_ms: Some(2.0),
+                        loss_percent: 30.0,
+                    }],
+                }),
+                passive: crate::health::monitor::PassiveReport {
+                    syn_sent: 7,
+                    syn_answered: 6,
+                    unanswered: 1,
+                    answer_ms: Some(1.0),
+                    suspect: None,
+                },
+            }],
         };
         let text = snapshot.encode().unwrap();
         for line in [
@@ -498,6 +626,17 @@ mod tests {
             "masq_uplink_packets_total{uplink=\"dsl\",interface=\"eth4\",direction=\"rx\"} 5",
             "masq_uplink_bytes_total{uplink=\"dsl\",interface=\"eth4\",direction=\"tx\"} 400",
             "masq_uplink_new_connections_total{uplink=\"dsl\",interface=\"eth4\"} 1",
+            "masq_uplink_syn_sent_total{uplink=\"dsl\",interface=\"eth4\"} 7",
+            "masq_uplink_syn_answered_total{uplink=\"dsl\",interface=\"eth4\"} 6",
+            "masq_uplink_up{uplink=\"dsl\",interface=\"eth4\"} 0",
+            "masq_uplink_transitions_total{uplink=\"dsl\",interface=\"eth4\"} 1",
+            "masq_uplink_suspect{uplink=\"dsl\",interface=\"eth4\"} 0",
+            "masq_uplink_syn_unanswered{uplink=\"dsl\",interface=\"eth4\"} 1",
+            "masq_uplink_syn_answer_seconds{uplink=\"dsl\",interface=\"eth4\"} 0.001",
+            "masq_uplink_probes_sent_total{uplink=\"dsl\",interface=\"eth4\",target=\"64.70.12.210\"} 10",
+            "masq_uplink_probes_answered_total{uplink=\"dsl\",interface=\"eth4\",target=\"64.70.12.210\"} 7",
+            "masq_uplink_probe_rtt_seconds{uplink=\"dsl\",interface=\"eth4\",target=\"64.70.12.210\"} 0.002",
+            "masq_uplink_probe_loss_ratio{uplink=\"dsl\",interface=\"eth4\",target=\"64.70.12.210\"} 0.3",
             "masq_uplink_connections{uplink=\"dsl\",interface=\"eth4\"} 1",
             "masq_connections{uplink=\"dsl\",direction=\"inbound\",proto=\"icmp\",state=\"icmp\"} 1",
             "masq_conntrack_capacity 1024",

@@ -55,6 +55,10 @@ pub struct DaemonState {
     /// Per uplink index: why it carries nothing right now (interface gone, no address yet).
     #[serde(default)]
     pub waiting: Vec<Option<String>>,
+    /// Per uplink index: up or down for new connections, why, and what the probes and the
+    /// dataplane's SYNs say (rewritten every second).
+    #[serde(default)]
+    pub health: Vec<crate::health::monitor::UplinkHealthReport>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -98,6 +102,7 @@ impl DaemonState {
             config: serde_json::Value::Null,
             hooks: Vec::new(),
             waiting: Vec::new(),
+            health: Vec::new(),
         }
         .with_config(cfg)
     }

@@ -327,7 +327,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
     cfg.check_host(&host)?;
     let mut dp = Dataplane::load(&cfg, pin_dir)?;
     let states = crate::follow::resolve_all(&cfg.uplinks, &host, &[]);
-    dp.fill_maps(&cfg, &host, &states)?;
+    dp.fill_maps(&cfg, &host, &states, &[])?;
     let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS_XDP)?;
     let tc_fd = load_program(&mut dp, program_names::LAN_INGRESS)?;
     let programs = [program_names::UPLINK_INGRESS_XDP, program_names::LAN_INGRESS]

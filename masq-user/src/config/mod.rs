@@ -40,6 +40,8 @@ pub struct Config {
     /// Outbound steering rules, first match wins; always ends in a rule that matches everything.
     pub policies: Vec<Policy>,
     pub dataplane: DataplaneSettings,
+    /// Run on every uplink transition.
+    pub on_transition: Option<TransitionHook>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -62,6 +64,10 @@ pub struct Uplink {
     /// fwmark bits (default: index + 1 in the lowest bits of the mark mask).
     pub mark: u32,
     pub weight: u32,
+    /// Probes beyond the carrier; `None`: carrier (and address) only.
+    pub health: Option<Health>,
+    pub on_down: OnDown,
+    pub on_up: OnUp,
 }
 
 /// An inbound service: `address` (optionally one protocol and port of it) leads to `to`.
@@ -130,13 +136,44 @@ pub struct Policy {
     pub proto: Option<Proto>,
     /// Destination port range, inclusive.
     pub ports: Option<(u16, u16)>,
-    /// `(uplink index, weight)`, weights all non-zero; one connection picks one by weight.
-    pub choices: Vec<(usize, u32)>,
+    /// The uplinks it may pick: one connection takes one of the lowest tier with one up, by
+    /// weight.
+    pub choices: Vec<Choice>,
     /// All connections of one source keep one uplink.
     pub sticky: bool,
 }
 
+/// One uplink a policy may pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Choice {
+    /// Index into `Config::uplinks`.
+    pub uplink: usize,
+    /// Non-zero.
+    pub weight: u32,
+    /// 0 is tried first; a higher tier only when no uplink of the lower ones is up.
+    pub tier: u8,
+}
+
 impl Policy {
+    /// True when the policy matches a new connection of this tuple (host byte order port).
+    pub fn matches(&self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dst_port: u16) -> bool {
+        self.from.is_none_or(|net| net.contains(&src))
+            && self.to.is_none_or(|net| net.contains(&dst))
+            && self.proto.is_none_or(|p| p.number() == proto)
+            && self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&dst_port))
+    }
+
+    /// The uplinks this policy gives new connections while `up` says which are up (the
+    /// lowest tier with one up), as the dataplane picks; empty when none is up.
+    pub fn current_choices(&self, up: impl Fn(usize) -> bool) -> Vec<usize> {
+        let tier = self.choices.iter().filter(|c| up(c.uplink)).map(|c| c.tier).min();
+        self.choices
+            .iter()
+            .filter(|c| Some(c.tier) == tier && up(c.uplink))
+            .map(|c| c.uplink)
+            .collect()
+    }
+
     /// True when the rule matches every packet (the default rule).
     pub fn is_default(&self) -> bool {
         self.from.is_none() && self.to.is_none() && self.proto.is_none() && self.ports.is_none()
@@ -268,7 +305,8 @@ impl Config {
         let uplinks = resolve_uplinks(raw.uplink, &lan, &dataplane)?;
         let publish = resolve_publish(raw.publish, &lan, &uplinks)?;
         let policies = resolve_policies(raw.policy, &uplinks)?;
-        Ok(Config { lan, uplinks, publish, policies, dataplane })
+        let on_transition = raw.on_transition.map(health::resolve_transition_hook).transpose()?;
+        Ok(Config { lan, uplinks, publish, policies, dataplane, on_transition })
     }
 
     /// Reads `path` and parses it with [`Config::from_toml`].
@@ -335,14 +373,36 @@ impl Config {
     pub fn uplink_index(&self, name: &str) -> Option<usize> {
         self.uplinks.iter().position(|u| u.name == name)
     }
+
+    /// The uplinks a new outbound connection of this tuple may take while `up` says which are
+    /// up: the first matching policy with one up decides, as in the dataplane.
+    pub fn steered_to(
+        &self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        dst_port: u16,
+        up: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        self.policies
+            .iter()
+            .filter(|p| p.matches(src, dst, proto, dst_port))
+            .map(|p| p.current_choices(&up))
+            .find(|choices| !choices.is_empty())
+            .unwrap_or_default()
+    }
 }
 
+mod health;
 mod key_path;
 mod raw;
 mod resolve;
 #[cfg(test)]
 mod tests;
 
+pub use health::{
+    DEFAULT_TIMEOUT, Health, Initial, Levels, OnDown, OnUp, ProbeMethod, TransitionHook,
+};
 use key_path::toml_error;
 use raw::RawConfig;
 use resolve::{resolve_dataplane, resolve_lan, resolve_policies, resolve_publish, resolve_uplinks};

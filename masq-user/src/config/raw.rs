@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     pub(super) policy: Vec<RawPolicy>,
     #[serde(default)]
     pub(super) dataplane: RawDataplane,
+    pub(super) on_transition: Option<super::health::RawTransitionHook>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +37,9 @@ pub(super) struct RawUplink {
     pub(super) table: Option<u32>,
     pub(super) mark: Option<u32>,
     pub(super) weight: Option<u32>,
+    pub(super) health: Option<super::health::RawHealth>,
+    pub(super) on_down: Option<String>,
+    pub(super) on_up: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +63,8 @@ pub(super) struct RawPolicy {
     pub(super) port: Option<toml::Value>,
     pub(super) uplink: Option<String>,
     pub(super) uplinks: Option<Weights>,
+    /// `[["dsl"], ["isp-b", "lte"]]` or `[{ dsl = 1 }, { isp-b = 3, lte = 1 }]`.
+    pub(super) tiers: Option<Vec<Tier>>,
     #[serde(default)]
     pub(super) sticky: bool,
 }
@@ -88,6 +94,14 @@ pub(super) struct RawTimeouts {
     pub(super) udp: Option<u64>,
     pub(super) udp_stream: Option<u64>,
     pub(super) icmp: Option<u64>,
+}
+
+/// One tier: uplink names (weight 1 each) or a table of weights.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Tier {
+    Names(Vec<String>),
+    Weights(Weights),
 }
 
 /// `uplinks = { dsl = 1, isp-b = 3 }`, kept in file order.

@@ -226,7 +226,22 @@ pub(super) fn resolve_uplinks(
         if weight == 0 {
             return Err(ConfigError::new(key("weight"), "weight must be at least 1"));
         }
-        uplinks.push(Uplink { name, interface, address, gateway, table, mark, weight });
+        let health =
+            u.health.map(|h| super::health::resolve_health(h, &key("health"))).transpose()?;
+        let on_down = super::health::resolve_on_down(u.on_down, &key("on_down"))?;
+        let on_up = super::health::resolve_on_up(u.on_up, &key("on_up"))?;
+        uplinks.push(Uplink {
+            name,
+            interface,
+            address,
+            gateway,
+            table,
+            mark,
+            weight,
+            health,
+            on_down,
+            on_up,
+        });
     }
     Ok(uplinks)
 }
@@ -373,21 +388,28 @@ pub(super) fn resolve_policies(raw: Vec<RawPolicy>, uplinks: &[Uplink]) -> Resul
             return Err(ConfigError::new(key("port"), message));
         }
 
-        let choices = match (p.uplink, p.uplinks) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    key("uplinks"),
-                    "set either uplink or uplinks, not both",
-                ));
-            }
-            (None, None) => {
+        let choices = match (p.uplink, p.uplinks, p.tiers) {
+            (None, None, None) => {
                 return Err(ConfigError::new(
                     key("uplink"),
-                    "missing: set uplink = \"<name>\" or uplinks = { <name> = <weight>, ... }",
+                    "missing: set uplink = \"<name>\", uplinks = { <name> = <weight>, ... } \
+                     or tiers = [[\"<name>\", ...], ...]",
                 ));
             }
-            (Some(name), None) => vec![(find_uplink(uplinks, &name, &key("uplink"))?, 1)],
-            (None, Some(Weights(weights))) => resolve_weights(weights, uplinks, &key("uplinks"))?,
+            (Some(name), None, None) => {
+                let uplink = find_uplink(uplinks, &name, &key("uplink"))?;
+                vec![Choice { uplink, weight: 1, tier: 0 }]
+            }
+            (None, Some(Weights(weights)), None) => {
+                resolve_weights(weights, uplinks, &key("uplinks"), 0)?
+            }
+            (None, None, Some(tiers)) => resolve_tiers(tiers, uplinks, &key("tiers"))?,
+            (_, uplinks, _) => {
+                return Err(ConfigError::new(
+                    key(if uplinks.is_some() { "uplinks" } else { "tiers" }),
+                    "set one of uplink, uplinks and tiers, not several",
+                ));
+            }
         };
         policies.push(Policy { from, to, proto, ports, choices, sticky: p.sticky });
     }
@@ -407,18 +429,54 @@ pub(super) fn resolve_policies(raw: Vec<RawPolicy>, uplinks: &[Uplink]) -> Resul
             to: None,
             proto: None,
             ports: None,
-            choices: vec![(0, 1)],
+            choices: vec![Choice { uplink: 0, weight: 1, tier: 0 }],
             sticky: false,
         });
     }
     Ok(policies)
 }
 
+/// `tiers = [...]`: each tier's uplinks, tier 0 first; an uplink in one tier only.
+pub(super) fn resolve_tiers(
+    tiers: Vec<Tier>,
+    uplinks: &[Uplink],
+    key: &str,
+) -> Result<Vec<Choice>> {
+    if tiers.is_empty() {
+        return Err(ConfigError::new(key, "at least one tier is needed"));
+    }
+    let mut choices: Vec<Choice> = Vec::new();
+    for (t, tier) in tiers.into_iter().enumerate() {
+        let tier_key = format!("{key}[{t}]");
+        let weights = match tier {
+            Tier::Names(names) => names.into_iter().map(|n| (n, 1)).collect(),
+            Tier::Weights(Weights(weights)) => weights,
+        };
+        for c in resolve_weights(weights, uplinks, &tier_key, t as u8)? {
+            if choices.iter().any(|o| o.uplink == c.uplink) {
+                return Err(ConfigError::new(
+                    tier_key,
+                    format!("uplink \"{}\" is already in an earlier tier", uplinks[c.uplink].name),
+                ));
+            }
+            choices.push(c);
+        }
+    }
+    if choices.len() > MAX_CHOICES {
+        return Err(ConfigError::new(
+            key,
+            format!("{} uplinks, at most {MAX_CHOICES} are supported", choices.len()),
+        ));
+    }
+    Ok(choices)
+}
+
 pub(super) fn resolve_weights(
     weights: Vec<(String, u32)>,
     uplinks: &[Uplink],
     key: &str,
-) -> Result<Vec<(usize, u32)>> {
+    tier: u8,
+) -> Result<Vec<Choice>> {
     if weights.is_empty() {
         return Err(ConfigError::new(key, "at least one uplink is needed"));
     }
@@ -442,7 +500,10 @@ pub(super) fn resolve_weights(
         total = total.checked_add(weight).ok_or_else(|| {
             ConfigError::new(key.clone(), format!("the weights add up to more than {}", u32::MAX))
         })?;
-        choices.push((index, weight));
+        if choices.iter().any(|c: &Choice| c.uplink == index) {
+            return Err(ConfigError::new(key, format!("uplink \"{name}\" is listed twice")));
+        }
+        choices.push(Choice { uplink: index, weight, tier });
     }
     Ok(choices)
 }

@@ -39,6 +39,10 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+fn weights(p: &Policy) -> Vec<(usize, u32)> {
+    p.choices.iter().map(|c| (c.uplink, c.weight)).collect()
+}
+
 fn iface(name: &str, index: u32, addrs: &[&str]) -> HostInterface {
     HostInterface {
         name: name.into(),
@@ -46,6 +50,7 @@ fn iface(name: &str, index: u32, addrs: &[&str]) -> HostInterface {
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         mac: Some([2, 0, 0, 0, 0, index as u8]),
         l3: false,
+        carrier: true,
     }
 }
 
@@ -113,10 +118,10 @@ fn seed_example_resolves_tables_marks_and_indexes() {
 
     assert_eq!(c.policies.len(), 2, "the file's default policy, none synthesized");
     assert_eq!(c.policies[0].from, Some("192.168.100.32/32".parse().unwrap()));
-    assert_eq!(c.policies[0].choices, [(0, 1)]);
+    assert_eq!(weights(&c.policies[0]), [(0, 1)]);
     assert!(!c.policies[0].is_default());
     assert!(c.policies[1].is_default());
-    assert_eq!(c.policies[1].choices, [(1, 1)]);
+    assert_eq!(weights(&c.policies[1]), [(1, 1)]);
 
     assert_eq!(c.dataplane, DataplaneSettings::default());
     assert_eq!(c.uplink_index("isp-b"), Some(1));
@@ -424,7 +429,7 @@ fn policy_with_both_uplink_and_uplinks_is_rejected() {
     assert_err(
         &bad("policy-uplink-and-uplinks"),
         "policy[0].uplinks",
-        "either uplink or uplinks, not both",
+        "set one of uplink, uplinks and tiers, not several",
     );
 }
 
@@ -727,7 +732,7 @@ fn without_policies_outbound_defaults_to_the_first_uplink() {
     let c = parse("").unwrap();
     assert_eq!(c.policies.len(), 1);
     assert!(c.policies[0].is_default());
-    assert_eq!(c.policies[0].choices, [(0, 1)]);
+    assert_eq!(weights(&c.policies[0]), [(0, 1)]);
     assert!(!c.policies[0].sticky);
 }
 
@@ -735,7 +740,7 @@ fn without_policies_outbound_defaults_to_the_first_uplink() {
 fn policies_without_a_default_get_one_to_the_first_uplink_appended() {
     let c = parse("[[policy]]\nproto = \"udp\"\nuplink = \"isp-b\"\n").unwrap();
     assert_eq!(c.policies.len(), 2);
-    assert_eq!(c.policies[1].choices, [(0, 1)]);
+    assert_eq!(weights(&c.policies[1]), [(0, 1)]);
     assert!(c.policies[1].is_default());
 }
 
@@ -758,7 +763,7 @@ sticky = true
     assert_eq!(p.to, Some("8.8.8.8/32".parse().unwrap()), "a bare address is a /32");
     assert_eq!(p.proto, Some(Proto::Tcp));
     assert_eq!(p.ports, Some((8000, 8100)));
-    assert_eq!(p.choices, [(1, 3), (0, 1)]);
+    assert_eq!(weights(p), [(1, 3), (0, 1)]);
     assert!(p.sticky);
     assert_eq!(c.policies.len(), 2, "a default is appended");
 }
@@ -873,4 +878,111 @@ fn resolved_config_serializes_to_readable_json() {
     assert_eq!(json["policies"][0]["proto"], "icmp");
     assert_eq!(json["dataplane"]["timeouts"]["tcp_established"], 7440);
     assert_eq!(json["lan"]["prefixes"][0], "192.168.100.0/24");
+}
+
+// ---- Uplink health, tiers, transitions ----
+
+#[test]
+fn health_defaults_fail_over_within_seconds_and_judge_loss_like_dpinger() {
+    let text = BASE.replace(
+        "gateway = \"67.17.28.14\"\n",
+        "gateway = \"67.17.28.14\"\non_down = \"flush\"\non_up = \"reclaim\"\n\
+         [uplink.health]\ntargets = [\"64.70.12.210\", \"198.51.100.53\"]\n",
+    );
+    let c = Config::from_toml(&text).unwrap();
+    let dsl = &c.uplinks[0];
+    assert_eq!((dsl.on_down, dsl.on_up), (OnDown::Flush, OnUp::Reclaim));
+    let h = dsl.health.as_ref().unwrap();
+    assert_eq!(h.method, ProbeMethod::Icmp);
+    assert_eq!(h.targets.len(), 2);
+    assert_eq!((h.quorum, h.down, h.up, h.window), (1, 3, 5, 20));
+    assert_eq!(h.interval, Duration::from_millis(500));
+    assert_eq!(h.failure_interval, Duration::from_millis(250));
+    assert_eq!(h.timeout, Duration::from_secs(1));
+    assert_eq!(h.loss, Some(Levels { failure: 20, recovery: 10 }));
+    assert_eq!(h.latency, None);
+    assert_eq!(h.initial, Initial::Up);
+    assert!(h.passive);
+    // Worst case to fail over: the last good probe, then `down` failures of one `timeout`
+    // each started an interval apart.
+    let worst = h.interval + h.timeout + h.interval * (h.down - 1);
+    assert!(worst <= Duration::from_secs(3), "{worst:?}");
+    assert_eq!(c.uplinks[1].health, None);
+    assert_eq!(c.uplinks[1].on_down, OnDown::Keep);
+}
+
+#[test]
+fn health_methods_levels_and_initial_state_resolve() {
+    let with = |health: &str| {
+        let text = BASE.replace(
+            "gateway = \"67.17.28.14\"\n",
+            &format!("gateway = \"67.17.28.14\"\n[uplink.health]\n{health}\n"),
+        );
+        Config::from_toml(&text).map(|c| c.uplinks[0].health.clone().unwrap())
+    };
+    let h = with("targets = [\"64.70.12.210\"]\nmethod = \"tcp\"\nport = 443\ninitial = \"down\"")
+        .unwrap();
+    assert_eq!((h.method, h.initial), (ProbeMethod::Tcp { port: 443 }, Initial::Down));
+    let h = with("targets = [\"64.70.12.210\"]\nmethod = \"dns\"").unwrap();
+    assert_eq!(h.method, ProbeMethod::Dns { port: 53, query: ".".into() });
+    let h = with(
+        "targets = [\"64.70.12.210\"]\nfailure_latency_ms = 500\nrecovery_latency_ms = 200\n\
+         failure_loss = 100\npassive = false",
+    )
+    .unwrap();
+    let latency = h.latency.unwrap();
+    assert_eq!(
+        (latency.failure, latency.recovery),
+        (Duration::from_millis(500), Duration::from_millis(200))
+    );
+    assert_eq!(h.loss, None, "failure_loss = 100 judges no loss");
+    assert!(!h.passive);
+    let e =
+        with("targets = [\"64.70.12.210\"]\nmethod = \"dns\"\nquery = \"bad name\"").unwrap_err();
+    assert_err(&e, "uplink[0].health.query", "is not a DNS name");
+    let e = with("targets = [\"64.70.12.210\"]\nmethod = \"http\"").unwrap_err();
+    assert_err(&e, "uplink[0].health.method", "\"http\" is not one of");
+    let e = with("targets = [\"64.70.12.210\", \"64.70.12.210\"]").unwrap_err();
+    assert_err(&e, "uplink[0].health.targets[1]", "duplicate target");
+    let e = with("targets = [\"64.70.12.210\"]\nport = 53").unwrap_err();
+    assert_err(&e, "uplink[0].health.port", "only for method");
+    let e = with("targets = [\"64.70.12.210\"]\ndown = 0").unwrap_err();
+    assert_err(&e, "uplink[0].health.down", "out of range");
+}
+
+#[test]
+fn tiers_resolve_in_order_and_steering_takes_the_lowest_tier_up() {
+    let c = parse(
+        "[[policy]]\nfrom = \"192.168.100.32/32\"\ntiers = [[\"dsl\"], { isp-b = 3 }]\n\
+         [[policy]]\nuplink = \"isp-b\"\n",
+    )
+    .unwrap();
+    let p = &c.policies[0];
+    let tiers: Vec<_> = p.choices.iter().map(|c| (c.uplink, c.weight, c.tier)).collect();
+    assert_eq!(tiers, [(0, 1, 0), (1, 3, 1)]);
+    let tristan = "192.168.100.32".parse().unwrap();
+    let isolde = "192.168.100.17".parse().unwrap();
+    let client = "64.70.12.210".parse().unwrap();
+    assert_eq!(c.steered_to(tristan, client, 6, 443, |_| true), [0]);
+    assert_eq!(c.steered_to(tristan, client, 6, 443, |i| i != 0), [1]);
+    assert_eq!(c.steered_to(isolde, client, 6, 443, |_| true), [1]);
+    assert!(c.steered_to(isolde, client, 6, 443, |_| false).is_empty());
+    let rule = crate::dataplane::policy_rule(p);
+    assert_eq!((rule.choice_count, rule.tiers[..2].to_vec()), (2, vec![0, 1]));
+}
+
+#[test]
+fn on_transition_takes_a_program_or_an_argv() {
+    let c = parse("[on_transition]\ncommand = \"/etc/masq/uplink-changed\"\n").unwrap();
+    let hook = c.on_transition.unwrap();
+    assert_eq!(hook.command, ["/etc/masq/uplink-changed"]);
+    assert_eq!(hook.timeout, Duration::from_secs(10));
+    let c = parse("[on_transition]\ncommand = [\"/bin/logger\", \"-t\", \"masq\"]\ntimeout = 3\n")
+        .unwrap();
+    assert_eq!(c.on_transition.unwrap().command.len(), 3);
+    assert_err(
+        &parse_err("[on_transition]\ncommand = \"/bin/true\"\ntimeout = 0\n"),
+        "on_transition.timeout",
+        "out of range",
+    );
 }

@@ -26,6 +26,7 @@ use masq_user::{
 use crate::common::packet::*;
 
 mod flood;
+mod health;
 mod hostile;
 mod icmp_errors;
 mod inbound;
@@ -143,7 +144,7 @@ fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
         let _unpin = Unpin(pin_dir.clone());
         let mut dp = Dataplane::load(&cfg, &pin_dir).expect("loading the eBPF object");
         let states = masq_user::follow::resolve_all(&cfg.uplinks, &host, &[]);
-        dp.fill_maps(&cfg, &host, &states).expect("filling the maps");
+        dp.fill_maps(&cfg, &host, &states, &[]).expect("filling the maps");
         let ebpf = dp.ebpf_mut();
         let xdp: &mut Xdp =
             ebpf.program_mut(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();

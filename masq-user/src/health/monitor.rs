@@ -1,0 +1,326 @@
+//! The daemon's side of uplink health: one probing task per uplink with `[uplink.health]`,
+//! their rounds judged by each uplink's [`Tracker`], the passive counters sampled, and for
+//! every uplink the verdict that counts: up for new connections only with its interface up
+//! (carrier, from the netlink-driven host view), its address, and its probes passing.
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use masq_common::UplinkStats;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use super::{
+    HealthView, ProbeState, Tracker,
+    passive::{Passive, PassiveView},
+    probe::{ProbeSource, probe},
+    unix_ms,
+};
+use crate::config::{Config, Health, Uplink};
+
+/// One uplink as the CLI and metrics see it (`masq uplinks`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UplinkHealthReport {
+    /// Takes new connections.
+    pub up: bool,
+    /// When `up` last changed (or the daemon started), Unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Why it is up or down.
+    pub reason: String,
+    /// Its interface is up with a carrier.
+    pub carrier: bool,
+    /// Up/down transitions since the daemon started.
+    pub transitions: u64,
+    /// The probes' view; `None` without `[uplink.health]`.
+    pub probes: Option<HealthView>,
+    pub passive: PassiveReport,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PassiveReport {
+    /// Masqueraded TCP connections opened on the uplink (the dataplane's count).
+    pub syn_sent: u64,
+    /// Of those, answered by a SYN-ACK or RST.
+    pub syn_answered: u64,
+    /// SYNs of a few seconds ago with no answer since.
+    pub unanswered: u64,
+    /// Average SYN to answer time over the last seconds.
+    pub answer_ms: Option<f64>,
+    /// Why the uplink is suspect, if it is.
+    pub suspect: Option<String>,
+}
+
+impl From<PassiveView> for PassiveReport {
+    fn from(v: PassiveView) -> Self {
+        PassiveReport {
+            syn_sent: v.syn_sent,
+            syn_answered: v.syn_answered,
+            unanswered: v.unanswered,
+            answer_ms: v.answer_ms,
+            suspect: v.suspect,
+        }
+    }
+}
+
+/// A change of an uplink's verdict, for the daemon to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub uplink: usize,
+    pub up: bool,
+    pub reason: String,
+}
+
+struct UplinkHealth {
+    index: usize,
+    name: String,
+    tracker: Option<Tracker>,
+    passive: Passive,
+    passive_view: PassiveView,
+    carrier: bool,
+    /// Why it is not live (no interface, no address), or `None`.
+    not_live: Option<String>,
+    up: bool,
+    since_unix_ms: u64,
+    reason: String,
+    transitions: u64,
+    source: watch::Sender<Option<ProbeSource>>,
+    interval: watch::Sender<Duration>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// All uplinks' health.
+pub struct Monitor {
+    uplinks: Vec<UplinkHealth>,
+    rounds: mpsc::Receiver<(usize, Vec<Option<Duration>>)>,
+}
+
+impl Monitor {
+    /// Start probing every uplink that has `[uplink.health]` (once it has an address). The
+    /// probes of each start in the state `probes_up` gives (an adopted dataplane's flags, so a
+    /// restart keeps them), or their `initial` state when it gives none.
+    pub fn start(cfg: &Config, probes_up: &[bool]) -> Monitor {
+        let (results, rounds) = mpsc::channel(64);
+        let uplinks = cfg
+            .uplinks
+            .iter()
+            .enumerate()
+            .map(|(i, u)| UplinkHealth::start(i, u, probes_up.get(i).copied(), &results))
+            .collect();
+        Monitor { uplinks, rounds }
+    }
+
+    /// The next completed round of probes: (uplink, per-target round-trip times).
+    pub async fn next_round(&mut self) -> Option<(usize, Vec<Option<Duration>>)> {
+        self.rounds.recv().await
+    }
+
+    /// Judge a round; returns the uplink's new verdict if it changed.
+    pub fn record(&mut self, uplink: usize, round: &[Option<Duration>]) -> Option<Verdict> {
+        let u = self.uplinks.get_mut(uplink)?;
+        let change = u.tracker.as_mut()?.record(round);
+        if let Some(change) = &change {
+            let level = if change.to == ProbeState::Up { "passing" } else { "failing" };
+            tracing::info!("uplink {}: probes {level}: {}", u.name, change.reason);
+        }
+        u.publish_interval();
+        u.reassess(change.map(|c| c.reason))
+    }
+
+    /// The interface and address as the daemon follows them: `source` is where probes leave
+    /// from (`None` while the uplink has no address), `not_live` why it carries nothing.
+    pub fn set_link(
+        &mut self,
+        uplink: usize,
+        carrier: bool,
+        source: Option<ProbeSource>,
+        not_live: Option<String>,
+    ) -> Option<Verdict> {
+        let u = self.uplinks.get_mut(uplink)?;
+        let interface_change = u.carrier != carrier || u.not_live != not_live;
+        u.carrier = carrier;
+        u.not_live = not_live;
+        u.source.send_if_modified(|s| {
+            let changed = *s != source;
+            *s = source;
+            changed
+        });
+        if !interface_change {
+            return None;
+        }
+        u.reassess(None)
+    }
+
+    /// Sample the dataplane's SYN counters (about once a second).
+    pub fn sample_passive(&mut self, stats: &[UplinkStats]) {
+        let now = Instant::now();
+        for (u, s) in self.uplinks.iter_mut().zip(stats) {
+            u.passive.sample(now, s);
+            let view = u.passive.view();
+            if view.suspect != u.passive_view.suspect {
+                match &view.suspect {
+                    Some(why) => tracing::warn!("uplink {} is suspect: {why}", u.name),
+                    None if u.passive_view.suspect.is_some() => {
+                        tracing::info!("uplink {}: its SYNs are answered again", u.name);
+                    }
+                    None => {}
+                }
+            }
+            if let Some(tracker) = u.tracker.as_mut().filter(|t| t.config().passive) {
+                tracker.set_suspect(view.suspect.clone());
+            }
+            u.passive_view = view;
+            u.publish_interval();
+        }
+    }
+
+    pub fn reports(&self) -> Vec<UplinkHealthReport> {
+        self.uplinks
+            .iter()
+            .map(|u| UplinkHealthReport {
+                up: u.up,
+                since_unix_ms: u.since_unix_ms,
+                reason: u.reason.clone(),
+                carrier: u.carrier,
+                transitions: u.transitions,
+                probes: u.tracker.as_ref().map(Tracker::view),
+                passive: u.passive_view.clone().into(),
+            })
+            .collect()
+    }
+
+    pub fn is_up(&self, uplink: usize) -> bool {
+        self.uplinks.get(uplink).is_some_and(|u| u.up)
+    }
+
+    pub fn stop(&mut self) {
+        for u in &mut self.uplinks {
+            if let Some(task) = u.task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl UplinkHealth {
+    fn start(
+        index: usize,
+        uplink: &Uplink,
+        probes_up: Option<bool>,
+        results: &mpsc::Sender<(usize, Vec<Option<Duration>>)>,
+    ) -> Self {
+        let mut tracker = uplink.health.as_ref().map(Tracker::new);
+        if let (Some(t), Some(up)) = (tracker.as_mut(), probes_up) {
+            t.assume(if up { ProbeState::Up } else { ProbeState::Down });
+        }
+        let (source, source_rx) = watch::channel(None);
+        let interval = tracker.as_ref().map_or(Duration::from_secs(1), Tracker::interval);
+        let (interval, interval_rx) = watch::channel(interval);
+        let task = uplink.health.clone().map(|health| {
+            tokio::spawn(probe_loop(index, health, source_rx, interval_rx, results.clone()))
+        });
+        UplinkHealth {
+            index,
+            name: uplink.name.clone(),
+            up: tracker.as_ref().is_none_or(|t| t.state() == ProbeState::Up),
+            tracker,
+            passive: Passive::default(),
+            passive_view: PassiveView::default(),
+            carrier: false,
+            not_live: Some("not seen yet".into()),
+            since_unix_ms: unix_ms(),
+            reason: "starting".into(),
+            transitions: 0,
+            source,
+            interval,
+            task,
+        }
+    }
+
+    fn publish_interval(&self) {
+        if let Some(t) = &self.tracker {
+            self.interval.send_if_modified(|i| {
+                let changed = *i != t.interval();
+                *i = t.interval();
+                changed
+            });
+        }
+    }
+
+    /// Work out the verdict again; `probe_reason` is why the probes just changed their mind.
+    fn reassess(&mut self, probe_reason: Option<String>) -> Option<Verdict> {
+        let probes_up = self.tracker.as_ref().is_none_or(|t| t.state() == ProbeState::Up);
+        let (up, reason) = if let Some(why) = &self.not_live {
+            (false, why.clone())
+        } else if !self.carrier {
+            (false, "its interface is down or has no carrier".to_owned())
+        } else if let Some(why) = probe_reason {
+            (probes_up, why)
+        } else if !probes_up {
+            (false, self.tracker.as_ref().map(|t| t.view().reason).unwrap_or_default())
+        } else if self.tracker.is_some() {
+            (true, "interface up, probes passing".to_owned())
+        } else {
+            (true, "interface up with its address".to_owned())
+        };
+        if up == self.up {
+            return None;
+        }
+        self.up = up;
+        self.since_unix_ms = unix_ms();
+        self.reason = reason.clone();
+        self.transitions += 1;
+        Some(Verdict { uplink: self.index, up, reason })
+    }
+}
+
+/// Probe rounds for one uplink until aborted: a round every interval (the tracker's current
+/// one), each on its own task so a slow round does not delay the next.
+async fn probe_loop(
+    index: usize,
+    health: Health,
+    mut source: watch::Receiver<Option<ProbeSource>>,
+    interval: watch::Receiver<Duration>,
+    results: mpsc::Sender<(usize, Vec<Option<Duration>>)>,
+) {
+    let health = std::sync::Arc::new(health);
+    let mut interval = interval;
+    loop {
+        let Some(from) = source.borrow_and_update().clone() else {
+            // No address yet: wait for one.
+            if source.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (health, results) = (health.clone(), results.clone());
+        tokio::spawn(async move {
+            let round =
+                join_all(health.targets.iter().map(|&target: &Ipv4Addr| {
+                    probe(&health.method, &from, target, health.timeout)
+                }))
+                .await;
+            let _ = results.send((index, round)).await;
+        });
+        // The next round is one interval after this one, the interval as it is then (a
+        // failed round or a suspect shortens it at once).
+        let sent = tokio::time::Instant::now();
+        loop {
+            let next = sent + *interval.borrow_and_update();
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => break,
+                changed = interval.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
