@@ -469,6 +469,22 @@ pub struct UplinkStats {
 }
 const _: () = assert!(core::mem::size_of::<UplinkStats>() == 64);
 
+impl UplinkStats {
+    /// Sum of two CPUs' counters.
+    pub const fn plus(self, o: &UplinkStats) -> UplinkStats {
+        UplinkStats {
+            rx_packets: self.rx_packets + o.rx_packets,
+            rx_bytes: self.rx_bytes + o.rx_bytes,
+            tx_packets: self.tx_packets + o.tx_packets,
+            tx_bytes: self.tx_bytes + o.tx_bytes,
+            new_conns: self.new_conns + o.new_conns,
+            syn_sent: self.syn_sent + o.syn_sent,
+            syn_answered: self.syn_answered + o.syn_answered,
+            syn_answer_us: self.syn_answer_us + o.syn_answer_us,
+        }
+    }
+}
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident = $id:expr, $label:literal, $drop:expr; )*) => {
         /// Every path a packet takes and every reason a packet is dropped, counted in the per-CPU

@@ -368,6 +368,7 @@ async fn serve(
     }
     let up = verdicts(&monitor, &cfg);
     let (mut dataplane, tables, hooks) = start(&cfg, &followed, pin_dir, &up).await?;
+    monitor.run_probes();
     let tables = Arc::new(tables);
     // Its change notices drive the uplink following; the first follow below (the resync's
     // first tick is immediate) catches what changed since `observe`.
@@ -448,6 +449,7 @@ async fn serve(
                             // Probes restart with the new settings, from the states they had.
                             let up: Vec<bool> = verdicts(&monitor, &cfg);
                             monitor = Monitor::start(&new, &up);
+                            monitor.run_probes();
                             for v in follow_links(&mut monitor, &new, &followed) {
                                 apply_verdict(&mut dataplane, &new, &monitor, &v);
                             }

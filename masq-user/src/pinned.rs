@@ -42,14 +42,7 @@ pub fn read_uplink_stats(pin_dir: &Path, uplinks: usize) -> anyhow::Result<Vec<U
     (0..uplinks as u32)
         .map(|i| {
             let per_cpu = array.get(&i, 0)?;
-            Ok(per_cpu.iter().fold(UplinkStats::default(), |mut acc, s| {
-                acc.rx_packets += s.rx_packets;
-                acc.rx_bytes += s.rx_bytes;
-                acc.tx_packets += s.tx_packets;
-                acc.tx_bytes += s.tx_bytes;
-                acc.new_conns += s.new_conns;
-                acc
-            }))
+            Ok(per_cpu.iter().fold(UplinkStats::default(), |acc, s| acc.plus(s)))
         })
         .collect()
 }

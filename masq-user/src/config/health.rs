@@ -53,6 +53,13 @@ pub struct Levels<T> {
     pub recovery: T,
 }
 
+impl<T: Copy> Levels<T> {
+    /// The level that counts while up (failure) or down (recovery).
+    pub fn level(&self, up: bool) -> T {
+        if up { self.failure } else { self.recovery }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Initial {

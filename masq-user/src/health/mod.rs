@@ -230,15 +230,23 @@ impl Tracker {
         let mut good = 0;
         let mut notes = Vec::new();
         for (target, result) in self.targets.iter().zip(round) {
-            let Some(_) = result else {
-                notes.push(format!("{} no answer", target.addr));
-                continue;
-            };
             let loss = target.loss_percent();
             let rtt = target.avg_rtt().unwrap_or_default();
-            let loss_level = self.cfg.loss.map(|l| if up { l.failure } else { l.recovery });
-            let rtt_level = self.cfg.latency.map(|l| if up { l.failure } else { l.recovery });
-            if let Some(level) = loss_level.filter(|&l| loss > f64::from(l)) {
+            // Loss and latency are judged over half a window at least, not a first probe.
+            let judged = target.window.len() * 2 >= self.cfg.window as usize;
+            let loss_level = self.cfg.loss.filter(|_| judged).map(|l| l.level(up));
+            let rtt_level = self.cfg.latency.filter(|_| judged).map(|l| l.level(up));
+            let lossy = loss_level.filter(|&l| loss > f64::from(l));
+            if result.is_none() {
+                notes.push(match lossy {
+                    Some(level) => {
+                        format!("{} no answer; loss {loss:.0}% above {level}%", target.addr)
+                    }
+                    None => format!("{} no answer", target.addr),
+                });
+                continue;
+            }
+            if let Some(level) = lossy {
                 notes.push(format!("{} loss {loss:.0}% above {level}%", target.addr));
             } else if let Some(level) = rtt_level.filter(|&l| rtt > l) {
                 notes.push(format!(

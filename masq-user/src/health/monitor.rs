@@ -90,8 +90,12 @@ struct UplinkHealth {
     transitions: u64,
     source: watch::Sender<Option<ProbeSource>>,
     interval: watch::Sender<Duration>,
+    /// Its probe loop, until [`Monitor::run_probes`] spawns it.
+    prober: Option<ProbeLoop>,
     task: Option<JoinHandle<()>>,
 }
+
+type ProbeLoop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// All uplinks' health.
 pub struct Monitor {
@@ -100,7 +104,8 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Start probing every uplink that has `[uplink.health]` (once it has an address). The
+    /// Set up the probes of every uplink that has `[uplink.health]` ([`Monitor::run_probes`]
+    /// starts them; each probes once it has an address). The
     /// probes of each start in the state `probes_up` gives (an adopted dataplane's flags, so a
     /// restart keeps them), or their `initial` state when it gives none.
     pub fn start(cfg: &Config, probes_up: &[bool]) -> Monitor {
@@ -112,6 +117,16 @@ impl Monitor {
             .map(|(i, u)| UplinkHealth::start(i, u, probes_up.get(i).copied(), &results))
             .collect();
         Monitor { uplinks, rounds }
+    }
+
+    /// Start probing (once the dataplane and its tables are in place, so that the first probes
+    /// already take their uplink's route).
+    pub fn run_probes(&mut self) {
+        for u in &mut self.uplinks {
+            if let Some(prober) = u.prober.take() {
+                u.task = Some(tokio::spawn(prober));
+            }
+        }
     }
 
     /// The next completed round of probes: (uplink, per-target round-trip times).
@@ -226,9 +241,10 @@ impl UplinkHealth {
         let (source, source_rx) = watch::channel(None);
         let interval = tracker.as_ref().map_or(Duration::from_secs(1), Tracker::interval);
         let (interval, interval_rx) = watch::channel(interval);
-        let task = uplink.health.clone().map(|health| {
-            tokio::spawn(probe_loop(index, health, source_rx, interval_rx, results.clone()))
-        });
+        let prober = uplink
+            .health
+            .clone()
+            .map(|health| probe_loop(index, health, source_rx, interval_rx, results.clone()));
         UplinkHealth {
             index,
             name: uplink.name.clone(),
@@ -243,7 +259,8 @@ impl UplinkHealth {
             transitions: 0,
             source,
             interval,
-            task,
+            prober: prober.map(|p| Box::pin(p) as ProbeLoop),
+            task: None,
         }
     }
 

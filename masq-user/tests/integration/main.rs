@@ -10,6 +10,7 @@ mod conntrack_e2e;
 mod continuity_e2e;
 mod dataplane_progs;
 mod follow_e2e;
+mod health_e2e;
 mod hooks_e2e;
 mod hostile_e2e;
 mod inbound_e2e;

@@ -7,15 +7,7 @@ use super::*;
 fn uplink_stats(gw: &Gw, uplink: u8) -> UplinkStats {
     let map: PerCpuArray<_, UplinkStats> =
         PerCpuArray::try_from(gw.dp.ebpf().map(map_names::UPLINK_STATS).unwrap()).unwrap();
-    map.get(&u32::from(uplink), 0).unwrap().iter().fold(UplinkStats::default(), |a, s| {
-        UplinkStats {
-            syn_sent: a.syn_sent + s.syn_sent,
-            syn_answered: a.syn_answered + s.syn_answered,
-            syn_answer_us: a.syn_answer_us + s.syn_answer_us,
-            new_conns: a.new_conns + s.new_conns,
-            ..a
-        }
-    })
+    map.get(&u32::from(uplink), 0).unwrap().iter().fold(UplinkStats::default(), |a, s| a.plus(s))
 }
 
 #[test]
