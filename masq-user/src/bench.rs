@@ -8,10 +8,12 @@
 //!   masq, the classic recipe and plain routing built alternately, plus the gateway's own cost;
 //! - memory of the connection table per connection ([`prog::memory`]);
 //! - new connections/s under a SYN flood of ten times the table's capacity, and the keep-alive
-//!   connections it must not cost ([`flood`]), masq and the classic recipe.
+//!   connections it must not cost ([`flood`]), masq and the classic recipe;
+//! - uplink failover and failback times, and transitions over a clean run ([`failover`]).
 //!
 //! Results go to `<out>/<timestamp>.{json,svg,md}` and `<out>/latest.{json,svg,md}`.
 pub mod bpf;
+mod failover;
 mod flood;
 mod forwarding;
 mod frames;
@@ -55,6 +57,8 @@ pub enum Part {
     Lab,
     /// New connections under a SYN flood.
     Flood,
+    /// Uplink failover when an ISP stops forwarding.
+    Failover,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -74,6 +78,8 @@ pub struct Results {
     pub ratios_xdp: Vec<Ratio>,
     /// The SYN flood part (masq, classic).
     pub flood: Option<Vec<flood::FloodResult>>,
+    /// The uplink failover part (masq; the classic recipe has no health tracking).
+    pub failover: Option<failover::FailoverResult>,
     pub targets: Vec<Target>,
 }
 
@@ -284,6 +290,17 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         None
     };
 
+    let failover = if wanted(Part::Failover) {
+        eprintln!("masq bench: uplink failover (ISP A stops forwarding)");
+        Some(failover::run(&failover::FailoverOptions {
+            failures: if opts.quick { 3 } else { 7 },
+            clean_seconds: if opts.quick { 30.0 } else { 300.0 },
+            masq_bin: opts.masq_bin.clone(),
+        })?)
+    } else {
+        None
+    };
+
     let results = Results {
         version: 2,
         started_utc: started_utc.clone(),
@@ -294,6 +311,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         ratios_xdp: lab_xdp.as_ref().map(report::ratios).unwrap_or_default(),
         lab_xdp,
         flood,
+        failover,
         targets: prog.as_ref().map(report::targets).unwrap_or_default(),
         prog,
         memory,

@@ -1151,6 +1151,14 @@ fn wait_for(timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Resul
 // `masq lab`: the demo
 
 const EXAMPLE_CONFIG: &str = include_str!("../../examples/masq-gw.toml");
+
+/// The example config with `dsl` added to dsl's `[[uplink]]` (its own keys, then subtables
+/// such as `[uplink.health]`).
+pub fn example_with_dsl(dsl: &str) -> String {
+    let anchor = "gateway = \"67.17.28.14\"\n";
+    assert!(EXAMPLE_CONFIG.contains(anchor), "the example's dsl gateway line moved");
+    EXAMPLE_CONFIG.replacen(anchor, &format!("{anchor}{dsl}\n"), 1)
+}
 const DEMO_PORT: u16 = 80;
 const DEMO_REPLY: &str = "hello from isolde";
 const DEMO_TIMEOUT: Duration = Duration::from_secs(3);

@@ -121,10 +121,43 @@ pub fn markdown(r: &Results) -> String {
     if let Some(flood) = &r.flood {
         flood_section(&mut s, flood);
     }
+    if let Some(failover) = &r.failover {
+        failover_section(&mut s, failover);
+    }
     if let Some(memory) = &r.memory {
         memory_section(&mut s, memory);
     }
     s
+}
+
+fn failover_section(s: &mut String, f: &super::failover::FailoverResult) {
+    let _ = writeln!(
+        s,
+        "### Uplink failover (lab, default settings)\n\n\
+         masq with dsl's `[uplink.health]` at its defaults (ICMP to the client every 0.5 s, \
+         1 s timeout, down after 3, up after 5). ISP A's router stops forwarding, its link and \
+         address up: time to tristan's first new connection through isp-b (a connect attempt \
+         every 0.25 s); then it forwards again: time to the first one by dsl again. {} \
+         failures. The classic recipe has no health tracking: its connections by dsl fail until \
+         the routes are changed by hand (mwan3's defaults take about 50 s).\n",
+        f.failover_s.runs.len()
+    );
+    let _ = writeln!(s, "| | median | min | max |\n|---|---:|---:|---:|");
+    for (what, st) in
+        [("failover to isp-b (s)", &f.failover_s), ("failback to dsl (s)", &f.failback_s)]
+    {
+        let _ = writeln!(s, "| {what} | {:.2} | {:.2} | {:.2} |", st.median, st.min, st.max);
+    }
+    let met = |ok: bool| if ok { "met" } else { "**missed**" };
+    let _ = writeln!(
+        s,
+        "\nTransitions over a clean {:.0} s run afterwards: {} (false failovers).\n\n\
+         Targets: failover median ≤ 3 s: {}; no false failover: {}.\n",
+        f.clean_seconds,
+        f.clean_transitions,
+        met(f.failover_s.median <= 3.0),
+        met(f.clean_transitions == 0)
+    );
 }
 
 fn flood_section(s: &mut String, results: &[super::flood::FloodResult]) {

@@ -17,7 +17,7 @@ use std::{
 
 use masq_user::lab::{
     CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, PUBLIC_ISP_B,
-    TRISTAN,
+    TRISTAN, example_with_dsl,
 };
 use serde_json::Value;
 
@@ -29,15 +29,11 @@ const PEER_PORT: u16 = 8080;
 /// An address on the client's LAN that nobody has: probes to it are never answered.
 const NOBODY: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 99);
 
-/// The example config with `dsl_health` appended to dsl's `[[uplink]]` (its keys, then
+/// The example config with `dsl` added to dsl's `[[uplink]]` (its keys, then
 /// `[uplink.health]`) and `extra` at the end.
 fn config(lab: &Lab, dsl: &str, extra: &str) -> PathBuf {
-    let example = fs::read_to_string(common::example_config()).unwrap();
-    let anchor = "gateway = \"67.17.28.14\"\n";
-    assert!(example.contains(anchor), "the example's dsl gateway line moved");
-    let text = example.replacen(anchor, &format!("{anchor}{dsl}\n"), 1);
     let path = lab.run_dir().join("health.toml");
-    fs::write(&path, format!("{text}\n{extra}\n")).unwrap();
+    fs::write(&path, format!("{}\n{extra}\n", example_with_dsl(dsl))).unwrap();
     path
 }
 
