@@ -335,3 +335,41 @@ fn unanswered_syns_through_dsl_make_it_suspect_before_any_probe_fails() {
     assert!(is_up(&suspect));
     drop(masq);
 }
+
+#[test]
+fn a_tiered_policy_fails_over_and_reclaims_its_connections_when_dsl_returns() {
+    let lab = common::lab(GatewayMode::Bare);
+    let text = example_with_dsl(&format!(
+        "on_up = \"reclaim\"\n[uplink.health]\ntargets = [\"{CLIENT}\"]\n"
+    ));
+    let policies = text.find("[[policy]]").expect("the example's policies");
+    let text = format!(
+        "{}[[policy]]\nfrom = \"{TRISTAN}/32\"\ntiers = [[\"dsl\"], [\"isp-b\"]]\n\n\
+         [[policy]]\nuplink = \"isp-b\"\n",
+        &text[..policies]
+    );
+    let cfg = lab.run_dir().join("tiers.toml");
+    fs::write(&cfg, text).unwrap();
+    let masq = common::start_masq(&lab, &cfg);
+    let _peer = common::serve_peer_addr(lab.ns(Host::Client), PEER_PORT);
+    wait_uplink(&lab, "dsl", TIMEOUT, "up", is_up);
+    assert_eq!(tristan_leaves_from(&lab), Some(GW_ISP_A), "tier 0");
+
+    isp_a(&lab, "-I FORWARD -j DROP");
+    wait_uplink(&lab, "dsl", Duration::from_secs(10), "down", |u| !is_up(u));
+    assert_eq!(tristan_leaves_from(&lab), Some(GW_ISP_B), "tier 1 while dsl is down");
+    let _tristan = long_connection(&lab, Host::Tristan, Host::Client, CLIENT, 9005);
+    let _isolde = long_connection(&lab, Host::Isolde, Host::Client, CLIENT, 9006);
+    let tristan_on_isp_b =
+        |c: &Value| tcp_to(c, TRISTAN, CLIENT, 9005) && c["uplink_name"] == "isp-b";
+    assert_eq!(conns(&lab, tristan_on_isp_b), 1);
+
+    isp_a(&lab, "-D FORWARD -j DROP");
+    wait_uplink(&lab, "dsl", Duration::from_secs(10), "up again", is_up);
+    // Reclaimed: tristan's connection by the backup is removed (it reconnects by dsl);
+    // isolde's, which its policy keeps on isp-b, stays.
+    assert_eq!(conns(&lab, tristan_on_isp_b), 0, "{:#?}", common::masq_conns(&lab));
+    assert_eq!(conns(&lab, |c| tcp_to(c, ISOLDE, CLIENT, 9006)), 1);
+    assert_eq!(tristan_leaves_from(&lab), Some(GW_ISP_A), "back on tier 0");
+    drop(masq);
+}
