@@ -139,6 +139,9 @@ pub const CONN_F_INBOUND: u8 = 1 << 1;
 /// `ConnEntry::flags`: not confirmed yet (TCP handshake incomplete, no reply to UDP or ICMP):
 /// the entry lives in `PENDING_CONNS`, where a flood may evict it, not in `CONNS`.
 pub const CONN_F_PENDING: u8 = 1 << 2;
+/// `ConnEntry::flags`, on the reply entry of a masqueraded TCP connection until its first
+/// answer: `tcp_next_seq` holds the SYN's time (passive health), not a sequence number.
+pub const CONN_F_SYN_TIMED: u8 = 1 << 3;
 
 /// `ConnEntry::tcp_seen`: TCP flags seen in this direction (accumulated).
 pub const TCP_SEEN_SYN: u8 = 1 << 0;
@@ -218,8 +221,8 @@ pub struct ConnEntry {
     /// confirms the other direction's entry.
     pub last_seen_tick: u32,
     /// TCP: the sequence number after the last one this direction sent (host byte order;
-    /// valid with `TCP_SEEN_SEQ`). The reply entry of a masqueraded connection holds the
-    /// initiator's SYN time instead until the first reply (microseconds, 0 unknown).
+    /// valid with `TCP_SEEN_SEQ`). With `CONN_F_SYN_TIMED`, the initiator's SYN time instead
+    /// (microseconds).
     pub tcp_next_seq: u32,
     /// TCP: the highest acknowledgment this direction sent (host byte order; valid with
     /// `TCP_SEEN_ACK`).

@@ -7,9 +7,9 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use masq_common::{
-    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter, FlowKey, NAT_PORT_TRIES,
-    TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RESYN, TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4,
-    tick,
+    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter, FlowKey,
+    NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RESYN, TCP_SEEN_RST, TCP_SEEN_SEQ,
+    TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
@@ -102,7 +102,7 @@ fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
     let twin = ConnEntry {
         xlate: Tuple4::of(&key.reversed()),
         uplink: entry.uplink,
-        flags: entry.flags ^ CONN_F_REPLY,
+        flags: (entry.flags ^ CONN_F_REPLY) & !CONN_F_SYN_TIMED,
         created_tick: entry.created_tick,
         last_seen_tick: now,
         ..ConnEntry::default()
@@ -110,23 +110,20 @@ fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
     (entry.twin_key(key), twin)
 }
 
-/// Microseconds of CLOCK_MONOTONIC (wrapping, never 0), precise enough for a SYN's answer time.
+/// Microseconds of CLOCK_MONOTONIC (wrapping), precise enough for a SYN's answer time.
 #[inline(always)]
 fn now_us() -> u32 {
     // SAFETY: plain helper call.
-    ((unsafe { bpf_ktime_get_ns() } / 1000) as u32).max(1)
+    (unsafe { bpf_ktime_get_ns() } / 1000) as u32
 }
 
 /// Passive health: the first packet back on a masqueraded TCP connection (a SYN-ACK or RST)
-/// answers its SYN, whose time the reply entry holds until then.
+/// answers its SYN, whose time the reply entry holds until then (`CONN_F_SYN_TIMED`).
 #[inline(always)]
-fn count_syn_answer(entry: &ConnEntry, ip: &Ipv4) {
-    if entry.tcp_seen == 0
-        && entry.flags & (CONN_F_REPLY | CONN_F_INBOUND) == CONN_F_REPLY
-        && ip.tcp_flags & (TCP_SYN | TCP_RST) != 0
-    {
-        let sent = entry.tcp_next_seq;
-        let waited = if sent == 0 { 0 } else { now_us().wrapping_sub(sent) };
+fn count_syn_answer(entry: &mut ConnEntry, ip: &Ipv4) {
+    if entry.flags & CONN_F_SYN_TIMED != 0 && ip.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        entry.flags &= !CONN_F_SYN_TIMED;
+        let waited = now_us().wrapping_sub(entry.tcp_next_seq);
         uplink_syn_answered(entry.uplink, u64::from(waited));
     }
 }
@@ -259,7 +256,7 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
         count_syn_answer(entry, ip);
         let mut seen = tcp_seen_bits(ip.tcp_flags);
         let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
-        let (twin_key, _) = twin_of(key, entry, now);
+        let twin_key = entry.twin_key(key);
         if syn == TCP_SYN && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
             // A new SYN on a closed tuple starts over: forget both directions' close.
             entry.tcp_seen = seen;
@@ -274,8 +271,10 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
         } else {
             // Anything but a SYN from this side ends a reuse it had begun.
             entry.tcp_seen &= !TCP_SEEN_RESYN;
-            if let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0)
-                && syn == TCP_SYN | TCP_ACK
+            // Only a SYN-ACK looks at the other direction: the established path does no
+            // second lookup.
+            if syn == TCP_SYN | TCP_ACK
+                && let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0)
             {
                 // The answer to a SYN that reused the tuple: both directions start over, the
                 // initiator at what this SYN-ACK acknowledges.
@@ -375,7 +374,10 @@ pub fn create(
     }
     let reply_of = |entry: &ConnEntry| {
         let (key, mut reply) = twin_of(key, entry, now);
-        reply.tcp_next_seq = syn_us;
+        if syn_us != 0 {
+            reply.tcp_next_seq = syn_us;
+            reply.flags |= CONN_F_SYN_TIMED;
+        }
         (key, reply)
     };
     let (mut reply_key, mut reply) = reply_of(&entry);

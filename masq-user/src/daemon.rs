@@ -60,7 +60,13 @@ fn follow_links(monitor: &mut Monitor, cfg: &Config, followed: &Followed) -> Vec
 
 /// Apply a changed verdict: the uplink's flag for new connections, its log line, what its
 /// `on_down`/`on_up` asks for its connections, and the operator's `on_transition` command.
-fn apply_verdict(dataplane: &mut Dataplane, cfg: &Config, monitor: &Monitor, v: &Verdict) {
+fn apply_verdict(
+    dataplane: &mut Dataplane,
+    cfg: &Config,
+    host: &HostInterfaces,
+    monitor: &Monitor,
+    v: &Verdict,
+) {
     let Some(u) = cfg.uplinks.get(v.uplink) else { return };
     if let Err(e) = dataplane.set_uplink_up(v.uplink, v.up) {
         warn!("uplink {}: updating its state: {e:#}", u.name);
@@ -82,7 +88,7 @@ fn apply_verdict(dataplane: &mut Dataplane, cfg: &Config, monitor: &Monitor, v: 
         }),
         (true, _, OnUp::Reclaim) => dataplane
             .conn_tables()
-            .map(|mut t| t.remove_where(|c| steered_back(cfg, monitor, c, v.uplink))),
+            .map(|mut t| t.remove_where(|c| steered_back(cfg, host, monitor, c, v.uplink))),
         _ => Ok(0),
     };
     match removed {
@@ -113,13 +119,27 @@ fn apply_verdict(dataplane: &mut Dataplane, cfg: &Config, monitor: &Monitor, v: 
 }
 
 /// A masqueraded connection on another uplink that its policy would now give to `uplink`.
-fn steered_back(cfg: &Config, monitor: &Monitor, conn: &conntrack::Conn, uplink: usize) -> bool {
+/// One to an uplink's connected subnet is left alone: the dataplane sends it by that uplink,
+/// whatever the policy says.
+fn steered_back(
+    cfg: &Config,
+    host: &HostInterfaces,
+    monitor: &Monitor,
+    conn: &conntrack::Conn,
+    uplink: usize,
+) -> bool {
     let Some((key, entry)) = &conn.orig else { return false };
     let on = usize::from(entry.uplink);
-    if entry.is_inbound() || on == uplink {
+    if entry.is_inbound() || on == uplink || on >= cfg.uplinks.len() {
         return false;
     }
     let ip = |a: u32| std::net::Ipv4Addr::from(u32::from_be(a));
+    let connected = |u: &Uplink| {
+        host.get(&u.interface).is_some_and(|i| i.subnet_of(ip(key.dst_addr)).is_some())
+    };
+    if cfg.uplinks.iter().any(connected) {
+        return false;
+    }
     let choices = cfg.steered_to(
         ip(key.src_addr),
         ip(key.dst_addr),
@@ -329,7 +349,7 @@ async fn follow_host(
         warn!("updating the maps: {e:#}");
     }
     for verdict in &changed {
-        apply_verdict(dataplane, cfg, monitor, verdict);
+        apply_verdict(dataplane, cfg, &new.host, monitor, verdict);
     }
     tables.update(policy_spec(cfg, &new.states)).await.context("updating the policy tables")?;
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
@@ -357,10 +377,9 @@ async fn serve(
         None => None,
     };
     let mut followed = Followed::observe(&cfg).await?;
-    // Probes start as an adopted dataplane had its uplinks, or as configured.
-    let adopted: Vec<bool> = crate::pinned::read_uplink_infos(pin_dir)
-        .map(|infos| infos.iter().map(|(_, i)| i.flags & masq_common::UPLINK_F_UP != 0).collect())
-        .unwrap_or_default();
+    // Probes start as the previous daemon of this dataplane left them, or as configured.
+    let adopted =
+        DaemonState::load(pin_dir).map(|s| Monitor::probe_states(&s.health)).unwrap_or_default();
     let mut monitor = Monitor::start(&cfg, &adopted);
     for v in follow_links(&mut monitor, &cfg, &followed) {
         let name = &cfg.uplinks[v.uplink].name;
@@ -401,9 +420,9 @@ async fn serve(
     let mut resync = tokio::time::interval(FOLLOW_RESYNC);
     loop {
         tokio::select! {
-            Some((uplink, round)) = monitor.next_round() => {
-                if let Some(v) = monitor.record(uplink, &round) {
-                    apply_verdict(&mut dataplane, &cfg, &monitor, &v);
+            Some(round) = monitor.next_round() => {
+                if let Some(v) = monitor.record(&round) {
+                    apply_verdict(&mut dataplane, &cfg, &followed.host, &monitor, &v);
                     state.health = monitor.reports();
                     if let Err(e) = state.save(pin_dir) {
                         warn!("writing the state file for the CLI: {e:#}");
@@ -447,11 +466,10 @@ async fn serve(
                     Ok(new) => {
                         if health_settings(&new) != health_settings(&cfg) {
                             // Probes restart with the new settings, from the states they had.
-                            let up: Vec<bool> = verdicts(&monitor, &cfg);
-                            monitor = Monitor::start(&new, &up);
-                            monitor.run_probes();
-                            for v in follow_links(&mut monitor, &new, &followed) {
-                                apply_verdict(&mut dataplane, &new, &monitor, &v);
+                            let changed;
+                            (monitor, changed) = monitor.reconfigure(&new);
+                            for v in &changed {
+                                apply_verdict(&mut dataplane, &new, &followed.host, &monitor, v);
                             }
                         }
                         cfg = new;

@@ -264,6 +264,16 @@ pub(super) fn resolve_health(raw: RawHealth, prefix: &str) -> Result<Health> {
     let interval = ms(raw.interval_ms, DEFAULT_INTERVAL, "interval_ms")?;
     let failure_interval =
         ms(raw.failure_interval_ms, DEFAULT_FAILURE_INTERVAL.min(interval), "failure_interval_ms")?;
+    if failure_interval > interval {
+        return Err(err(
+            "failure_interval_ms",
+            format!(
+                "{} ms is longer than interval_ms {}: it is the faster pace of a failing uplink",
+                failure_interval.as_millis(),
+                interval.as_millis()
+            ),
+        ));
+    }
     let recovery_interval =
         ms(raw.recovery_interval_ms, DEFAULT_RECOVERY_INTERVAL, "recovery_interval_ms")?;
     let timeout = ms(raw.timeout_ms, DEFAULT_TIMEOUT, "timeout_ms")?;

@@ -71,9 +71,9 @@ impl Target {
 /// The probe state machine of one uplink. Rounds are judged as they complete: a round passes
 /// when at least `quorum` targets answered it with their recent loss and latency within the
 /// levels (the failure levels while up, the recovery levels while down); `down` failed rounds
-/// in a row take the uplink down, `up` passed rounds in a row bring it back. A sustained
-/// silence (`down` rounds without a single answer) clears the loss and latency windows: an
-/// outage says nothing about the line's quality once it returns.
+/// in a row take the uplink down, `up` passed rounds in a row bring it back. The first answer
+/// after a sustained silence (`down` rounds without a single answer) clears the loss and
+/// latency windows: an outage says nothing about the line's quality once it returns.
 #[derive(Clone, Debug)]
 pub struct Tracker {
     cfg: Health,
@@ -92,10 +92,9 @@ pub struct Tracker {
     rounds: u64,
     rounds_passed: u64,
     transitions: u64,
+    /// The latest round judged (`record_round`).
+    last_seq: u64,
 }
-
-/// The result of one round: per target (in config order), the round-trip time or `None`.
-pub type Round = Vec<Option<Duration>>;
 
 impl Tracker {
     pub fn new(cfg: &Health) -> Self {
@@ -127,6 +126,7 @@ impl Tracker {
             rounds: 0,
             rounds_passed: 0,
             transitions: 0,
+            last_seq: 0,
         }
     }
 
@@ -161,10 +161,33 @@ impl Tracker {
         self.suspect = suspect;
     }
 
-    /// Judge a completed round; returns the change it causes, if any.
+    /// Judge round `seq` (rounds are numbered as sent). Rounds overlap when the timeout exceeds
+    /// the interval, so one may complete after a later one: such a stale round counts in the
+    /// targets' totals only, never against what the later one showed (a line back from an
+    /// outage answers the new round before the old one times out).
+    pub fn record_round(&mut self, seq: u64, round: &[Option<Duration>]) -> Option<Change> {
+        if seq < self.last_seq {
+            for (target, result) in self.targets.iter_mut().zip(round) {
+                target.sent += 1;
+                target.answered += u64::from(result.is_some());
+            }
+            return None;
+        }
+        self.last_seq = seq;
+        self.record(round)
+    }
+
+    /// Judge a completed round, the latest; returns the change it causes, if any.
     pub fn record(&mut self, round: &[Option<Duration>]) -> Option<Change> {
         self.rounds += 1;
         let window = self.cfg.window as usize;
+        let answered = round.iter().filter(|r| r.is_some()).count();
+        if answered > 0 && self.silent >= self.cfg.down {
+            // The first answer after a sustained silence: the outage is no measure of the line.
+            for t in &mut self.targets {
+                t.window.clear();
+            }
+        }
         for (target, result) in self.targets.iter_mut().zip(round) {
             target.sent += 1;
             if let Some(rtt) = result {
@@ -176,7 +199,6 @@ impl Tracker {
             }
             target.window.push_back(*result);
         }
-        let answered = round.iter().filter(|r| r.is_some()).count();
         self.silent = if answered == 0 { self.silent + 1 } else { 0 };
         let (passed, why) = self.judge(round);
         if passed {
@@ -208,11 +230,6 @@ impl Tracker {
                 None
             }
         };
-        if self.silent >= self.cfg.down {
-            for t in &mut self.targets {
-                t.window.clear();
-            }
-        }
         if let Some(change) = &change {
             self.state = change.to;
             self.streak = 0;
@@ -232,8 +249,11 @@ impl Tracker {
         for (target, result) in self.targets.iter().zip(round) {
             let loss = target.loss_percent();
             let rtt = target.avg_rtt().unwrap_or_default();
-            // Loss and latency are judged over half a window at least, not a first probe.
-            let judged = target.window.len() * 2 >= self.cfg.window as usize;
+            // Loss and latency are judged over half a window at least (not a first probe), and
+            // while down over the `up` rounds that would bring it back at least.
+            let half = (self.cfg.window as usize).div_ceil(2);
+            let least = if up { half } else { half.min(self.cfg.up as usize) };
+            let judged = target.window.len() >= least;
             let loss_level = self.cfg.loss.filter(|_| judged).map(|l| l.level(up));
             let rtt_level = self.cfg.latency.filter(|_| judged).map(|l| l.level(up));
             let lossy = loss_level.filter(|&l| loss > f64::from(l));

@@ -4,16 +4,14 @@
 //! (carrier, from the netlink-driven host view), its address, and its probes passing.
 use std::{
     net::Ipv4Addr,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use futures::future::join_all;
 use masq_common::UplinkStats;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    sync::{mpsc, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, watch};
 
 use super::{
     HealthView, ProbeState, Tracker,
@@ -67,6 +65,15 @@ impl From<PassiveView> for PassiveReport {
     }
 }
 
+/// A completed round of probes: its uplink, its place in the order rounds were sent, and per
+/// target the round-trip time or `None`.
+#[derive(Clone, Debug)]
+pub struct RoundResult {
+    pub uplink: usize,
+    pub seq: u64,
+    pub rtts: Vec<Option<Duration>>,
+}
+
 /// A change of an uplink's verdict, for the daemon to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -90,9 +97,8 @@ struct UplinkHealth {
     transitions: u64,
     source: watch::Sender<Option<ProbeSource>>,
     interval: watch::Sender<Duration>,
-    /// Its probe loop, until [`Monitor::run_probes`] spawns it.
+    /// Its probe loop, until [`Monitor::run_probes`] starts it.
     prober: Option<ProbeLoop>,
-    task: Option<JoinHandle<()>>,
 }
 
 type ProbeLoop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -100,44 +106,92 @@ type ProbeLoop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 /// All uplinks' health.
 pub struct Monitor {
     uplinks: Vec<UplinkHealth>,
-    rounds: mpsc::Receiver<(usize, Vec<Option<Duration>>)>,
+    rounds: mpsc::Receiver<RoundResult>,
+    /// The probe thread, once started: its stop signal and handle.
+    prober: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl Monitor {
     /// Set up the probes of every uplink that has `[uplink.health]` ([`Monitor::run_probes`]
-    /// starts them; each probes once it has an address). The
-    /// probes of each start in the state `probes_up` gives (an adopted dataplane's flags, so a
-    /// restart keeps them), or their `initial` state when it gives none.
-    pub fn start(cfg: &Config, probes_up: &[bool]) -> Monitor {
+    /// starts them; each probes once it has an address). Each tracker starts in the state
+    /// `probes` gives (what a previous daemon's had, so a restart keeps it), or its `initial`
+    /// one.
+    pub fn start(cfg: &Config, probes: &[Option<ProbeState>]) -> Monitor {
         let (results, rounds) = mpsc::channel(64);
         let uplinks = cfg
             .uplinks
             .iter()
             .enumerate()
-            .map(|(i, u)| UplinkHealth::start(i, u, probes_up.get(i).copied(), &results))
+            .map(|(i, u)| UplinkHealth::start(i, u, probes.get(i).copied().flatten(), &results))
             .collect();
-        Monitor { uplinks, rounds }
+        Monitor { uplinks, rounds, prober: None }
+    }
+
+    /// The monitor for a reloaded config: probes restart with the new settings from the states
+    /// their trackers had; what the host shows of each uplink and each verdict are kept. Returns
+    /// the verdicts that change with the new settings.
+    pub fn reconfigure(mut self, cfg: &Config) -> (Monitor, Vec<Verdict>) {
+        self.stop();
+        let probes: Vec<Option<ProbeState>> =
+            self.uplinks.iter().map(|u| u.tracker.as_ref().map(Tracker::state)).collect();
+        let mut new = Monitor::start(cfg, &probes);
+        for (n, old) in new.uplinks.iter_mut().zip(&self.uplinks) {
+            n.carrier = old.carrier;
+            n.not_live.clone_from(&old.not_live);
+            n.up = old.up;
+            n.since_unix_ms = old.since_unix_ms;
+            n.reason.clone_from(&old.reason);
+            n.transitions = old.transitions;
+            n.passive = old.passive.clone();
+            n.source.send_replace(old.source.borrow().clone());
+        }
+        let verdicts = new.uplinks.iter_mut().filter_map(|u| u.reassess(None)).collect();
+        new.run_probes();
+        (new, verdicts)
+    }
+
+    /// Each tracker's state, for a daemon started later (`start`).
+    pub fn probe_states(reports: &[UplinkHealthReport]) -> Vec<Option<ProbeState>> {
+        reports.iter().map(|r| r.probes.as_ref().map(|p| p.state)).collect()
     }
 
     /// Start probing (once the dataplane and its tables are in place, so that the first probes
-    /// already take their uplink's route).
+    /// already take their uplink's route), on a thread and runtime of their own: the daemon's
+    /// blocking work (a table dump for a flush, a map update) never delays a probe's answer.
     pub fn run_probes(&mut self) {
-        for u in &mut self.uplinks {
-            if let Some(prober) = u.prober.take() {
-                u.task = Some(tokio::spawn(prober));
-            }
+        let probers: Vec<ProbeLoop> =
+            self.uplinks.iter_mut().filter_map(|u| u.prober.take()).collect();
+        if probers.is_empty() {
+            return;
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("masq-probes".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return tracing::warn!("health probes: no runtime: {e}"),
+            };
+            runtime.block_on(async move {
+                for prober in probers {
+                    tokio::spawn(prober);
+                }
+                let _ = stopped.await;
+            });
+        });
+        match thread {
+            Ok(thread) => self.prober = Some((stop, thread)),
+            Err(e) => tracing::warn!("health probes: cannot start their thread: {e}"),
         }
     }
 
     /// The next completed round of probes: (uplink, per-target round-trip times).
-    pub async fn next_round(&mut self) -> Option<(usize, Vec<Option<Duration>>)> {
+    pub async fn next_round(&mut self) -> Option<RoundResult> {
         self.rounds.recv().await
     }
 
     /// Judge a round; returns the uplink's new verdict if it changed.
-    pub fn record(&mut self, uplink: usize, round: &[Option<Duration>]) -> Option<Verdict> {
-        let u = self.uplinks.get_mut(uplink)?;
-        let change = u.tracker.as_mut()?.record(round);
+    pub fn record(&mut self, round: &RoundResult) -> Option<Verdict> {
+        let u = self.uplinks.get_mut(round.uplink)?;
+        let change = u.tracker.as_mut()?.record_round(round.seq, &round.rtts);
         if let Some(change) = &change {
             let level = if change.to == ProbeState::Up { "passing" } else { "failing" };
             tracing::info!("uplink {}: probes {level}: {}", u.name, change.reason);
@@ -212,11 +266,11 @@ impl Monitor {
         self.uplinks.get(uplink).is_some_and(|u| u.up)
     }
 
+    /// Stop probing (the probe thread ends with its runtime and every probe in flight).
     pub fn stop(&mut self) {
-        for u in &mut self.uplinks {
-            if let Some(task) = u.task.take() {
-                task.abort();
-            }
+        if let Some((stop, thread)) = self.prober.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
         }
     }
 }
@@ -231,12 +285,12 @@ impl UplinkHealth {
     fn start(
         index: usize,
         uplink: &Uplink,
-        probes_up: Option<bool>,
-        results: &mpsc::Sender<(usize, Vec<Option<Duration>>)>,
+        probes: Option<ProbeState>,
+        results: &mpsc::Sender<RoundResult>,
     ) -> Self {
         let mut tracker = uplink.health.as_ref().map(Tracker::new);
-        if let (Some(t), Some(up)) = (tracker.as_mut(), probes_up) {
-            t.assume(if up { ProbeState::Up } else { ProbeState::Down });
+        if let (Some(t), Some(state)) = (tracker.as_mut(), probes) {
+            t.assume(state);
         }
         let (source, source_rx) = watch::channel(None);
         let interval = tracker.as_ref().map_or(Duration::from_secs(1), Tracker::interval);
@@ -260,7 +314,6 @@ impl UplinkHealth {
             source,
             interval,
             prober: prober.map(|p| Box::pin(p) as ProbeLoop),
-            task: None,
         }
     }
 
@@ -308,10 +361,12 @@ async fn probe_loop(
     health: Health,
     mut source: watch::Receiver<Option<ProbeSource>>,
     interval: watch::Receiver<Duration>,
-    results: mpsc::Sender<(usize, Vec<Option<Duration>>)>,
+    results: mpsc::Sender<RoundResult>,
 ) {
     let health = std::sync::Arc::new(health);
+    let in_flight = std::sync::Arc::new(AtomicUsize::new(0));
     let mut interval = interval;
+    let mut seq = 0u64;
     loop {
         let Some(from) = source.borrow_and_update().clone() else {
             // No address yet: wait for one.
@@ -320,15 +375,14 @@ async fn probe_loop(
             }
             continue;
         };
-        let (health, results) = (health.clone(), results.clone());
-        tokio::spawn(async move {
-            let round =
-                join_all(health.targets.iter().map(|&target: &Ipv4Addr| {
-                    probe(&health.method, &from, target, health.timeout)
-                }))
-                .await;
-            let _ = results.send((index, round)).await;
-        });
+        let (health, results, in_flight) = (health.clone(), results.clone(), in_flight.clone());
+        // Rounds overlap when the timeout exceeds the interval; a bounded number of them.
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_ROUNDS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            seq += 1;
+            spawn_round(index, seq, health, from, results, in_flight);
+        }
         // The next round is one interval after this one, the interval as it is then (a
         // failed round or a suspect shortens it at once).
         let sent = tokio::time::Instant::now();
@@ -340,4 +394,28 @@ async fn probe_loop(
             }
         }
     }
+}
+
+/// Rounds of one uplink in flight at most (each holds a socket per target).
+const MAX_ROUNDS_IN_FLIGHT: usize = 8;
+
+fn spawn_round(
+    index: usize,
+    seq: u64,
+    health: std::sync::Arc<Health>,
+    from: ProbeSource,
+    results: mpsc::Sender<RoundResult>,
+    in_flight: std::sync::Arc<AtomicUsize>,
+) {
+    tokio::spawn(async move {
+        let round = join_all(
+            health
+                .targets
+                .iter()
+                .map(|&target: &Ipv4Addr| probe(&health.method, &from, target, health.timeout)),
+        )
+        .await;
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        let _ = results.send(RoundResult { uplink: index, seq, rtts: round }).await;
+    });
 }

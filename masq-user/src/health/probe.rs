@@ -115,7 +115,11 @@ async fn icmp_echo(source: &ProbeSource, target: Ipv4Addr) -> io::Result<()> {
     bind_to_uplink(fd.as_raw_fd(), source)?;
     // SAFETY: the AsyncFd owns the fd, open until it drops.
     let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
-    let (id, seq) = (next_id(), next_id());
+    // An id from the gateway's own ephemeral range, which masq never gives a masqueraded ping:
+    // no LAN host's echo can claim this probe's reply.
+    let (lo, hi) = crate::dataplane::local_port_range().unwrap_or((32768, 60999));
+    let id = lo.wrapping_add(next_id() % (hi.saturating_sub(lo).saturating_add(1)).max(1));
+    let seq = next_id();
     let request = echo_request(id, seq);
     let to = sockaddr(SocketAddrV4::new(target, 0));
     // SAFETY: valid buffer and sockaddr; a raw socket send does not block for long.

@@ -121,6 +121,7 @@ fn an_outage_does_not_count_as_loss_once_the_line_is_back() {
     for _ in 0..10 {
         t.record(&[None]);
     }
+    assert_eq!(t.view().targets[0].loss_percent, 100.0, "shown as it is during the outage");
     // Back: up after exactly `up` answers, not after the lost probes leave the window.
     assert_eq!(rounds_until_change(&mut t, &[RTT], 20), Some(5));
 }
@@ -139,4 +140,39 @@ fn initial_down_needs_up_rounds_and_a_suspect_uplink_is_probed_faster() {
     assert_eq!(t.interval(), cfg.interval);
     t.assume(ProbeState::Down);
     assert_eq!(t.state(), ProbeState::Down);
+}
+
+#[test]
+fn a_line_back_from_an_outage_has_its_loss_judged_before_it_recovers() {
+    let mut cfg = health(1);
+    cfg.loss = Some(Levels { failure: 20, recovery: 10 });
+    let mut t = Tracker::new(&cfg);
+    assert_eq!(rounds_until_change(&mut t, &[None], 10), Some(3));
+    for r in [RTT, RTT, RTT, None] {
+        assert_eq!(t.record(&[r]), None);
+    }
+    // Five answers in a row are not enough while the loss since the outage is above 10 %.
+    let rounds = rounds_until_change(&mut t, &[RTT], 40).unwrap();
+    assert!(rounds > 5, "{rounds}");
+    assert!(t.view().targets[0].loss_percent <= 10.0);
+}
+
+#[test]
+fn a_round_completing_after_a_later_one_counts_in_totals_only() {
+    let mut t = Tracker::new(&health(1));
+    for seq in 1..=3 {
+        t.record_round(seq, &[None]);
+    }
+    assert_eq!(t.state(), ProbeState::Down);
+    // Rounds 4 and 5 were in flight when the line came back: 6 answers first.
+    for seq in 6..=10 {
+        t.record_round(seq, &[RTT]);
+        if seq == 6 {
+            assert_eq!(t.record_round(4, &[None]), None);
+            assert_eq!(t.record_round(5, &[None]), None);
+        }
+    }
+    assert_eq!(t.state(), ProbeState::Up, "5 answered rounds in a row, as sent");
+    let v = t.view();
+    assert_eq!((v.rounds, v.targets[0].sent, v.targets[0].answered), (8, 10, 5));
 }

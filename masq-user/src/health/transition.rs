@@ -3,6 +3,7 @@
 //! must not hold anything up: it runs beside the daemon, never in its way).
 use std::{
     process::{Command, Stdio},
+    sync::{Mutex, OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -33,14 +34,26 @@ impl TransitionEvent {
     }
 }
 
-/// Run `hook` for `event` on a thread of its own; its outcome is logged.
+type Job = (TransitionHook, TransitionEvent);
+
+/// Queue `hook` for `event`: one worker runs the commands in the order of the transitions (a
+/// quick down then up must not end with the down command); each outcome is logged.
 pub fn spawn(hook: &TransitionHook, event: TransitionEvent) {
-    let hook = hook.clone();
-    let spawned = std::thread::Builder::new()
-        .name("masq-on-transition".into())
-        .spawn(move || run(&hook, &event));
-    if let Err(e) = spawned {
-        warn!("on_transition: cannot start a thread: {e}");
+    static QUEUE: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker = std::thread::Builder::new()
+            .name("masq-on-transition".into())
+            .spawn(move || rx.into_iter().for_each(|(hook, event)| run(&hook, &event)));
+        if let Err(e) = &worker {
+            warn!("on_transition: cannot start its thread: {e}");
+        }
+        Mutex::new(worker.ok().map(|_| tx))
+    });
+    let sent =
+        queue.lock().ok().and_then(|q| q.as_ref().map(|tx| tx.send((hook.clone(), event)).is_ok()));
+    if sent != Some(true) {
+        warn!("on_transition: not run, its thread is gone");
     }
 }
 

@@ -22,6 +22,10 @@ fn masqueraded_syns_and_their_first_answer_are_counted_per_uplink() {
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &again)).ret, TC_ACT_REDIRECT);
         let s = uplink_stats(gw, DSL);
         assert_eq!((s.syn_sent, s.syn_answered), (3, 0));
+        let reply_key = |port| tcp_key((CLIENT, 443), (DSL_ADDR, port));
+        let timed =
+            |gw: &Gw, port| gw.conn(&reply_key(port)).unwrap().flags & CONN_F_SYN_TIMED != 0;
+        assert!(timed(gw, 50000), "the reply entry holds the SYN's time");
 
         // 50000 answered by a SYN-ACK (twice: counted once), 50001 refused by a RST that
         // acknowledges its SYN, 50002 never.
@@ -31,6 +35,18 @@ fn masqueraded_syns_and_their_first_answer_are_counted_per_uplink() {
         assert_eq!(gw.xdp("eth4", &from_dsl(&synack)).ret, XDP_REDIRECT);
         let rst = Ip::new(CLIENT, DSL_ADDR).tcp_seq(443, 50001, TCP_RST | TCP_ACK, (0, 1001), b"");
         assert_eq!(gw.xdp("eth4", &from_dsl(&rst)).ret, XDP_REDIRECT, "{:?}", gw.counters());
+        let s = uplink_stats(gw, DSL);
+        assert_eq!((s.syn_sent, s.syn_answered), (3, 2), "{s:?}");
+        assert!(!timed(gw, 50000) && !timed(gw, 50001) && timed(gw, 50002));
+        let seq = gw.conn(&reply_key(50000)).unwrap();
+        assert_eq!(seq.tcp_next_seq, 8, "a sequence number again once answered");
+
+        // The tuple closed and reused: no SYN time, so its answer is not counted again.
+        let fin = Ip::new(TRISTAN, CLIENT).tcp_seq(50001, 443, TCP_SYN, (5000, 0), b"");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &fin)).ret, TC_ACT_REDIRECT);
+        let synack =
+            Ip::new(CLIENT, DSL_ADDR).tcp_seq(443, 50001, TCP_SYN | TCP_ACK, (9, 5001), b"");
+        assert_eq!(gw.xdp("eth4", &from_dsl(&synack)).ret, XDP_REDIRECT);
         let s = uplink_stats(gw, DSL);
         assert_eq!((s.syn_sent, s.syn_answered), (3, 2), "{s:?}");
         // Test runs take microseconds: the answer times add up to little, but they are times.
