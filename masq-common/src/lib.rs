@@ -601,6 +601,10 @@ counters! {
     /// Dropped: an ICMP error quoting a tracked connection that does not match it fully
     /// (outer destination, uplink, quoted TCP sequence: RFC 5927).
     DropIcmpErrorMismatch = 53, "drop_icmp_error_mismatch", true;
+    /// Dropped, silently: a SYN to an uplink's own address where the gateway has no socket.
+    /// The kernel would answer it with a RST at once; RFC 5382 REQ-4 wants silence for 6 s, so
+    /// that a simultaneous open (a LAN host's SYN crossing the remote one) can still succeed.
+    DropUnsolicitedSyn = 54, "drop_unsolicited_syn", true;
 }
 
 /// Size of the `COUNTERS` array.

@@ -5,13 +5,17 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::{
+        bpf_redirect, bpf_redirect_neigh, bpf_sk_release, bpf_skb_change_head, bpf_skc_lookup_tcp,
+    },
     programs::{TcContext, XdpContext},
 };
-use masq_common::Counter;
+use masq_common::{Counter, FlowKey};
 
 use crate::{
     forward::set_macs,
@@ -31,6 +35,33 @@ pub enum Verdict {
     Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
     /// Out of this device, the kernel resolving the next hop's MAC (TC only).
     ForwardNeigh { ifindex: u32, next_hop: u32 },
+}
+
+/// The gateway itself has a TCP socket (listening, connected or in TIME_WAIT) for this
+/// packet's tuple in the device's network namespace.
+#[inline(always)]
+pub fn local_tcp_socket<P: Hook>(ctx: &P, key: &FlowKey) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: key.src_addr,
+                daddr: key.dst_addr,
+                sport: key.src_port,
+                dport: key.dst_port,
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    // SAFETY: a valid context and tuple; a socket found is released at once.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(ctx.ctx_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
 }
 
 /// What a hook can do beyond the common `Packet` access.

@@ -11,7 +11,7 @@ use masq_common::{CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, Flo
 use crate::{
     arp, conntrack,
     forward::decrement_ttl,
-    hook::{Hook, Verdict, tc_run, xdp_action},
+    hook::{Hook, Verdict, local_tcp_socket, tc_run, xdp_action},
     maps::PUBLIC_ADDRS,
     nat::published,
     packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
@@ -95,6 +95,15 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         }
         Found::New => {
             let Some(target) = published(&ip.key) else {
+                // RFC 5382 REQ-4: no RST to an unsolicited SYN (the kernel's answer where the
+                // gateway has no socket), so that a simultaneous open can still work.
+                if ip.l4 == L4::Tcp
+                    && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                    && ip.key.dst_addr == uplink.address
+                    && !local_tcp_socket(ctx, &ip.key)
+                {
+                    return Err(Counter::DropUnsolicitedSyn);
+                }
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             };

@@ -258,12 +258,16 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp_syn: Duration::from_secs(30),
+            // RFC 5382 REQ-5: transitory states at least 4 minutes, established at least
+            // 2 h 4 min; a connection closed by a FIN exchange or a RST may go sooner.
+            tcp_syn: Duration::from_secs(240),
             tcp_established: Duration::from_secs(7440),
             tcp_closing: Duration::from_secs(30),
-            udp: Duration::from_secs(30),
+            // RFC 4787 REQ-5: a UDP mapping lasts at least 2 minutes.
+            udp: Duration::from_secs(120),
             udp_stream: Duration::from_secs(180),
-            icmp: Duration::from_secs(30),
+            // RFC 5508: ICMP query mappings at least 60 s.
+            icmp: Duration::from_secs(60),
         }
     }
 }

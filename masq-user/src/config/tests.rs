@@ -986,3 +986,14 @@ fn on_transition_takes_a_program_or_an_argv() {
         "out of range",
     );
 }
+
+#[test]
+fn default_timeouts_meet_the_nat_rfcs() {
+    let t = Timeouts::default();
+    // RFC 5382 REQ-5 (TCP transitory 4 min, established 2 h 4 min), RFC 4787 REQ-5 (UDP 2
+    // min), RFC 5508 (ICMP 60 s).
+    assert!(t.tcp_syn >= Duration::from_secs(240));
+    assert!(t.tcp_established >= Duration::from_secs(7440));
+    assert!(t.udp >= Duration::from_secs(120) && t.udp_stream >= Duration::from_secs(120));
+    assert!(t.icmp >= Duration::from_secs(60));
+}

@@ -17,6 +17,7 @@ mod inbound_e2e;
 mod l3_uplink_e2e;
 mod lab_baseline;
 mod lan_devices_e2e;
+mod nat_rfc_e2e;
 mod outbound_e2e;
 mod policy_tables;
 mod run_down;

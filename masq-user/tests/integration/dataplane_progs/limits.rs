@@ -111,3 +111,24 @@ fn arp_for_a_published_address_is_answered_on_its_own_uplink_only() {
         gw.assert_counters(&[(Counter::ArpReplied, 2)]);
     });
 }
+
+#[test]
+fn an_unsolicited_syn_to_an_uplink_address_is_dropped_silently_unless_the_gateway_listens() {
+    example(|gw| {
+        // Nobody listens on 12345: the kernel would answer a RST at once; masq stays silent.
+        let syn = Ip::new(CLIENT, DSL_ADDR).tcp_seq(40000, 12345, TCP_SYN, (1, 0), b"");
+        assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_DROP);
+        assert_eq!(gw.uplink_in("eth4", &from_dsl(&syn)).ret, TC_ACT_SHOT);
+        gw.assert_counters(&[(Counter::DropUnsolicitedSyn, 2)]);
+        // The gateway's own service is reached as before.
+        let listener = std::net::TcpListener::bind(("0.0.0.0", 2222)).unwrap();
+        let syn = Ip::new(CLIENT, DSL_ADDR).tcp_seq(40000, 2222, TCP_SYN, (1, 0), b"");
+        assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_PASS);
+        assert_eq!(gw.uplink_in("eth4", &from_dsl(&syn)).ret, TC_ACT_OK);
+        drop(listener);
+        // Not a SYN, or not to the uplink's address: left to the kernel as before.
+        let ack = Ip::new(CLIENT, DSL_ADDR).tcp_seq(40000, 12345, TCP_ACK, (1, 1), b"");
+        assert_eq!(gw.uplink_in("eth4", &from_dsl(&ack)).ret, TC_ACT_OK);
+        gw.assert_counters(&[(Counter::DropUnsolicitedSyn, 2)]);
+    });
+}
