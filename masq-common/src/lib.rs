@@ -57,6 +57,8 @@ pub const NO_UPLINK: u8 = 0xff;
 pub mod map_names {
     pub const CONNS: &str = "CONNS";
     pub const PENDING_CONNS: &str = "PENDING_CONNS";
+    pub const BINDINGS: &str = "BINDINGS";
+    pub const BOUND_PORTS: &str = "BOUND_PORTS";
     pub const CONFIG: &str = "CONFIG";
     pub const UPLINKS: &str = "UPLINKS";
     pub const POLICIES: &str = "POLICIES";
@@ -251,6 +253,48 @@ impl ConnEntry {
         self.xlate.key(key.proto).reversed()
     }
 }
+
+/// `BINDINGS` key: one internal endpoint (LAN address and port, or echo identifier) behind one
+/// uplink. Endpoint-independent mapping (RFC 4787 REQ-1, RFC 5382 REQ-1): all its connections,
+/// whatever their destination, leave with the one public port its binding holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BindingKey {
+    /// Network byte order, as in `FlowKey`.
+    pub int_addr: u32,
+    pub int_port: u16,
+    pub proto: u8,
+    pub uplink: u8,
+}
+const _: () = assert!(core::mem::size_of::<BindingKey>() == 8);
+
+/// `BINDINGS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Binding {
+    /// The public port (network byte order).
+    pub ext_port: u16,
+    pub _pad: u16,
+    /// Tick of creation: the daemon removes a binding without connections once it is older
+    /// than a tick or two (never one whose first connection is being inserted).
+    pub created_tick: u32,
+}
+const _: () = assert!(core::mem::size_of::<Binding>() == 8);
+
+/// `BOUND_PORTS` key: a public port of one uplink, taken by one binding: two internal
+/// endpoints never share a public port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BoundPortKey {
+    /// Network byte order.
+    pub ext_port: u16,
+    pub proto: u8,
+    pub uplink: u8,
+}
+const _: () = assert!(core::mem::size_of::<BoundPortKey>() == 4);
 
 /// `UplinkInfo::flags`: the slot is configured.
 pub const UPLINK_F_ENABLED: u8 = 1 << 0;
@@ -555,6 +599,9 @@ counters! {
     /// The gateway's own ICMP errors about a packet that came in by another uplink, sent back
     /// by that uplink from its address (the main table would have sent them elsewhere).
     OwnIcmpErrorReturned = 17, "own_icmp_error_returned", false;
+    /// A masqueraded connection that could not keep its endpoint's public port (the binding
+    /// tables full, no free port, or the tuple taken): mapped for this destination only.
+    NatMappingFallback = 18, "nat_mapping_fallback", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).
@@ -617,6 +664,9 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Tuple4 {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for BindingKey {}
+    unsafe impl aya::Pod for Binding {}
+    unsafe impl aya::Pod for BoundPortKey {}
     unsafe impl aya::Pod for UplinkInfo {}
     unsafe impl aya::Pod for Prefix4 {}
     unsafe impl aya::Pod for DataplaneConfig {}

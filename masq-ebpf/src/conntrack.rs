@@ -321,6 +321,9 @@ pub struct PortRange {
     /// Keep the original port only when it lies in the range (SNAT, as Linux NAT does);
     /// otherwise any free original port is kept.
     pub strict: bool,
+    /// The translated source port is the endpoint's binding's (`binding.rs`): tried first,
+    /// whatever the range says.
+    pub bound: bool,
 }
 
 impl PortRange {
@@ -337,6 +340,27 @@ impl PortRange {
         let (lo, n) = self.hole();
         n > 0 && port as u32 >= lo && (port as u32) < lo + n
     }
+
+    /// The original port may be kept: not one the gateway uses, and inside a strict range.
+    #[inline(always)]
+    pub fn keeps(&self, port: u16) -> bool {
+        !self.skips(port) && (!self.strict || (self.min..=self.max).contains(&port))
+    }
+
+    /// The `i`th replacement port for `seed` (host byte order); `None` when the range is empty.
+    #[inline(always)]
+    pub fn candidate(&self, seed: u32, i: u32) -> Option<u16> {
+        let (hole_start, hole_len) = self.hole();
+        let span = (u32::from(self.max - self.min) + 1).saturating_sub(hole_len);
+        if span == 0 {
+            return None;
+        }
+        let mut port = self.min as u32 + seed.wrapping_add(i.wrapping_mul(7919)) % span;
+        if hole_len > 0 && port >= hole_start {
+            port += hole_len;
+        }
+        Some(port as u16)
+    }
 }
 
 /// Insert a new (pending) connection: `key` becomes `xlate`, replies come back as
@@ -344,7 +368,8 @@ impl PortRange {
 ///
 /// The reply entry goes in first with `BPF_NOEXIST` (and only when no confirmed entry has its
 /// key): if its tuple is taken, `xlate.src_port` is moved through `ports` (keeping the original
-/// port when free), up to `NAT_PORT_TRIES` tries.
+/// port when free, or the endpoint's binding's: `PortRange::bound`), up to `NAT_PORT_TRIES`
+/// tries.
 /// Then the forward entry; if that fails the reply entry is removed again, so a half connection
 /// never stays behind. Returns the forward entry.
 #[inline(always)]
@@ -381,27 +406,22 @@ pub fn create(
         (key, reply)
     };
     let (mut reply_key, mut reply) = reply_of(&entry);
-    // The original port is kept when free, unless it is out of a strict range or one the
-    // gateway uses itself.
-    let keep = ports.is_none_or(|r| {
-        let port = u16::from_be(xlate.src_port);
-        !r.skips(port) && (!r.strict || (r.min..=r.max).contains(&port))
-    });
+    // The original port (or the binding's, `bound`) is kept when free, unless it is out of a
+    // strict range or one the gateway uses itself.
+    let bound = ports.is_some_and(|r| r.bound);
+    let keep = bound || ports.is_none_or(|r| r.keeps(u16::from_be(xlate.src_port)));
     if !keep || insert_new(&reply_key, &reply).is_err() {
         let range = ports.ok_or(Counter::DropConnInsertFailed)?;
-        let (hole_start, hole_len) = range.hole();
-        let span = (u32::from(range.max - range.min) + 1).saturating_sub(hole_len);
-        if span == 0 {
-            return Err(Counter::DropNatPortExhausted);
+        if bound {
+            // The endpoint's public port is taken toward this destination (a stale entry):
+            // mapped for this destination alone.
+            count(Counter::NatMappingFallback);
         }
         let seed = hash(key);
         let mut placed = false;
         for i in 0..NAT_PORT_TRIES {
-            let mut candidate = range.min as u32 + (seed.wrapping_add(i.wrapping_mul(7919))) % span;
-            if hole_len > 0 && candidate >= hole_start {
-                candidate += hole_len;
-            }
-            xlate.src_port = (candidate as u16).to_be();
+            let candidate = range.candidate(seed, i).ok_or(Counter::DropNatPortExhausted)?;
+            xlate.src_port = candidate.to_be();
             entry.xlate = xlate;
             (reply_key, reply) = reply_of(&entry);
             if insert_new(&reply_key, &reply).is_ok() {

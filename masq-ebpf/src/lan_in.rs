@@ -5,7 +5,7 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, FlowKey};
 
 use crate::{
-    conntrack,
+    binding, conntrack,
     forward::decrement_ttl,
     hook::{Hook, Verdict, tc_run},
     maps::PUBLIC_ADDRS,
@@ -119,6 +119,14 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             let mut xlate = *k;
             xlate.src_addr = up.address;
             let ports = crate::port_range(cfg, &ip, true);
+            // The endpoint's public port behind this uplink, the same for every destination.
+            let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
+            match bound {
+                Some(port) => xlate.src_port = port,
+                None if ports.is_some() => count(Counter::NatMappingFallback),
+                None => {}
+            }
+            let ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
             let xlate = conntrack::create(k, xlate, chosen, 0, ports, &ip, len)?;
             count(Counter::OutboundNew);
             uplink_new_conn(chosen);

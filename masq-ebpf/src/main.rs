@@ -7,6 +7,7 @@
 #![no_main]
 
 mod arp;
+mod binding;
 mod conntrack;
 mod csum;
 mod forward;
@@ -39,7 +40,8 @@ fn port_range(cfg: &DataplaneConfig, ip: &Ipv4, snat: bool) -> Option<PortRange>
     let (skip_min, skip_max) = if snat { (cfg.port_skip_min, cfg.port_skip_max) } else { (1, 0) };
     // Like Linux NAT: a TCP/UDP port is kept only inside the range; an echo id whenever free.
     let range = |strict| {
-        Some(PortRange { min: cfg.port_min, max: cfg.port_max, skip_min, skip_max, strict })
+        let (min, max) = (cfg.port_min, cfg.port_max);
+        Some(PortRange { min, max, skip_min, skip_max, strict, bound: false })
     };
     match ip.l4 {
         L4::Tcp | L4::Udp => range(snat),

@@ -1,14 +1,14 @@
 //! Every map of the dataplane. Capacities come from masq-common so both sides agree; the loader
-//! resizes `CONNS` and `PENDING_CONNS` from the config before loading.
+//! resizes `CONNS`, `PENDING_CONNS` and the binding tables from the config before loading.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use masq_common::{
-    COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY, DataplaneConfig, FlowKey, FragKey, FragXlate,
-    MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
-    PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo, UplinkStats,
-    default_pending_capacity,
+    Binding, BindingKey, BoundPortKey, COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY,
+    DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES,
+    MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop, PolicyRule, PublicAddr, PublishKey,
+    PublishTarget, UplinkInfo, UplinkStats, default_pending_capacity,
 };
 
 /// Confirmed connections: two entries per connection, one per direction. A plain hash, not an
@@ -25,6 +25,17 @@ pub static CONNS: HashMap<FlowKey, ConnEntry> =
 #[map]
 pub static PENDING_CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(2 * default_pending_capacity(DEFAULT_CONN_CAPACITY), 0);
+
+/// Endpoint-independent mapping (`binding.rs`): each internal endpoint's public port, and who
+/// holds each public port. Plain hashes sized by the loader (connections and pending ones);
+/// the daemon removes bindings left without connections.
+#[map]
+pub static BINDINGS: HashMap<BindingKey, Binding> =
+    HashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
+
+#[map]
+pub static BOUND_PORTS: HashMap<BoundPortKey, BindingKey> =
+    HashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
 
 /// Translations of fragmented datagrams, written by their first fragment.
 #[map]

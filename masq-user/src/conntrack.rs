@@ -1,13 +1,17 @@
 //! The connection tables seen from userspace: pairing both directions, connection state,
-//! and expiry of idle connections (confirmed ones are never evicted; pending ones may be).
+//! expiry of idle connections (confirmed ones are never evicted; pending ones may be), and the
+//! sweep of endpoint bindings left without connections.
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, tick_ns};
+use masq_common::{
+    Binding, BindingKey, BoundPortKey, ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN,
+    TCP_SEEN_RST, tick_ns,
+};
 pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::config::Timeouts;
@@ -180,6 +184,56 @@ impl<T: BorrowMut<MapData>> ConnTables<T> {
         }
         removed
     }
+}
+
+/// The binding of a masqueraded connection's internal endpoint (`None` for an inbound one).
+pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
+    let (key, entry) = conn.any();
+    if entry.is_inbound() {
+        return None;
+    }
+    // The initiator's key is the internal endpoint; a reply entry's translation leads to it.
+    let (int_addr, int_port) = if entry.is_reply() {
+        (entry.xlate.dst_addr, entry.xlate.dst_port)
+    } else {
+        (key.src_addr, key.src_port)
+    };
+    Some(BindingKey { int_addr, int_port, proto: key.proto, uplink: entry.uplink })
+}
+
+/// Remove the bindings no connection of `conns` uses, created before the last tick (one younger
+/// may be waiting for its first connection's insert), and ports whose binding is gone. Returns
+/// the bindings removed.
+pub fn sweep_bindings<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
+    bindings: &mut BpfHashMap<T, BindingKey, Binding>,
+    ports: &mut BpfHashMap<U, BoundPortKey, BindingKey>,
+    conns: &[Conn],
+    now_tick: u32,
+) -> usize {
+    let live: HashSet<BindingKey> = conns.iter().filter_map(binding_of).collect();
+    let doomed: Vec<(BindingKey, Binding)> = bindings
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, b)| !live.contains(k) && now_tick.wrapping_sub(b.created_tick) >= 2)
+        .collect();
+    for (key, binding) in &doomed {
+        let _ = bindings.remove(key);
+        let port =
+            BoundPortKey { ext_port: binding.ext_port, proto: key.proto, uplink: key.uplink };
+        if ports.get(&port, 0).is_ok_and(|owner| owner == *key) {
+            let _ = ports.remove(&port);
+        }
+    }
+    let orphans: Vec<BoundPortKey> = ports
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, owner)| bindings.get(owner, 0).is_err())
+        .map(|(port, _)| port)
+        .collect();
+    for port in &orphans {
+        let _ = ports.remove(port);
+    }
+    doomed.len()
 }
 
 #[cfg(test)]

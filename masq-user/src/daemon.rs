@@ -495,6 +495,9 @@ async fn serve(
                     Ok(n) => info!("expired {n} idle connections"),
                     Err(e) => warn!("expiry failed: {e:#}"),
                 }
+                if let Err(e) = dataplane.sweep_bindings() {
+                    warn!("removing unused NAT bindings: {e:#}");
+                }
             }
         }
     }

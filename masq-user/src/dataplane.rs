@@ -20,12 +20,12 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    CFG_F_FAST_PATH, CFG_F_NO_STEER, CFG_F_NO_VALIDATE, ConnEntry, Counter, DataplaneConfig,
-    FlowKey, FragKey, FragXlate, MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop,
-    POLICY_F_STICKY, PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey,
-    PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, XDP_DEVMAP_XMIT_DROPS,
-    XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX, XDP_REDIRECT_ERR_PROG_ID, map_names,
-    program_names,
+    Binding, BindingKey, BoundPortKey, CFG_F_FAST_PATH, CFG_F_NO_STEER, CFG_F_NO_VALIDATE,
+    ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_CHOICES,
+    MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY, PUBLIC_F_PORTS,
+    PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED,
+    UPLINK_F_UP, UplinkInfo, UplinkStats, XDP_DEVMAP_XMIT_DROPS, XDP_DEVMAP_XMIT_FROM_IFINDEX,
+    XDP_DEVMAP_XMIT_TO_IFINDEX, XDP_REDIRECT_ERR_PROG_ID, map_names, program_names,
 };
 use tracing::warn;
 
@@ -284,6 +284,10 @@ impl Dataplane {
             map_names::PENDING_CONNS,
             cfg.dataplane.pending_capacity.saturating_mul(2),
         );
+        // A binding per internal endpoint with connections: never more than the connections.
+        let bindings = cfg.dataplane.conn_capacity.saturating_add(cfg.dataplane.pending_capacity);
+        loader.map_max_entries(map_names::BINDINGS, bindings);
+        loader.map_max_entries(map_names::BOUND_PORTS, bindings);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -594,6 +598,24 @@ impl Dataplane {
         self.map_mut(map_names::CONNS)
     }
 
+    /// Remove the bindings (endpoint-independent mappings) whose endpoint has no connection
+    /// left; returns how many.
+    pub fn sweep_bindings(&mut self) -> anyhow::Result<usize> {
+        let conns = self.conn_tables()?.dump();
+        let (mut bindings, mut ports) = (None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::BINDINGS => bindings = Some(HashMap::try_from(map)?),
+                map_names::BOUND_PORTS => ports = Some(HashMap::try_from(map)?),
+                _ => {}
+            }
+        }
+        let (mut bindings, mut ports) =
+            (bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?);
+        let now = masq_common::tick(crate::conntrack::clock_ns());
+        Ok(crate::conntrack::sweep_bindings(&mut bindings, &mut ports, &conns, now))
+    }
+
     /// Both connection tables of the loaded dataplane.
     pub fn conn_tables(&mut self) -> anyhow::Result<ConnTables<&mut MapData>> {
         let (mut confirmed, mut pending) = (None, None);
@@ -654,6 +676,8 @@ const fn layout<K, V>(name: &'static str, map_type: MapType) -> MapLayout {
 const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<FlowKey, ConnEntry>(map_names::CONNS, MapType::Hash),
     layout::<FlowKey, ConnEntry>(map_names::PENDING_CONNS, MapType::LruHash),
+    layout::<BindingKey, Binding>(map_names::BINDINGS, MapType::Hash),
+    layout::<BoundPortKey, BindingKey>(map_names::BOUND_PORTS, MapType::Hash),
     layout::<u32, DataplaneConfig>(map_names::CONFIG, MapType::Array),
     layout::<u32, UplinkInfo>(map_names::UPLINKS, MapType::Array),
     layout::<u32, PolicyRule>(map_names::POLICIES, MapType::Array),

@@ -1,9 +1,14 @@
-//! What the NAT RFCs ask of masq, end to end in the seed lab: an unsolicited SYN to an uplink
-//! address gets no RST (RFC 5382 REQ-4), the gateway's own services still answer. Needs root;
-//! run serially.
+//! What the NAT RFCs ask of masq, end to end in the seed lab: endpoint-independent mapping
+//! (RFC 4787 REQ-1), an unsolicited SYN to an uplink address gets no RST (RFC 5382 REQ-4), the
+//! gateway's own services still answer. Needs root; run serially.
 use std::{
     io::ErrorKind,
-    net::{TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::Duration,
 };
 
@@ -34,5 +39,87 @@ fn an_unsolicited_syn_to_an_uplink_address_gets_no_reset_but_the_gateways_own_se
         .count();
     assert_eq!(resets, 0, "{}", lines.join("\n"));
     assert!(common::counter(&lab, "drop_unsolicited_syn") >= 1);
+    drop(masq);
+}
+
+/// The client's second address: a second destination on "the internet".
+const CLIENT_2: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 211);
+const ECHO_PORT: u16 = 3478;
+
+/// UDP servers on the client bound to each of `addrs` (so each answers from its own address),
+/// answering every datagram with the `address:port` they saw it from. Stop on drop.
+struct PeerEcho(Arc<AtomicBool>, Vec<thread::JoinHandle<()>>);
+
+impl PeerEcho {
+    fn start(lab: &masq_user::lab::Lab, addrs: &[Ipv4Addr]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = addrs
+            .iter()
+            .map(|&addr| {
+                let socket =
+                    lab.ns(Host::Client).enter(move || UdpSocket::bind((addr, ECHO_PORT))).unwrap();
+                socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                            let _ = socket.send_to(peer.to_string().as_bytes(), peer);
+                        }
+                    }
+                })
+            })
+            .collect();
+        PeerEcho(stop, threads)
+    }
+}
+
+impl Drop for PeerEcho {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From one UDP socket of tristan's bound to `port`: what each destination saw it come from.
+fn seen_from(lab: &masq_user::lab::Lab, port: u16, dsts: &[Ipv4Addr]) -> Vec<SocketAddrV4> {
+    let dsts = dsts.to_vec();
+    lab.ns(Host::Tristan).enter(move || {
+        let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        dsts.iter()
+            .map(|&dst| {
+                let mut buf = [0u8; 64];
+                for _ in 0..6 {
+                    socket.send_to(b"binding?", (dst, ECHO_PORT)).unwrap();
+                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                        assert_eq!(from, (dst, ECHO_PORT).into(), "answered from its address");
+                        return std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap();
+                    }
+                }
+                panic!("no answer from {dst}");
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn one_lan_socket_keeps_one_public_port_toward_every_destination() {
+    let lab = common::lab(GatewayMode::Bare);
+    let add =
+        lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
+    assert!(add.status.success());
+    let masq = common::start_masq(&lab, &common::example_config());
+    let _echo = PeerEcho::start(&lab, &[CLIENT, CLIENT_2]);
+    // A port outside the gateway's own ephemeral range is kept.
+    let kept = seen_from(&lab, 20100, &[CLIENT, CLIENT_2]);
+    assert_eq!(kept, [SocketAddrV4::new(GW_ISP_A, 20100); 2]);
+    // One inside it is replaced, by one port for both destinations.
+    let replaced = seen_from(&lab, 40100, &[CLIENT, CLIENT_2]);
+    assert_eq!(replaced[0], replaced[1], "endpoint-independent");
+    assert_eq!(*replaced[0].ip(), GW_ISP_A);
+    assert_eq!(common::counter(&lab, "nat_mapping_fallback"), 0);
     drop(masq);
 }

@@ -11,8 +11,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use masq_common::{
-    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter, FlowKey,
-    Tuple4, map_names, program_names,
+    Binding, BindingKey, BoundPortKey, CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY,
+    CONN_F_SYN_TIMED, ConnEntry, Counter, FlowKey, Tuple4, map_names, program_names,
 };
 use masq_user::{
     config::Config,

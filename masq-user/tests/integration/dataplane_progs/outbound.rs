@@ -135,3 +135,95 @@ fn exhausted_port_range_drops_the_new_connection_and_leaves_no_half_entry() {
         gw.assert_counters(&[(Counter::DropNatPortExhausted, 1), (Counter::OutboundNew, 2)]);
     });
 }
+
+/// The source port a masqueraded datagram left with.
+fn udp_out(gw: &Gw, host: (Ipv4Addr, Mac), sport: u16, dst: Ipv4Addr) -> (Ipv4Addr, u16) {
+    let q = Ip::new(host.0, dst).udp(sport, 53, b"q");
+    let run = gw.lan_in(&from_lan(host.1, &q));
+    assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
+    let out = IpView::of_frame(&run.out);
+    (out.src(), out.sport())
+}
+
+const OTHER_SERVER: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 211);
+
+#[test]
+fn one_internal_endpoint_keeps_one_public_port_for_every_destination() {
+    example(|gw| {
+        let (tristan, marke, isolde) =
+            ((TRISTAN, TRISTAN_MAC), (MARKE, MARKE_MAC), (ISOLDE, ISOLDE_MAC));
+        // A port outside the gateway's own range is kept, toward every destination.
+        assert_eq!(udp_out(gw, tristan, 20000, CLIENT), (DSL_ADDR, 20000));
+        assert_eq!(udp_out(gw, tristan, 20000, OTHER_SERVER), (DSL_ADDR, 20000));
+        // One inside it (61000-61999 here) is replaced, by one port for every destination (endpoint-independent).
+        let (_, p) = udp_out(gw, tristan, 61400, CLIENT);
+        assert_ne!(p, 61400);
+        assert_eq!(udp_out(gw, tristan, 61400, OTHER_SERVER), (DSL_ADDR, p));
+        // Two hosts with the same port behind one uplink: the first keeps it, the second gets
+        // another, the same for all its destinations.
+        assert_eq!(udp_out(gw, isolde, 21000, CLIENT), (ISPB_ADDR, 21000));
+        let (_, q) = udp_out(gw, marke, 21000, CLIENT);
+        assert_ne!(q, 21000);
+        assert_eq!(udp_out(gw, marke, 21000, OTHER_SERVER), (ISPB_ADDR, q));
+        assert_eq!(udp_out(gw, isolde, 21000, OTHER_SERVER), (ISPB_ADDR, 21000));
+
+        // TCP and ping alike.
+        let syn = |dst| Ip::new(TRISTAN, dst).tcp_seq(40500, 443, TCP_SYN, (1, 0), b"");
+        let ports: Vec<u16> = [CLIENT, OTHER_SERVER]
+            .map(|dst| IpView::of_frame(&gw.lan_in(&from_lan(TRISTAN_MAC, &syn(dst))).out).sport())
+            .to_vec();
+        assert_eq!(ports[0], ports[1]);
+        let ids: Vec<u16> = [CLIENT, OTHER_SERVER]
+            .map(|dst| {
+                let ping = Ip::new(MARKE, dst).echo(true, 21000, 1);
+                IpView::of_frame(&gw.lan_in(&from_lan(MARKE_MAC, &ping)).out).icmp_id()
+            })
+            .to_vec();
+        assert_eq!(ids[0], ids[1], "one echo id for every destination");
+        gw.assert_counters(&[(Counter::NatMappingFallback, 0)]);
+
+        // A reply from either destination reaches the endpoint.
+        let answer = Ip::new(OTHER_SERVER, DSL_ADDR).udp(53, p, b"a");
+        let run = gw.xdp("eth4", &from_dsl(&answer));
+        assert_eq!(run.ret, XDP_REDIRECT);
+        assert_eq!(IpView::of_frame(&run.out).dport(), 61400);
+        gw.assert_no_drops();
+    });
+}
+
+#[test]
+fn bindings_without_connections_are_swept_and_their_ports_freed() {
+    example(|gw| {
+        let (_, p) = udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT);
+        assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT).0, ISPB_ADDR);
+        let bindings = |gw: &mut Gw| {
+            let map: HashMap<_, BindingKey, Binding> =
+                HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::BINDINGS).unwrap()).unwrap();
+            map.iter().filter_map(Result::ok).collect::<Vec<_>>()
+        };
+        assert_eq!(bindings(gw).len(), 2);
+        let created = bindings(gw)[0].1.created_tick;
+        // Too young to sweep even without connections; swept two ticks later.
+        let sweep = |gw: &mut Gw, now: u32, keep_conns: bool| {
+            let conns = if keep_conns { gw.dp.conn_tables().unwrap().dump() } else { Vec::new() };
+            let ebpf = gw.dp.ebpf_mut();
+            let (mut b, mut p) = (None, None);
+            for (name, map) in ebpf.maps_mut() {
+                match name {
+                    map_names::BINDINGS => b = Some(HashMap::try_from(map).unwrap()),
+                    map_names::BOUND_PORTS => p = Some(HashMap::try_from(map).unwrap()),
+                    _ => {}
+                }
+            }
+            conntrack::sweep_bindings(&mut b.unwrap(), &mut p.unwrap(), &conns, now)
+        };
+        assert_eq!(sweep(gw, created + 5, true), 0, "their connections live");
+        assert_eq!(sweep(gw, created + 1, false), 0, "too young");
+        assert_eq!(sweep(gw, created + 2, false), 2);
+        assert!(bindings(gw).is_empty());
+        let ports: HashMap<_, BoundPortKey, BindingKey> =
+            HashMap::try_from(gw.dp.ebpf().map(map_names::BOUND_PORTS).unwrap()).unwrap();
+        assert_eq!(ports.iter().count(), 0);
+        let _ = p;
+    });
+}
