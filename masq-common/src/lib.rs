@@ -144,6 +144,10 @@ pub const CONN_F_PENDING: u8 = 1 << 2;
 /// `ConnEntry::flags`, on the reply entry of a masqueraded TCP connection until its first
 /// answer: `tcp_next_seq` holds the SYN's time (passive health), not a sequence number.
 pub const CONN_F_SYN_TIMED: u8 = 1 << 3;
+/// `ConnEntry::flags`: a LAN host reaching a published address of the gateway (hairpin, RFC
+/// 4787 REQ-9): both directions go from the LAN to the LAN, masqueraded behind the uplink's
+/// address so the server's replies come back through the gateway.
+pub const CONN_F_HAIRPIN: u8 = 1 << 4;
 
 /// `ConnEntry::tcp_seen`: TCP flags seen in this direction (accumulated).
 pub const TCP_SEEN_SYN: u8 = 1 << 0;
@@ -243,6 +247,9 @@ impl ConnEntry {
     }
     pub const fn is_inbound(&self) -> bool {
         self.flags & CONN_F_INBOUND != 0
+    }
+    pub const fn is_hairpin(&self) -> bool {
+        self.flags & CONN_F_HAIRPIN != 0
     }
     /// Packets of this key travel from an uplink toward the LAN.
     pub const fn toward_lan(&self) -> bool {
@@ -602,6 +609,11 @@ counters! {
     /// A masqueraded connection that could not keep its endpoint's public port (the binding
     /// tables full, no free port, or the tuple taken): mapped for this destination only.
     NatMappingFallback = 18, "nat_mapping_fallback", false;
+    /// New hairpin connections: a LAN host to a published address, sent to the server behind
+    /// it masqueraded behind the uplink's address.
+    HairpinNew = 19, "hairpin_new", false;
+    /// Packets of hairpin connections translated and sent back into the LAN.
+    HairpinTranslated = 20, "hairpin_translated", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

@@ -1,19 +1,23 @@
 //! `masq_lan_in`: TC ingress of the LAN device (Ethernet: a NIC, VLAN subinterface or bridge).
 //! Replies of published services and new or known masqueraded connections, each steered to its
-//! connection's uplink.
+//! connection's uplink; LAN hosts reaching a published address hairpinned back into the LAN.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use masq_common::{CFG_F_FAST_PATH, CFG_F_NO_STEER, Counter, DataplaneConfig, FlowKey};
+use masq_common::{
+    CFG_F_FAST_PATH, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig, FlowKey,
+    PublishTarget,
+};
 
 use crate::{
     binding, conntrack,
     forward::decrement_ttl,
     hook::{Hook, Verdict, tc_run},
     maps::PUBLIC_ADDRS,
+    nat::published,
     packet::{ETH_HLEN, EthSkb, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
-        Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink, uplink_by_ifindex,
-        with_mark,
+        RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink,
+        uplink_by_ifindex, with_mark,
     },
     translate::{Found, Translation, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
@@ -59,6 +63,8 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     }
     let len = ctx.len();
 
+    // A hairpin connection's packets go back into the LAN; all others to an uplink.
+    let mut hairpinned = false;
     let (translation, uplink_index) = match find(ctx, &ip, None)? {
         Found::Fragment(translation, uplink) => (translation, uplink),
         // First fragment not seen: the kernel forwards it, uplink egress drops it.
@@ -71,6 +77,12 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             count(Counter::IcmpErrorTranslated);
             (translation, entry.uplink)
         }
+        Found::Flow(entry) if entry.is_hairpin() => {
+            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink);
+            conntrack::account(&ip.key, entry, &ip, len)?;
+            hairpinned = true;
+            found
+        }
         Found::Flow(entry) => {
             if entry.toward_lan() {
                 count(Counter::PassedUntouched);
@@ -82,93 +94,142 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         }
         Found::New => {
             let k = &ip.key;
-            let not_ours = !in_lan(cfg, k.src_addr)
-            || in_lan(cfg, k.dst_addr)
-            || is_uplink_address(k.dst_addr)
-            // SAFETY: read-only lookup.
-            || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
-            if not_ours {
-                count(Counter::PassedUntouched);
-                return Ok(Verdict::Pass);
-            }
-            if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                return Err(Counter::DropTcpNoConn);
-            }
-            if validate {
-                validate::l4_checksum(ctx, &ip)?;
-            }
-            let mut chosen = choose_uplink(cfg, k);
-            let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
-            // As MASQUERADE does: the source is the address of the interface the policy's table
-            // routes to. Another uplink's interface (its connected subnet) means that uplink; an
-            // interface that is no uplink (a VPN, another internal network) means no NAT at all.
-            if cfg.flags & CFG_F_NO_STEER == 0 {
-                let probe = FlowKey { src_addr: up.address, ..*k };
-                let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
-                    Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
-                    Route::Kernel => up.ifindex,
-                };
-                if egress != up.ifindex {
-                    let Some((index, other)) = uplink_by_ifindex(egress) else {
+            let hairpin = if in_lan(cfg, k.src_addr) { published(k) } else { None };
+            let (xlate, chosen, flags, ports) = match hairpin {
+                Some(target) => hairpin_xlate(cfg, &ip, target)?,
+                None => {
+                    let not_ours = !in_lan(cfg, k.src_addr)
+                        || in_lan(cfg, k.dst_addr)
+                        || is_uplink_address(k.dst_addr)
+                        // SAFETY: read-only lookup.
+                        || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
+                    if not_ours {
                         count(Counter::PassedUntouched);
                         return Ok(Verdict::Pass);
-                    };
-                    (chosen, up) = (index, other);
+                    }
+                    if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                        return Err(Counter::DropTcpNoConn);
+                    }
+                    if validate {
+                        validate::l4_checksum(ctx, &ip)?;
+                    }
+                    let mut chosen = choose_uplink(cfg, k);
+                    let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
+                    // As MASQUERADE does: the source is the address of the interface the
+                    // policy's table routes to. Another uplink's interface (its connected
+                    // subnet) means that uplink; an interface that is no uplink (a VPN,
+                    // another internal network) means no NAT at all.
+                    if cfg.flags & CFG_F_NO_STEER == 0 {
+                        let probe = FlowKey { src_addr: up.address, ..*k };
+                        let egress =
+                            match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
+                                Route::Resolved { ifindex, .. }
+                                | Route::NoNeigh { ifindex, .. } => ifindex,
+                                Route::Kernel => up.ifindex,
+                            };
+                        if egress != up.ifindex {
+                            let Some((index, other)) = uplink_by_ifindex(egress) else {
+                                count(Counter::PassedUntouched);
+                                return Ok(Verdict::Pass);
+                            };
+                            (chosen, up) = (index, other);
+                        }
+                    }
+                    let mut xlate = *k;
+                    xlate.src_addr = up.address;
+                    let ports = crate::port_range(cfg, &ip, true);
+                    // The endpoint's public port behind this uplink, for every destination.
+                    let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
+                    match bound {
+                        Some(port) => xlate.src_port = port,
+                        None if ports.is_some() => count(Counter::NatMappingFallback),
+                        None => {}
+                    }
+                    let ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
+                    (xlate, chosen, 0, ports)
                 }
+            };
+            let xlate = conntrack::create(k, xlate, chosen, flags, ports, &ip, len)?;
+            if flags & CONN_F_HAIRPIN != 0 {
+                count(Counter::HairpinNew);
+                hairpinned = true;
+            } else {
+                count(Counter::OutboundNew);
+                uplink_new_conn(chosen);
             }
-            let mut xlate = *k;
-            xlate.src_addr = up.address;
-            let ports = crate::port_range(cfg, &ip, true);
-            // The endpoint's public port behind this uplink, the same for every destination.
-            let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
-            match bound {
-                Some(port) => xlate.src_port = port,
-                None if ports.is_some() => count(Counter::NatMappingFallback),
-                None => {}
-            }
-            let ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
-            let xlate = conntrack::create(k, xlate, chosen, 0, ports, &ip, len)?;
-            count(Counter::OutboundNew);
-            uplink_new_conn(chosen);
             (Translation::Flow(xlate.key(ip.key.proto)), chosen)
         }
     };
     record_first_fragment(&ip, &translation, uplink_index);
-    to_uplink(ctx, cfg, &ip, &translation, uplink_index, route_len)
+    // A hairpin connection's packets go back into the LAN by main, unmarked.
+    let (table, mark) = match uplink(uplink_index) {
+        Some(up) if !hairpinned => (up.table, up.mark),
+        _ => (RT_TABLE_MAIN, 0),
+    };
+    to_uplink(ctx, cfg, &ip, &translation, table, mark, route_len)
 }
 
-/// Steer to the connection's uplink: mark the packet for the kernel's policy tables, and when
-/// the uplink's table resolves the route, translate and redirect without the kernel stack.
-/// Otherwise the kernel routes it by the mark and the uplink's egress program translates.
+/// A LAN host's new connection to a published address (hairpin, RFC 4787 REQ-9, RFC 5382):
+/// to the server behind it, masqueraded behind that uplink's address so the server's replies
+/// come back through the gateway (sent straight back into the LAN by `to_uplink`).
+#[inline(always)]
+fn hairpin_xlate(
+    cfg: &DataplaneConfig,
+    ip: &Ipv4,
+    target: &PublishTarget,
+) -> Result<(FlowKey, u8, u8, Option<conntrack::PortRange>), Counter> {
+    if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Err(Counter::DropTcpNoConn);
+    }
+    let up = uplink(target.uplink).ok_or(Counter::DropNoUplink)?;
+    let mut xlate = ip.key;
+    xlate.src_addr = up.address;
+    xlate.dst_addr = target.to_addr;
+    if target.to_port != 0 {
+        xlate.dst_port = target.to_port;
+    }
+    Ok((xlate, target.uplink, CONN_F_HAIRPIN, crate::port_range(cfg, ip, true)))
+}
+
+/// Steer to the connection's uplink (its `table` and `mark`): mark the packet for the kernel's
+/// policy tables, and when the table resolves the route, translate and redirect without the
+/// kernel stack. Otherwise the kernel routes it by the mark and the uplink's egress program
+/// translates. A hairpin connection's packets come with main and no mark: back into the LAN,
+/// redirected (the kernel would tell the sender by an ICMP redirect to reach the server
+/// directly).
 #[inline(always)]
 fn to_uplink(
     ctx: &mut EthSkb,
     cfg: &DataplaneConfig,
     ip: &Ipv4,
     translation: &Translation,
-    uplink_index: u8,
+    table: u32,
+    mark: u32,
     route_len: u16,
 ) -> Result<Verdict, Counter> {
-    let up = uplink(uplink_index).ok_or(Counter::DropNoUplink)?;
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);
     }
     let skb = ctx.skb_mut();
-    skb.mark = with_mark(cfg, skb.mark, up.mark);
+    skb.mark = with_mark(cfg, skb.mark, mark);
     let ingress_ifindex = skb.ingress_ifindex;
     if cfg.flags & CFG_F_FAST_PATH == 0 {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);
     }
     let key: FlowKey = translation.result(ip);
-    let next = route(ctx, ingress_ifindex, &key, route_len, up.table);
+    let next = route(ctx, ingress_ifindex, &key, route_len, table);
     if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);
     }
     translation.apply(ctx, ip)?;
-    count(Counter::ToUplinkTranslated);
+    count(if table == RT_TABLE_MAIN {
+        Counter::HairpinTranslated
+    } else {
+        Counter::ToUplinkTranslated
+    });
     decrement_ttl(ctx)?;
     Ok(match next {
         Route::Resolved { ifindex, smac, dmac } => {

@@ -189,7 +189,7 @@ impl<T: BorrowMut<MapData>> ConnTables<T> {
 /// The binding of a masqueraded connection's internal endpoint (`None` for an inbound one).
 pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
     let (key, entry) = conn.any();
-    if entry.is_inbound() {
+    if entry.is_inbound() || entry.is_hairpin() {
         return None;
     }
     // The initiator's key is the internal endpoint; a reply entry's translation leads to it.

@@ -84,7 +84,10 @@ fn apply_verdict(
     }
     let removed = match (v.up, u.on_down, u.on_up) {
         (false, OnDown::Flush, _) => dataplane.conn_tables().map(|mut t| {
-            t.remove_where(|c| !c.any().1.is_inbound() && usize::from(c.uplink()) == v.uplink)
+            t.remove_where(|c| {
+                let entry = c.any().1;
+                !entry.is_inbound() && !entry.is_hairpin() && usize::from(c.uplink()) == v.uplink
+            })
         }),
         (true, _, OnUp::Reclaim) => dataplane
             .conn_tables()
@@ -130,7 +133,7 @@ fn steered_back(
 ) -> bool {
     let Some((key, entry)) = &conn.orig else { return false };
     let on = usize::from(entry.uplink);
-    if entry.is_inbound() || on == uplink || on >= cfg.uplinks.len() {
+    if entry.is_inbound() || entry.is_hairpin() || on == uplink || on >= cfg.uplinks.len() {
         return false;
     }
     let ip = |a: u32| std::net::Ipv4Addr::from(u32::from_be(a));

@@ -67,7 +67,8 @@ impl std::fmt::Display for Tuple {
 #[derive(Serialize, Debug, Clone)]
 pub struct ConnView {
     pub proto: &'static str,
-    /// `inbound` (to a published service) or `outbound` (masqueraded from the LAN).
+    /// `inbound` (to a published service), `outbound` (masqueraded from the LAN) or `hairpin`
+    /// (a LAN host to a published address).
     pub direction: &'static str,
     /// The initiator's packets as they arrived, and as masq sent them on.
     pub original: Tuple,
@@ -103,7 +104,14 @@ pub fn proto_name(proto: u8) -> &'static str {
 }
 
 pub fn direction_name(conn: &Conn) -> &'static str {
-    if conn.any().1.is_inbound() { "inbound" } else { "outbound" }
+    let entry = conn.any().1;
+    if entry.is_hairpin() {
+        "hairpin"
+    } else if entry.is_inbound() {
+        "inbound"
+    } else {
+        "outbound"
+    }
 }
 
 /// The four tuples of a connection (original, translated, reply, reply translated), the

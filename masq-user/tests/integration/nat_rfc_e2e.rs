@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use masq_user::lab::{CLIENT, GW_ISP_A, GatewayMode, Host, ISP_GW_SIDE_IFACE};
+use masq_user::lab::{
+    CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISP_GW_SIDE_IFACE, PUBLIC_ISP_A, PUBLIC_ISP_B,
+};
 
 use crate::common;
 
@@ -121,5 +123,25 @@ fn one_lan_socket_keeps_one_public_port_toward_every_destination() {
     assert_eq!(replaced[0], replaced[1], "endpoint-independent");
     assert_eq!(*replaced[0].ip(), GW_ISP_A);
     assert_eq!(common::counter(&lab, "nat_mapping_fallback"), 0);
+    drop(masq);
+}
+
+#[test]
+fn a_lan_host_reaches_a_published_service_by_either_public_address() {
+    let lab = common::lab(GatewayMode::Bare);
+    let masq = common::start_masq(&lab, &common::example_config());
+    let _peer = common::serve_peer_addr(lab.ns(Host::Isolde), 8080);
+    let seen = |reply: Option<String>| -> Option<Ipv4Addr> {
+        Some(*reply?.parse::<SocketAddrV4>().ok()?.ip())
+    };
+    let timeout = Duration::from_secs(5);
+    for (public, via) in [(PUBLIC_ISP_A, GW_ISP_A), (PUBLIC_ISP_B, GW_ISP_B)] {
+        let tcp = lab.tcp_request(Host::Tristan, public, 8080, timeout).unwrap();
+        assert_eq!(seen(tcp), Some(via), "TCP to {public}: isolde sees the uplink's address");
+        let udp = lab.udp_request(Host::Tristan, public, 8080, "hi", timeout).unwrap();
+        assert_eq!(seen(udp), Some(via), "UDP to {public}");
+        assert!(lab.ping(Host::Tristan, public, timeout).unwrap(), "ping {public}");
+    }
+    assert!(common::counter(&lab, "hairpin_new") >= 6);
     drop(masq);
 }

@@ -274,3 +274,42 @@ fn port_forward_translates_the_port_and_its_reply_follows_the_connection_not_the
         gw.assert_no_drops();
     });
 }
+
+#[test]
+fn a_lan_host_reaching_a_published_address_is_hairpinned_to_the_server_and_back() {
+    example(|gw| {
+        // tristan to isolde's DSL address: to isolde, from the uplink's address, back into
+        // the LAN (not out of an uplink, not to the kernel).
+        let syn = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45000, 80, TCP_SYN, (1, 0), b"");
+        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &syn));
+        assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
+        let out = IpView::of_frame(&run.out);
+        assert_eq!((out.src(), out.dst(), out.dport()), (DSL_ADDR, ISOLDE, 80));
+        assert_eq!(&run.out[..6], &ISOLDE_MAC, "to isolde's MAC");
+        assert_checksums(&run.out);
+        let port = out.sport();
+        // isolde's answer to the uplink's address comes back to tristan from the public one.
+        let synack = Ip::new(ISOLDE, DSL_ADDR).tcp_seq(80, port, TCP_SYN | TCP_ACK, (9, 2), b"");
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
+        assert_eq!(run.ret, TC_ACT_REDIRECT);
+        let back = IpView::of_frame(&run.out);
+        assert_eq!(
+            (back.src(), back.sport(), back.dst(), back.dport()),
+            (DSL_PUB, 80, TRISTAN, 45000)
+        );
+        assert_eq!(&run.out[..6], &TRISTAN_MAC);
+        assert_checksums(&run.out);
+        let ack = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45000, 80, TCP_ACK, (2, 10), b"");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &ack)).ret, TC_ACT_REDIRECT);
+        // Ping to the whole published address alike.
+        let ping = Ip::new(TRISTAN, ISPB_PUB).echo(true, 77, 1);
+        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &ping));
+        let out = IpView::of_frame(&run.out);
+        assert_eq!((run.ret, out.src(), out.dst()), (TC_ACT_REDIRECT, ISPB_ADDR, ISOLDE));
+        gw.assert_counters(&[(Counter::HairpinNew, 2), (Counter::HairpinTranslated, 4)]);
+        gw.assert_no_drops();
+        // A non-SYN opens no hairpin connection.
+        let stray = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45001, 80, TCP_ACK, (2, 10), b"");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &stray)).ret, TC_ACT_SHOT);
+    });
+}
