@@ -85,16 +85,18 @@ pub enum PathKind {
     OutboundEstablished,
     OutboundReply,
     NewConnection,
+    OutboundNew,
     PassedUntouched,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 6] = [
+    pub const ALL: [PathKind; 7] = [
         PathKind::InboundEstablished,
         PathKind::InboundReply,
         PathKind::OutboundEstablished,
         PathKind::OutboundReply,
         PathKind::NewConnection,
+        PathKind::OutboundNew,
         PathKind::PassedUntouched,
     ];
 
@@ -105,6 +107,7 @@ impl PathKind {
             PathKind::OutboundEstablished => "outbound_established",
             PathKind::OutboundReply => "outbound_reply",
             PathKind::NewConnection => "new_connection",
+            PathKind::OutboundNew => "outbound_new_connection",
             PathKind::PassedUntouched => "passed_untouched",
         }
     }
@@ -126,6 +129,9 @@ impl PathKind {
             PathKind::NewConnection => {
                 "XDP eth4: SYN from a new source to 67.17.28.10:80, both entries inserted, redirect"
             }
+            PathKind::OutboundNew => {
+                "TC eth0: SYN from a new LAN endpoint, policy, binding made, SNAT, redirect eth4"
+            }
             PathKind::PassedUntouched => {
                 "XDP eth4: 64.70.12.210:443 -> 67.17.28.12 (gw's own traffic), table miss, XDP_PASS"
             }
@@ -134,7 +140,9 @@ impl PathKind {
 
     fn hook(self) -> Hook {
         match self {
-            PathKind::InboundReply | PathKind::OutboundEstablished => Hook::Tc,
+            PathKind::InboundReply | PathKind::OutboundEstablished | PathKind::OutboundNew => {
+                Hook::Tc
+            }
             _ => Hook::Xdp,
         }
     }
@@ -171,6 +179,7 @@ impl PathKind {
                 &[Counter::ToUplinkTranslated, Counter::FastPathRedirect]
             }
             PathKind::NewConnection => &[Counter::InboundNew, Counter::FastPathRedirect],
+            PathKind::OutboundNew => &[Counter::OutboundNew, Counter::FastPathRedirect],
             PathKind::PassedUntouched => &[Counter::PassedUntouched],
         }
     }
@@ -725,6 +734,7 @@ impl ProgBench<'_> {
                     from_uplink(server, Endpoint::new(GW_ISP_A, lan.port), TCP_ACK)
                 }
                 PathKind::NewConnection => from_uplink(new_conn_source(0), public, TCP_SYN),
+                PathKind::OutboundNew => new_lan_syn(0),
                 PathKind::PassedUntouched => from_uplink(
                     Endpoint::new(CLIENT, 443),
                     Endpoint::new(GW_ISP_A, rng.port()),
@@ -782,7 +792,7 @@ impl ProgBench<'_> {
         let ok = match kind {
             PathKind::InboundEstablished | PathKind::NewConnection => dst == ISOLDE && ttl == 63,
             PathKind::InboundReply => src == PUBLIC_ISP_A && ttl == 63,
-            PathKind::OutboundEstablished => src == GW_ISP_A && ttl == 63,
+            PathKind::OutboundEstablished | PathKind::OutboundNew => src == GW_ISP_A && ttl == 63,
             PathKind::OutboundReply => dst.octets()[..3] == [192, 168, 100] && ttl == 63,
             PathKind::PassedUntouched => out[..FRAME_LEN] == frame[..],
         };
@@ -790,7 +800,22 @@ impl ProgBench<'_> {
         if kind == PathKind::NewConnection {
             self.forget_new_conn(Ipv4Addr::new(11, 0, 0, 0))?;
         }
+        if kind == PathKind::OutboundNew {
+            self.forget_outbound_new()?;
+        }
         Ok(())
+    }
+
+    /// Remove what `OutboundNew` runs made: their (pending) connections and their bindings.
+    fn forget_outbound_new(&mut self) -> Result<()> {
+        let mut tables = self.dp.conn_tables()?;
+        let keys: Vec<FlowKey> = tables.pending.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            let _ = tables.pending.remove(key);
+        }
+        use masq_common::{Binding, BindingKey, BoundPortKey, map_names};
+        clear::<BindingKey, Binding>(self.dp.ebpf_mut().map_mut(map_names::BINDINGS))?;
+        clear::<BoundPortKey, BindingKey>(self.dp.ebpf_mut().map_mut(map_names::BOUND_PORTS))
     }
 
     fn forget_new_conn(&mut self, src: Ipv4Addr) -> Result<()> {
@@ -805,7 +830,7 @@ impl ProgBench<'_> {
 
     fn measure_path(&mut self, kind: PathKind) -> Result<PathResult> {
         let spread_flows = match kind {
-            PathKind::NewConnection => 1,
+            PathKind::NewConnection | PathKind::OutboundNew => 1,
             PathKind::PassedUntouched => self.opts.spread_max,
             PathKind::InboundEstablished | PathKind::InboundReply => self.population.inbound.len(),
             PathKind::OutboundEstablished | PathKind::OutboundReply => {
@@ -817,7 +842,7 @@ impl ProgBench<'_> {
         let hot_frames = self.frames(kind, 1);
         self.validate(kind, &hot_frames[0])?;
         let hot = self.measure(kind, &hot_frames)?;
-        let spread = if kind == PathKind::NewConnection {
+        let spread = if matches!(kind, PathKind::NewConnection | PathKind::OutboundNew) {
             hot.clone()
         } else {
             let frames = self.frames(kind, spread_flows);
@@ -842,7 +867,7 @@ impl ProgBench<'_> {
         frames: &[Vec<u8>],
         runs: usize,
     ) -> Result<Measured> {
-        let fresh = kind == PathKind::NewConnection;
+        let fresh = matches!(kind, PathKind::NewConnection | PathKind::OutboundNew);
         let repeat = if fresh { self.opts.new_conn_repeat } else { self.opts.repeat };
         let mut frames = frames.to_vec();
         let hook = kind.hook();
@@ -855,8 +880,15 @@ impl ProgBench<'_> {
                 // them on every packet that opens a connection).
                 let public = Endpoint::new(PUBLIC_ISP_A, 80);
                 frames = (start..start + u64::from(repeat).next_power_of_two())
-                    .map(|n| {
-                        frames::tcp(MAC_ETH4, MAC_ISPA_PEER, new_conn_source(n), public, TCP_SYN)
+                    .map(|n| match kind {
+                        PathKind::OutboundNew => new_lan_syn(n),
+                        _ => frames::tcp(
+                            MAC_ETH4,
+                            MAC_ISPA_PEER,
+                            new_conn_source(n),
+                            public,
+                            TCP_SYN,
+                        ),
                     })
                     .collect();
             }
@@ -884,8 +916,12 @@ impl ProgBench<'_> {
             }
             if fresh {
                 self.next_fresh += u64::from(repeat).next_power_of_two();
-                for n in start..start + u64::from(repeat) {
-                    self.forget_new_conn(new_conn_source(n).addr)?;
+                if kind == PathKind::OutboundNew {
+                    self.forget_outbound_new()?;
+                } else {
+                    for n in start..start + u64::from(repeat) {
+                        self.forget_new_conn(new_conn_source(n).addr)?;
+                    }
                 }
             }
             let trivial = match hook {
@@ -997,6 +1033,24 @@ impl ProgBench<'_> {
 }
 
 /// The `n`th new connection's client: 11.x.y.z from `n`'s low 24 bits.
+/// A SYN from tristan's port `n` (from 1024 on; the gateway's own range included, as clients
+/// use it) to a server on the internet: a new endpoint each, so each makes a binding.
+fn new_lan_syn(n: u64) -> Vec<u8> {
+    let lan = Endpoint::new(Ipv4Addr::new(192, 168, 100, 32), 1024 + (n % 64_000) as u16);
+    frames::tcp(MAC_ETH0, MAC_LAN_PEER, lan, Endpoint::new(CLIENT, 443), TCP_SYN)
+}
+
+/// Delete every entry of a hash map.
+fn clear<K: aya::Pod, V: aya::Pod>(map: Option<&mut aya::maps::Map>) -> Result<()> {
+    let map = map.ok_or_else(|| anyhow!("map missing"))?;
+    let mut m: aya::maps::HashMap<_, K, V> = aya::maps::HashMap::try_from(map)?;
+    let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = m.remove(k);
+    }
+    Ok(())
+}
+
 fn new_conn_source(n: u64) -> Endpoint {
     let [a, b, c, _] = (n as u32).to_le_bytes();
     Endpoint::new(Ipv4Addr::new(11, a, b, c), NEW_CONN_PORT)
