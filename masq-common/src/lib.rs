@@ -307,6 +307,9 @@ const _: () = assert!(core::mem::size_of::<BoundPortKey>() == 4);
 pub const UPLINK_F_ENABLED: u8 = 1 << 0;
 /// `UplinkInfo::flags`: the uplink is usable for new connections.
 pub const UPLINK_F_UP: u8 = 1 << 1;
+/// `UplinkInfo::flags`: endpoint-independent filtering for UDP (RFC 4787 REQ-8's "full cone"):
+/// any remote host may reach a public port bound to a LAN endpoint, not only those it sent to.
+pub const UPLINK_F_UDP_OPEN_FILTER: u8 = 1 << 2;
 
 /// One uplink, indexed by its position in the config.
 #[repr(C)]
@@ -614,6 +617,9 @@ counters! {
     HairpinNew = 19, "hairpin_new", false;
     /// Packets of hairpin connections translated and sent back into the LAN.
     HairpinTranslated = 20, "hairpin_translated", false;
+    /// New inbound UDP connections to a LAN endpoint's public port from a host it had not
+    /// sent to (endpoint-independent filtering on the uplink).
+    MappingInboundNew = 21, "mapping_inbound_new", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

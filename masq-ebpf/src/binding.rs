@@ -47,3 +47,12 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
     }
     None
 }
+
+/// The LAN endpoint (address, port: network byte order) holding public port `port` of `proto`
+/// behind `uplink`, if any.
+#[inline(always)]
+pub fn owner(port: u16, proto: u8, uplink: u8) -> Option<(u32, u16)> {
+    // SAFETY: read-only lookup of a plain value.
+    let owner = unsafe { BOUND_PORTS.get(BoundPortKey { ext_port: port, proto, uplink }) }?;
+    Some((owner.int_addr, owner.int_port))
+}

@@ -6,10 +6,13 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use masq_common::{CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey};
+use masq_common::{
+    CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey, PublishTarget,
+    UPLINK_F_UDP_OPEN_FILTER,
+};
 
 use crate::{
-    arp, conntrack,
+    arp, binding, conntrack,
     forward::decrement_ttl,
     hook::{Hook, Verdict, local_tcp_socket, tc_run, xdp_action},
     maps::PUBLIC_ADDRS,
@@ -94,18 +97,36 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             translation
         }
         Found::New => {
-            let Some(target) = published(&ip.key) else {
-                // RFC 5382 REQ-4: no RST to an unsolicited SYN (the kernel's answer where the
-                // gateway has no socket), so that a simultaneous open can still work.
-                if ip.l4 == L4::Tcp
-                    && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-                    && ip.key.dst_addr == uplink.address
-                    && !local_tcp_socket(ctx, &ip.key)
+            let target = match published(&ip.key) {
+                Some(target) => *target,
+                // With endpoint-independent filtering, a LAN endpoint's public UDP port is
+                // open to any remote host, as a published port of its own.
+                None if ip.l4 == L4::Udp
+                    && uplink.flags & UPLINK_F_UDP_OPEN_FILTER != 0
+                    && ip.key.dst_addr == uplink.address =>
                 {
-                    return Err(Counter::DropUnsolicitedSyn);
+                    let Some((to_addr, to_port)) =
+                        binding::owner(ip.key.dst_port, ip.key.proto, uplink_index)
+                    else {
+                        count(Counter::PassedUntouched);
+                        return Ok(Verdict::Pass);
+                    };
+                    count(Counter::MappingInboundNew);
+                    PublishTarget { to_addr, to_port, uplink: uplink_index, _pad: 0 }
                 }
-                count(Counter::PassedUntouched);
-                return Ok(Verdict::Pass);
+                None => {
+                    // RFC 5382 REQ-4: no RST to an unsolicited SYN (the kernel's answer where
+                    // the gateway has no socket), so that a simultaneous open can still work.
+                    if ip.l4 == L4::Tcp
+                        && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                        && ip.key.dst_addr == uplink.address
+                        && !local_tcp_socket(ctx, &ip.key)
+                    {
+                        return Err(Counter::DropUnsolicitedSyn);
+                    }
+                    count(Counter::PassedUntouched);
+                    return Ok(Verdict::Pass);
+                }
             };
             if target.uplink != uplink_index {
                 return Err(Counter::DropWrongUplink);

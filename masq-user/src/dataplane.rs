@@ -24,8 +24,9 @@ use masq_common::{
     ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_CHOICES,
     MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY, PUBLIC_F_PORTS,
     PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED,
-    UPLINK_F_UP, UplinkInfo, UplinkStats, XDP_DEVMAP_XMIT_DROPS, XDP_DEVMAP_XMIT_FROM_IFINDEX,
-    XDP_DEVMAP_XMIT_TO_IFINDEX, XDP_REDIRECT_ERR_PROG_ID, map_names, program_names,
+    UPLINK_F_UDP_OPEN_FILTER, UPLINK_F_UP, UplinkInfo, UplinkStats, XDP_DEVMAP_XMIT_DROPS,
+    XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX, XDP_REDIRECT_ERR_PROG_ID, map_names,
+    program_names,
 };
 use tracing::warn;
 
@@ -146,10 +147,11 @@ pub fn uplink_infos(cfg: &Config, states: &[UplinkState], up: &[bool]) -> Vec<Up
         .enumerate()
         .map(|(i, (u, state))| {
             let up = if up.get(i).copied().unwrap_or(true) { UPLINK_F_UP } else { 0 };
+            let open = if u.udp_open_filtering { UPLINK_F_UDP_OPEN_FILTER } else { 0 };
             let base = UplinkInfo {
                 mark: u.mark,
                 table: u.table,
-                flags: UPLINK_F_ENABLED,
+                flags: UPLINK_F_ENABLED | open,
                 ..UplinkInfo::default()
             };
             match state.live() {
@@ -159,7 +161,7 @@ pub fn uplink_infos(cfg: &Config, states: &[UplinkState], up: &[bool]) -> Vec<Up
                     address: wire_addr(live.address),
                     gateway: live.gateway.map_or(0, wire_addr),
                     mac: live.mac,
-                    flags: UPLINK_F_ENABLED | up,
+                    flags: UPLINK_F_ENABLED | up | open,
                     ..base
                 },
                 None => base,

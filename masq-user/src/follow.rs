@@ -126,6 +126,7 @@ mod tests {
             health: None,
             on_down: Default::default(),
             on_up: Default::default(),
+            udp_open_filtering: false,
         }
     }
 

@@ -68,6 +68,9 @@ pub struct Uplink {
     pub health: Option<Health>,
     pub on_down: OnDown,
     pub on_up: OnUp,
+    /// UDP to a LAN endpoint's public port from hosts it never sent to is let in (RFC 4787
+    /// endpoint-independent filtering, "full cone"); default: only the hosts it sent to.
+    pub udp_open_filtering: bool,
 }
 
 /// An inbound service: `address` (optionally one protocol and port of it) leads to `to`.

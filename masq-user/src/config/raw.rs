@@ -40,6 +40,8 @@ pub(super) struct RawUplink {
     pub(super) health: Option<super::health::RawHealth>,
     pub(super) on_down: Option<String>,
     pub(super) on_up: Option<String>,
+    /// `"address-and-port-dependent"` (default) or `"endpoint-independent"` (UDP).
+    pub(super) udp_filtering: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -230,6 +230,19 @@ pub(super) fn resolve_uplinks(
             u.health.map(|h| super::health::resolve_health(h, &key("health"))).transpose()?;
         let on_down = super::health::resolve_on_down(u.on_down, &key("on_down"))?;
         let on_up = super::health::resolve_on_up(u.on_up, &key("on_up"))?;
+        let udp_open_filtering = match u.udp_filtering.as_deref() {
+            None | Some("address-and-port-dependent") => false,
+            Some("endpoint-independent") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    key("udp_filtering"),
+                    format!(
+                        "\"{other}\" is not one of \"address-and-port-dependent\", \
+                         \"endpoint-independent\""
+                    ),
+                ));
+            }
+        };
         uplinks.push(Uplink {
             name,
             interface,
@@ -241,6 +254,7 @@ pub(super) fn resolve_uplinks(
             health,
             on_down,
             on_up,
+            udp_open_filtering,
         });
     }
     Ok(uplinks)

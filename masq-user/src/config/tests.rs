@@ -997,3 +997,18 @@ fn default_timeouts_meet_the_nat_rfcs() {
     assert!(t.udp >= Duration::from_secs(120) && t.udp_stream >= Duration::from_secs(120));
     assert!(t.icmp >= Duration::from_secs(60));
 }
+
+#[test]
+fn udp_filtering_is_address_and_port_dependent_unless_opened() {
+    let open = BASE.replace(
+        "gateway = \"67.17.28.14\"\n",
+        "gateway = \"67.17.28.14\"\nudp_filtering = \"endpoint-independent\"\n",
+    );
+    let c = Config::from_toml(&open).unwrap();
+    assert!(c.uplinks[0].udp_open_filtering && !c.uplinks[1].udp_open_filtering);
+    let bad = BASE.replace(
+        "gateway = \"67.17.28.14\"\n",
+        "gateway = \"67.17.28.14\"\nudp_filtering = \"full-cone\"\n",
+    );
+    assert_err(&Config::from_toml(&bad).unwrap_err(), "uplink[0].udp_filtering", "is not one of");
+}

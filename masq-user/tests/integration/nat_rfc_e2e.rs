@@ -145,3 +145,43 @@ fn a_lan_host_reaches_a_published_service_by_either_public_address() {
     assert!(common::counter(&lab, "hairpin_new") >= 6);
     drop(masq);
 }
+
+/// Whether a datagram from the client's second address reaches tristan's socket on `port`
+/// through its mapping, once tristan has sent to the client's first address.
+fn stranger_reaches_mapping(lab: &masq_user::lab::Lab, port: u16) -> bool {
+    let tristan = lab.ns(Host::Tristan).enter(move || UdpSocket::bind(("0.0.0.0", port))).unwrap();
+    tristan.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 64];
+    // The mapping: tristan to the echo server, answered.
+    let mut mapped = false;
+    for _ in 0..6 {
+        tristan.send_to(b"open", (CLIENT, ECHO_PORT)).unwrap();
+        if tristan.recv_from(&mut buf).is_ok() {
+            mapped = true;
+            break;
+        }
+    }
+    assert!(mapped, "no answer from the echo server");
+    let stranger = lab.ns(Host::Client).enter(|| UdpSocket::bind((CLIENT_2, 0))).unwrap();
+    (0..4).any(|_| {
+        stranger.send_to(b"knock", (GW_ISP_A, port)).unwrap();
+        matches!(tristan.recv_from(&mut buf), Ok((n, from)) if &buf[..n] == b"knock" && from.ip() == CLIENT_2)
+    })
+}
+
+#[test]
+fn endpoint_independent_filtering_lets_any_host_reach_a_udp_mapping_and_the_default_does_not() {
+    for open in [false, true] {
+        let lab = common::lab(GatewayMode::Bare);
+        let add = lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]);
+        assert!(add.unwrap().status.success());
+        let dsl = if open { "udp_filtering = \"endpoint-independent\"" } else { "" };
+        let cfg = lab.run_dir().join("filtering.toml");
+        std::fs::write(&cfg, masq_user::lab::example_with_dsl(dsl)).unwrap();
+        let masq = common::start_masq(&lab, &cfg);
+        let _echo = PeerEcho::start(&lab, &[CLIENT]);
+        assert_eq!(stranger_reaches_mapping(&lab, 20300), open, "udp_filtering open: {open}");
+        assert_eq!(common::counter(&lab, "mapping_inbound_new") > 0, open);
+        drop(masq);
+    }
+}

@@ -227,3 +227,35 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         let _ = p;
     });
 }
+
+#[test]
+fn with_endpoint_independent_filtering_any_host_reaches_a_udp_mapping_and_only_its_owner() {
+    example(|gw| {
+        let (_, port) = udp_out(gw, (TRISTAN, TRISTAN_MAC), 20000, CLIENT);
+        assert_eq!(port, 20000);
+        // Address-and-port-dependent (the default): a host tristan never sent to is not let in.
+        let stranger = Ip::new(OTHER_SERVER, DSL_ADDR).udp(5000, 20000, b"hello");
+        assert_eq!(gw.xdp("eth4", &from_dsl(&stranger)).ret, XDP_PASS);
+        // Endpoint-independent: it reaches tristan's socket, and tristan's answer goes back
+        // from the mapping.
+        let mut uplinks: aya::maps::Array<_, masq_common::UplinkInfo> =
+            aya::maps::Array::try_from(gw.dp.ebpf_mut().map_mut(map_names::UPLINKS).unwrap())
+                .unwrap();
+        let mut dsl = uplinks.get(&u32::from(DSL), 0).unwrap();
+        dsl.flags |= masq_common::UPLINK_F_UDP_OPEN_FILTER;
+        uplinks.set(u32::from(DSL), dsl, 0).unwrap();
+        let run = gw.xdp("eth4", &from_dsl(&stranger));
+        assert_eq!(run.ret, XDP_REDIRECT, "{:?}", gw.counters());
+        let inside = IpView::of_frame(&run.out);
+        assert_eq!((inside.dst(), inside.dport()), (TRISTAN, 20000));
+        let answer = Ip::new(TRISTAN, OTHER_SERVER).udp(20000, 5000, b"hi");
+        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &answer));
+        let out = IpView::of_frame(&run.out);
+        assert_eq!((out.src(), out.sport(), out.dst()), (DSL_ADDR, 20000, OTHER_SERVER));
+        // A port nobody holds stays closed; TCP is not opened by it.
+        let unbound = Ip::new(OTHER_SERVER, DSL_ADDR).udp(5000, 20001, b"x");
+        assert_eq!(gw.xdp("eth4", &from_dsl(&unbound)).ret, XDP_PASS);
+        gw.assert_counters(&[(Counter::MappingInboundNew, 1)]);
+        gw.assert_no_drops();
+    });
+}
