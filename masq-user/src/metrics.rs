@@ -611,7 +611,7 @@ mod tests {
                         loss_percent: 30.0,
                     }],
                 }),
-                passive: crate::health::monitor::PassiveReport {
+                passive: crate::health::passive::PassiveView {
                     syn_sent: 7,
                     syn_answered: 6,
                     unanswered: 1,

@@ -36,33 +36,7 @@ pub struct UplinkHealthReport {
     pub transitions: u64,
     /// The probes' view; `None` without `[uplink.health]`.
     pub probes: Option<HealthView>,
-    pub passive: PassiveReport,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PassiveReport {
-    /// Masqueraded TCP connections opened on the uplink (the dataplane's count).
-    pub syn_sent: u64,
-    /// Of those, answered by a SYN-ACK or RST.
-    pub syn_answered: u64,
-    /// SYNs of a few seconds ago with no answer since.
-    pub unanswered: u64,
-    /// Average SYN to answer time over the last seconds.
-    pub answer_ms: Option<f64>,
-    /// Why the uplink is suspect, if it is.
-    pub suspect: Option<String>,
-}
-
-impl From<PassiveView> for PassiveReport {
-    fn from(v: PassiveView) -> Self {
-        PassiveReport {
-            syn_sent: v.syn_sent,
-            syn_answered: v.syn_answered,
-            unanswered: v.unanswered,
-            answer_ms: v.answer_ms,
-            suspect: v.suspect,
-        }
-    }
+    pub passive: PassiveView,
 }
 
 /// A completed round of probes: its uplink, its place in the order rounds were sent, and per
@@ -257,7 +231,7 @@ impl Monitor {
                 carrier: u.carrier,
                 transitions: u.transitions,
                 probes: u.tracker.as_ref().map(Tracker::view),
-                passive: u.passive_view.clone().into(),
+                passive: u.passive_view.clone(),
             })
             .collect()
     }

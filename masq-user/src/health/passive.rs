@@ -8,6 +8,7 @@ use std::{
 };
 
 use masq_common::UplinkStats;
+use serde::{Deserialize, Serialize};
 
 /// A SYN unanswered this long counts as lost (Linux resends at 1 s and 3 s).
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -29,15 +30,18 @@ pub struct Passive {
     samples: VecDeque<(Instant, Sample)>,
 }
 
-/// What the passive check sees now.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What the passive check sees now (`masq uplinks --json`: `health.passive`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PassiveView {
+    /// Masqueraded TCP connections opened on the uplink (the dataplane's count) ...
     pub syn_sent: u64,
+    /// ... and those answered by a SYN-ACK or RST.
     pub syn_answered: u64,
     /// SYNs sent `ANSWER_WITHIN` ago (over `SPAN`) without any answer since.
     pub unanswered: u64,
     /// Average SYN to answer time of the answers over the last `ANSWER_WITHIN + SPAN`.
     pub answer_ms: Option<f64>,
+    /// Why the uplink is suspect, if it is.
     pub suspect: Option<String>,
 }
 
