@@ -164,7 +164,12 @@ impl<T: Borrow<MapData>> ConnTables<T> {
 impl<T: BorrowMut<MapData>> ConnTables<T> {
     /// Delete every connection idle for longer than its state's timeout; returns how many.
     pub fn expire(&mut self, timeouts: &Timeouts, now_ns: u64) -> usize {
-        self.remove_where(|conn| {
+        self.expire_keeping(timeouts, now_ns).0
+    }
+
+    /// As `expire`, also returning the connections left (one dump serves the binding sweep).
+    pub fn expire_keeping(&mut self, timeouts: &Timeouts, now_ns: u64) -> (usize, Vec<Conn>) {
+        self.remove_keeping(|conn| {
             let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
             idle > conn.state().timeout(timeouts)
         })
@@ -172,17 +177,20 @@ impl<T: BorrowMut<MapData>> ConnTables<T> {
 
     /// Delete every connection `doomed` picks, both directions; returns how many.
     pub fn remove_where(&mut self, doomed: impl Fn(&Conn) -> bool) -> usize {
-        let conns = self.dump();
-        let mut removed = 0;
-        for conn in conns.iter().filter(|c| doomed(c)) {
+        self.remove_keeping(doomed).0
+    }
+
+    /// Delete every connection `doomed` picks; returns how many, and the others.
+    fn remove_keeping(&mut self, doomed: impl Fn(&Conn) -> bool) -> (usize, Vec<Conn>) {
+        let (gone, kept): (Vec<Conn>, Vec<Conn>) = self.dump().into_iter().partition(doomed);
+        for conn in &gone {
             for (key, entry) in conn.orig.iter().chain(conn.reply.iter()) {
                 let table =
                     if entry.is_pending() { &mut self.pending } else { &mut self.confirmed };
                 let _ = table.remove(key);
             }
-            removed += 1;
         }
-        removed
+        (gone.len(), kept)
     }
 }
 

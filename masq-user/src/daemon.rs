@@ -492,14 +492,17 @@ async fn serve(
                 let now = conntrack::clock_ns();
                 let expired = dataplane
                     .conn_tables()
-                    .map(|mut tables| tables.expire(&cfg.dataplane.timeouts, now));
+                    .map(|mut tables| tables.expire_keeping(&cfg.dataplane.timeouts, now));
                 match expired {
-                    Ok(0) => {}
-                    Ok(n) => info!("expired {n} idle connections"),
+                    Ok((n, left)) => {
+                        if n > 0 {
+                            info!("expired {n} idle connections");
+                        }
+                        if let Err(e) = dataplane.sweep_bindings(&left) {
+                            warn!("removing unused NAT bindings: {e:#}");
+                        }
+                    }
                     Err(e) => warn!("expiry failed: {e:#}"),
-                }
-                if let Err(e) = dataplane.sweep_bindings() {
-                    warn!("removing unused NAT bindings: {e:#}");
                 }
             }
         }

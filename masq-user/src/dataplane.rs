@@ -601,9 +601,8 @@ impl Dataplane {
     }
 
     /// Remove the bindings (endpoint-independent mappings) whose endpoint has no connection
-    /// left; returns how many.
-    pub fn sweep_bindings(&mut self) -> anyhow::Result<usize> {
-        let conns = self.conn_tables()?.dump();
+    /// among `conns` (the tables as just dumped); returns how many.
+    pub fn sweep_bindings(&mut self, conns: &[crate::conntrack::Conn]) -> anyhow::Result<usize> {
         let (mut bindings, mut ports) = (None, None);
         for (name, map) in self.ebpf.maps_mut() {
             match name {
@@ -615,7 +614,7 @@ impl Dataplane {
         let (mut bindings, mut ports) =
             (bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?);
         let now = masq_common::tick(crate::conntrack::clock_ns());
-        Ok(crate::conntrack::sweep_bindings(&mut bindings, &mut ports, &conns, now))
+        Ok(crate::conntrack::sweep_bindings(&mut bindings, &mut ports, conns, now))
     }
 
     /// Both connection tables of the loaded dataplane.

@@ -307,24 +307,16 @@ pub(super) fn resolve_health(raw: RawHealth, prefix: &str) -> Result<Health> {
         }
         Ok(v)
     };
-    let loss = match (raw.failure_loss, raw.recovery_loss) {
-        (Some(100), None) => None,
-        (failure, recovery) => {
-            let failure = percent(failure.unwrap_or(DEFAULT_FAILURE_LOSS), "failure_loss")?;
-            if failure == 0 {
-                return Err(err("failure_loss", "must be at least 1 (100 disables it)".into()));
-            }
-            let recovery =
-                percent(recovery.unwrap_or(DEFAULT_RECOVERY_LOSS.min(failure)), "recovery_loss")?;
-            if recovery > failure {
-                return Err(err(
-                    "recovery_loss",
-                    format!("{recovery} is above failure_loss {failure}"),
-                ));
-            }
-            (failure < 100).then_some(Levels { failure, recovery })
-        }
-    };
+    let failure = percent(raw.failure_loss.unwrap_or(DEFAULT_FAILURE_LOSS), "failure_loss")?;
+    if failure == 0 {
+        return Err(err("failure_loss", "must be at least 1 (100 disables it)".into()));
+    }
+    let recovery =
+        percent(raw.recovery_loss.unwrap_or(DEFAULT_RECOVERY_LOSS.min(failure)), "recovery_loss")?;
+    if recovery > failure {
+        return Err(err("recovery_loss", format!("{recovery} is above failure_loss {failure}")));
+    }
+    let loss = (failure < 100).then_some(Levels { failure, recovery });
     let initial = match raw.initial.as_deref() {
         None | Some("up") => Initial::Up,
         Some("down") => Initial::Down,
@@ -351,23 +343,20 @@ pub(super) fn resolve_health(raw: RawHealth, prefix: &str) -> Result<Health> {
 }
 
 pub(super) fn resolve_on_down(raw: Option<String>, key: &str) -> Result<OnDown> {
-    match raw.as_deref() {
-        None | Some("keep") => Ok(OnDown::Keep),
-        Some("flush") => Ok(OnDown::Flush),
-        Some(other) => {
-            Err(ConfigError::new(key, format!("\"{other}\" is not one of \"keep\", \"flush\"")))
-        }
-    }
+    one_of(raw, key, &[("keep", OnDown::Keep), ("flush", OnDown::Flush)])
 }
 
 pub(super) fn resolve_on_up(raw: Option<String>, key: &str) -> Result<OnUp> {
-    match raw.as_deref() {
-        None | Some("keep") => Ok(OnUp::Keep),
-        Some("reclaim") => Ok(OnUp::Reclaim),
-        Some(other) => {
-            Err(ConfigError::new(key, format!("\"{other}\" is not one of \"keep\", \"reclaim\"")))
-        }
-    }
+    one_of(raw, key, &[("keep", OnUp::Keep), ("reclaim", OnUp::Reclaim)])
+}
+
+/// The value `raw` names among `choices` (the first when absent), or an error listing them.
+fn one_of<T: Copy>(raw: Option<String>, key: &str, choices: &[(&str, T)]) -> Result<T> {
+    let Some(raw) = raw else { return Ok(choices[0].1) };
+    choices.iter().find(|(name, _)| *name == raw).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        ConfigError::new(key, format!("\"{raw}\" is not one of {}", names.join(", ")))
+    })
 }
 
 pub(super) fn resolve_transition_hook(raw: RawTransitionHook) -> Result<TransitionHook> {

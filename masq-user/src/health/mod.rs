@@ -63,8 +63,9 @@ impl Target {
     }
 
     fn avg_rtt(&self) -> Option<Duration> {
-        let rtts: Vec<Duration> = self.window.iter().flatten().copied().collect();
-        (!rtts.is_empty()).then(|| rtts.iter().sum::<Duration>() / rtts.len() as u32)
+        let (sum, n) =
+            self.window.iter().flatten().fold((Duration::ZERO, 0u32), |(s, n), r| (s + *r, n + 1));
+        (n > 0).then(|| sum / n)
     }
 }
 

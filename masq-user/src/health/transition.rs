@@ -3,7 +3,7 @@
 //! must not hold anything up: it runs beside the daemon, never in its way).
 use std::{
     process::{Command, Stdio},
-    sync::{Mutex, OnceLock, mpsc},
+    sync::{OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -39,7 +39,7 @@ type Job = (TransitionHook, TransitionEvent);
 /// Queue `hook` for `event`: one worker runs the commands in the order of the transitions (a
 /// quick down then up must not end with the down command); each outcome is logged.
 pub fn spawn(hook: &TransitionHook, event: TransitionEvent) {
-    static QUEUE: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
+    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     let queue = QUEUE.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = std::thread::Builder::new()
@@ -48,11 +48,10 @@ pub fn spawn(hook: &TransitionHook, event: TransitionEvent) {
         if let Err(e) = &worker {
             warn!("on_transition: cannot start its thread: {e}");
         }
-        Mutex::new(worker.ok().map(|_| tx))
+        worker.ok().map(|_| tx)
     });
-    let sent =
-        queue.lock().ok().and_then(|q| q.as_ref().map(|tx| tx.send((hook.clone(), event)).is_ok()));
-    if sent != Some(true) {
+    let sent = queue.as_ref().is_some_and(|tx| tx.send((hook.clone(), event)).is_ok());
+    if !sent {
         warn!("on_transition: not run, its thread is gone");
     }
 }
