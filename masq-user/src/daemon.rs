@@ -247,12 +247,17 @@ async fn start(
     let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
     let undo = |tables: Option<PolicyTables>| async move {
         if fresh {
+            let _ = crate::local_ports::restore(pin_dir);
             let _ = remove_pins(pin_dir);
             if let Some(tables) = tables {
                 let _ = tables.remove().await;
             }
         }
     };
+    if let Err(e) = crate::local_ports::claim(cfg.dataplane.gateway_ports, pin_dir) {
+        undo(None).await;
+        return Err(e.context("dataplane.gateway_ports"));
+    }
     let mut dataplane = match Dataplane::load(cfg, pin_dir) {
         Ok(dataplane) => dataplane,
         Err(e) => {
@@ -539,6 +544,7 @@ fn reload(
     if identity(&new) != identity(current) || new.lan != current.lan {
         bail!("uplinks or the LAN changed: that needs `masq run` again, not a reload");
     }
+    crate::local_ports::claim(new.dataplane.gateway_ports, dataplane.pin_dir())?;
     dataplane.fill_maps(&new, &host, &followed.states, &verdicts(monitor, current))?;
     let published = crate::dataplane::publish_entries(&new);
     let removed = dataplane.conn_tables()?.remove_where(|conn| {
@@ -588,6 +594,9 @@ pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let removed = runtime.block_on(policy_tables::remove_all(&tables))?;
     remove_pins(pin_dir)?;
+    if let Err(e) = crate::local_ports::restore(pin_dir) {
+        warn!("{e:#}");
+    }
     info!("down: {removed} rules and routes removed, pins under {} removed", pin_dir.display());
     Ok(())
 }

@@ -55,14 +55,6 @@ pub fn wire_prefix(net: Ipv4Net) -> Prefix4 {
     Prefix4 { addr: wire_addr(net.network()), mask: wire_addr(net.netmask()) }
 }
 
-/// The gateway's own ephemeral port range (`net.ipv4.ip_local_port_range` of this namespace),
-/// which SNAT stays out of.
-pub fn local_port_range() -> Option<(u16, u16)> {
-    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut ports = text.split_whitespace().map(str::parse::<u16>);
-    Some((ports.next()?.ok()?, ports.next()?.ok()?))
-}
-
 /// `CONFIG[0]`. `local_ports`: the gateway's own ephemeral ports, never used for SNAT.
 pub fn dataplane_config(
     cfg: &Config,
@@ -299,6 +291,10 @@ impl Dataplane {
         Ok(Self { ebpf, pin_dir: pin_dir.to_path_buf(), lost_redirects_counted: false })
     }
 
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
@@ -319,7 +315,7 @@ impl Dataplane {
         let lan = host
             .get(&cfg.lan.interface)
             .ok_or_else(|| anyhow!("lan.interface: {} not found", cfg.lan.interface))?;
-        let global = dataplane_config(cfg, lan.index, local_port_range())?;
+        let global = dataplane_config(cfg, lan.index, crate::local_ports::current())?;
         let uplinks = uplink_infos(cfg, states, up);
 
         let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;

@@ -18,6 +18,7 @@ pub mod inspect;
 #[cfg(feature = "lab")]
 pub mod lab;
 pub mod links;
+pub mod local_ports;
 pub mod metrics;
 pub mod netns;
 pub mod pinned;

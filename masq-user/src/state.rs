@@ -173,6 +173,8 @@ fn sweep_stale_states() {
             && running_daemon(&state.pin_dir).is_none()
         {
             let _ = fs::remove_file(&path);
+            // The system's port range saved for that dataplane (`local_ports`).
+            let _ = fs::remove_file(path.with_extension("ports"));
         }
     }
 }

@@ -219,8 +219,24 @@ pub struct DataplaneSettings {
     /// SNAT source port range, inclusive.
     pub port_min: u16,
     pub port_max: u16,
+    pub gateway_ports: GatewayPorts,
     pub timeouts: Timeouts,
 }
+
+/// The gateway's own ephemeral ports (`gateway_ports`), which SNAT never keeps or picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayPorts {
+    /// masq sets `net.ipv4.ip_local_port_range` to this range while it runs (restored by
+    /// `masq down`), so clients keep every port outside it.
+    Range(u16, u16),
+    /// The range is left as the system has it.
+    System,
+}
+
+/// Below Linux's default ephemeral range (32768-60999) and Windows' and macOS's (49152-65535):
+/// clients' own ports are kept.
+pub const DEFAULT_GATEWAY_PORTS: GatewayPorts = GatewayPorts::Range(28672, 32767);
 
 impl Default for DataplaneSettings {
     fn default() -> Self {
@@ -234,6 +250,7 @@ impl Default for DataplaneSettings {
             pending_capacity: masq_common::default_pending_capacity(DEFAULT_CONN_CAPACITY),
             port_min: 1024,
             port_max: 65535,
+            gateway_ports: DEFAULT_GATEWAY_PORTS,
             timeouts: Timeouts::default(),
         }
     }

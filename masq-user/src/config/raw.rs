@@ -83,6 +83,7 @@ pub(super) struct RawDataplane {
     pub(super) pending_capacity: Option<u32>,
     pub(super) port_min: Option<u16>,
     pub(super) port_max: Option<u16>,
+    pub(super) gateway_ports: Option<String>,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
 }

@@ -69,6 +69,10 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
             format!("port_min {port_min} is greater than port_max {port_max}"),
         ));
     }
+    let gateway_ports = match raw.gateway_ports.as_deref() {
+        None => default.gateway_ports,
+        Some(text) => gateway_ports(text)?,
+    };
     let t = raw.timeouts;
     let d = default.timeouts;
     let timeouts = Timeouts {
@@ -101,8 +105,30 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         pending_capacity,
         port_min,
         port_max,
+        gateway_ports,
         timeouts,
     })
+}
+
+/// `"system"`, or `"MIN-MAX"` inside 1024..=65535.
+fn gateway_ports(text: &str) -> Result<GatewayPorts> {
+    const KEY: &str = "dataplane.gateway_ports";
+    if text == "system" {
+        return Ok(GatewayPorts::System);
+    }
+    let bad = || {
+        ConfigError::new(
+            KEY,
+            format!("\"{text}\" is not \"system\" nor a range like \"28672-32767\""),
+        )
+    };
+    let (min, max) = text.split_once('-').ok_or_else(bad)?;
+    let (min, max): (u16, u16) =
+        (min.trim().parse().map_err(|_| bad())?, max.trim().parse().map_err(|_| bad())?);
+    if min < 1024 || min > max {
+        return Err(ConfigError::new(KEY, format!("{min}-{max}: expected 1024 <= MIN <= MAX")));
+    }
+    Ok(GatewayPorts::Range(min, max))
 }
 
 pub(super) fn timeout(secs: Option<u64>, default: Duration, name: &str) -> Result<Duration> {

@@ -526,6 +526,26 @@ fn port_min_above_port_max_is_rejected() {
 }
 
 #[test]
+fn gateway_ports_default_to_a_range_below_every_clients_own() {
+    use crate::config::GatewayPorts;
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.dataplane.gateway_ports, GatewayPorts::Range(28672, 32767));
+    let cfg = parse("[dataplane]\ngateway_ports = \"system\"\n").unwrap();
+    assert_eq!(cfg.dataplane.gateway_ports, GatewayPorts::System);
+    let cfg = parse("[dataplane]\ngateway_ports = \"61000-61999\"\n").unwrap();
+    assert_eq!(cfg.dataplane.gateway_ports, GatewayPorts::Range(61000, 61999));
+    for (text, why) in [
+        ("\"61999-61000\"", "expected 1024 <= MIN <= MAX"),
+        ("\"80-1000\"", "expected 1024 <= MIN <= MAX"),
+        ("\"lots\"", "is not \"system\" nor a range"),
+        ("\"1024-70000\"", "is not \"system\" nor a range"),
+    ] {
+        let err = parse_err(&format!("[dataplane]\ngateway_ports = {text}\n"));
+        assert_err(&err, "dataplane.gateway_ports", why);
+    }
+}
+
+#[test]
 fn mark_mask_zero_is_rejected() {
     assert_err(&bad("mark-mask-zero"), "dataplane.mark_mask", "must not be 0");
 }

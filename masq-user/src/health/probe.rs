@@ -117,7 +117,7 @@ async fn icmp_echo(source: &ProbeSource, target: Ipv4Addr) -> io::Result<()> {
     let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
     // An id from the gateway's own ephemeral range, which masq never gives a masqueraded ping:
     // no LAN host's echo can claim this probe's reply.
-    let (lo, hi) = crate::dataplane::local_port_range().unwrap_or((32768, 60999));
+    let (lo, hi) = crate::local_ports::current().unwrap_or((32768, 60999));
     let id = lo.wrapping_add(next_id() % (hi.saturating_sub(lo).saturating_add(1)).max(1));
     let seq = next_id();
     let request = echo_request(id, seq);

@@ -113,17 +113,29 @@ fn one_lan_socket_keeps_one_public_port_toward_every_destination() {
     let add =
         lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
     assert!(add.status.success());
+    let range = |lab: &masq_user::lab::Lab| {
+        let out = lab.exec(Host::Gw, &["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let system = range(&lab);
     let masq = common::start_masq(&lab, &common::example_config());
+    assert_eq!(range(&lab), "28672 32767", "the gateway's own ports narrowed (gateway_ports)");
     let _echo = PeerEcho::start(&lab, &[CLIENT, CLIENT_2]);
-    // A port outside the gateway's own ephemeral range is kept.
-    let kept = seen_from(&lab, 20100, &[CLIENT, CLIENT_2]);
-    assert_eq!(kept, [SocketAddrV4::new(GW_ISP_A, 20100); 2]);
-    // One inside it is replaced, by one port for both destinations.
-    let replaced = seen_from(&lab, 40100, &[CLIENT, CLIENT_2]);
+    // Ports in every client OS's ephemeral range are the client's own, toward every destination.
+    for port in [20100, 40100, 50100, 60999, 61100] {
+        let kept = seen_from(&lab, port, &[CLIENT, CLIENT_2]);
+        assert_eq!(kept, [SocketAddrV4::new(GW_ISP_A, port); 2], "port {port}");
+    }
+    // One inside the gateway's own range is replaced, by one port for both destinations.
+    let replaced = seen_from(&lab, 30100, &[CLIENT, CLIENT_2]);
     assert_eq!(replaced[0], replaced[1], "endpoint-independent");
     assert_eq!(*replaced[0].ip(), GW_ISP_A);
+    assert!(!(28672..=32767).contains(&replaced[0].port()), "{replaced:?}");
     assert_eq!(common::counter(&lab, "nat_mapping_fallback"), 0);
     drop(masq);
+    let down = common::masq_cli(&lab, &["down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_eq!(range(&lab), system, "masq down gives the system its range back");
 }
 
 #[test]
