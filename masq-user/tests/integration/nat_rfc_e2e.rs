@@ -107,6 +107,78 @@ fn seen_from(lab: &masq_user::lab::Lab, port: u16, dsts: &[Ipv4Addr]) -> Vec<Soc
     })
 }
 
+/// From TCP sockets of tristan's all bound to `port` (SO_REUSEADDR, open at once): what each
+/// destination's peer-address server saw each connection come from.
+fn tcp_seen_from(lab: &masq_user::lab::Lab, port: u16, dsts: &[Ipv4Addr]) -> Vec<SocketAddrV4> {
+    use std::{
+        io::{BufRead as _, BufReader},
+        os::fd::FromRawFd as _,
+    };
+    let dsts = dsts.to_vec();
+    lab.ns(Host::Tristan).enter(move || {
+        let streams: Vec<TcpStream> = dsts
+            .iter()
+            .map(|&dst| {
+                // SAFETY: plain socket calls on a fresh fd, owned by the TcpStream afterwards.
+                unsafe {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    assert!(fd >= 0);
+                    let one: libc::c_int = 1;
+                    let len = size_of::<libc::c_int>() as libc::socklen_t;
+                    let opt = (&one as *const libc::c_int).cast();
+                    assert_eq!(
+                        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, opt, len),
+                        0
+                    );
+                    let sockaddr = |addr: Ipv4Addr, port: u16| libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: port.to_be(),
+                        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
+                        sin_zero: [0; 8],
+                    };
+                    let size = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    let local = sockaddr(Ipv4Addr::UNSPECIFIED, port);
+                    assert_eq!(
+                        libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size),
+                        0
+                    );
+                    let remote = sockaddr(dst, PEER_PORT);
+                    let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size);
+                    assert_eq!(rc, 0, "connect to {dst}: {}", std::io::Error::last_os_error());
+                    TcpStream::from_raw_fd(fd)
+                }
+            })
+            .collect();
+        streams
+            .into_iter()
+            .map(|stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut line = String::new();
+                BufReader::new(stream).read_line(&mut line).unwrap();
+                line.trim().parse().unwrap()
+            })
+            .collect()
+    })
+}
+
+const PEER_PORT: u16 = 8443;
+
+#[test]
+fn one_lan_tcp_port_keeps_one_public_port_toward_every_destination() {
+    let lab = common::lab(GatewayMode::Bare);
+    let add =
+        lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
+    assert!(add.status.success());
+    let masq = common::start_masq(&lab, &common::example_config());
+    let _server = common::serve_peer_addr(lab.ns(Host::Client), PEER_PORT);
+    let kept = tcp_seen_from(&lab, 40500, &[CLIENT, CLIENT_2]);
+    assert_eq!(kept, [SocketAddrV4::new(GW_ISP_A, 40500); 2]);
+    let replaced = tcp_seen_from(&lab, 30500, &[CLIENT, CLIENT_2]);
+    assert_eq!(replaced[0], replaced[1], "endpoint-independent");
+    assert_ne!(replaced[0].port(), 30500, "the gateway's own range is not kept");
+    drop(masq);
+}
+
 #[test]
 fn one_lan_socket_keeps_one_public_port_toward_every_destination() {
     let lab = common::lab(GatewayMode::Bare);
