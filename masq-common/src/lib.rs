@@ -69,6 +69,7 @@ pub mod map_names {
     pub const FRAGS: &str = "FRAGS";
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const XDP_PROG_IDS: &str = "XDP_PROG_IDS";
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Record offsets of `xdp:xdp_redirect_err` and `xdp:xdp_devmap_xmit` (their `format` files);
@@ -353,6 +354,30 @@ pub const CFG_F_FAST_PATH: u32 = 1 << 0;
 pub const CFG_F_NO_STEER: u32 = 1 << 1;
 /// `DataplaneConfig::flags`: for measuring only, skip the RFC 1812 checks (`validate`).
 pub const CFG_F_NO_VALIDATE: u32 = 1 << 2;
+/// Report every new connection in `EVENTS` (set while the daemon has a consumer for them).
+pub const CFG_F_EVENTS: u32 = 1 << 3;
+
+/// Default size of `EVENTS`, bytes (a power of two, at least a page).
+pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 20;
+
+/// A new connection, as the programs report it through `EVENTS`: the initiator's entry as it
+/// was inserted. Ends (expiry, eviction, flush) are reported by the daemon, which removes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnEvent {
+    /// CLOCK_MONOTONIC_COARSE, nanoseconds.
+    pub time_ns: u64,
+    /// The initiator's tuple as it arrived.
+    pub key: FlowKey,
+    /// What the initiator's packets are rewritten to.
+    pub xlate: Tuple4,
+    pub uplink: u8,
+    /// `CONN_F_*` of the initiator's entry.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 40);
 
 /// Global settings, slot 0 of the `CONFIG` array.
 #[repr(C)]
@@ -620,6 +645,11 @@ counters! {
     /// New inbound UDP connections to a LAN endpoint's public port from a host it had not
     /// sent to (endpoint-independent filtering on the uplink).
     MappingInboundNew = 21, "mapping_inbound_new", false;
+    /// Connection events the programs could not write: the ring buffer (`EVENTS`) was full.
+    EventsLost = 22, "events_lost", false;
+    /// Connection events the daemon could not deliver: a watcher read too slowly (it is told
+    /// how many it missed) or the event log could not be written. Written by the daemon.
+    EventsUndelivered = 23, "events_undelivered", false;
     /// Dropped: headers shorter than they claim.
     DropMalformed = 32, "drop_malformed", true;
     /// Dropped: a later IP fragment whose first fragment masq has not seen (out of order).

@@ -13,6 +13,7 @@ use masq_common::{
 };
 
 use crate::{
+    events,
     maps::{CONNS, PENDING_CONNS},
     packet::{Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{count, uplink_syn_answered, uplink_syn_sent},
@@ -382,7 +383,8 @@ pub fn create(
     ip: &Ipv4,
     len: u64,
 ) -> Result<Tuple4, Counter> {
-    let now = tick(now_ns());
+    let time_ns = now_ns();
+    let now = tick(time_ns);
     let mut xlate = Tuple4::of(&xlate);
     let mut entry = ConnEntry {
         xlate,
@@ -441,6 +443,7 @@ pub fn create(
             if syn_us != 0 {
                 uplink_syn_sent(uplink);
             }
+            events::conn_created(key, &entry, time_ns);
             Ok(entry.xlate)
         }
         Err(err) => {

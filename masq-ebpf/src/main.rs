@@ -10,6 +10,7 @@ mod arp;
 mod binding;
 mod conntrack;
 mod csum;
+mod events;
 mod forward;
 mod hook;
 mod lan_in;

@@ -2,13 +2,14 @@
 //! resizes `CONNS`, `PENDING_CONNS` and the binding tables from the config before loading.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, COUNTER_SLOTS, ConnEntry, DEFAULT_CONN_CAPACITY,
-    DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES,
-    MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop, PolicyRule, PublicAddr, PublishKey,
-    PublishTarget, UplinkInfo, UplinkStats, default_pending_capacity,
+    Binding, BindingKey, BoundPortKey, COUNTER_SLOTS, ConnEntry, ConnEvent, DEFAULT_CONN_CAPACITY,
+    DEFAULT_EVENT_RING_BYTES, DataplaneConfig, FlowKey, FragKey, FragXlate,
+    MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
+    PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo, UplinkStats,
+    default_pending_capacity,
 };
 
 /// Confirmed connections: two entries per connection, one per direction. A plain hash, not an
@@ -76,3 +77,11 @@ pub static CSUM_SCRATCH: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(
 /// that counts failed redirects.
 #[map]
 pub static XDP_PROG_IDS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// New connections (`events.rs`), read by the daemon. Sized by the loader (`[events]`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
+
+/// Per-CPU room where a new connection's event is built before it is copied into `EVENTS`.
+#[map]
+pub static EVENT_SCRATCH: PerCpuArray<ConnEvent> = PerCpuArray::with_max_entries(1, 0);

@@ -164,24 +164,25 @@ impl<T: Borrow<MapData>> ConnTables<T> {
 impl<T: BorrowMut<MapData>> ConnTables<T> {
     /// Delete every connection idle for longer than its state's timeout; returns how many.
     pub fn expire(&mut self, timeouts: &Timeouts, now_ns: u64) -> usize {
-        self.expire_keeping(timeouts, now_ns).0
+        self.expire_keeping(timeouts, now_ns).0.len()
     }
 
-    /// As `expire`, also returning the connections left (one dump serves the binding sweep).
-    pub fn expire_keeping(&mut self, timeouts: &Timeouts, now_ns: u64) -> (usize, Vec<Conn>) {
+    /// As `expire`, returning the connections removed and those left (one dump serves the
+    /// binding sweep and the event record).
+    pub fn expire_keeping(&mut self, timeouts: &Timeouts, now_ns: u64) -> (Vec<Conn>, Vec<Conn>) {
         self.remove_keeping(|conn| {
             let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
             idle > conn.state().timeout(timeouts)
         })
     }
 
-    /// Delete every connection `doomed` picks, both directions; returns how many.
-    pub fn remove_where(&mut self, doomed: impl Fn(&Conn) -> bool) -> usize {
+    /// Delete every connection `doomed` picks, both directions; returns them.
+    pub fn remove_where(&mut self, doomed: impl Fn(&Conn) -> bool) -> Vec<Conn> {
         self.remove_keeping(doomed).0
     }
 
-    /// Delete every connection `doomed` picks; returns how many, and the others.
-    fn remove_keeping(&mut self, doomed: impl Fn(&Conn) -> bool) -> (usize, Vec<Conn>) {
+    /// Delete every connection `doomed` picks; returns them, and the others.
+    fn remove_keeping(&mut self, doomed: impl Fn(&Conn) -> bool) -> (Vec<Conn>, Vec<Conn>) {
         let (gone, kept): (Vec<Conn>, Vec<Conn>) = self.dump().into_iter().partition(doomed);
         for conn in &gone {
             for (key, entry) in conn.orig.iter().chain(conn.reply.iter()) {
@@ -190,8 +191,28 @@ impl<T: BorrowMut<MapData>> ConnTables<T> {
                 let _ = table.remove(key);
             }
         }
-        (gone.len(), kept)
+        (gone, kept)
     }
+}
+
+/// Why a connection ended (its `destroy` event says).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Idle past its state's timeout.
+    Expired,
+    /// Pushed out of the pending table (never confirmed) before it expired.
+    Evicted,
+    /// Removed by another process (`masq conns flush`).
+    Removed,
+    /// Its uplink went down (`on_down = "flush"`).
+    UplinkDown,
+    /// Moved back to its preferred uplink (`on_up = "reclaim"`).
+    Reclaimed,
+    /// Its uplink lost the address it was masqueraded behind.
+    Renumbered,
+    /// Its published service was removed by a reload.
+    Unpublished,
 }
 
 /// The binding of a masqueraded connection's internal endpoint (`None` for an inbound one).

@@ -9,8 +9,9 @@ use masq_common::Counter;
 
 use crate::{
     config::{Config, OnDown, OnUp, Uplink},
-    conntrack,
+    conntrack::{self, EndReason},
     dataplane::{Dataplane, remove_pins},
+    events::{Hub, Recorder},
     follow::{self, UplinkState},
     health::{
         monitor::{Monitor, Verdict},
@@ -83,15 +84,12 @@ fn apply_verdict(
         );
     }
     let removed = match (v.up, u.on_down, u.on_up) {
-        (false, OnDown::Flush, _) => dataplane.conn_tables().map(|mut t| {
-            t.remove_where(|c| {
-                let entry = c.any().1;
-                !entry.is_inbound() && !entry.is_hairpin() && usize::from(c.uplink()) == v.uplink
-            })
+        (false, OnDown::Flush, _) => dataplane.remove_conns(EndReason::UplinkDown, |c| {
+            let entry = c.any().1;
+            !entry.is_inbound() && !entry.is_hairpin() && usize::from(c.uplink()) == v.uplink
         }),
         (true, _, OnUp::Reclaim) => dataplane
-            .conn_tables()
-            .map(|mut t| t.remove_where(|c| steered_back(cfg, host, monitor, c, v.uplink))),
+            .remove_conns(EndReason::Reclaimed, |c| steered_back(cfg, host, monitor, c, v.uplink)),
         _ => Ok(0),
     };
     match removed {
@@ -242,7 +240,7 @@ async fn start(
     followed: &Followed,
     pin_dir: &Path,
     up: &[bool],
-) -> anyhow::Result<(Dataplane, PolicyTables, Vec<HookChoice>)> {
+) -> anyhow::Result<(Dataplane, PolicyTables, Vec<HookChoice>, Hub)> {
     let (host, states) = (&followed.host, &followed.states);
     let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
     let undo = |tables: Option<PolicyTables>| async move {
@@ -286,6 +284,14 @@ async fn start(
             return Err(e);
         }
     };
+    let hub = match Hub::start(&mut dataplane, cfg, pin_dir) {
+        Ok(hub) => hub,
+        Err(e) => {
+            drop(dataplane);
+            undo(Some(tables)).await;
+            return Err(e.context("the connection event stream"));
+        }
+    };
     log_hooks(&hooks);
     for (u, state) in cfg.uplinks.iter().zip(states) {
         log_uplink(u, None, state);
@@ -293,7 +299,7 @@ async fn start(
     if !fresh {
         info!("adopted the pinned dataplane under {}", pin_dir.display());
     }
-    Ok((dataplane, tables, hooks))
+    Ok((dataplane, tables, hooks, hub))
 }
 
 fn log_hooks(hooks: &[HookChoice]) {
@@ -363,9 +369,9 @@ async fn follow_host(
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         let Some(lost) = follow::lost_address(old, now) else { continue };
         let wire = crate::dataplane::wire_addr(lost);
-        let removed = dataplane
-            .conn_tables()?
-            .remove_where(|conn| conn.keys().any(|k| k.src_addr == wire || k.dst_addr == wire));
+        let removed = dataplane.remove_conns(EndReason::Renumbered, |conn| {
+            conn.keys().any(|k| k.src_addr == wire || k.dst_addr == wire)
+        })?;
         dataplane.count(Counter::ConnsRenumbered, removed as u64)?;
         info!("uplink {}: {removed} connections of its old address {lost} removed", u.name);
     }
@@ -394,7 +400,8 @@ async fn serve(
         info!("uplink {name} starts {}: {}", if v.up { "up" } else { "down" }, v.reason);
     }
     let up = verdicts(&monitor, &cfg);
-    let (mut dataplane, tables, hooks) = start(&cfg, &followed, pin_dir, &up).await?;
+    let (mut dataplane, tables, hooks, mut hub) = start(&cfg, &followed, pin_dir, &up).await?;
+    let mut names = Names::from_config(&cfg, NamesSource::Daemon);
     monitor.run_probes();
     let tables = Arc::new(tables);
     // Its change notices drive the uplink following; the first follow below (the resync's
@@ -481,6 +488,10 @@ async fn serve(
                             }
                         }
                         cfg = new;
+                        names = Names::from_config(&cfg, NamesSource::Daemon);
+                        if let Err(e) = hub.reconfigure(&mut dataplane, &cfg) {
+                            warn!("[events]: {e:#}");
+                        }
                         state.reloaded(Ok(&cfg));
                         info!("reloaded {}", config_path.display());
                     }
@@ -499,19 +510,45 @@ async fn serve(
                     .conn_tables()
                     .map(|mut tables| tables.expire_keeping(&cfg.dataplane.timeouts, now));
                 match expired {
-                    Ok((n, left)) => {
-                        if n > 0 {
-                            info!("expired {n} idle connections");
+                    Ok((gone, left)) => {
+                        if !gone.is_empty() {
+                            info!("expired {} idle connections", gone.len());
                         }
                         if let Err(e) = dataplane.sweep_bindings(&left) {
                             warn!("removing unused NAT bindings: {e:#}");
                         }
+                        let rec = Recorder { cfg: &cfg, names: &names };
+                        hub.observe(&mut dataplane, &rec, left, &gone, now);
                     }
                     Err(e) => warn!("expiry failed: {e:#}"),
                 }
             }
+            ready = hub.readable() => match ready {
+                Ok(mut guard) => {
+                    guard.clear_ready();
+                    drop(guard);
+                    hub.drain(&Recorder { cfg: &cfg, names: &names });
+                }
+                Err(e) => warn!("reading connection events: {e:#}"),
+            },
+            watcher = hub.accept() => match watcher {
+                Ok(stream) => {
+                    if let Err(e) = hub.add_watcher(stream, &mut dataplane) {
+                        warn!("a connection watcher: {e:#}");
+                    }
+                }
+                Err(e) => warn!("accepting a connection watcher: {e:#}"),
+            },
+        }
+        let removed = dataplane.take_removed();
+        if !removed.is_empty() {
+            let rec = Recorder { cfg: &cfg, names: &names };
+            for (reason, gone) in group_by_reason(removed) {
+                hub.removed(&rec, &gone, reason);
+            }
         }
     }
+    hub.finish(&mut dataplane, &Recorder { cfg: &cfg, names: &names });
     if let Some(metrics) = metrics {
         metrics.abort();
     }
@@ -520,6 +557,20 @@ async fn serve(
     let _ = fs::remove_file(&pid_path);
     info!("daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
     Ok(())
+}
+
+/// Removed connections by the reason they were removed for, in order.
+fn group_by_reason(
+    removed: Vec<(conntrack::Conn, EndReason)>,
+) -> Vec<(EndReason, Vec<conntrack::Conn>)> {
+    let mut groups: Vec<(EndReason, Vec<conntrack::Conn>)> = Vec::new();
+    for (conn, reason) in removed {
+        match groups.last_mut() {
+            Some((r, conns)) if *r == reason => conns.push(conn),
+            _ => groups.push((reason, vec![conn])),
+        }
+    }
+    groups
 }
 
 /// Apply a changed config in place: published services, policies and weights. Uplinks
@@ -547,7 +598,7 @@ fn reload(
     crate::local_ports::claim(new.dataplane.gateway_ports, dataplane.pin_dir())?;
     dataplane.fill_maps(&new, &host, &followed.states, &verdicts(monitor, current))?;
     let published = crate::dataplane::publish_entries(&new);
-    let removed = dataplane.conn_tables()?.remove_where(|conn| {
+    let removed = dataplane.remove_conns(EndReason::Unpublished, |conn| {
         conn.orig.as_ref().is_some_and(|(key, entry)| {
             entry.is_inbound()
                 && !published.iter().any(|(k, target)| {
@@ -556,7 +607,7 @@ fn reload(
                         && target.to_addr == entry.xlate.dst_addr
                 })
         })
-    });
+    })?;
     if removed > 0 {
         info!("removed {removed} connections to services no longer published");
     }

@@ -20,19 +20,19 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, CFG_F_FAST_PATH, CFG_F_NO_STEER, CFG_F_NO_VALIDATE,
-    ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_CHOICES,
-    MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY, PUBLIC_F_PORTS,
-    PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget, UPLINK_F_ENABLED,
-    UPLINK_F_UDP_OPEN_FILTER, UPLINK_F_UP, UplinkInfo, UplinkStats, XDP_DEVMAP_XMIT_DROPS,
-    XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX, XDP_REDIRECT_ERR_PROG_ID, map_names,
-    program_names,
+    Binding, BindingKey, BoundPortKey, CFG_F_EVENTS, CFG_F_FAST_PATH, CFG_F_NO_STEER,
+    CFG_F_NO_VALIDATE, ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey, FragXlate,
+    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
+    PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget,
+    UPLINK_F_ENABLED, UPLINK_F_UDP_OPEN_FILTER, UPLINK_F_UP, UplinkInfo, UplinkStats,
+    XDP_DEVMAP_XMIT_DROPS, XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX,
+    XDP_REDIRECT_ERR_PROG_ID, map_names, program_names,
 };
 use tracing::warn;
 
 use crate::{
     config::{Config, Policy, Uplink},
-    conntrack::{ConnTable, ConnTables},
+    conntrack::{Conn, ConnTable, ConnTables, EndReason},
     follow::UplinkState,
     hooks::{self, DeviceFacts, HookChoice, HookPoint},
     host::HostInterfaces,
@@ -168,6 +168,8 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     /// This process attached the lost-redirect tracepoints (a re-attach keeps them).
     lost_redirects_counted: bool,
+    /// Connections removed by `remove_conns` and not yet reported (`take_removed`).
+    removed: Vec<(Conn, EndReason)>,
 }
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -282,13 +284,19 @@ impl Dataplane {
         let bindings = cfg.dataplane.conn_capacity.saturating_add(cfg.dataplane.pending_capacity);
         loader.map_max_entries(map_names::BINDINGS, bindings);
         loader.map_max_entries(map_names::BOUND_PORTS, bindings);
+        loader.map_max_entries(map_names::EVENTS, cfg.events.ring_bytes);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and BTF?)")?;
-        Ok(Self { ebpf, pin_dir: pin_dir.to_path_buf(), lost_redirects_counted: false })
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            lost_redirects_counted: false,
+            removed: Vec::new(),
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -360,10 +368,28 @@ impl Dataplane {
         for addr in stale {
             map.remove(&addr).context("PUBLIC_ADDRS")?;
         }
-        // Last: the programs act only once CONFIG is set.
+        // Last: the programs act only once CONFIG is set. Whether events are reported is the
+        // daemon's to say (`set_events`), and stays as it was.
         let mut map: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
+        let events = map.get(&0, 0).map_or(0, |old| old.flags & CFG_F_EVENTS);
+        let global = DataplaneConfig { flags: global.flags | events, ..global };
         map.set(0, global, 0).context("CONFIG")?;
         Ok(())
+    }
+
+    /// Report new connections in `EVENTS` (`CFG_F_EVENTS`), or stop.
+    pub fn set_events(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut map: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
+        let mut cfg = map.get(&0, 0).context("CONFIG")?;
+        cfg.flags = if on { cfg.flags | CFG_F_EVENTS } else { cfg.flags & !CFG_F_EVENTS };
+        map.set(0, cfg, 0).context("CONFIG")?;
+        Ok(())
+    }
+
+    /// The ring buffer the programs report new connections in, taken out for its one reader.
+    pub fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map(map_names::EVENTS).context("no EVENTS map")?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
     }
 
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
@@ -591,6 +617,24 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Remove the connections `doomed` picks, both directions, for `reason`; returns how
+    /// many. They wait in `take_removed` for the event record.
+    pub fn remove_conns(
+        &mut self,
+        reason: EndReason,
+        doomed: impl Fn(&Conn) -> bool,
+    ) -> anyhow::Result<usize> {
+        let gone = self.conn_tables()?.remove_where(doomed);
+        let n = gone.len();
+        self.removed.extend(gone.into_iter().map(|c| (c, reason)));
+        Ok(n)
+    }
+
+    /// The connections `remove_conns` removed since the last call.
+    pub fn take_removed(&mut self) -> Vec<(Conn, EndReason)> {
+        std::mem::take(&mut self.removed)
+    }
+
     /// The CONNS map, for expiry.
     pub fn conns(&mut self) -> anyhow::Result<&mut aya::maps::Map> {
         self.map_mut(map_names::CONNS)
@@ -685,6 +729,7 @@ const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<FragKey, FragXlate>(map_names::FRAGS, MapType::LruHash),
     layout::<u32, NextHop>(map_names::NEXTHOPS, MapType::PerCpuArray),
     layout::<u32, u32>(map_names::XDP_PROG_IDS, MapType::Array),
+    layout::<(), ()>(map_names::EVENTS, MapType::RingBuf),
 ];
 
 /// Refuse to adopt pinned maps whose layout differs from this build's: writing through a

@@ -26,7 +26,7 @@ use crate::{
 // Connections
 
 /// A tuple for people: addresses and host-order ports.
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Tuple {
     pub src: Ipv4Addr,
     pub src_port: u16,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod dataplane;
+pub mod events;
 pub mod follow;
 #[cfg(feature = "lab")]
 pub mod frames;

@@ -128,6 +128,10 @@ enum Command {
         target: Target,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Stream connections as they are created and end, until interrupted (from the
+        /// running daemon; `--json`: one JSON object per line).
+        #[arg(long)]
+        watch: bool,
         /// JSON output (fields documented in docs/cli-json.md).
         #[arg(long, global = true)]
         json: bool,
@@ -267,7 +271,16 @@ fn main() -> ExitCode {
         Command::Uplinks { target, json } => {
             inspect::uplinks(&target.pin_dir, &target.names(), json)
         }
-        Command::Conns { action, target, filter, json } => conns(action, &target, &filter, json),
+        Command::Conns { watch: true, action: Some(_), .. } => {
+            Err(anyhow::anyhow!("--watch streams connections; it does not go with flush"))
+        }
+        Command::Conns { watch: true, target, filter, json, .. } => {
+            let names = target.names();
+            filter.filter(&names).and_then(|f| masq_user::events::watch(&target.pin_dir, &f, json))
+        }
+        Command::Conns { action, target, filter, json, .. } => {
+            conns(action, &target, &filter, json)
+        }
         Command::Stats { pin_dir, json } => inspect::stats(&pin_dir, json),
     };
     match result {

@@ -75,7 +75,7 @@ pub fn read_conns(pin_dir: &Path) -> anyhow::Result<Vec<Conn>> {
 
 /// Remove the pinned connections `doomed` picks, both directions; returns how many.
 pub fn remove_conns(pin_dir: &Path, doomed: impl Fn(&Conn) -> bool) -> anyhow::Result<usize> {
-    Ok(conn_tables(pin_dir)?.remove_where(doomed))
+    Ok(conn_tables(pin_dir)?.remove_where(doomed).len())
 }
 
 /// Sizes of the connection tables.

@@ -42,6 +42,8 @@ pub struct Config {
     pub dataplane: DataplaneSettings,
     /// Run on every uplink transition.
     pub on_transition: Option<TransitionHook>,
+    /// What is recorded of each connection (`[events]`).
+    pub events: EventsSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -330,7 +332,8 @@ impl Config {
         let publish = resolve_publish(raw.publish, &lan, &uplinks)?;
         let policies = resolve_policies(raw.policy, &uplinks)?;
         let on_transition = raw.on_transition.map(health::resolve_transition_hook).transpose()?;
-        Ok(Config { lan, uplinks, publish, policies, dataplane, on_transition })
+        let events = events::resolve_events(raw.events)?;
+        Ok(Config { lan, uplinks, publish, policies, dataplane, on_transition, events })
     }
 
     /// Reads `path` and parses it with [`Config::from_toml`].
@@ -417,6 +420,7 @@ impl Config {
     }
 }
 
+mod events;
 mod health;
 mod key_path;
 mod raw;
@@ -424,6 +428,7 @@ mod resolve;
 #[cfg(test)]
 mod tests;
 
+pub use events::EventsSettings;
 pub use health::{
     DEFAULT_TIMEOUT, Health, Initial, Levels, OnDown, OnUp, ProbeMethod, TransitionHook,
 };

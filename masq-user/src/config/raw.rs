@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) dataplane: RawDataplane,
     pub(super) on_transition: Option<super::health::RawTransitionHook>,
+    #[serde(default)]
+    pub(super) events: super::events::RawEvents,
 }
 
 #[derive(Deserialize)]

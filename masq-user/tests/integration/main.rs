@@ -9,6 +9,7 @@ mod cli_e2e;
 mod conntrack_e2e;
 mod continuity_e2e;
 mod dataplane_progs;
+mod events_e2e;
 mod follow_e2e;
 mod health_e2e;
 mod hooks_e2e;
