@@ -331,8 +331,18 @@ impl Collector for Snapshot {
             "Packets by the path they took through masq.",
             self.counters
                 .iter()
-                .filter(|c| !c.drop)
+                .filter(|c| !c.drop && !c.name.starts_with("events_"))
                 .map(|c| (vec![("path", c.name.to_string())], c.value)),
+        )?;
+        counter_family(
+            e,
+            "connection_events_missed",
+            "Connection events not recorded: the programs' ring buffer was full (ring_full), or \
+             a watcher read too slowly or the event log failed (undelivered).",
+            self.counters.iter().filter(|c| c.name.starts_with("events_")).map(|c| {
+                let why = if c.name == "events_lost" { "ring_full" } else { "undelivered" };
+                (vec![("why", why.to_string())], c.value)
+            }),
         )?;
         counter_family(
             e,
@@ -547,6 +557,8 @@ mod tests {
             counters: vec![
                 CounterValue { name: "inbound_new", drop: false, value: 2 },
                 CounterValue { name: "drop_fragment", drop: true, value: 1 },
+                CounterValue { name: "events_lost", drop: false, value: 4 },
+                CounterValue { name: "events_undelivered", drop: false, value: 5 },
             ],
             uplinks: vec![(
                 "dsl".into(),
@@ -645,11 +657,14 @@ mod tests {
             "masq_conntrack_pending_capacity 256",
             "masq_packets_total{path=\"inbound_new\"} 2",
             "masq_drops_total{reason=\"fragment\"} 1",
+            "masq_connection_events_missed_total{why=\"ring_full\"} 4",
+            "masq_connection_events_missed_total{why=\"undelivered\"} 5",
             "masq_program_attached{program=\"masq_lan_in\",interface=\"eth0\",hook=\"tc_ingress\"} 0",
             "masq_program_attached{program=\"masq_uplink_in\",interface=\"eth4\",hook=\"tc_ingress\"} 0",
             "# EOF",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
+        assert!(!text.contains("path=\"events_"), "events are no packets");
     }
 }

@@ -546,6 +546,30 @@ fn gateway_ports_default_to_a_range_below_every_clients_own() {
 }
 
 #[test]
+fn events_default_to_no_log_and_a_mebibyte_ring() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.events, crate::config::EventsSettings::default());
+    assert_eq!((cfg.events.log, cfg.events.ring_bytes), (None, 1 << 20));
+    let cfg = parse(
+        "[events]\nlog = \"/var/log/masq/conns.log\"\nlog_max_mb = 16\nlog_keep = 3\nring_kib = 64\n",
+    )
+    .unwrap();
+    let e = cfg.events;
+    assert_eq!(e.log.as_deref(), Some(Path::new("/var/log/masq/conns.log")));
+    assert_eq!((e.log_max_bytes, e.log_keep, e.ring_bytes), (16 << 20, 3, 64 << 10));
+    for (extra, key, why) in [
+        ("log = \"conns.log\"", "events.log", "not an absolute file path"),
+        ("ring_kib = 48", "events.ring_kib", "power of two in 4..=1048576"),
+        ("ring_kib = 2", "events.ring_kib", "power of two"),
+        ("log_max_mb = 0", "events.log_max_mb", "expected 1..=1048576"),
+        ("log_keep = 5000", "events.log_keep", "at most 1000"),
+    ] {
+        assert_err(&parse_err(&format!("[events]\n{extra}\n")), key, why);
+    }
+    assert_err(&parse_err("[events]\nlogs = \"/x\"\n"), "events.logs", "unknown field");
+}
+
+#[test]
 fn mark_mask_zero_is_rejected() {
     assert_err(&bad("mark-mask-zero"), "dataplane.mark_mask", "must not be 0");
 }

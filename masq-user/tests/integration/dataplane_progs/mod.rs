@@ -25,6 +25,7 @@ use masq_user::{
 
 use crate::common::packet::*;
 
+mod events;
 mod flood;
 mod health;
 mod hostile;
