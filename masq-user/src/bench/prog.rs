@@ -212,11 +212,15 @@ pub struct ProgResults {
     /// use `BPF_FIB_LOOKUP_DIRECT`, so the rules must not cost anything.
     pub policy_rules: RulesCost,
     /// What the RFC 1812 checks cost (hot, smallest table): each path with and without them.
-    pub validation: Vec<ValidationCost>,
+    pub validation: Vec<PairedCost>,
+    /// Connection events: what the ring and the daemon's recording path sustain.
+    pub events: EventThroughput,
 }
 
+/// A path's cost with and without a feature (RFC 1812 checks, connection events), from paired
+/// single runs.
 #[derive(Clone, Debug, Serialize)]
-pub struct ValidationCost {
+pub struct PairedCost {
     pub path: PathKind,
     pub with_ns: Stat,
     pub without_ns: Stat,
@@ -276,8 +280,8 @@ pub struct Measured {
 pub fn run(opts: &ProgOptions, work_dir: &Path, pin_dir: &Path) -> Result<ProgResults> {
     let ns = NetNs::create("masq-bench")?;
     setup_namespace(&ns, work_dir)?;
-    let (opts, pins) = (opts.clone(), pin_dir.to_path_buf());
-    let result = ns.enter(move || in_namespace(&opts, &pins));
+    let (opts, pins, work) = (opts.clone(), pin_dir.to_path_buf(), work_dir.to_path_buf());
+    let result = ns.enter(move || in_namespace(&opts, &pins, &work));
     remove_pins(pin_dir)?;
     result
 }
@@ -330,7 +334,7 @@ pub fn bench_config(conn_capacity: u32) -> Result<Config> {
     Config::from_toml(&text).map_err(|e| anyhow!("bench config: {e}"))
 }
 
-fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
+fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<ProgResults> {
     let cfg = bench_config(opts.conn_capacity)?;
     let host = HostInterfaces::read()?;
     cfg.check_host(&host)?;
@@ -407,6 +411,22 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
             untouched_plain_ns,
         });
     }
+    let events = bench.event_throughput(&cfg, work_dir)?;
+    eprintln!(
+        "masq bench: prog: events: {:+.1} ns on new_connection; recording {:.0} ns each; back to back {:.0}/s for {:.1} s: {} of {} \
+         recorded, {} lost; bursts of {} at {:.0}/s: {:.0} lost (ring holds {})",
+        events.cost.cost_ns.median,
+        events.record_ns.median,
+        events.paced_rate,
+        events.paced_seconds,
+        events.paced_recorded,
+        events.paced_events,
+        events.paced_lost,
+        events.burst,
+        events.burst_created_per_s.median,
+        events.burst_lost.median,
+        events.ring_records
+    );
     let random_read_buffer_mib = if opts.conn_capacity >= 1_000_000 { 256 } else { 64 };
     let random_read_ns = random_read_ns(random_read_buffer_mib << 20);
     Ok(ProgResults {
@@ -421,6 +441,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path) -> Result<ProgResults> {
         levels,
         policy_rules,
         validation,
+        events,
     })
 }
 
@@ -806,13 +827,19 @@ impl ProgBench<'_> {
         Ok(())
     }
 
-    /// Remove what `OutboundNew` runs made: their (pending) connections and their bindings.
-    fn forget_outbound_new(&mut self) -> Result<()> {
+    /// Remove every pending connection (what new-connection runs left).
+    fn forget_pending(&mut self) -> Result<()> {
         let mut tables = self.dp.conn_tables()?;
         let keys: Vec<FlowKey> = tables.pending.keys().filter_map(Result::ok).collect();
         for key in &keys {
             let _ = tables.pending.remove(key);
         }
+        Ok(())
+    }
+
+    /// Remove what `OutboundNew` runs made: their (pending) connections and their bindings.
+    fn forget_outbound_new(&mut self) -> Result<()> {
+        self.forget_pending()?;
         use masq_common::{Binding, BindingKey, BoundPortKey, map_names};
         clear::<BindingKey, Binding>(self.dp.ebpf_mut().map_mut(map_names::BINDINGS))?;
         clear::<BoundPortKey, BindingKey>(self.dp.ebpf_mut().map_mut(map_names::BOUND_PORTS))
@@ -956,7 +983,7 @@ impl ProgBench<'_> {
     /// `kind`'s hot figure with the RFC 1812 checks and without (`CFG_F_NO_VALIDATE`): single
     /// runs in pairs, each order as often, so the machine's drift (which moves a path by tens of
     /// ns from one second to the next here) cancels in each pair's difference.
-    fn validation_cost(&mut self, kind: PathKind) -> Result<ValidationCost> {
+    fn validation_cost(&mut self, kind: PathKind) -> Result<PairedCost> {
         let frames = self.frames(kind, 1);
         let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
         for pair in 0..VALIDATION_PAIRS {
@@ -971,7 +998,7 @@ impl ProgBench<'_> {
             with.push(got[1]);
             diffs.push(got[1] - got[0]);
         }
-        Ok(ValidationCost {
+        Ok(PairedCost {
             path: kind,
             with_ns: Stat::of(&with),
             without_ns: Stat::of(&without),
@@ -1148,5 +1175,203 @@ mod tests {
         let text = "pos:\t0\nflags:\t02000002\nmemlock:\t123456\nmap_id:\t7\n";
         assert_eq!(fdinfo_field(text, "memlock"), Some(123456));
         assert_eq!(fdinfo_field(text, "run_cnt"), None);
+    }
+}
+
+/// Connection events through the ring and the daemon's recording path
+/// (`ProgBench::event_throughput`).
+#[derive(Clone, Debug, Serialize)]
+pub struct EventThroughput {
+    pub ring_bytes: u32,
+    /// Records the ring holds (40-byte events, 8-byte headers).
+    pub ring_records: u32,
+    /// The daemon's recording path alone, per event: the record built, as JSON, written to a
+    /// log file.
+    pub record_ns: Stat,
+    /// Sustained: new connections made back to back, `paced_rate` per second on average over
+    /// `paced_seconds` (runs of 1024 at the program's speed, frames loaded between runs), a
+    /// reader recording them as the daemon does on another CPU.
+    pub paced_rate: f64,
+    pub paced_seconds: f64,
+    pub paced_events: u64,
+    pub paced_recorded: u64,
+    pub paced_lost: u64,
+    /// Bursts of `burst` new connections at the program's full speed.
+    pub burst: u32,
+    pub burst_created_per_s: Stat,
+    pub burst_lost: Stat,
+    /// new_connection with events on (the ring drained after each run) and off.
+    pub cost: PairedCost,
+}
+
+/// The most connections one burst makes.
+const EVENT_BURST: usize = 65_536;
+
+impl ProgBench<'_> {
+    /// How fast connection events can be made and recorded without loss: the recording path's
+    /// own cost, a paced run below the rate it sustains (which must lose nothing), and bursts at
+    /// the program's full speed (what the ring absorbs, what is lost beyond it).
+    fn event_throughput(&mut self, cfg: &Config, work_dir: &Path) -> Result<EventThroughput> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::{
+            events::{EventLog, Recorder},
+            state::{Names, NamesSource},
+        };
+        let names = Names::from_config(cfg, NamesSource::Daemon);
+        let rec = Recorder { cfg, names: &names };
+        let log_path = work_dir.join("events.log");
+        let record = |log: &mut EventLog, ev: &masq_common::ConnEvent| -> Result<()> {
+            let line = serde_json::to_string(&rec.created(ev))?;
+            log.write_line(&line)
+        };
+        // The recording path alone.
+        let mut record_runs = Vec::new();
+        for run in 0..self.opts.runs.max(3) {
+            let mut log = EventLog::open(&log_path, u64::MAX, 0)?;
+            let n = 20_000u64;
+            let started = Instant::now();
+            for i in 0..n {
+                let key = key(new_conn_source(i + run as u64 * n), Endpoint::new(PUBLIC_ISP_A, 80));
+                let ev = masq_common::ConnEvent {
+                    time_ns: clock_ns(),
+                    key,
+                    xlate: Tuple4 { dst_addr: wire_addr(ISOLDE), ..Tuple4::of(&key) },
+                    flags: CONN_F_INBOUND,
+                    ..Default::default()
+                };
+                record(&mut log, &ev)?;
+            }
+            log.flush()?;
+            record_runs.push(started.elapsed().as_nanos() as f64 / n as f64);
+            std::fs::remove_file(&log_path)?;
+        }
+        let record_ns = Stat::of(&record_runs);
+
+        let mut ring = self.dp.take_events()?;
+        let ring_bytes = cfg.events.ring_bytes;
+        // What reporting costs a new connection: paired runs, each order as often.
+        let frames = self.frames(PathKind::NewConnection, 1);
+        let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..VALIDATION_PAIRS {
+            let mut got = [0.0; 2];
+            for on in [pair % 2 == 0, pair % 2 == 1] {
+                self.dp.set_events(on)?;
+                got[usize::from(on)] =
+                    self.measure_runs(PathKind::NewConnection, &frames, 1)?.ns.median;
+                while ring.next().is_some() {}
+            }
+            without.push(got[0]);
+            with.push(got[1]);
+            diffs.push(got[1] - got[0]);
+        }
+        let cost = PairedCost {
+            path: PathKind::NewConnection,
+            with_ns: Stat::of(&with),
+            without_ns: Stat::of(&without),
+            cost_ns: Stat::of(&diffs),
+        };
+        self.dp.set_events(true)?;
+        let ctx = self.ctx.eth4.clone();
+        let public = Endpoint::new(PUBLIC_ISP_A, 80);
+        // One harness run of `n` new connections (fresh sources), removed afterwards when
+        // `forget` (else left to the pending table's LRU).
+        let make = |bench: &mut Self, n: usize, forget: bool| -> Result<(f64, u64)> {
+            let start = bench.next_fresh;
+            let frames: Vec<Vec<u8>> = (start..start + n as u64)
+                .map(|i| frames::tcp(MAC_ETH4, MAC_ISPA_PEER, new_conn_source(i), public, TCP_SYN))
+                .collect();
+            bench.harness.load_frames(&frames)?;
+            let before = bench.read_counters()?;
+            let run = bench.harness.run(Hook::Xdp, &bench.xdp_fd, n, None, n as u32, &ctx)?;
+            let after = bench.read_counters()?;
+            ensure!(run.retval == XDP_REDIRECT, "event bench: new connection not redirected");
+            bench.next_fresh += n as u64;
+            if forget {
+                for i in start..start + n as u64 {
+                    bench.forget_new_conn(new_conn_source(i).addr)?;
+                }
+            }
+            let lost = Self::counter_delta(&before, &after, Counter::EventsLost);
+            Ok((1e9 / f64::from(run.duration_ns.max(1)), lost))
+        };
+        // A reader as the daemon's: drain, record, flush per batch; until told to stop and idle.
+        let stop = AtomicBool::new(false);
+        let reader = |ring: &mut aya::maps::RingBuf<MapData>| -> Result<u64> {
+            let mut log = EventLog::open(&log_path, u64::MAX, 0)?;
+            let mut recorded = 0u64;
+            loop {
+                let mut batch = 0;
+                while let Some(item) = ring.next() {
+                    let ev: masq_common::ConnEvent = bytemuck::pod_read_unaligned(&item[..40]);
+                    drop(item);
+                    record(&mut log, &ev)?;
+                    batch += 1;
+                }
+                log.flush()?;
+                recorded += batch;
+                if batch == 0 {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(recorded);
+                    }
+                    let mut fd =
+                        libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut fd, 1, 20) };
+                }
+            }
+        };
+        // Sustained: runs of 1024 new connections back to back for a second, as fast as this
+        // harness can make them (frames loaded for each run), with the reader recording.
+        let chunk = 1024usize.min(self.opts.spread_max);
+        let (mut paced_lost, mut paced_events) = (0, 0u64);
+        let mut paced_seconds = 0.0;
+        let paced_recorded = std::thread::scope(|s| -> Result<u64> {
+            let reading = s.spawn(|| reader(&mut ring));
+            let started = Instant::now();
+            while started.elapsed().as_secs_f64() < 1.0 {
+                let (_, lost) = make(self, chunk, false)?;
+                paced_lost += lost;
+                paced_events += chunk as u64;
+            }
+            paced_seconds = started.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            reading.join().map_err(|_| anyhow!("event reader panicked"))?
+        })?;
+        let paced_rate = paced_events as f64 / paced_seconds;
+        self.forget_pending()?;
+        // Bursts at full speed.
+        let burst = self.opts.spread_max.min(EVENT_BURST);
+        let (mut created, mut lost) = (Vec::new(), Vec::new());
+        for _ in 0..self.opts.runs.clamp(1, 5) {
+            stop.store(false, Ordering::Relaxed);
+            let (rate, l) = std::thread::scope(|s| -> Result<(f64, u64)> {
+                let reading = s.spawn(|| reader(&mut ring));
+                let made = make(self, burst, true);
+                stop.store(true, Ordering::Relaxed);
+                let read = reading.join().map_err(|_| anyhow!("event reader panicked"))??;
+                let (rate, l) = made?;
+                ensure!(read + l == burst as u64, "events: {read} read + {l} lost != {burst}");
+                Ok((rate, l))
+            })?;
+            created.push(rate);
+            lost.push(l as f64);
+        }
+        self.dp.set_events(false)?;
+        let _ = std::fs::remove_file(&log_path);
+        Ok(EventThroughput {
+            ring_bytes,
+            ring_records: ring_bytes / 48,
+            record_ns,
+            paced_rate,
+            paced_seconds,
+            paced_events,
+            paced_recorded,
+            paced_lost,
+            burst: burst as u32,
+            burst_created_per_s: Stat::of(&created),
+            burst_lost: Stat::of(&lost),
+            cost,
+        })
     }
 }

@@ -17,6 +17,7 @@ use std::{
 
 pub use crate::conntrack::EndReason;
 pub use hub::Hub;
+pub use log::EventLog;
 use masq_common::{ConnEntry, ConnEvent, FlowKey, tick};
 use serde::{Deserialize, Serialize};
 pub use tracker::{Ended, Tracker};
