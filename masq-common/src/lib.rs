@@ -70,6 +70,7 @@ pub mod map_names {
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const XDP_PROG_IDS: &str = "XDP_PROG_IDS";
     pub const EVENTS: &str = "EVENTS";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
 }
 
 /// Record offsets of `xdp:xdp_redirect_err` and `xdp:xdp_devmap_xmit` (their `format` files);
@@ -91,6 +92,8 @@ pub mod program_names {
     pub const XDP_PASS: &str = "masq_xdp_pass";
     /// TC, LAN ingress: new outbound connections, reverse DNAT, SNAT, steering by origin uplink.
     pub const LAN_INGRESS: &str = "masq_lan_in";
+    /// Tail-called by `masq_lan_in` for a packet that opens a connection (never attached).
+    pub const LAN_INGRESS_NEW: &str = "masq_lan_in_new";
     /// TC, uplink egress: translates what the kernel forwarded untranslated (slow path).
     pub const UPLINK_EGRESS: &str = "masq_uplink_out";
     /// The same on an L3 uplink.
@@ -356,6 +359,10 @@ pub const CFG_F_NO_STEER: u32 = 1 << 1;
 pub const CFG_F_NO_VALIDATE: u32 = 1 << 2;
 /// Report every new connection in `EVENTS` (set while the daemon has a consumer for them).
 pub const CFG_F_EVENTS: u32 = 1 << 3;
+
+/// `TAIL_CALLS` slots: programs the attached ones hand packets to.
+pub const TAIL_LAN_NEW: u32 = 0;
+pub const TAIL_CALL_SLOTS: u32 = 1;
 
 /// Default size of `EVENTS`, bytes (a power of two, at least a page).
 pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 20;
@@ -700,6 +707,9 @@ counters! {
     /// The kernel would answer it with a RST at once; RFC 5382 REQ-4 wants silence for 6 s, so
     /// that a simultaneous open (a LAN host's SYN crossing the remote one) can still succeed.
     DropUnsolicitedSyn = 54, "drop_unsolicited_syn", true;
+    /// Dropped: a LAN packet opening a connection found no program to do it (the tail call to
+    /// `masq_lan_in_new` failed: its slot empty).
+    DropTailCall = 55, "drop_tail_call", true;
 }
 
 /// Size of the `COUNTERS` array.

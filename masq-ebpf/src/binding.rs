@@ -9,43 +9,61 @@ use masq_common::{Binding, BindingKey, BoundPortKey, FlowKey, NAT_PORT_TRIES, ti
 const EEXIST: i32 = 17;
 
 use crate::{
-    conntrack::{PortRange, hash, now_ns},
-    maps::{BINDINGS, BOUND_PORTS},
+    conntrack::{PortRange, hash_endpoint, now_ns},
+    maps::{BINDING_SCRATCH, BINDINGS, BOUND_PORTS},
 };
 
 /// The public port (network byte order) of `key`'s source endpoint behind `uplink`: its
 /// binding's, or a new binding's — the endpoint's own port when `range` keeps it and it is
 /// free, else a free one chosen by a hash of the endpoint alone (not of the destination).
 /// `None` when no binding can be made (no free port, tables full).
-#[inline(always)]
+#[inline(never)]
 pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> {
-    let bkey =
+    // The keys live in a per-CPU slot, not on the stack: called from the programs' deepest
+    // frame, this function's own must stay small.
+    let s = BINDING_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, only this CPU uses it, and only here.
+    let s = unsafe { &mut *s };
+    s.bkey =
         BindingKey { int_addr: key.src_addr, int_port: key.src_port, proto: key.proto, uplink };
+    let bkey = &s.bkey;
     // SAFETY: read-only lookup of a plain value.
     if let Some(b) = unsafe { BINDINGS.get(bkey) } {
         return Some(b.ext_port);
     }
     let own = u16::from_be(key.src_port);
-    let seed = hash(&FlowKey::new(key.src_addr, 0, key.src_port, 0, key.proto));
+    let seed = hash_endpoint(key.src_addr, key.src_port, key.proto);
     for i in 0..NAT_PORT_TRIES {
         let port = if i == 0 && range.keeps(own) { own } else { range.candidate(seed, i)? };
-        let pkey = BoundPortKey { ext_port: port.to_be(), proto: key.proto, uplink };
+        s.pkey = BoundPortKey { ext_port: port.to_be(), proto: key.proto, uplink };
+        let pkey = &s.pkey;
         match BOUND_PORTS.insert(pkey, bkey, BPF_NOEXIST as u64) {
             Ok(()) => {}
             Err(err) if err == -EEXIST => continue,
             // Full: no binding now.
             Err(_) => return None,
         }
-        let binding = Binding { ext_port: pkey.ext_port, _pad: 0, created_tick: tick(now_ns()) };
-        if BINDINGS.insert(bkey, binding, BPF_NOEXIST as u64).is_ok() {
-            return Some(binding.ext_port);
+        s.binding = Binding { ext_port: pkey.ext_port, _pad: 0, created_tick: tick(now_ns()) };
+        let binding = &s.binding;
+        if BINDINGS.insert(bkey, binding, BPF_NOEXIST as u64).is_err() {
+            // Another CPU bound this endpoint first (or the table is full): its port, if any.
+            let _ = BOUND_PORTS.remove(pkey);
         }
-        // Another CPU bound this endpoint first (or the table is full): its port, if any.
-        let _ = BOUND_PORTS.remove(pkey);
+        // Read back, whichever CPU bound it.
         // SAFETY: as above.
         return unsafe { BINDINGS.get(bkey) }.map(|b| b.ext_port);
     }
     None
+}
+
+/// `public_port`'s keys and value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BindingScratch {
+    bkey: BindingKey,
+    binding: Binding,
+    pkey: BoundPortKey,
+    _pad: u32,
 }
 
 /// The LAN endpoint (address, port: network byte order) holding public port `port` of `proto`

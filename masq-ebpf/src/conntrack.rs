@@ -304,6 +304,18 @@ pub fn hash(key: &FlowKey) -> u32 {
     let mut h = key.src_addr ^ key.dst_addr.rotate_left(13);
     h ^= (u32::from(key.src_port) << 16 | u32::from(key.dst_port)).rotate_left(7);
     h ^= u32::from(key.proto);
+    mix(h)
+}
+
+/// `hash` of a tuple with only its source endpoint (destination address and port 0), from
+/// registers alone.
+#[inline(always)]
+pub fn hash_endpoint(addr: u32, port: u16, proto: u8) -> u32 {
+    mix(addr ^ (u32::from(port) << 16).rotate_left(7) ^ u32::from(proto))
+}
+
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -1,19 +1,22 @@
 //! `masq_lan_in`: TC ingress of the LAN device (Ethernet: a NIC, VLAN subinterface or bridge).
-//! Replies of published services and new or known masqueraded connections, each steered to its
-//! connection's uplink; LAN hosts reaching a published address hairpinned back into the LAN.
+//! Replies of published services and known masqueraded connections, each steered to its
+//! connection's uplink. A packet that opens a connection goes on, by tail call, to
+//! `masq_lan_in_new`: a new masqueraded connection, or a LAN host reaching a published address
+//! hairpinned back into the LAN. Two programs, so that each verifies well within the kernel's
+//! limit.
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig, FlowKey,
-    PublishTarget,
+    PublishTarget, TAIL_LAN_NEW,
 };
 
 use crate::{
     binding, conntrack,
     forward::decrement_ttl,
     hook::{Hook, Verdict, tc_run},
-    maps::PUBLIC_ADDRS,
+    maps::{PUBLIC_ADDRS, TAIL_CALLS},
     nat::published,
-    packet::{ETH_HLEN, EthSkb, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
         RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink,
@@ -30,6 +33,12 @@ pub fn masq_lan_in(ctx: TcContext) -> i32 {
     tc_run::<ETH_HLEN>(ctx, run)
 }
 
+/// Never attached: `masq_lan_in` hands it the packets that open a connection, checked.
+#[classifier]
+pub fn masq_lan_in_new(ctx: TcContext) -> i32 {
+    tc_run::<ETH_HLEN>(ctx, run_new)
+}
+
 #[inline(always)]
 fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     let ip = match parse(ctx)? {
@@ -40,8 +49,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     let Some(cfg) = config() else {
         return Ok(Verdict::Pass);
     };
-    let skb = ctx.skb();
-    let (pkt_type, ingress_ifindex) = (skb.pkt_type, skb.ingress_ifindex);
+    let pkt_type = ctx.skb().pkt_type;
     // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
     // the next-hop cache entry a new connection's route probe leaves serves its redirect too.
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
@@ -93,80 +101,130 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             found
         }
         Found::New => {
-            let k = &ip.key;
-            let hairpin = if in_lan(cfg, k.src_addr) { published(k) } else { None };
-            let (xlate, chosen, flags, ports) = match hairpin {
-                Some(target) => hairpin_xlate(cfg, &ip, target)?,
-                None => {
-                    let not_ours = !in_lan(cfg, k.src_addr)
+            // SAFETY: the program's own context; on success this does not return.
+            unsafe { TAIL_CALLS.tail_call(&ctx.0, TAIL_LAN_NEW) };
+            return Err(Counter::DropTailCall);
+        }
+    };
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, route_len)
+}
+
+/// A packet `run` found opening a connection (validated there, its connection still unknown):
+/// the connection made, the packet translated and steered.
+#[inline(always)]
+fn run_new(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
+    let ip = match parse(ctx)? {
+        Parsed::Ipv4(ip) => ip,
+        _ => return Ok(Verdict::Pass),
+    };
+    let Some(cfg) = config() else {
+        return Ok(Verdict::Pass);
+    };
+    let ingress_ifindex = ctx.skb().ingress_ifindex;
+    let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
+    let for_kernel = ctx.skb().pkt_type != PACKET_HOST || ctx.vlan_tagged();
+    if for_kernel || is_multicast_or_broadcast(ip.key.dst_addr) {
+        count(Counter::PassedUntouched);
+        return Ok(Verdict::Pass);
+    }
+    let validate = validate::enabled(cfg);
+    if validate {
+        validate::packet(ctx, &ip)?;
+    }
+    // What `run` handles itself never opens a connection.
+    if ip.ttl <= 1 || ip.frag == Frag::Later || ip.l4 == L4::IcmpError {
+        count(Counter::PassedUntouched);
+        return Ok(Verdict::Pass);
+    }
+    let len = ctx.len();
+    let mut hairpinned = false;
+    let (translation, uplink_index) = {
+        let k = &ip.key;
+        let hairpin = if in_lan(cfg, k.src_addr) { published(k) } else { None };
+        let (xlate, chosen, flags, ports) = match hairpin {
+            Some(target) => hairpin_xlate(cfg, &ip, target)?,
+            None => {
+                let not_ours = !in_lan(cfg, k.src_addr)
                         || in_lan(cfg, k.dst_addr)
                         || is_uplink_address(k.dst_addr)
                         // SAFETY: read-only lookup.
                         || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
-                    if not_ours {
-                        count(Counter::PassedUntouched);
-                        return Ok(Verdict::Pass);
-                    }
-                    if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                        return Err(Counter::DropTcpNoConn);
-                    }
-                    if validate {
-                        validate::l4_checksum(ctx, &ip)?;
-                    }
-                    let mut chosen = choose_uplink(cfg, k);
-                    let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
-                    // As MASQUERADE does: the source is the address of the interface the
-                    // policy's table routes to. Another uplink's interface (its connected
-                    // subnet) means that uplink; an interface that is no uplink (a VPN,
-                    // another internal network) means no NAT at all.
-                    if cfg.flags & CFG_F_NO_STEER == 0 {
-                        let probe = FlowKey { src_addr: up.address, ..*k };
-                        let egress =
-                            match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
-                                Route::Resolved { ifindex, .. }
-                                | Route::NoNeigh { ifindex, .. } => ifindex,
-                                Route::Kernel => up.ifindex,
-                            };
-                        if egress != up.ifindex {
-                            let Some((index, other)) = uplink_by_ifindex(egress) else {
-                                count(Counter::PassedUntouched);
-                                return Ok(Verdict::Pass);
-                            };
-                            (chosen, up) = (index, other);
-                        }
-                    }
-                    let mut xlate = *k;
-                    xlate.src_addr = up.address;
-                    let ports = crate::port_range(cfg, &ip, true);
-                    // The endpoint's public port behind this uplink, for every destination.
-                    let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
-                    match bound {
-                        Some(port) => xlate.src_port = port,
-                        None if ports.is_some() => count(Counter::NatMappingFallback),
-                        None => {}
-                    }
-                    let ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
-                    (xlate, chosen, 0, ports)
+                if not_ours {
+                    count(Counter::PassedUntouched);
+                    return Ok(Verdict::Pass);
                 }
-            };
-            let xlate = conntrack::create(k, xlate, chosen, flags, ports, &ip, len)?;
-            if flags & CONN_F_HAIRPIN != 0 {
-                count(Counter::HairpinNew);
-                hairpinned = true;
-            } else {
-                count(Counter::OutboundNew);
-                uplink_new_conn(chosen);
+                if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                    return Err(Counter::DropTcpNoConn);
+                }
+                if validate {
+                    validate::l4_checksum(ctx, &ip)?;
+                }
+                let mut chosen = choose_uplink(cfg, k);
+                let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
+                // As MASQUERADE does: the source is the address of the interface the
+                // policy's table routes to. Another uplink's interface (its connected
+                // subnet) means that uplink; an interface that is no uplink (a VPN,
+                // another internal network) means no NAT at all.
+                if cfg.flags & CFG_F_NO_STEER == 0 {
+                    let probe = FlowKey { src_addr: up.address, ..*k };
+                    let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
+                        Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
+                        Route::Kernel => up.ifindex,
+                    };
+                    if egress != up.ifindex {
+                        let Some((index, other)) = uplink_by_ifindex(egress) else {
+                            count(Counter::PassedUntouched);
+                            return Ok(Verdict::Pass);
+                        };
+                        (chosen, up) = (index, other);
+                    }
+                }
+                let mut xlate = *k;
+                xlate.src_addr = up.address;
+                let ports = crate::port_range(cfg, &ip, true);
+                // The endpoint's public port behind this uplink, for every destination.
+                let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
+                match bound {
+                    Some(port) => xlate.src_port = port,
+                    None if ports.is_some() => count(Counter::NatMappingFallback),
+                    None => {}
+                }
+                let ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
+                (xlate, chosen, 0, ports)
             }
-            (Translation::Flow(xlate.key(ip.key.proto)), chosen)
+        };
+        let xlate = conntrack::create(k, xlate, chosen, flags, ports, &ip, len)?;
+        if flags & CONN_F_HAIRPIN != 0 {
+            count(Counter::HairpinNew);
+            hairpinned = true;
+        } else {
+            count(Counter::OutboundNew);
+            uplink_new_conn(chosen);
         }
+        (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
-    record_first_fragment(&ip, &translation, uplink_index);
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, route_len)
+}
+
+/// The end of both programs: a first fragment's translation recorded for the fragments that
+/// follow, the packet steered.
+#[inline(always)]
+fn finish(
+    ctx: &mut EthSkb,
+    cfg: &DataplaneConfig,
+    ip: &Ipv4,
+    translation: &Translation,
+    uplink_index: u8,
+    hairpinned: bool,
+    route_len: u16,
+) -> Result<Verdict, Counter> {
+    record_first_fragment(ip, translation, uplink_index);
     // A hairpin connection's packets go back into the LAN by main, unmarked.
     let (table, mark) = match uplink(uplink_index) {
         Some(up) if !hairpinned => (up.table, up.mark),
         _ => (RT_TABLE_MAIN, 0),
     };
-    to_uplink(ctx, cfg, &ip, &translation, table, mark, route_len)
+    to_uplink(ctx, cfg, ip, translation, table, mark, route_len)
 }
 
 /// A LAN host's new connection to a published address (hairpin, RFC 4787 REQ-9, RFC 5382):

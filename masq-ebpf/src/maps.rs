@@ -2,13 +2,13 @@
 //! resizes `CONNS`, `PENDING_CONNS` and the binding tables from the config before loading.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use masq_common::{
     Binding, BindingKey, BoundPortKey, COUNTER_SLOTS, ConnEntry, ConnEvent, DEFAULT_CONN_CAPACITY,
     DEFAULT_EVENT_RING_BYTES, DataplaneConfig, FlowKey, FragKey, FragXlate,
     MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
-    PolicyRule, PublicAddr, PublishKey, PublishTarget, UplinkInfo, UplinkStats,
+    PolicyRule, PublicAddr, PublishKey, PublishTarget, TAIL_CALL_SLOTS, UplinkInfo, UplinkStats,
     default_pending_capacity,
 };
 
@@ -85,3 +85,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0
 /// Per-CPU room where a new connection's event is built before it is copied into `EVENTS`.
 #[map]
 pub static EVENT_SCRATCH: PerCpuArray<ConnEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Programs the attached ones hand a packet to (`TAIL_LAN_NEW`: `masq_lan_in_new`), filled by
+/// the loader. Pinned: the kernel empties a program array when no process holds it.
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_CALL_SLOTS, 0);
+
+/// Per-CPU room for `binding::public_port`'s keys (its stack frame is the programs' deepest).
+#[map]
+pub static BINDING_SCRATCH: PerCpuArray<crate::binding::BindingScratch> =
+    PerCpuArray::with_max_entries(1, 0);

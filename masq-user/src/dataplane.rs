@@ -377,6 +377,25 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Load the programs the attached ones tail-call and put them in `TAIL_CALLS`
+    /// (`masq_lan_in_new`, which opens LAN hosts' connections). Before `masq_lan_in` runs.
+    pub fn link_tail_calls(&mut self) -> anyhow::Result<()> {
+        let name = program_names::LAN_INGRESS_NEW;
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        if tc.fd().is_err() {
+            tc.load().with_context(|| format!("loading {name} (verifier)"))?;
+        }
+        let fd = tc.fd()?.try_clone()?;
+        let mut slots: aya::maps::ProgramArray<_> =
+            aya::maps::ProgramArray::try_from(self.map_mut(map_names::TAIL_CALLS)?)?;
+        slots.set(masq_common::TAIL_LAN_NEW, &fd, 0).context("TAIL_CALLS")?;
+        Ok(())
+    }
+
     /// Report new connections in `EVENTS` (`CFG_F_EVENTS`), or stop.
     pub fn set_events(&mut self, on: bool) -> anyhow::Result<()> {
         let mut map: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
@@ -406,6 +425,7 @@ impl Dataplane {
         cfg: &Config,
         host: &HostInterfaces,
     ) -> anyhow::Result<Vec<HookChoice>> {
+        self.link_tail_calls()?;
         let mode = cfg.dataplane.xdp;
         let lan_name = cfg.lan.interface.as_str();
         let lan =
@@ -730,6 +750,7 @@ const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<u32, NextHop>(map_names::NEXTHOPS, MapType::PerCpuArray),
     layout::<u32, u32>(map_names::XDP_PROG_IDS, MapType::Array),
     layout::<(), ()>(map_names::EVENTS, MapType::RingBuf),
+    layout::<u32, u32>(map_names::TAIL_CALLS, MapType::ProgramArray),
 ];
 
 /// Refuse to adopt pinned maps whose layout differs from this build's: writing through a

@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "util-linux",  // nsenter
     "netsniff-ng", // trafgen, for benchmarks
+    "coturn",      // a real STUN server and client (RFC 5780 discovery) for the NAT tests
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -123,7 +124,23 @@ fn apt_packages() -> Result<()> {
             missing.join(" ")
         );
     }
+    if missing.contains(&"coturn") {
+        quiet_coturn_service();
+    }
     Ok(())
+}
+
+/// Debian starts coturn's system-wide TURN service on install where systemd runs; the tests
+/// only need its programs (each test runs its own server inside a lab namespace).
+fn quiet_coturn_service() {
+    let active = Command::new("systemctl")
+        .args(["is-active", "--quiet", "coturn"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if active {
+        step("systemctl disable --now coturn (installed for its programs only)");
+        let _ = Command::new("systemctl").args(["disable", "--now", "coturn"]).status();
+    }
 }
 
 fn bpf_linker() -> Result<()> {

@@ -343,10 +343,15 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
     dp.fill_maps(&cfg, &host, &states, &[])?;
     let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS_XDP)?;
     let tc_fd = load_program(&mut dp, program_names::LAN_INGRESS)?;
-    let programs = [program_names::UPLINK_INGRESS_XDP, program_names::LAN_INGRESS]
-        .into_iter()
-        .map(|name| program_size(&dp, name))
-        .collect::<Result<_>>()?;
+    dp.link_tail_calls()?;
+    let programs = [
+        program_names::UPLINK_INGRESS_XDP,
+        program_names::LAN_INGRESS,
+        program_names::LAN_INGRESS_NEW,
+    ]
+    .into_iter()
+    .map(|name| program_size(&dp, name))
+    .collect::<Result<_>>()?;
     let ifindex = |name: &str| {
         host.get(name).map(|i| i.index).ok_or_else(|| anyhow!("no {name} in the bench namespace"))
     };

@@ -22,3 +22,4 @@ mod nat_rfc_e2e;
 mod outbound_e2e;
 mod policy_tables;
 mod run_down;
+mod stun_e2e;

@@ -132,3 +132,21 @@ fn an_unsolicited_syn_to_an_uplink_address_is_dropped_silently_unless_the_gatewa
         gw.assert_counters(&[(Counter::DropUnsolicitedSyn, 2)]);
     });
 }
+
+#[test]
+fn a_new_lan_connection_without_its_program_is_a_counted_drop_and_makes_nothing() {
+    example(|gw| {
+        let mut slots: aya::maps::ProgramArray<_> = aya::maps::ProgramArray::try_from(
+            gw.dp.ebpf_mut().map_mut(map_names::TAIL_CALLS).unwrap(),
+        )
+        .unwrap();
+        slots.clear_index(&masq_common::TAIL_LAN_NEW).unwrap();
+        let syn = Ip::new(TRISTAN, CLIENT).tcp(50000, 443, TCP_SYN);
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &syn)).ret, TC_ACT_SHOT);
+        gw.assert_counters(&[(Counter::DropTailCall, 1), (Counter::OutboundNew, 0)]);
+        assert!(gw.conns().is_empty());
+        gw.dp.link_tail_calls().unwrap();
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &syn)).ret, TC_ACT_REDIRECT);
+        gw.assert_counters(&[(Counter::DropTailCall, 1), (Counter::OutboundNew, 1)]);
+    });
+}

@@ -160,6 +160,7 @@ fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().unwrap_or_else(|e| panic!("verifier: {name}: {e:#}"));
         }
+        dp.link_tail_calls().unwrap_or_else(|e| panic!("{e:#}"));
         let mut gw = Gw { dp, host };
         assert_eq!(gw.mac("eth0"), ETH0_MAC);
         test(&mut gw);

@@ -1,0 +1,85 @@
+//! RFC 5780 NAT behaviour discovery with a real third-party STUN pair (coturn's `turnserver`
+//! on two addresses of the lab's internet host, `turnutils_natdiscovery` on tristan) through
+//! masq. Needs root and coturn (`cargo xtask setup` installs it).
+use std::time::Duration;
+
+use masq_user::lab::{GatewayMode, Host, Lab, LabChild};
+
+use crate::common;
+
+const STUN_PRIMARY: &str = "64.70.12.210";
+const STUN_ALTERNATE: &str = "64.70.12.211";
+
+/// A STUN server (RFC 5780: two addresses, two ports) on the client.
+fn stun_server(lab: &Lab) -> LabChild {
+    let add =
+        lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
+    assert!(add.status.success());
+    let log = lab.run_dir().join("turnserver.log");
+    let server = lab
+        .spawn(
+            Host::Client,
+            &[
+                "turnserver",
+                "-n",
+                "--stun-only",
+                "-L",
+                STUN_PRIMARY,
+                "-L",
+                STUN_ALTERNATE,
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--log-file",
+                log.to_str().unwrap(),
+                "--simple-log",
+            ],
+        )
+        .unwrap();
+    // Listening once it answers a plain binding request.
+    for _ in 0..50 {
+        let probe =
+            lab.exec(Host::Client, &["turnutils_natdiscovery", "-m", STUN_PRIMARY]).unwrap();
+        if String::from_utf8_lossy(&probe.stdout).contains("Mapping") {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("turnserver did not answer: {}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+/// `turnutils_natdiscovery ARGS` on tristan from local port `port`: its output.
+fn discover(lab: &Lab, port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut cmd = vec!["turnutils_natdiscovery", "-L", "192.168.100.32", "-l", &port];
+    cmd.extend_from_slice(args);
+    cmd.push(STUN_PRIMARY);
+    let out = lab.exec(Host::Tristan, &cmd).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn rfc5780_discovery_finds_endpoint_independent_mapping_and_the_filtering_configured() {
+    let lab = common::lab(GatewayMode::Bare);
+    let masq = common::start_masq(&lab, &common::example_config());
+    let _stun = stun_server(&lab);
+    let mapping = discover(&lab, 40300, &["-m"]);
+    assert!(mapping.contains("NAT with Endpoint Independent Mapping!"), "{mapping}");
+    let filtering = discover(&lab, 40301, &["-f"]);
+    assert!(filtering.contains("NAT with Address and Port Dependent Filtering!"), "{filtering}");
+    drop(masq);
+
+    let config = common::config_with(&lab, "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "name = \"dsl\"",
+        "name = \"dsl\"\nudp_filtering = \"endpoint-independent\"",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let masq = common::start_masq(&lab, &config);
+    let filtering = discover(&lab, 40303, &["-f"]);
+    assert!(filtering.contains("NAT with Endpoint Independent Filtering!"), "{filtering}");
+    let mapping = discover(&lab, 40304, &["-m"]);
+    assert!(mapping.contains("NAT with Endpoint Independent Mapping!"), "{mapping}");
+    drop(masq);
+}
