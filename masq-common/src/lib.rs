@@ -94,6 +94,9 @@ pub mod program_names {
     pub const LAN_INGRESS: &str = "masq_lan_in";
     /// Tail-called by `masq_lan_in` for a packet that opens a connection (never attached).
     pub const LAN_INGRESS_NEW: &str = "masq_lan_in_new";
+    /// Tail-called by `masq_lan_in` for a LAN host's new connection to a public address of the
+    /// gateway: a published service or another endpoint's mapping (never attached).
+    pub const LAN_INGRESS_HAIRPIN: &str = "masq_lan_in_hairpin";
     /// TC, uplink egress: translates what the kernel forwarded untranslated (slow path).
     pub const UPLINK_EGRESS: &str = "masq_uplink_out";
     /// The same on an L3 uplink.
@@ -362,7 +365,9 @@ pub const CFG_F_EVENTS: u32 = 1 << 3;
 
 /// `TAIL_CALLS` slots: programs the attached ones hand packets to.
 pub const TAIL_LAN_NEW: u32 = 0;
-pub const TAIL_CALL_SLOTS: u32 = 1;
+/// `masq_lan_in_hairpin`: a LAN host's new connection to a public address of the gateway.
+pub const TAIL_LAN_HAIRPIN: u32 = 1;
+pub const TAIL_CALL_SLOTS: u32 = 2;
 
 /// Default size of `EVENTS`, bytes (a power of two, at least a page).
 pub const DEFAULT_EVENT_RING_BYTES: u32 = 1 << 20;

@@ -7,7 +7,7 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig, FlowKey,
-    PublishTarget, TAIL_LAN_NEW,
+    PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW,
 };
 
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
     stats::{count, uplink_new_conn},
     steer::{
         RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink,
-        uplink_by_ifindex, with_mark,
+        uplink_by_address, uplink_by_ifindex, with_mark,
     },
     translate::{Found, Translation, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
@@ -33,10 +33,17 @@ pub fn masq_lan_in(ctx: TcContext) -> i32 {
     tc_run::<ETH_HLEN>(ctx, run)
 }
 
-/// Never attached: `masq_lan_in` hands it the packets that open a connection, checked.
+/// Never attached: `masq_lan_in` hands it the packets that open a masqueraded connection.
 #[classifier]
 pub fn masq_lan_in_new(ctx: TcContext) -> i32 {
-    tc_run::<ETH_HLEN>(ctx, run_new)
+    tc_run::<ETH_HLEN>(ctx, run_new::<false>)
+}
+
+/// Never attached: `masq_lan_in` hands it the packets that open a connection to one of the
+/// gateway's public addresses (hairpin).
+#[classifier]
+pub fn masq_lan_in_hairpin(ctx: TcContext) -> i32 {
+    tc_run::<ETH_HLEN>(ctx, run_new::<true>)
 }
 
 #[inline(always)]
@@ -101,18 +108,29 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             found
         }
         Found::New => {
+            let slot = if hairpin_bound(cfg, &ip.key) { TAIL_LAN_HAIRPIN } else { TAIL_LAN_NEW };
             // SAFETY: the program's own context; on success this does not return.
-            unsafe { TAIL_CALLS.tail_call(&ctx.0, TAIL_LAN_NEW) };
+            unsafe { TAIL_CALLS.tail_call(&ctx.0, slot) };
             return Err(Counter::DropTailCall);
         }
     };
     finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, route_len)
 }
 
-/// A packet `run` found opening a connection (validated there, its connection still unknown):
-/// the connection made, the packet translated and steered.
+/// A LAN host's packet to one of the gateway's public addresses (published, or an uplink's):
+/// a hairpin if anything is there.
 #[inline(always)]
-fn run_new(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
+fn hairpin_bound(cfg: &DataplaneConfig, k: &FlowKey) -> bool {
+    // SAFETY: read-only lookup.
+    let public = unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some() || is_uplink_address(k.dst_addr);
+    public && in_lan(cfg, k.src_addr)
+}
+
+/// A packet `run` found opening a connection (its connection still unknown): the connection
+/// made, the packet translated and steered. `HAIRPIN`: to a public address of the gateway
+/// (`hairpin_bound`), else masqueraded. Two programs, each verified on its own.
+#[inline(always)]
+fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     let ip = match parse(ctx)? {
         Parsed::Ipv4(ip) => ip,
         _ => return Ok(Verdict::Pass),
@@ -140,59 +158,80 @@ fn run_new(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     let mut hairpinned = false;
     let (translation, uplink_index) = {
         let k = &ip.key;
-        let hairpin = if in_lan(cfg, k.src_addr) { published(k) } else { None };
-        let (xlate, chosen, flags, ports) = match hairpin {
-            Some(target) => hairpin_xlate(cfg, &ip, target)?,
-            None => {
-                let not_ours = !in_lan(cfg, k.src_addr)
-                        || in_lan(cfg, k.dst_addr)
-                        || is_uplink_address(k.dst_addr)
-                        // SAFETY: read-only lookup.
-                        || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
-                if not_ours {
+        let mut mapping = false;
+        let (xlate, chosen, flags, ports) = if HAIRPIN {
+            if !in_lan(cfg, k.src_addr) {
+                count(Counter::PassedUntouched);
+                return Ok(Verdict::Pass);
+            }
+            match (published(k), ip.l4) {
+                (Some(target), _) => hairpin_xlate(cfg, &ip, target)?,
+                (None, L4::Tcp | L4::Udp) => {
+                    // Another endpoint's mapping; anything else there is the gateway's own.
+                    let Some((index, owner)) = mapping_owner(k) else {
+                        count(Counter::PassedUntouched);
+                        return Ok(Verdict::Pass);
+                    };
+                    mapping = true;
+                    mapping_hairpin_xlate(cfg, &ip, index, owner)?
+                }
+                _ => {
                     count(Counter::PassedUntouched);
                     return Ok(Verdict::Pass);
                 }
-                if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                    return Err(Counter::DropTcpNoConn);
-                }
-                if validate {
-                    validate::l4_checksum(ctx, &ip)?;
-                }
-                let mut chosen = choose_uplink(cfg, k);
-                let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
-                // As MASQUERADE does: the source is the address of the interface the
-                // policy's table routes to. Another uplink's interface (its connected
-                // subnet) means that uplink; an interface that is no uplink (a VPN,
-                // another internal network) means no NAT at all.
-                if cfg.flags & CFG_F_NO_STEER == 0 {
-                    let probe = FlowKey { src_addr: up.address, ..*k };
-                    let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
-                        Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
-                        Route::Kernel => up.ifindex,
-                    };
-                    if egress != up.ifindex {
-                        let Some((index, other)) = uplink_by_ifindex(egress) else {
-                            count(Counter::PassedUntouched);
-                            return Ok(Verdict::Pass);
-                        };
-                        (chosen, up) = (index, other);
-                    }
-                }
-                let mut xlate = *k;
-                xlate.src_addr = up.address;
-                let ports = crate::port_range(cfg, &ip, true);
-                // The endpoint's public port behind this uplink, for every destination.
-                let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
-                match bound {
-                    Some(port) => xlate.src_port = port,
-                    None if ports.is_some() => count(Counter::NatMappingFallback),
-                    None => {}
-                }
-                let ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
-                (xlate, chosen, 0, ports)
             }
+        } else {
+            let not_ours = !in_lan(cfg, k.src_addr)
+                    || in_lan(cfg, k.dst_addr)
+                    || is_uplink_address(k.dst_addr)
+                    // SAFETY: read-only lookup.
+                    || unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some();
+            if not_ours {
+                count(Counter::PassedUntouched);
+                return Ok(Verdict::Pass);
+            }
+            if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return Err(Counter::DropTcpNoConn);
+            }
+            if validate {
+                validate::l4_checksum(ctx, &ip)?;
+            }
+            let mut chosen = choose_uplink(cfg, k);
+            let mut up = uplink(chosen).ok_or(Counter::DropNoUplink)?;
+            // As MASQUERADE does: the source is the address of the interface the
+            // policy's table routes to. Another uplink's interface (its connected
+            // subnet) means that uplink; an interface that is no uplink (a VPN,
+            // another internal network) means no NAT at all.
+            if cfg.flags & CFG_F_NO_STEER == 0 {
+                let probe = FlowKey { src_addr: up.address, ..*k };
+                let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
+                    Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
+                    Route::Kernel => up.ifindex,
+                };
+                if egress != up.ifindex {
+                    let Some((index, other)) = uplink_by_ifindex(egress) else {
+                        count(Counter::PassedUntouched);
+                        return Ok(Verdict::Pass);
+                    };
+                    (chosen, up) = (index, other);
+                }
+            }
+            let mut xlate = *k;
+            xlate.src_addr = up.address;
+            (xlate, chosen, 0, crate::port_range(cfg, &ip, true))
         };
+        let (mut xlate, mut ports) = (xlate, ports);
+        // The endpoint's public port behind this uplink, for every destination: masqueraded
+        // and hairpinned to a mapping alike (one call, so the verifier follows one).
+        if !HAIRPIN || mapping {
+            let bound = ports.and_then(|r| binding::public_port(k, chosen, &r));
+            match bound {
+                Some(port) => xlate.src_port = port,
+                None if ports.is_some() => count(Counter::NatMappingFallback),
+                None => {}
+            }
+            ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
+        }
         let xlate = conntrack::create(k, xlate, chosen, flags, ports, &ip, len)?;
         if flags & CONN_F_HAIRPIN != 0 {
             count(Counter::HairpinNew);
@@ -247,6 +286,35 @@ fn hairpin_xlate(
         xlate.dst_port = target.to_port;
     }
     Ok((xlate, target.uplink, CONN_F_HAIRPIN, crate::port_range(cfg, ip, true)))
+}
+
+/// The uplink and LAN endpoint (address, port) of the mapping a packet to an uplink's address
+/// is for: the public port some LAN endpoint holds (`binding.rs`).
+#[inline(always)]
+fn mapping_owner(k: &FlowKey) -> Option<(u8, (u32, u16))> {
+    let index = uplink_by_address(k.dst_addr)?;
+    Some((index, binding::owner(k.dst_port, k.proto, index)?))
+}
+
+/// A LAN host's new connection to another LAN endpoint's public mapping (hairpin, RFC 4787
+/// REQ-9): to that endpoint, from the sender's own mapping behind the same uplink, so each sees
+/// the other as the internet would. Within the LAN any host may reach any mapping (filtering
+/// keeps the internet out; LAN hosts reach each other anyway).
+#[inline(always)]
+fn mapping_hairpin_xlate(
+    cfg: &DataplaneConfig,
+    ip: &Ipv4,
+    index: u8,
+    (owner_addr, owner_port): (u32, u16),
+) -> Result<(FlowKey, u8, u8, Option<conntrack::PortRange>), Counter> {
+    if ip.l4 == L4::Tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Err(Counter::DropTcpNoConn);
+    }
+    let up = uplink(index).ok_or(Counter::DropNoUplink)?;
+    let xlate =
+        FlowKey { src_addr: up.address, dst_addr: owner_addr, dst_port: owner_port, ..ip.key };
+    // The source port: the sender's binding, made by the caller.
+    Ok((xlate, index, CONN_F_HAIRPIN, crate::port_range(cfg, ip, true)))
 }
 
 /// Steer to the connection's uplink (its `table` and `mark`): mark the packet for the kernel's

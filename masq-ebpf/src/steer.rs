@@ -47,14 +47,13 @@ pub fn uplink_by_ifindex(ifindex: u32) -> Option<(u8, &'static UplinkInfo)> {
 /// True when `addr` is one of the gateway's own uplink addresses.
 #[inline(always)]
 pub fn is_uplink_address(addr: u32) -> bool {
-    for i in 0..MAX_UPLINKS as u8 {
-        if let Some(u) = uplink(i)
-            && u.address == addr
-        {
-            return true;
-        }
-    }
-    false
+    uplink_by_address(addr).is_some()
+}
+
+/// The uplink whose address `addr` is.
+#[inline(always)]
+pub fn uplink_by_address(addr: u32) -> Option<u8> {
+    (0..MAX_UPLINKS as u8).find(|&i| uplink(i).is_some_and(|u| u.address == addr))
 }
 
 #[inline(always)]

@@ -215,10 +215,11 @@ pub enum EndReason {
     Unpublished,
 }
 
-/// The binding of a masqueraded connection's internal endpoint (`None` for an inbound one).
+/// The binding of a masqueraded (or hairpinned) connection's internal endpoint, the one that
+/// opened it (`None` for an inbound one).
 pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
     let (key, entry) = conn.any();
-    if entry.is_inbound() || entry.is_hairpin() {
+    if entry.is_inbound() {
         return None;
     }
     // The initiator's key is the internal endpoint; a reply entry's translation leads to it.

@@ -378,21 +378,26 @@ impl Dataplane {
     }
 
     /// Load the programs the attached ones tail-call and put them in `TAIL_CALLS`
-    /// (`masq_lan_in_new`, which opens LAN hosts' connections). Before `masq_lan_in` runs.
+    /// (`masq_lan_in_new` and `masq_lan_in_hairpin`, which open LAN hosts' connections). Before
+    /// `masq_lan_in` runs.
     pub fn link_tail_calls(&mut self) -> anyhow::Result<()> {
-        let name = program_names::LAN_INGRESS_NEW;
-        let tc: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()?;
-        if tc.fd().is_err() {
-            tc.load().with_context(|| format!("loading {name} (verifier)"))?;
+        for (slot, name) in [
+            (masq_common::TAIL_LAN_NEW, program_names::LAN_INGRESS_NEW),
+            (masq_common::TAIL_LAN_HAIRPIN, program_names::LAN_INGRESS_HAIRPIN),
+        ] {
+            let tc: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            if tc.fd().is_err() {
+                tc.load().with_context(|| format!("loading {name} (verifier)"))?;
+            }
+            let fd = tc.fd()?.try_clone()?;
+            let mut slots: aya::maps::ProgramArray<_> =
+                aya::maps::ProgramArray::try_from(self.map_mut(map_names::TAIL_CALLS)?)?;
+            slots.set(slot, &fd, 0).context("TAIL_CALLS")?;
         }
-        let fd = tc.fd()?.try_clone()?;
-        let mut slots: aya::maps::ProgramArray<_> =
-            aya::maps::ProgramArray::try_from(self.map_mut(map_names::TAIL_CALLS)?)?;
-        slots.set(masq_common::TAIL_LAN_NEW, &fd, 0).context("TAIL_CALLS")?;
         Ok(())
     }
 

@@ -348,6 +348,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
         program_names::UPLINK_INGRESS_XDP,
         program_names::LAN_INGRESS,
         program_names::LAN_INGRESS_NEW,
+        program_names::LAN_INGRESS_HAIRPIN,
     ]
     .into_iter()
     .map(|name| program_size(&dp, name))

@@ -269,3 +269,38 @@ fn endpoint_independent_filtering_lets_any_host_reach_a_udp_mapping_and_the_defa
         drop(masq);
     }
 }
+
+#[test]
+fn a_lan_host_reaches_another_ones_mapping_and_each_sees_the_others_public_endpoint() {
+    let lab = common::lab(GatewayMode::Bare);
+    let masq = common::start_masq(&lab, &common::example_config());
+    let _echo = PeerEcho::start(&lab, &[CLIENT]);
+    let tristan = lab.ns(Host::Tristan).enter(|| UdpSocket::bind(("0.0.0.0", 40600))).unwrap();
+    tristan.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    // tristan learns his public endpoint from the client (as from a STUN server).
+    let mut buf = [0u8; 64];
+    let public: SocketAddrV4 = (0..6)
+        .find_map(|_| {
+            tristan.send_to(b"binding?", (CLIENT, ECHO_PORT)).unwrap();
+            let (n, _) = tristan.recv_from(&mut buf).ok()?;
+            std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+        })
+        .expect("the client's answer");
+    assert_eq!(public, SocketAddrV4::new(GW_ISP_A, 40600));
+    // isolde (whose own policy is isp-b) reaches it through the gateway...
+    let isolde = lab.ns(Host::Isolde).enter(|| UdpSocket::bind(("0.0.0.0", 40700))).unwrap();
+    isolde.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let from = (0..6)
+        .find_map(|_| {
+            isolde.send_to(b"knock", public).unwrap();
+            tristan.recv_from(&mut buf).ok().map(|(_, from)| from)
+        })
+        .expect("isolde's datagram through tristan's mapping");
+    // ...from her own public endpoint behind the same uplink, which tristan can answer.
+    assert_eq!(from, (GW_ISP_A, 40700).into());
+    tristan.send_to(b"hello", from).unwrap();
+    let (n, back) = isolde.recv_from(&mut buf).expect("tristan's answer");
+    assert_eq!((&buf[..n], back), (&b"hello"[..], public.into()));
+    assert!(common::counter(&lab, "hairpin_new") >= 1);
+    drop(masq);
+}

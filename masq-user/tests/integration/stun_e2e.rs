@@ -67,6 +67,11 @@ fn rfc5780_discovery_finds_endpoint_independent_mapping_and_the_filtering_config
     assert!(mapping.contains("NAT with Endpoint Independent Mapping!"), "{mapping}");
     let filtering = discover(&lab, 40301, &["-f"]);
     assert!(filtering.contains("NAT with Address and Port Dependent Filtering!"), "{filtering}");
+    // Hairpinning (RFC 5780 §4.5): tristan's datagram to his own public mapping comes back.
+    let hairpin = discover(&lab, 40302, &["-H"]);
+    assert!(hairpin.contains("successful hairpinning"), "{hairpin}");
+    // The server saw tristan's own port, kept behind dsl's address.
+    assert!(hairpin.contains("UDP reflexive addr: 67.17.28.12:40302"), "{hairpin}");
     drop(masq);
 
     let config = common::config_with(&lab, "");

@@ -313,3 +313,49 @@ fn a_lan_host_reaching_a_published_address_is_hairpinned_to_the_server_and_back(
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &stray)).ret, TC_ACT_SHOT);
     });
 }
+
+#[test]
+fn a_lan_host_reaching_another_ones_mapping_is_hairpinned_from_its_own_mapping() {
+    example(|gw| {
+        // tristan's mapping behind dsl: his own port, for every destination.
+        let out = Ip::new(TRISTAN, CLIENT).udp(20100, 3478, b"stun");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
+        // isolde (whose policy is isp-b) reaches it: to tristan, from isolde's own mapping
+        // behind dsl, back into the LAN.
+        let knock = Ip::new(ISOLDE, DSL_ADDR).udp(20200, 20100, b"peer");
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &knock));
+        assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
+        let view = IpView::of_frame(&run.out);
+        assert_eq!(
+            (view.src(), view.sport(), view.dst(), view.dport()),
+            (DSL_ADDR, 20200, TRISTAN, 20100)
+        );
+        assert_eq!(&run.out[..6], &TRISTAN_MAC);
+        assert_checksums(&run.out);
+        // isolde's mapping behind dsl is hers from now on: what the internet sees too.
+        let bindings: HashMap<_, BindingKey, Binding> =
+            HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::BINDINGS).unwrap()).unwrap();
+        let isolde = BindingKey {
+            int_addr: wire_addr(ISOLDE),
+            int_port: wire_port(20200),
+            proto: IPPROTO_UDP,
+            uplink: DSL,
+        };
+        assert_eq!(u16::from_be(bindings.get(&isolde, 0).unwrap().ext_port), 20200);
+        // tristan answers her mapping: back to isolde, from his.
+        let answer = Ip::new(TRISTAN, DSL_ADDR).udp(20100, 20200, b"hi");
+        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &answer));
+        assert_eq!(run.ret, TC_ACT_REDIRECT);
+        let back = IpView::of_frame(&run.out);
+        assert_eq!(
+            (back.src(), back.sport(), back.dst(), back.dport()),
+            (DSL_ADDR, 20100, ISOLDE, 20200)
+        );
+        assert_eq!(&run.out[..6], &ISOLDE_MAC);
+        gw.assert_counters(&[(Counter::HairpinNew, 1), (Counter::HairpinTranslated, 2)]);
+        gw.assert_no_drops();
+        // A port nobody holds is the gateway's own: left to the kernel.
+        let nobody = Ip::new(ISOLDE, DSL_ADDR).udp(20201, 20999, b"?");
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &nobody)).ret, TC_ACT_OK);
+    });
+}
