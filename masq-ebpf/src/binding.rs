@@ -45,11 +45,11 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
         }
         s.binding = Binding { ext_port: pkey.ext_port, _pad: 0, created_tick: tick(now_ns()) };
         let binding = &s.binding;
-        if BINDINGS.insert(bkey, binding, BPF_NOEXIST as u64).is_err() {
-            // Another CPU bound this endpoint first (or the table is full): its port, if any.
-            let _ = BOUND_PORTS.remove(pkey);
+        if BINDINGS.insert(bkey, binding, BPF_NOEXIST as u64).is_ok() {
+            return Some(binding.ext_port);
         }
-        // Read back, whichever CPU bound it.
+        // Another CPU bound this endpoint first (or the table is full): its port, if any.
+        let _ = BOUND_PORTS.remove(pkey);
         // SAFETY: as above.
         return unsafe { BINDINGS.get(bkey) }.map(|b| b.ext_port);
     }
