@@ -21,6 +21,7 @@ use crate::{
     forward::set_macs,
     packet::{ETH_HLEN, ETH_P_IP, ETH_TYPE, Packet, Skb},
     stats::count,
+    trace,
 };
 
 const AF_INET: u32 = 2;
@@ -150,6 +151,7 @@ pub fn xdp_action(ctx: &mut XdpContext, verdict: Result<Verdict, Counter>) -> u3
         Ok(Verdict::ForwardNeigh { .. }) => return XDP_PASS,
         Err(reason) => {
             count(reason);
+            trace::dropped(ctx, reason);
             return XDP_DROP;
         }
     };
@@ -178,6 +180,7 @@ pub fn tc_action<const IP: usize>(skb: &mut Skb<IP>, verdict: Result<Verdict, Co
         Ok(action) => action,
         Err(reason) => {
             count(reason);
+            trace::dropped(&skb.0, reason);
             TC_ACT_SHOT
         }
     }

@@ -19,6 +19,7 @@ mod nat;
 mod packet;
 mod stats;
 mod steer;
+mod trace;
 mod translate;
 mod uplink_in;
 mod uplink_out;

@@ -23,6 +23,7 @@ use crate::{
     metrics,
     policy_tables::{self, PolicySpec, PolicyTables, UplinkRoute, UplinkTable},
     state::{self, DaemonState, Names, NamesSource, pid_file},
+    trace::{self, ProgramTrace},
 };
 
 /// The line `masq run` prints on stdout once the dataplane is up (the lab and tests wait for it).
@@ -402,6 +403,11 @@ async fn serve(
     let up = verdicts(&monitor, &cfg);
     let (mut dataplane, tables, hooks, mut hub) = start(&cfg, &followed, pin_dir, &up).await?;
     let mut names = Names::from_config(&cfg, NamesSource::Daemon);
+    let mut program_trace = ProgramTrace::start(&mut dataplane, cfg.dataplane.trace)
+        .unwrap_or_else(|e| {
+            warn!("the programs' trace: {e:#}");
+            None
+        });
     monitor.run_probes();
     let tables = Arc::new(tables);
     // Its change notices drive the uplink following; the first follow below (the resync's
@@ -487,6 +493,22 @@ async fn serve(
                                 apply_verdict(&mut dataplane, &new, &followed.host, &monitor, v);
                             }
                         }
+                        if new.dataplane.trace != cfg.dataplane.trace {
+                            drop(program_trace.take());
+                            match reload_programs(&new, &followed.host, pin_dir) {
+                                Ok((fresh, hooks)) => {
+                                    dataplane = fresh;
+                                    state.hooks = hooks;
+                                    info!("programs reloaded with trace = {:?}", new.dataplane.trace);
+                                }
+                                Err(e) => warn!("reloading the programs for [dataplane] trace: {e:#}"),
+                            }
+                            program_trace = ProgramTrace::start(&mut dataplane, new.dataplane.trace)
+                                .unwrap_or_else(|e| {
+                                    warn!("the programs' trace: {e:#}");
+                                    None
+                                });
+                        }
                         cfg = new;
                         names = Names::from_config(&cfg, NamesSource::Daemon);
                         if let Err(e) = hub.reconfigure(&mut dataplane, &cfg) {
@@ -531,6 +553,11 @@ async fn serve(
                 }
                 Err(e) => warn!("reading connection events: {e:#}"),
             },
+            _ = trace::readable(&program_trace) => {
+                if let Some(t) = program_trace.as_mut() {
+                    t.flush();
+                }
+            }
             watcher = hub.accept() => match watcher {
                 Ok(stream) => {
                     if let Err(e) = hub.add_watcher(stream, &mut dataplane) {
@@ -557,6 +584,18 @@ async fn serve(
     let _ = fs::remove_file(&pid_path);
     info!("daemon exiting; the dataplane keeps forwarding (`masq down` removes it)");
     Ok(())
+}
+
+/// Load the programs again (as a restart does: the pinned maps adopted, every pinned link's
+/// program replaced atomically), for a setting that is fixed at load (`[dataplane] trace`).
+fn reload_programs(
+    cfg: &Config,
+    host: &HostInterfaces,
+    pin_dir: &Path,
+) -> anyhow::Result<(Dataplane, Vec<HookChoice>)> {
+    let mut fresh = Dataplane::load(cfg, pin_dir)?;
+    let hooks = fresh.attach(cfg, host)?;
+    Ok((fresh, hooks))
 }
 
 /// Removed connections by the reason they were removed for, in order.

@@ -285,6 +285,9 @@ impl Dataplane {
         loader.map_max_entries(map_names::BINDINGS, bindings);
         loader.map_max_entries(map_names::BOUND_PORTS, bindings);
         loader.map_max_entries(map_names::EVENTS, cfg.events.ring_bytes);
+        // Below this level the programs' tracing calls are dead code the verifier removes.
+        let trace_level = cfg.dataplane.trace.aya_level();
+        loader.override_global(aya_log::LEVEL, &trace_level, true);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }

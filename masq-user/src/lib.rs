@@ -27,5 +27,6 @@ pub mod policy_tables;
 #[cfg(feature = "lab")]
 pub mod progkit;
 pub mod state;
+pub mod trace;
 #[cfg(feature = "lab")]
 pub mod tun_relay;

@@ -222,7 +222,28 @@ pub struct DataplaneSettings {
     pub port_min: u16,
     pub port_max: u16,
     pub gateway_ports: GatewayPorts,
+    /// The programs' own tracing (aya-log) into the daemon's log; off costs nothing.
+    pub trace: TraceLevel,
     pub timeouts: Timeouts,
+}
+
+/// `[dataplane] trace`: the most detailed level of the programs' own tracing that is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    /// Every dropped packet with its reason.
+    Debug,
+}
+
+impl TraceLevel {
+    /// aya-log's level number (`AYA_LOG_LEVEL`): 0 off, 1 error … 4 debug.
+    pub fn aya_level(self) -> u8 {
+        self as u8
+    }
 }
 
 /// The gateway's own ephemeral ports (`gateway_ports`), which SNAT never keeps or picks.
@@ -253,6 +274,7 @@ impl Default for DataplaneSettings {
             port_min: 1024,
             port_max: 65535,
             gateway_ports: DEFAULT_GATEWAY_PORTS,
+            trace: TraceLevel::Off,
             timeouts: Timeouts::default(),
         }
     }

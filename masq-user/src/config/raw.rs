@@ -86,6 +86,7 @@ pub(super) struct RawDataplane {
     pub(super) port_min: Option<u16>,
     pub(super) port_max: Option<u16>,
     pub(super) gateway_ports: Option<String>,
+    pub(super) trace: Option<String>,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
 }

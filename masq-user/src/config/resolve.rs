@@ -73,6 +73,22 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         None => default.gateway_ports,
         Some(text) => gateway_ports(text)?,
     };
+    let trace = match raw.trace.as_deref() {
+        None => default.trace,
+        Some("off") => TraceLevel::Off,
+        Some("error") => TraceLevel::Error,
+        Some("warn") => TraceLevel::Warn,
+        Some("info") => TraceLevel::Info,
+        Some("debug") => TraceLevel::Debug,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "dataplane.trace",
+                format!(
+                    "\"{other}\" is not one of \"off\", \"error\", \"warn\", \"info\", \"debug\""
+                ),
+            ));
+        }
+    };
     let t = raw.timeouts;
     let d = default.timeouts;
     let timeouts = Timeouts {
@@ -106,6 +122,7 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         port_min,
         port_max,
         gateway_ports,
+        trace,
         timeouts,
     })
 }

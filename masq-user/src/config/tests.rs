@@ -570,6 +570,19 @@ fn events_default_to_no_log_and_a_mebibyte_ring() {
 }
 
 #[test]
+fn trace_is_off_unless_asked() {
+    use crate::config::TraceLevel;
+    assert_eq!(parse("").unwrap().dataplane.trace, TraceLevel::Off);
+    let cfg = parse("[dataplane]\ntrace = \"debug\"\n").unwrap();
+    assert_eq!((cfg.dataplane.trace, cfg.dataplane.trace.aya_level()), (TraceLevel::Debug, 4));
+    assert_err(
+        &parse_err("[dataplane]\ntrace = \"verbose\"\n"),
+        "dataplane.trace",
+        "is not one of \"off\", \"error\", \"warn\", \"info\", \"debug\"",
+    );
+}
+
+#[test]
 fn mark_mask_zero_is_rejected() {
     assert_err(&bad("mark-mask-zero"), "dataplane.mark_mask", "must not be 0");
 }

@@ -241,3 +241,45 @@ fn a_vlan_tagged_frame_from_the_lan_never_leaves_an_uplink() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(common::counter(&lab, "outbound_new"), before + 1, "the untagged SYN opens one");
 }
+
+#[test]
+fn with_trace_debug_each_drop_is_logged_by_reason_and_a_reload_turns_it_off_keeping_connections() {
+    let lab = common::lab(GatewayMode::Bare);
+    let config = common::config_with(&lab, "[dataplane]\ntrace = \"debug\"\n");
+    let masq = common::start_masq(&lab, &config);
+    let (client, server) = inbound_connection(&lab, 8083);
+    assert_alive(&client, &server, "before");
+    let port = client.local_addr().unwrap().port();
+    let raw = lab.raw_ip_socket(Host::Client).unwrap();
+    let blind_rst = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(port, 8083, TCP_RST, (0, 0), b"");
+    let traced = |masq: &masq_user::lab::LabChild| {
+        masq.log_text()
+            .lines()
+            .filter(|l| l.contains("program debug: dropped a packet: drop_tcp_out_of_window"))
+            .count()
+    };
+    raw.send(&blind_rst).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while traced(&masq) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no trace line:\n{}", masq.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // Off again by a reload: the programs are replaced in place, the connection lives on.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("trace = \"debug\"", "trace = \"off\"")).unwrap();
+    let out = common::masq_cli(&lab, &["reload"]);
+    assert!(out.status.success(), "masq reload: {}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !masq.log_text().contains("programs reloaded with trace = Off") {
+        assert!(std::time::Instant::now() < deadline, "not reloaded:\n{}", masq.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_alive(&client, &server, "after the programs were reloaded");
+    let before = (traced(&masq), common::counter(&lab, "drop_tcp_out_of_window"));
+    raw.send(&blind_rst).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(common::counter(&lab, "drop_tcp_out_of_window"), before.1 + 1, "still counted");
+    assert_eq!(traced(&masq), before.0, "no longer traced");
+    drop(masq);
+}
