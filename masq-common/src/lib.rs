@@ -713,7 +713,7 @@ counters! {
     /// that a simultaneous open (a LAN host's SYN crossing the remote one) can still succeed.
     DropUnsolicitedSyn = 54, "drop_unsolicited_syn", true;
     /// Dropped: a LAN packet opening a connection found no program to do it (the tail call to
-    /// `masq_lan_in_new` failed: its slot empty).
+    /// `masq_lan_in_new` or `masq_lan_in_hairpin` failed: its slot empty).
     DropTailCall = 55, "drop_tail_call", true;
 }
 

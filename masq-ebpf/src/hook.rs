@@ -11,7 +11,8 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     helpers::{
-        bpf_redirect, bpf_redirect_neigh, bpf_sk_release, bpf_skb_change_head, bpf_skc_lookup_tcp,
+        bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_change_head,
+        bpf_skc_lookup_tcp,
     },
     programs::{TcContext, XdpContext},
 };
@@ -56,6 +57,32 @@ pub fn local_tcp_socket<P: Hook>(ctx: &P, key: &FlowKey) -> bool {
     // SAFETY: a valid context and tuple; a socket found is released at once.
     let sk = unsafe {
         bpf_skc_lookup_tcp(ctx.ctx_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
+}
+
+/// Whether the gateway's own stack has a UDP socket bound to the packet's destination.
+#[inline(always)]
+pub fn local_udp_socket<P: Hook>(ctx: &P, key: &FlowKey) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: key.src_addr,
+                daddr: key.dst_addr,
+                sport: key.src_port,
+                dport: key.dst_port,
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    // SAFETY: a valid context and tuple; a socket found is released at once.
+    let sk = unsafe {
+        bpf_sk_lookup_udp(ctx.ctx_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
     };
     if sk.is_null() {
         return false;

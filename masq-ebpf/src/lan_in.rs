@@ -1,9 +1,10 @@
 //! `masq_lan_in`: TC ingress of the LAN device (Ethernet: a NIC, VLAN subinterface or bridge).
 //! Replies of published services and known masqueraded connections, each steered to its
 //! connection's uplink. A packet that opens a connection goes on, by tail call, to
-//! `masq_lan_in_new`: a new masqueraded connection, or a LAN host reaching a published address
-//! hairpinned back into the LAN. Two programs, so that each verifies well within the kernel's
-//! limit.
+//! `masq_lan_in_new` (a new masqueraded connection) or `masq_lan_in_hairpin` (a LAN host
+//! reaching a public address of the gateway: a published service or another endpoint's
+//! mapping, hairpinned back into the LAN). Three programs, so that each verifies well within
+//! the kernel's limit.
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig, FlowKey,
@@ -13,7 +14,7 @@ use masq_common::{
 use crate::{
     binding, conntrack,
     forward::decrement_ttl,
-    hook::{Hook, Verdict, tc_run},
+    hook::{Hook, Verdict, local_tcp_socket, local_udp_socket, tc_run},
     maps::{PUBLIC_ADDRS, TAIL_CALLS},
     nat::published,
     packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
@@ -164,11 +165,23 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
+            if validate && matches!(ip.l4, L4::Tcp | L4::Udp) {
+                validate::l4_checksum(ctx, &ip)?;
+            }
             match (published(k), ip.l4) {
                 (Some(target), _) => hairpin_xlate(cfg, &ip, target)?,
                 (None, L4::Tcp | L4::Udp) => {
-                    // Another endpoint's mapping; anything else there is the gateway's own.
-                    let Some((index, owner)) = mapping_owner(k) else {
+                    // Another endpoint's mapping, unless the gateway itself has a socket
+                    // there (its own services come first) or the mapping is the sender's own.
+                    let local = if ip.l4 == L4::Tcp {
+                        local_tcp_socket(ctx, k)
+                    } else {
+                        local_udp_socket(ctx, k)
+                    };
+                    let owner = if local { None } else { mapping_owner(k) };
+                    let Some((index, owner)) =
+                        owner.filter(|(_, o)| *o != (k.src_addr, k.src_port))
+                    else {
                         count(Counter::PassedUntouched);
                         return Ok(Verdict::Pass);
                     };

@@ -154,9 +154,10 @@ pub struct ConnTables<T> {
 }
 
 impl<T: Borrow<MapData>> ConnTables<T> {
-    /// Every connection of both tables.
+    /// Every connection of both tables. Pending first: connections only move from pending to
+    /// confirmed (inserted there before leaving pending), so one confirmed meanwhile is seen.
     pub fn dump(&self) -> Vec<Conn> {
-        let entries = self.confirmed.iter().chain(self.pending.iter()).filter_map(Result::ok);
+        let entries = self.pending.iter().chain(self.confirmed.iter()).filter_map(Result::ok);
         pair(entries.collect())
     }
 }
@@ -215,6 +216,22 @@ pub enum EndReason {
     Unpublished,
 }
 
+/// The bindings a connection uses: its initiator's (masqueraded or hairpinned), and for a
+/// hairpin the endpoint it reaches (another's mapping); none for an inbound one.
+pub fn bindings_of(conn: &Conn) -> impl Iterator<Item = BindingKey> {
+    let hairpin_target = conn.any().1.is_hairpin().then(|| {
+        let (key, entry) = conn.any();
+        // The initiator's translation leads to the endpoint reached; a reply comes from it.
+        let (addr, port) = if entry.is_reply() {
+            (key.src_addr, key.src_port)
+        } else {
+            (entry.xlate.dst_addr, entry.xlate.dst_port)
+        };
+        BindingKey { int_addr: addr, int_port: port, proto: key.proto, uplink: entry.uplink }
+    });
+    binding_of(conn).into_iter().chain(hairpin_target)
+}
+
 /// The binding of a masqueraded (or hairpinned) connection's internal endpoint, the one that
 /// opened it (`None` for an inbound one).
 pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
@@ -240,7 +257,7 @@ pub fn sweep_bindings<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     conns: &[Conn],
     now_tick: u32,
 ) -> usize {
-    let live: HashSet<BindingKey> = conns.iter().filter_map(binding_of).collect();
+    let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
     let doomed: Vec<(BindingKey, Binding)> = bindings
         .iter()
         .filter_map(Result::ok)

@@ -269,6 +269,11 @@ async fn start(
         undo(None).await;
         return Err(e);
     }
+    match dataplane.sweep_gateway_range() {
+        Ok(0) => {}
+        Ok(n) => info!("{n} NAT bindings inside the gateway's own ports removed"),
+        Err(e) => warn!("removing NAT bindings inside the gateway's own ports: {e:#}"),
+    }
     let tables = match PolicyTables::install(policy_spec(cfg, states)).await {
         Ok(tables) => tables,
         Err(e) => {
@@ -484,7 +489,7 @@ async fn serve(
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
                 match reload(&mut dataplane, &cfg, config_path, &followed, &monitor) {
-                    Ok(new) => {
+                    Ok(mut new) => {
                         if health_settings(&new) != health_settings(&cfg) {
                             // Probes restart with the new settings, from the states they had.
                             let changed;
@@ -494,20 +499,30 @@ async fn serve(
                             }
                         }
                         if new.dataplane.trace != cfg.dataplane.trace {
-                            drop(program_trace.take());
                             match reload_programs(&new, &followed.host, pin_dir) {
                                 Ok((fresh, hooks)) => {
+                                    // The old programs' trace ring goes with them; what the old
+                                    // object still had to report moves to the new one.
+                                    drop(program_trace.take());
+                                    let queued = dataplane.take_removed();
                                     dataplane = fresh;
+                                    dataplane.requeue_removed(queued);
                                     state.hooks = hooks;
                                     info!("programs reloaded with trace = {:?}", new.dataplane.trace);
+                                    program_trace =
+                                        ProgramTrace::start(&mut dataplane, new.dataplane.trace)
+                                            .unwrap_or_else(|e| {
+                                                warn!("the programs' trace: {e:#}");
+                                                None
+                                            });
                                 }
-                                Err(e) => warn!("reloading the programs for [dataplane] trace: {e:#}"),
+                                Err(e) => {
+                                    // The programs run as they were loaded: so says the config
+                                    // the daemon keeps, and the next reload tries again.
+                                    warn!("reloading the programs for [dataplane] trace, which stays {:?}: {e:#}", cfg.dataplane.trace);
+                                    new.dataplane.trace = cfg.dataplane.trace;
+                                }
                             }
-                            program_trace = ProgramTrace::start(&mut dataplane, new.dataplane.trace)
-                                .unwrap_or_else(|e| {
-                                    warn!("the programs' trace: {e:#}");
-                                    None
-                                });
                         }
                         cfg = new;
                         names = Names::from_config(&cfg, NamesSource::Daemon);
@@ -635,7 +650,15 @@ fn reload(
         bail!("uplinks or the LAN changed: that needs `masq run` again, not a reload");
     }
     crate::local_ports::claim(new.dataplane.gateway_ports, dataplane.pin_dir())?;
-    dataplane.fill_maps(&new, &host, &followed.states, &verdicts(monitor, current))?;
+    let filled = dataplane.fill_maps(&new, &host, &followed.states, &verdicts(monitor, current));
+    if let Err(e) = filled {
+        // Rejected: the running config's port range again.
+        let _ = crate::local_ports::claim(current.dataplane.gateway_ports, dataplane.pin_dir());
+        return Err(e);
+    }
+    if let Err(e) = dataplane.sweep_gateway_range() {
+        warn!("removing NAT bindings inside the gateway's own ports: {e:#}");
+    }
     let published = crate::dataplane::publish_entries(&new);
     let removed = dataplane.remove_conns(EndReason::Unpublished, |conn| {
         conn.orig.as_ref().is_some_and(|(key, entry)| {

@@ -658,6 +658,44 @@ impl Dataplane {
         Ok(n)
     }
 
+    /// Give back what `take_removed` took (to a new object of the same dataplane).
+    pub fn requeue_removed(&mut self, removed: Vec<(Conn, EndReason)>) {
+        self.removed.extend(removed);
+    }
+
+    /// Remove the bindings whose public port lies in the gateway's own ephemeral range (after
+    /// that range changed): their endpoints' next connections get a port outside it; the
+    /// connections that use them keep theirs until they end.
+    pub fn sweep_gateway_range(&mut self) -> anyhow::Result<usize> {
+        let Some((lo, hi)) = crate::local_ports::current() else { return Ok(0) };
+        let (mut bindings, mut ports) = (None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::BINDINGS => bindings = Some(HashMap::try_from(map)?),
+                map_names::BOUND_PORTS => ports = Some(HashMap::try_from(map)?),
+                _ => {}
+            }
+        }
+        let (mut bindings, mut ports): (
+            HashMap<_, BindingKey, Binding>,
+            HashMap<_, BoundPortKey, BindingKey>,
+        ) = (bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?);
+        let inside: Vec<(BindingKey, Binding)> = bindings
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| (lo..=hi).contains(&u16::from_be(b.ext_port)))
+            .collect();
+        for (key, binding) in &inside {
+            let _ = bindings.remove(key);
+            let _ = ports.remove(&BoundPortKey {
+                ext_port: binding.ext_port,
+                proto: key.proto,
+                uplink: key.uplink,
+            });
+        }
+        Ok(inside.len())
+    }
+
     /// The connections `remove_conns` removed since the last call.
     pub fn take_removed(&mut self) -> Vec<(Conn, EndReason)> {
         std::mem::take(&mut self.removed)

@@ -852,6 +852,9 @@ impl Drop for Lab {
         let (pin_dir, peer_pin_dir) = (self.pin_dir(), self.peer_pin_dir());
         remove_dir(&pin_dir);
         remove_dir(&peer_pin_dir);
+        // The gateway's port range died with its namespace; what masq saved of it goes too.
+        let _ = fs::remove_file(crate::local_ports::saved_file(&pin_dir));
+        let _ = fs::remove_file(crate::events::socket_path(&pin_dir));
         if !self.keep_run_dir {
             remove_dir(&self.run_dir);
         }

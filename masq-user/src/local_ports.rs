@@ -24,7 +24,7 @@ pub fn current() -> Option<(u16, u16)> {
 
 /// Where the system's own range is kept while masq has changed it (beside the pid file; a
 /// restarted daemon finds it and keeps it).
-fn saved_file(pin_dir: &Path) -> PathBuf {
+pub fn saved_file(pin_dir: &Path) -> PathBuf {
     pid_file(pin_dir).with_extension("ports")
 }
 
@@ -60,11 +60,15 @@ pub fn claim(setting: GatewayPorts, pin_dir: &Path) -> anyhow::Result<()> {
 pub fn restore(pin_dir: &Path) -> anyhow::Result<()> {
     let saved = saved_file(pin_dir);
     let Ok(text) = fs::read_to_string(&saved) else { return Ok(()) };
-    let mut ports = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
-    if let (Some(min), Some(max)) = (ports.next(), ports.next()) {
-        write((min, max))?;
-        info!("the gateway's own ephemeral ports restored to {min}-{max}");
-    }
+    let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    let (Some(Some(min)), Some(Some(max))) = (ports.next(), ports.next()) else {
+        anyhow::bail!(
+            "{} does not hold a port range ({text:?}): net.ipv4.ip_local_port_range left as it is",
+            saved.display()
+        );
+    };
+    write((min, max))?;
+    info!("the gateway's own ephemeral ports restored to {min}-{max}");
     fs::remove_file(&saved)?;
     Ok(())
 }

@@ -172,9 +172,9 @@ fn sweep_stale_states() {
         if !state.pin_dir.join(map_names::CONNS).exists()
             && running_daemon(&state.pin_dir).is_none()
         {
+            // The system's port range saved for that dataplane (`local_ports`) stays: the
+            // range is still narrowed until `masq down` gives it back.
             let _ = fs::remove_file(&path);
-            // The system's port range saved for that dataplane (`local_ports`).
-            let _ = fs::remove_file(path.with_extension("ports"));
         }
     }
 }

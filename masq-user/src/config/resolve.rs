@@ -73,6 +73,17 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         None => default.gateway_ports,
         Some(text) => gateway_ports(text)?,
     };
+    if let GatewayPorts::Range(min, max) = gateway_ports
+        && min <= port_min
+        && max >= port_max
+    {
+        return Err(ConfigError::new(
+            "dataplane.gateway_ports",
+            format!(
+                "{min}-{max} covers all of port_min..=port_max ({port_min}-{port_max}): SNAT would have no port left"
+            ),
+        ));
+    }
     let trace = match raw.trace.as_deref() {
         None => default.trace,
         Some("off") => TraceLevel::Off,

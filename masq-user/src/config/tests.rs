@@ -138,6 +138,7 @@ fn seed_example_passes_the_host_check_on_the_seed_host() {
 fn seed_example_commented_dataplane_block_lists_the_defaults() {
     let text = std::fs::read_to_string(examples().join("masq-gw.toml")).unwrap();
     let (_, block) = text.split_once("# Optional tuning, shown with the defaults:\n").unwrap();
+    let block = block.split("\n\n").next().unwrap();
     let uncommented: String =
         block.lines().map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l))).collect();
     let c = Config::from_toml(&format!("{text}{uncommented}")).unwrap();
@@ -539,6 +540,7 @@ fn gateway_ports_default_to_a_range_below_every_clients_own() {
         ("\"80-1000\"", "expected 1024 <= MIN <= MAX"),
         ("\"lots\"", "is not \"system\" nor a range"),
         ("\"1024-70000\"", "is not \"system\" nor a range"),
+        ("\"1024-65535\"", "covers all of port_min..=port_max (1024-65535)"),
     ] {
         let err = parse_err(&format!("[dataplane]\ngateway_ports = {text}\n"));
         assert_err(&err, "dataplane.gateway_ports", why);

@@ -75,6 +75,18 @@ impl Hub {
             log_failing: false,
         };
         hub.reconfigure(dataplane, cfg)?;
+        // Whatever a previous daemon left: on exactly while this one consumes events.
+        dataplane.set_events(hub.on)?;
+        let pinned = MapData::from_pin(pin_dir.join(masq_common::map_names::EVENTS));
+        if let Ok(info) = pinned.and_then(|m| m.info())
+            && info.max_entries() != cfg.events.ring_bytes
+        {
+            warn!(
+                "events.ring_kib: the pinned ring holds {} KiB (set when the dataplane was \
+                 created); `masq down` and `masq run` again to resize it",
+                info.max_entries() >> 10
+            );
+        }
         Ok(hub)
     }
 
@@ -183,6 +195,8 @@ impl Hub {
         expired: &[Conn],
         dumped_ns: u64,
     ) {
+        // Creations reported so far come first: no end before its start.
+        self.drain(rec);
         if self.on {
             for ended in self.tracker.observe(alive, expired, dumped_ns) {
                 self.emit(&rec.ended(&ended));
@@ -205,6 +219,7 @@ impl Hub {
         if !self.on || gone.is_empty() {
             return;
         }
+        self.drain(rec);
         for ended in self.tracker.removed(gone, reason) {
             self.emit(&rec.ended(&ended));
         }

@@ -223,12 +223,15 @@ impl ConnFilter {
 pub fn watch(pin_dir: &Path, filter: &ConnFilter, json: bool) -> anyhow::Result<()> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let path = socket_path(pin_dir);
-    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        anyhow::anyhow!(
+    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("{}: {e}: watching connections needs root", path.display())
+        }
+        _ => anyhow::anyhow!(
             "no masq daemon streams events for {} ({}: {e}): is `masq run` running?",
             pin_dir.display(),
             path.display()
-        )
+        ),
     })?;
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(stream).lines() {

@@ -71,8 +71,12 @@ impl Tracker {
             counted: false,
             learnt_ns: ev.time_ns,
         };
-        match self.known.get(&ev.key) {
-            Some(old) if old.created_tick == created_tick => None,
+        match self.known.get_mut(&ev.key) {
+            Some(old) if old.created_tick == created_tick => {
+                // Seen in a dump first: the event still gives the exact time.
+                old.created_ns.get_or_insert(ev.time_ns);
+                None
+            }
             Some(_) => {
                 let old = self.known.insert(ev.key, known).expect("just found");
                 Some(ended(old))
@@ -219,6 +223,16 @@ mod tests {
         assert_eq!(gone[0].reason, EndReason::Expired);
         assert_eq!(t.removed(&[dumped(&b, 0)], EndReason::UplinkDown).len(), 1);
         assert!(t.observe(vec![], &[], 14 * SEC).is_empty());
+    }
+
+    #[test]
+    fn a_connection_dumped_before_its_event_keeps_the_events_exact_time() {
+        let mut t = Tracker::new();
+        let a = event(1000, 10 * SEC + 123);
+        t.observe(vec![dumped(&a, 0)], &[], 11 * SEC);
+        assert!(t.created(&a).is_none());
+        let gone = t.observe(vec![], &[], 13 * SEC);
+        assert_eq!(gone[0].created_ns, Some(a.time_ns));
     }
 
     #[test]

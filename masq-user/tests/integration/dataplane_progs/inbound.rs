@@ -357,5 +357,15 @@ fn a_lan_host_reaching_another_ones_mapping_is_hairpinned_from_its_own_mapping()
         // A port nobody holds is the gateway's own: left to the kernel.
         let nobody = Ip::new(ISOLDE, DSL_ADDR).udp(20201, 20999, b"?");
         assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &nobody)).ret, TC_ACT_OK);
+        // So is one a LAN endpoint holds where the gateway has a socket of its own.
+        let _service = std::net::UdpSocket::bind(("0.0.0.0", 20300)).unwrap();
+        let out = Ip::new(TRISTAN, CLIENT).udp(20300, 3478, b"stun");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
+        let to_service = Ip::new(ISOLDE, DSL_ADDR).udp(20202, 20300, b"dns?");
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &to_service)).ret, TC_ACT_OK);
+        // And a datagram to one's own mapping (no hairpin to oneself).
+        let own = Ip::new(TRISTAN, DSL_ADDR).udp(20100, 20100, b"me");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &own)).ret, TC_ACT_OK);
+        gw.assert_counters(&[(Counter::HairpinNew, 1)]);
     });
 }
