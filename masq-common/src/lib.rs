@@ -362,6 +362,9 @@ pub const CFG_F_NO_STEER: u32 = 1 << 1;
 pub const CFG_F_NO_VALIDATE: u32 = 1 << 2;
 /// Report every new connection in `EVENTS` (set while the daemon has a consumer for them).
 pub const CFG_F_EVENTS: u32 = 1 << 3;
+/// `[dataplane] hairpin = false`: LAN hosts' packets to the gateway's public addresses are left
+/// to the kernel, as without masq.
+pub const CFG_F_NO_HAIRPIN: u32 = 1 << 4;
 
 /// `TAIL_CALLS` slots: programs the attached ones hand packets to.
 pub const TAIL_LAN_NEW: u32 = 0;

@@ -7,8 +7,8 @@
 //! the kernel's limit.
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
-    CFG_F_FAST_PATH, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig, FlowKey,
-    PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW,
+    CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig,
+    FlowKey, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW,
 };
 
 use crate::{
@@ -122,6 +122,9 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
 /// a hairpin if anything is there.
 #[inline(always)]
 fn hairpin_bound(cfg: &DataplaneConfig, k: &FlowKey) -> bool {
+    if cfg.flags & CFG_F_NO_HAIRPIN != 0 {
+        return false;
+    }
     // SAFETY: read-only lookup.
     let public = unsafe { PUBLIC_ADDRS.get(k.dst_addr) }.is_some() || is_uplink_address(k.dst_addr);
     public && in_lan(cfg, k.src_addr)

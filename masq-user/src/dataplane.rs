@@ -20,9 +20,9 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, CFG_F_EVENTS, CFG_F_FAST_PATH, CFG_F_NO_STEER,
-    CFG_F_NO_VALIDATE, ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey, FragXlate,
-    MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
+    Binding, BindingKey, BoundPortKey, CFG_F_EVENTS, CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN,
+    CFG_F_NO_STEER, CFG_F_NO_VALIDATE, ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey,
+    FragXlate, MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
     PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget,
     UPLINK_F_ENABLED, UPLINK_F_UDP_OPEN_FILTER, UPLINK_F_UP, UplinkInfo, UplinkStats,
     XDP_DEVMAP_XMIT_DROPS, XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX,
@@ -74,7 +74,8 @@ pub fn dataplane_config(
         mark_mask: dp.mark_mask,
         flags: if dp.fast_path { CFG_F_FAST_PATH } else { 0 }
             | if dp.steer { 0 } else { CFG_F_NO_STEER }
-            | if dp.validate { 0 } else { CFG_F_NO_VALIDATE },
+            | if dp.validate { 0 } else { CFG_F_NO_VALIDATE }
+            | if dp.hairpin { 0 } else { CFG_F_NO_HAIRPIN },
         port_min: dp.port_min,
         port_max: dp.port_max,
         lan_prefixes,

@@ -224,6 +224,9 @@ pub struct DataplaneSettings {
     pub gateway_ports: GatewayPorts,
     /// The programs' own tracing (aya-log) into the daemon's log; off costs nothing.
     pub trace: TraceLevel,
+    /// LAN hosts reach the gateway's public addresses (published services, others' mappings)
+    /// through the gateway (RFC 4787 REQ-9).
+    pub hairpin: bool,
     pub timeouts: Timeouts,
 }
 
@@ -275,6 +278,7 @@ impl Default for DataplaneSettings {
             port_max: 65535,
             gateway_ports: DEFAULT_GATEWAY_PORTS,
             trace: TraceLevel::Off,
+            hairpin: true,
             timeouts: Timeouts::default(),
         }
     }

@@ -87,6 +87,7 @@ pub(super) struct RawDataplane {
     pub(super) port_max: Option<u16>,
     pub(super) gateway_ports: Option<String>,
     pub(super) trace: Option<String>,
+    pub(super) hairpin: Option<bool>,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
 }

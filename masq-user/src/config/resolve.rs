@@ -134,6 +134,7 @@ pub(super) fn resolve_dataplane(raw: RawDataplane) -> Result<DataplaneSettings> 
         port_max,
         gateway_ports,
         trace,
+        hairpin: raw.hairpin.unwrap_or(default.hairpin),
         timeouts,
     })
 }

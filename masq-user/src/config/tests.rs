@@ -572,6 +572,12 @@ fn events_default_to_no_log_and_a_mebibyte_ring() {
 }
 
 #[test]
+fn hairpin_is_on_unless_turned_off() {
+    assert!(parse("").unwrap().dataplane.hairpin);
+    assert!(!parse("[dataplane]\nhairpin = false\n").unwrap().dataplane.hairpin);
+}
+
+#[test]
 fn trace_is_off_unless_asked() {
     use crate::config::TraceLevel;
     assert_eq!(parse("").unwrap().dataplane.trace, TraceLevel::Off);

@@ -369,3 +369,19 @@ fn a_lan_host_reaching_another_ones_mapping_is_hairpinned_from_its_own_mapping()
         gw.assert_counters(&[(Counter::HairpinNew, 1)]);
     });
 }
+
+#[test]
+fn with_hairpin_off_a_lan_host_reaching_a_public_address_is_left_to_the_kernel() {
+    with_config("[dataplane]\nhairpin = false\n", |gw| {
+        let syn = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45000, 80, TCP_SYN, (1, 0), b"");
+        let frame = from_lan(TRISTAN_MAC, &syn);
+        assert_run(&gw.lan_in(&frame), TC_ACT_OK, &frame);
+        let out = Ip::new(TRISTAN, CLIENT).udp(20100, 3478, b"stun");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
+        let knock = Ip::new(ISOLDE, DSL_ADDR).udp(20200, 20100, b"peer");
+        let frame = from_lan(ISOLDE_MAC, &knock);
+        assert_run(&gw.lan_in(&frame), TC_ACT_OK, &frame);
+        gw.assert_counters(&[(Counter::HairpinNew, 0), (Counter::OutboundNew, 1)]);
+        gw.assert_no_drops();
+    });
+}
