@@ -144,16 +144,9 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     };
     let ingress_ifindex = ctx.skb().ingress_ifindex;
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let for_kernel = ctx.skb().pkt_type != PACKET_HOST || ctx.vlan_tagged();
-    if for_kernel || is_multicast_or_broadcast(ip.key.dst_addr) {
-        count(Counter::PassedUntouched);
-        return Ok(Verdict::Pass);
-    }
+    // `run` checked the packet (RFC 1812, what is the kernel's) before handing it over; what it
+    // handles itself never opens a connection.
     let validate = validate::enabled(cfg);
-    if validate {
-        validate::packet(ctx, &ip)?;
-    }
-    // What `run` handles itself never opens a connection.
     if ip.ttl <= 1 || ip.frag == Frag::Later || ip.l4 == L4::IcmpError {
         count(Counter::PassedUntouched);
         return Ok(Verdict::Pass);
