@@ -43,32 +43,17 @@ pub enum Verdict {
 /// packet's tuple in the device's network namespace.
 #[inline(always)]
 pub fn local_tcp_socket<P: Hook>(ctx: &P, key: &FlowKey) -> bool {
-    let mut tuple = bpf_sock_tuple {
-        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: key.src_addr,
-                daddr: key.dst_addr,
-                sport: key.src_port,
-                dport: key.dst_port,
-            },
-        },
-    };
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-    // SAFETY: a valid context and tuple; a socket found is released at once.
-    let sk = unsafe {
-        bpf_skc_lookup_tcp(ctx.ctx_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
-    };
-    if sk.is_null() {
-        return false;
-    }
-    // SAFETY: the reference the lookup took.
-    unsafe { bpf_sk_release(sk.cast()) };
-    true
+    local_socket(ctx, key, true)
 }
 
-/// Whether the gateway's own stack has a UDP socket bound to the packet's destination.
+/// The gateway itself has a UDP socket bound to this packet's destination.
 #[inline(always)]
 pub fn local_udp_socket<P: Hook>(ctx: &P, key: &FlowKey) -> bool {
+    local_socket(ctx, key, false)
+}
+
+#[inline(always)]
+fn local_socket<P: Hook>(ctx: &P, key: &FlowKey, tcp: bool) -> bool {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
@@ -80,9 +65,14 @@ pub fn local_udp_socket<P: Hook>(ctx: &P, key: &FlowKey) -> bool {
         },
     };
     let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let netns = BPF_F_CURRENT_NETNS as u64;
     // SAFETY: a valid context and tuple; a socket found is released at once.
     let sk = unsafe {
-        bpf_sk_lookup_udp(ctx.ctx_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+        if tcp {
+            bpf_skc_lookup_tcp(ctx.ctx_ptr(), &mut tuple, size, netns, 0).cast()
+        } else {
+            bpf_sk_lookup_udp(ctx.ctx_ptr(), &mut tuple, size, netns, 0)
+        }
     };
     if sk.is_null() {
         return false;

@@ -341,7 +341,12 @@ fn unix_minus_monotonic() -> u64 {
 
 /// Milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn format_unix_ms(ms: u64) -> String {
-    let (secs, ms) = (ms / 1000, ms % 1000);
+    let ((year, month, day), (h, m, sec)) = utc_fields(ms / 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{:03}Z", ms % 1000)
+}
+
+/// Seconds since the epoch as UTC ((year, month, day), (hour, minute, second)).
+pub fn utc_fields(secs: u64) -> ((i64, i64, i64), (u64, u64, u64)) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -353,12 +358,7 @@ fn format_unix_ms(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    ((year, month, day), (rem / 3600, rem / 60 % 60, rem % 60))
 }
 
 #[cfg(test)]
