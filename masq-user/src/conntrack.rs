@@ -258,11 +258,20 @@ pub fn sweep_bindings<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     now_tick: u32,
 ) -> usize {
     let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
-    let doomed: Vec<(BindingKey, Binding)> = bindings
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, b)| !live.contains(k) && now_tick.wrapping_sub(b.created_tick) >= 2)
-        .collect();
+    remove_bindings_where(bindings, ports, |k, b| {
+        !live.contains(k) && now_tick.wrapping_sub(b.created_tick) >= 2
+    })
+}
+
+/// Remove the bindings `doomed` picks, each with its port (when the port is still its own), and
+/// ports whose binding is gone. Returns the bindings removed.
+pub fn remove_bindings_where<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
+    bindings: &mut BpfHashMap<T, BindingKey, Binding>,
+    ports: &mut BpfHashMap<U, BoundPortKey, BindingKey>,
+    doomed: impl Fn(&BindingKey, &Binding) -> bool,
+) -> usize {
+    let doomed: Vec<(BindingKey, Binding)> =
+        bindings.iter().filter_map(Result::ok).filter(|(k, b)| doomed(k, b)).collect();
     for (key, binding) in &doomed {
         let _ = bindings.remove(key);
         let port =

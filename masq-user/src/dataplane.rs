@@ -163,6 +163,9 @@ pub fn uplink_infos(cfg: &Config, states: &[UplinkState], up: &[bool]) -> Vec<Up
         .collect()
 }
 
+type BindingMap<'a> = HashMap<&'a mut MapData, BindingKey, Binding>;
+type BoundPortMap<'a> = HashMap<&'a mut MapData, BoundPortKey, BindingKey>;
+
 /// The loaded programs and maps. Dropping it detaches the programs.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -669,32 +672,10 @@ impl Dataplane {
     /// connections that use them keep theirs until they end.
     pub fn sweep_gateway_range(&mut self) -> anyhow::Result<usize> {
         let Some((lo, hi)) = crate::local_ports::current() else { return Ok(0) };
-        let (mut bindings, mut ports) = (None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                map_names::BINDINGS => bindings = Some(HashMap::try_from(map)?),
-                map_names::BOUND_PORTS => ports = Some(HashMap::try_from(map)?),
-                _ => {}
-            }
-        }
-        let (mut bindings, mut ports): (
-            HashMap<_, BindingKey, Binding>,
-            HashMap<_, BoundPortKey, BindingKey>,
-        ) = (bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?);
-        let inside: Vec<(BindingKey, Binding)> = bindings
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| (lo..=hi).contains(&u16::from_be(b.ext_port)))
-            .collect();
-        for (key, binding) in &inside {
-            let _ = bindings.remove(key);
-            let _ = ports.remove(&BoundPortKey {
-                ext_port: binding.ext_port,
-                proto: key.proto,
-                uplink: key.uplink,
-            });
-        }
-        Ok(inside.len())
+        let (mut bindings, mut ports) = self.binding_maps()?;
+        Ok(crate::conntrack::remove_bindings_where(&mut bindings, &mut ports, |_, b| {
+            (lo..=hi).contains(&u16::from_be(b.ext_port))
+        }))
     }
 
     /// The connections `remove_conns` removed since the last call.
@@ -710,6 +691,13 @@ impl Dataplane {
     /// Remove the bindings (endpoint-independent mappings) whose endpoint has no connection
     /// among `conns` (the tables as just dumped); returns how many.
     pub fn sweep_bindings(&mut self, conns: &[crate::conntrack::Conn]) -> anyhow::Result<usize> {
+        let (mut bindings, mut ports) = self.binding_maps()?;
+        let now = masq_common::tick(crate::conntrack::clock_ns());
+        Ok(crate::conntrack::sweep_bindings(&mut bindings, &mut ports, conns, now))
+    }
+
+    /// `BINDINGS` and `BOUND_PORTS` of the loaded dataplane.
+    fn binding_maps(&mut self) -> anyhow::Result<(BindingMap<'_>, BoundPortMap<'_>)> {
         let (mut bindings, mut ports) = (None, None);
         for (name, map) in self.ebpf.maps_mut() {
             match name {
@@ -718,10 +706,7 @@ impl Dataplane {
                 _ => {}
             }
         }
-        let (mut bindings, mut ports) =
-            (bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?);
-        let now = masq_common::tick(crate::conntrack::clock_ns());
-        Ok(crate::conntrack::sweep_bindings(&mut bindings, &mut ports, conns, now))
+        Ok((bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?))
     }
 
     /// Both connection tables of the loaded dataplane.

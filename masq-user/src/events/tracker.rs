@@ -49,11 +49,13 @@ impl Tracker {
     }
 
     /// Connections known alive.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.known.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.known.is_empty()
     }
 
