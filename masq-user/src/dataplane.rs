@@ -36,6 +36,7 @@ use crate::{
     follow::UplinkState,
     hooks::{self, DeviceFacts, HookChoice, HookPoint},
     host::HostInterfaces,
+    links::{self, link_pin_name, parse_link_pin},
 };
 
 /// The compiled eBPF object (built by build.rs from masq-ebpf).
@@ -617,8 +618,8 @@ impl Dataplane {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some((program, iface)) = parse_link_pin(&name) else { continue };
             if !plan.iter().any(|c| c.program == program && c.interface == iface) {
-                fs::remove_file(entry.path())
-                    .with_context(|| format!("unpinning {}", entry.path().display()))?;
+                links::detach_and_unpin(&entry.path())
+                    .with_context(|| format!("detaching {}", entry.path().display()))?;
             }
         }
         Ok(())
@@ -726,22 +727,6 @@ impl Dataplane {
     }
 }
 
-fn link_pin_name(program: &str, iface: &str) -> String {
-    format!("link-{program}-{iface}")
-}
-
-/// `link-<program>-<interface>` → (program, interface).
-pub fn parse_link_pin(name: &str) -> Option<(String, String)> {
-    let rest = name.strip_prefix("link-")?;
-    // Longest name first: `masq_uplink_in_xdp` before `masq_uplink_in`.
-    let mut programs = hooks::PROGRAMS;
-    programs.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    programs.iter().find_map(|p| {
-        let iface = rest.strip_prefix(p)?.strip_prefix('-')?;
-        (!iface.is_empty()).then(|| (p.to_string(), iface.to_string()))
-    })
-}
-
 /// Pin a link at `path`, replacing the pin of the link it took over.
 fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_file(path);
@@ -816,8 +801,15 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries {
-                let path = entry?.path();
-                fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+                let entry = entry?;
+                let path = entry.path();
+                if parse_link_pin(&entry.file_name().to_string_lossy()).is_some() {
+                    links::detach_and_unpin(&path)
+                        .with_context(|| format!("detaching {}", path.display()))?;
+                } else {
+                    fs::remove_file(&path)
+                        .with_context(|| format!("unpinning {}", path.display()))?;
+                }
             }
             fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
             Ok(())
@@ -875,24 +867,4 @@ fn check_trace_format(event: &str, fields: &[(&str, usize)]) -> anyhow::Result<(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_pin_names_split_into_program_and_interface() {
-        assert_eq!(
-            parse_link_pin("link-masq_uplink_in-eth4"),
-            Some(("masq_uplink_in".into(), "eth4".into()))
-        );
-        assert_eq!(
-            parse_link_pin("link-masq_lan_in-br-lan"),
-            Some(("masq_lan_in".into(), "br-lan".into()))
-        );
-        assert_eq!(parse_link_pin("CONNS"), None);
-        assert_eq!(parse_link_pin("link-masq_lan_in-"), None);
-        assert_eq!(parse_link_pin("link-other-eth0"), None);
-    }
 }

@@ -444,7 +444,7 @@ impl Lab {
     /// Detach the XDP-friendly variant's program from `host`'s `iface` (one of [`GW_PEERS`]).
     pub fn detach_peer_xdp(&self, host: Host, iface: &str) -> Result<()> {
         let pin = self.peer_pin_dir().join(format!("link-{host}-{iface}"));
-        fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))
+        crate::links::detach_and_unpin(&pin).with_context(|| format!("detaching {}", pin.display()))
     }
 
     /// masq's pass-through XDP program on every peer in [`GW_PEERS`], natively.

@@ -15,7 +15,6 @@ use masq_common::program_names;
 use serde::Serialize;
 
 use crate::{
-    dataplane::parse_link_pin,
     hooks::{self, HookPoint},
     state::{DaemonState, Names},
 };
@@ -127,6 +126,7 @@ pub fn read_attachments(pin_dir: &Path, names: &Names) -> Vec<Attachment> {
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const LINK_TYPE_XDP: u32 = 6;
 const LINK_TYPE_TCX: u32 = 11;
 
@@ -137,9 +137,8 @@ struct LinkInfo {
     ifindex: u32,
 }
 
-/// `bpf_link_info` of a pinned link: aya's `LinkInfo` does not expose the device, which tells
-/// whether the link is still attached.
-fn link_info(pin: &Path) -> io::Result<LinkInfo> {
+/// An fd for the object pinned at `pin` (BPF_OBJ_GET).
+fn open_pin(pin: &Path) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct ObjGet {
         pathname: u64,
@@ -147,12 +146,6 @@ fn link_info(pin: &Path) -> io::Result<LinkInfo> {
         file_flags: u32,
         path_fd: i32,
         _pad: u32,
-    }
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
     }
     let path = CString::new(pin.as_os_str().as_bytes())?;
     let attr =
@@ -170,7 +163,49 @@ fn link_info(pin: &Path) -> io::Result<LinkInfo> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detach the link pinned at `pin` now, then unpin it. Unpinning alone detaches too, but
+/// later: the kernel releases the link from a work queue after an RCU grace period, and
+/// packets meanwhile still meet the old program.
+pub fn detach_and_unpin(pin: &Path) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let fd = open_pin(pin)?;
+    let attr = LinkDetach { link_fd: fd.as_raw_fd() as u32 };
+    // SAFETY: BPF_LINK_DETACH reads `attr`; the fd is open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &attr as *const LinkDetach,
+            std::mem::size_of::<LinkDetach>(),
+        )
+    };
+    // ENOLINK: its device is gone, so it is detached already; EOPNOTSUPP: a kind of link
+    // (a tracepoint's) that only goes with its last reference.
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::ENOLINK | libc::EOPNOTSUPP)) {
+            return Err(err);
+        }
+    }
+    fs::remove_file(pin)
+}
+
+/// `bpf_link_info` of a pinned link: aya's `LinkInfo` does not expose the device, which tells
+/// whether the link is still attached.
+fn link_info(pin: &Path) -> io::Result<LinkInfo> {
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let fd = open_pin(pin)?;
     // struct bpf_link_info: type, id, prog_id, then an 8-aligned union (word 4) whose xdp and
     // tcx members both start with the ifindex.
     #[repr(C, align(8))]
@@ -195,4 +230,40 @@ fn link_info(pin: &Path) -> io::Result<LinkInfo> {
     }
     let word = |i: usize| info.0[i];
     Ok(LinkInfo { link_type: word(0), id: word(1), prog_id: word(2), ifindex: word(4) })
+}
+
+pub fn link_pin_name(program: &str, iface: &str) -> String {
+    format!("link-{program}-{iface}")
+}
+
+/// `link-<program>-<interface>` → (program, interface).
+pub fn parse_link_pin(name: &str) -> Option<(String, String)> {
+    let rest = name.strip_prefix("link-")?;
+    // Longest name first: `masq_uplink_in_xdp` before `masq_uplink_in`.
+    let mut programs = hooks::PROGRAMS;
+    programs.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    programs.iter().find_map(|p| {
+        let iface = rest.strip_prefix(p)?.strip_prefix('-')?;
+        (!iface.is_empty()).then(|| (p.to_string(), iface.to_string()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_split_into_program_and_interface() {
+        assert_eq!(
+            parse_link_pin("link-masq_uplink_in-eth4"),
+            Some(("masq_uplink_in".into(), "eth4".into()))
+        );
+        assert_eq!(
+            parse_link_pin("link-masq_lan_in-br-lan"),
+            Some(("masq_lan_in".into(), "br-lan".into()))
+        );
+        assert_eq!(parse_link_pin("CONNS"), None);
+        assert_eq!(parse_link_pin("link-masq_lan_in-"), None);
+        assert_eq!(parse_link_pin("link-other-eth0"), None);
+    }
 }
