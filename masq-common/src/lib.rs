@@ -71,6 +71,8 @@ pub mod map_names {
     pub const XDP_PROG_IDS: &str = "XDP_PROG_IDS";
     pub const EVENTS: &str = "EVENTS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// The floor programs' output (benchmark only; never pinned).
+    pub const FLOOR_ROUTES: &str = "FLOOR_ROUTES";
 }
 
 /// Record offsets of `xdp:xdp_redirect_err` and `xdp:xdp_devmap_xmit` (their `format` files);
@@ -105,6 +107,12 @@ pub mod program_names {
     pub const XDP_REDIRECT_ERR: &str = "masq_xdp_redirect_err";
     /// Tracepoint `xdp:xdp_devmap_xmit`: redirected frames the LAN device's driver dropped.
     pub const XDP_XMIT: &str = "masq_xdp_xmit";
+    /// Floor programs (`floor.rs`): the cheapest program that could do each hook's job, which
+    /// the benchmark measures masq against. Never attached by `masq run`.
+    pub const FLOOR_UPLINK_INGRESS_XDP: &str = "masq_floor_uplink_in_xdp";
+    pub const FLOOR_UPLINK_INGRESS: &str = "masq_floor_uplink_in";
+    pub const FLOOR_LAN_INGRESS: &str = "masq_floor_lan_in";
+    pub const FLOOR_UPLINK_EGRESS: &str = "masq_floor_uplink_out";
 }
 
 /// A connection's 5-tuple as seen on the wire (network byte order).
@@ -365,6 +373,24 @@ pub const CFG_F_EVENTS: u32 = 1 << 3;
 /// `[dataplane] hairpin = false`: LAN hosts' packets to the gateway's public addresses are left
 /// to the kernel, as without masq.
 pub const CFG_F_NO_HAIRPIN: u32 = 1 << 4;
+
+/// `FLOOR_ROUTES` slots: where a floor program sends what it translated.
+pub const FLOOR_TO_LAN: u32 = 0;
+pub const FLOOR_TO_UPLINK: u32 = 1;
+
+/// `FLOOR_ROUTES` value: a fixed output (device and Ethernet addresses), and the address a new
+/// connection is translated to (toward the LAN: its destination; toward an uplink: its source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FloorRoute {
+    pub ifindex: u32,
+    /// Network byte order.
+    pub new_addr: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FloorRoute>() == 20);
 
 /// `TAIL_CALLS` slots: programs the attached ones hand packets to.
 pub const TAIL_LAN_NEW: u32 = 0;
@@ -734,6 +760,7 @@ mod pod {
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for BoundPortKey {}
     unsafe impl aya::Pod for UplinkInfo {}
+    unsafe impl aya::Pod for FloorRoute {}
     unsafe impl aya::Pod for Prefix4 {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for PolicyRule {}

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use masq_common::{
     Binding, BindingKey, BoundPortKey, COUNTER_SLOTS, ConnEntry, ConnEvent, DEFAULT_CONN_CAPACITY,
-    DEFAULT_EVENT_RING_BYTES, DataplaneConfig, FlowKey, FragKey, FragXlate,
+    DEFAULT_EVENT_RING_BYTES, DataplaneConfig, FloorRoute, FlowKey, FragKey, FragXlate,
     MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
     PolicyRule, PublicAddr, PublishKey, PublishTarget, TAIL_CALL_SLOTS, UplinkInfo, UplinkStats,
     default_pending_capacity,
@@ -95,3 +95,7 @@ pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_CALL_S
 #[map]
 pub static BINDING_SCRATCH: PerCpuArray<crate::binding::BindingScratch> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// The floor programs' fixed outputs (`floor.rs`; benchmark only, never pinned).
+#[map]
+pub static FLOOR_ROUTES: Array<FloorRoute> = Array::with_max_entries(2, 0);

@@ -25,6 +25,21 @@ pub fn tcp(dst_mac: Mac, src_mac: Mac, from: Endpoint, to: Endpoint, flags: u8) 
     f
 }
 
+/// As [`tcp`], leaving with `ttl` (a segment the kernel forwarded: one below the sender's).
+pub fn tcp_ttl(
+    dst_mac: Mac,
+    src_mac: Mac,
+    from: Endpoint,
+    to: Endpoint,
+    flags: u8,
+    ttl: u8,
+) -> Vec<u8> {
+    let packet = Ip::new(from.addr, to.addr).ttl(ttl).tcp(from.port, to.port, flags);
+    let mut f = eth_ip(dst_mac, src_mac, &packet);
+    f.resize(super::bpf::FRAME_LEN, 0);
+    f
+}
+
 /// A UDP datagram carrying `payload_len` bytes.
 pub fn udp(
     dst_mac: Mac,

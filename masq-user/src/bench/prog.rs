@@ -10,7 +10,7 @@
 //! Reported `ns` = harness with masq's program − harness with a trivial program, each the kernel's
 //! mean per repeat, alternated run by run; median over runs.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
@@ -23,7 +23,8 @@ use aya::{
     programs::{Program, ProgramFd, TestRun as _, TestRunOptions},
 };
 use masq_common::{
-    CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, DataplaneConfig, FlowKey,
+    CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, DataplaneConfig,
+    FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute, FlowKey,
     TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4, map_names, program_names,
 };
 use serde::Serialize;
@@ -87,10 +88,14 @@ pub enum PathKind {
     NewConnection,
     OutboundNew,
     PassedUntouched,
+    InboundEstablishedTc,
+    OutboundReplyTc,
+    NewConnectionTc,
+    EgressTranslated,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 7] = [
+    pub const ALL: [PathKind; 11] = [
         PathKind::InboundEstablished,
         PathKind::InboundReply,
         PathKind::OutboundEstablished,
@@ -98,6 +103,10 @@ impl PathKind {
         PathKind::NewConnection,
         PathKind::OutboundNew,
         PathKind::PassedUntouched,
+        PathKind::InboundEstablishedTc,
+        PathKind::OutboundReplyTc,
+        PathKind::NewConnectionTc,
+        PathKind::EgressTranslated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +118,10 @@ impl PathKind {
             PathKind::NewConnection => "new_connection",
             PathKind::OutboundNew => "outbound_new_connection",
             PathKind::PassedUntouched => "passed_untouched",
+            PathKind::InboundEstablishedTc => "inbound_established_tc",
+            PathKind::OutboundReplyTc => "outbound_reply_tc",
+            PathKind::NewConnectionTc => "new_connection_tc",
+            PathKind::EgressTranslated => "egress_translated",
         }
     }
 
@@ -135,35 +148,76 @@ impl PathKind {
             PathKind::PassedUntouched => {
                 "XDP eth4: 64.70.12.210:443 -> 67.17.28.12 (gw's own traffic), table miss, XDP_PASS"
             }
+            PathKind::InboundEstablishedTc => "TC eth4: as inbound_established (TC mode)",
+            PathKind::OutboundReplyTc => "TC eth4: as outbound_reply (TC mode)",
+            PathKind::NewConnectionTc => "TC eth4: as new_connection (TC mode)",
+            PathKind::EgressTranslated => {
+                "TC eth4 egress: LAN host -> server:443 ACK the kernel forwarded, SNAT, TC_ACT_OK"
+            }
         }
     }
 
     fn hook(self) -> Hook {
         match self {
-            PathKind::InboundReply | PathKind::OutboundEstablished | PathKind::OutboundNew => {
-                Hook::Tc
-            }
-            _ => Hook::Xdp,
+            PathKind::InboundEstablished
+            | PathKind::OutboundReply
+            | PathKind::NewConnection
+            | PathKind::PassedUntouched => Hook::Xdp,
+            _ => Hook::Tc,
         }
     }
 
     pub fn program(self) -> &'static str {
-        match self.hook() {
-            Hook::Xdp => program_names::UPLINK_INGRESS_XDP,
-            Hook::Tc => program_names::LAN_INGRESS,
+        match self {
+            PathKind::InboundReply | PathKind::OutboundEstablished | PathKind::OutboundNew => {
+                program_names::LAN_INGRESS
+            }
+            PathKind::InboundEstablishedTc
+            | PathKind::OutboundReplyTc
+            | PathKind::NewConnectionTc => program_names::UPLINK_INGRESS,
+            PathKind::EgressTranslated => program_names::UPLINK_EGRESS,
+            _ => program_names::UPLINK_INGRESS_XDP,
+        }
+    }
+
+    /// The floor program for this hook (`masq-ebpf/src/floor.rs`); none for a packet masq
+    /// leaves alone (the floor would take it for a new connection).
+    pub fn floor(self) -> Option<&'static str> {
+        Some(match self.program() {
+            program_names::LAN_INGRESS => program_names::FLOOR_LAN_INGRESS,
+            program_names::UPLINK_INGRESS => program_names::FLOOR_UPLINK_INGRESS,
+            program_names::UPLINK_EGRESS => program_names::FLOOR_UPLINK_EGRESS,
+            _ if self == PathKind::PassedUntouched => return None,
+            _ => program_names::FLOOR_UPLINK_INGRESS_XDP,
+        })
+    }
+
+    /// A packet that opens a connection (each repeat a new one).
+    pub fn opens(self) -> bool {
+        matches!(self, PathKind::NewConnection | PathKind::OutboundNew | PathKind::NewConnectionTc)
+    }
+
+    /// The same packet through masq's XDP program in XDP mode (the TC-mode paths' twins).
+    fn xdp_twin(self) -> PathKind {
+        match self {
+            PathKind::InboundEstablishedTc => PathKind::InboundEstablished,
+            PathKind::OutboundReplyTc => PathKind::OutboundReply,
+            PathKind::NewConnectionTc => PathKind::NewConnection,
+            other => other,
         }
     }
 
     fn ingress(self) -> &'static str {
-        match self.hook() {
-            Hook::Xdp => "eth4",
-            Hook::Tc => "eth0",
+        match self.program() {
+            program_names::LAN_INGRESS => "eth0",
+            _ => "eth4",
         }
     }
 
     fn expected_return(self) -> u32 {
         match self {
             PathKind::PassedUntouched => XDP_PASS,
+            PathKind::EgressTranslated => TC_ACT_OK,
             _ if self.hook() == Hook::Tc => TC_ACT_REDIRECT,
             _ => XDP_REDIRECT,
         }
@@ -171,7 +225,7 @@ impl PathKind {
 
     /// Counters that must grow by exactly one per repeat: proof the measured path is this one.
     fn counters(self) -> &'static [Counter] {
-        match self {
+        match self.xdp_twin() {
             PathKind::InboundEstablished | PathKind::OutboundReply => {
                 &[Counter::ToLanTranslated, Counter::FastPathRedirect]
             }
@@ -181,6 +235,7 @@ impl PathKind {
             PathKind::NewConnection => &[Counter::InboundNew, Counter::FastPathRedirect],
             PathKind::OutboundNew => &[Counter::OutboundNew, Counter::FastPathRedirect],
             PathKind::PassedUntouched => &[Counter::PassedUntouched],
+            _ => &[Counter::EgressTranslated],
         }
     }
 }
@@ -260,6 +315,31 @@ pub struct PathResult {
     pub describe: &'static str,
     pub hot: Measured,
     pub spread: Measured,
+    /// Flows drawn from a Zipf distribution (s = 1) over the table: a few heavy flows and many
+    /// light ones, as real gateways see (established paths only).
+    pub zipf: Option<Measured>,
+    /// The floor program on the same frames and table, run by run beside masq.
+    pub floor: Option<FloorResult>,
+}
+
+/// A floor program's figures for one path, and masq over the floor per run (masq's net time
+/// over the floor's, each minus the same trivial run).
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorResult {
+    pub program: &'static str,
+    pub hot: Measured,
+    pub spread: Measured,
+    pub zipf: Option<Measured>,
+    pub hot_ratio: Stat,
+    pub spread_ratio: Stat,
+    pub zipf_ratio: Option<Stat>,
+}
+
+/// One pattern's runs: masq, and the floor beside it.
+#[derive(Clone)]
+struct Paired {
+    masq: Measured,
+    floor: Option<(Measured, Stat)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -341,14 +421,37 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
     let mut dp = Dataplane::load(&cfg, pin_dir)?;
     let states = crate::follow::resolve_all(&cfg.uplinks, &host, &[]);
     dp.fill_maps(&cfg, &host, &states, &[])?;
-    let xdp_fd = load_program(&mut dp, program_names::UPLINK_INGRESS_XDP)?;
-    let tc_fd = load_program(&mut dp, program_names::LAN_INGRESS)?;
+    let mut masq_programs = HashMap::new();
+    for name in [
+        program_names::UPLINK_INGRESS_XDP,
+        program_names::LAN_INGRESS,
+        program_names::UPLINK_INGRESS,
+        program_names::UPLINK_EGRESS,
+    ] {
+        masq_programs.insert(name, load_program(&mut dp, name)?);
+    }
+    let xdp_fd = masq_programs[program_names::UPLINK_INGRESS_XDP].try_clone()?;
+    let mut floors = HashMap::new();
+    for name in [
+        program_names::FLOOR_UPLINK_INGRESS_XDP,
+        program_names::FLOOR_LAN_INGRESS,
+        program_names::FLOOR_UPLINK_INGRESS,
+        program_names::FLOOR_UPLINK_EGRESS,
+    ] {
+        floors.insert(name, load_program(&mut dp, name)?);
+    }
     dp.link_tail_calls()?;
     let programs = [
         program_names::UPLINK_INGRESS_XDP,
         program_names::LAN_INGRESS,
         program_names::LAN_INGRESS_NEW,
         program_names::LAN_INGRESS_HAIRPIN,
+        program_names::UPLINK_INGRESS,
+        program_names::UPLINK_EGRESS,
+        program_names::FLOOR_UPLINK_INGRESS_XDP,
+        program_names::FLOOR_LAN_INGRESS,
+        program_names::FLOOR_UPLINK_INGRESS,
+        program_names::FLOOR_UPLINK_EGRESS,
     ]
     .into_iter()
     .map(|name| program_size(&dp, name))
@@ -356,14 +459,21 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
     let ifindex = |name: &str| {
         host.get(name).map(|i| i.index).ok_or_else(|| anyhow!("no {name} in the bench namespace"))
     };
-    let ctx = Contexts { eth4: xdp_ctx(ifindex("eth4")?), eth0: tc_ctx(ifindex("eth0")?) };
+    set_floor_routes(&mut dp, ifindex("eth0")?, ifindex("eth4")?)?;
+    let ctx = Contexts {
+        eth4: xdp_ctx(ifindex("eth4")?),
+        eth4_tc: tc_ctx(ifindex("eth4")?),
+        eth0: tc_ctx(ifindex("eth0")?),
+    };
     let harness = Harness::new(opts.spread_max)?;
     let mut bench = ProgBench {
         opts,
         dp,
         xdp_fd,
-        tc_fd,
+        programs: masq_programs,
+        floors,
         ctx,
+        zipf: Zipf::default(),
         harness,
         rng: Rng::new(0x6d61_7371),
         population: Population::default(),
@@ -398,12 +508,24 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
         let mut paths = Vec::new();
         for kind in PathKind::ALL {
             let result = bench.measure_path(kind)?;
+            let zipf = result.zipf.as_ref().map_or(f64::NAN, |z| z.ns.median);
+            let floor = result.floor.as_ref().map_or(String::new(), |f| {
+                format!(
+                    "  floor {:>5.1} / {:>5.1}: x{:.2} / x{:.2}{}",
+                    f.hot.ns.median,
+                    f.spread.ns.median,
+                    f.hot_ratio.median,
+                    f.spread_ratio.median,
+                    f.zipf_ratio.as_ref().map_or(String::new(), |z| format!(" / x{:.2}", z.median))
+                )
+            });
             eprintln!(
-                "masq bench: prog:   {:<22} hot {:>6.1} ns  spread({}) {:>6.1} ns",
+                "masq bench: prog:   {:<24} hot {:>6.1} ns  spread({}) {:>6.1} ns  zipf {:>6.1} ns{floor}",
                 kind.name(),
                 result.hot.ns.median,
                 result.spread.flows,
-                result.spread.ns.median
+                result.spread.ns.median,
+                zipf,
             );
             paths.push(result);
         }
@@ -450,6 +572,22 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
         validation,
         events,
     })
+}
+
+/// The floor programs' outputs: toward the LAN as masq sends to isolde (new connections to
+/// isolde), toward ISP A as masq sends there (new connections from 67.17.28.12).
+fn set_floor_routes(dp: &mut Dataplane, eth0: u32, eth4: u32) -> Result<()> {
+    let map = dp.ebpf_mut().map_mut(map_names::FLOOR_ROUTES).context("no FLOOR_ROUTES")?;
+    let mut routes: Array<_, FloorRoute> = Array::try_from(map)?;
+    let route = |ifindex, addr, smac, dmac| FloorRoute {
+        ifindex,
+        new_addr: wire_addr(addr),
+        smac,
+        dmac,
+    };
+    routes.set(FLOOR_TO_LAN, route(eth0, ISOLDE, MAC_ETH0, MAC_LAN_PEER), 0)?;
+    routes.set(FLOOR_TO_UPLINK, route(eth4, GW_ISP_A, MAC_ETH4, MAC_ISPA_PEER), 0)?;
+    Ok(())
 }
 
 fn load_program(dp: &mut Dataplane, name: &str) -> Result<ProgramFd> {
@@ -515,7 +653,39 @@ fn tc_ctx(ifindex: u32) -> Vec<u8> {
 
 struct Contexts {
     eth4: Vec<u8>,
+    eth4_tc: Vec<u8>,
     eth0: Vec<u8>,
+}
+
+/// How a spread run draws its flows from the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Uniform,
+    /// Zipf with s = 1 over the flows (rank = fill order, which is random).
+    Zipf,
+}
+
+/// Zipf (s = 1) sampling over `n` ranks by inverse CDF, the CDF kept for the last `n`.
+#[derive(Default)]
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn sample(&mut self, rng: &mut Rng, n: usize) -> usize {
+        if self.cdf.len() != n {
+            let mut sum = 0.0;
+            self.cdf = (1..=n)
+                .map(|k| {
+                    sum += 1.0 / k as f64;
+                    sum
+                })
+                .collect();
+        }
+        let total = self.cdf.last().copied().unwrap_or(1.0);
+        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        self.cdf.partition_point(|&c| c < u).min(n - 1)
+    }
 }
 
 /// The harness maps and programs, one per hook.
@@ -581,30 +751,27 @@ impl Harness {
         Ok(())
     }
 
-    /// One timed run: `repeat` times, frame `i % slots` (slots a power of two), optionally with a
-    /// fresh source from `fresh_from` on; `target` in the tail-call slot.
+    /// One timed run: `repeat` times, frame `i % slots` (slots a power of two); `target` in the
+    /// tail-call slot. `dst_mac` goes into the run's own buffer: the harness writes every frame
+    /// itself, but the kernel classifies the skb (`pkt_type`) by that buffer's destination MAC
+    /// before the program runs (masq leaves frames for other hosts alone).
     fn run(
         &self,
         hook: Hook,
         target: &impl std::os::fd::AsFd,
         slots: usize,
-        fresh_from: Option<u64>,
         repeat: u32,
         ctx: &[u8],
+        dst_mac: Mac,
     ) -> Result<bpf::RunResult> {
         let h = self.of(hook);
         let mut state = [0u8; STATE_LEN];
-        state[0..8].copy_from_slice(&fresh_from.unwrap_or(0).to_ne_bytes());
         state[8..16].copy_from_slice(&(slots as u64 - 1).to_ne_bytes());
-        state[16..24].copy_from_slice(&u64::from(fresh_from.is_some()).to_ne_bytes());
         bpf::map_update(&self.state, &0u32.to_ne_bytes(), &state)?;
         let target = target.as_fd().as_raw_fd() as u32;
         bpf::map_update(&h.prog_array, &0u32.to_ne_bytes(), &target.to_ne_bytes())?;
-        // The harness writes every frame itself, but the kernel classifies the skb
-        // (`pkt_type`) by this buffer's destination MAC before the program runs: gw's eth0 (the
-        // TC programs run there; masq leaves frames for other hosts alone).
         let mut data = [0u8; FRAME_LEN];
-        data[..6].copy_from_slice(&MAC_ETH0);
+        data[..6].copy_from_slice(&dst_mac);
         let result = bpf::test_run(h.prog.as_fd(), &data, ctx, repeat)?;
         ensure!(
             result.retval != hook.harness_failed(),
@@ -665,8 +832,11 @@ struct ProgBench<'a> {
     opts: &'a ProgOptions,
     dp: Dataplane,
     xdp_fd: ProgramFd,
-    tc_fd: ProgramFd,
+    /// masq's programs and the floor programs, loaded, by name.
+    programs: HashMap<&'static str, ProgramFd>,
+    floors: HashMap<&'static str, ProgramFd>,
     ctx: Contexts,
+    zipf: Zipf,
     harness: Harness,
     rng: Rng,
     population: Population,
@@ -739,66 +909,65 @@ impl ProgBench<'_> {
     }
 
     /// Frames of `kind` for `flows` flows sampled from the table (one, for hot runs).
-    fn frames(&mut self, kind: PathKind, flows: usize) -> Vec<Vec<u8>> {
+    fn frames(&mut self, kind: PathKind, flows: usize, pick: Pick) -> Vec<Vec<u8>> {
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         let isolde = Endpoint::new(ISOLDE, 80);
         let from_uplink = |from, to, flags| frames::tcp(MAC_ETH4, MAC_ISPA_PEER, from, to, flags);
         let from_lan = |from, to| frames::tcp(MAC_ETH0, MAC_LAN_PEER, from, to, TCP_ACK);
         let pop = &self.population;
-        let rng = &mut self.rng;
+        let (rng, zipf) = (&mut self.rng, &mut self.zipf);
+        let mut index = |len: usize| match pick {
+            Pick::Uniform => rng.below(len as u64) as usize,
+            Pick::Zipf => zipf.sample(rng, len),
+        };
         (0..flows)
-            .map(|_| match kind {
+            .map(|_| match kind.xdp_twin() {
                 PathKind::InboundEstablished => {
-                    let client = pop.inbound[rng.below(pop.inbound.len() as u64) as usize];
-                    from_uplink(client, public, TCP_ACK)
+                    from_uplink(pop.inbound[index(pop.inbound.len())], public, TCP_ACK)
                 }
-                PathKind::InboundReply => {
-                    let client = pop.inbound[rng.below(pop.inbound.len() as u64) as usize];
-                    from_lan(isolde, client)
-                }
+                PathKind::InboundReply => from_lan(isolde, pop.inbound[index(pop.inbound.len())]),
                 PathKind::OutboundEstablished => {
-                    let (lan, server) = pop.outbound[rng.below(pop.outbound.len() as u64) as usize];
+                    let (lan, server) = pop.outbound[index(pop.outbound.len())];
                     from_lan(lan, server)
                 }
                 PathKind::OutboundReply => {
-                    let (lan, server) = pop.outbound[rng.below(pop.outbound.len() as u64) as usize];
+                    let (lan, server) = pop.outbound[index(pop.outbound.len())];
                     from_uplink(server, Endpoint::new(GW_ISP_A, lan.port), TCP_ACK)
                 }
                 PathKind::NewConnection => from_uplink(new_conn_source(0), public, TCP_SYN),
                 PathKind::OutboundNew => new_lan_syn(0),
                 PathKind::PassedUntouched => from_uplink(
                     Endpoint::new(CLIENT, 443),
-                    Endpoint::new(GW_ISP_A, rng.port()),
+                    Endpoint::new(GW_ISP_A, 1024 + index(64512) as u16),
                     TCP_ACK,
                 ),
+                // As the kernel forwarded it to eth4: its next hop's MAC, the TTL one lower.
+                _ => {
+                    let (lan, server) = pop.outbound[index(pop.outbound.len())];
+                    frames::tcp_ttl(MAC_ISPA_PEER, MAC_ETH4, lan, server, TCP_ACK, 63)
+                }
             })
             .collect()
     }
 
     fn ctx(&self, kind: PathKind) -> &[u8] {
-        match kind.ingress() {
-            "eth4" => &self.ctx.eth4,
+        match (kind.ingress(), kind.hook()) {
+            ("eth4", Hook::Xdp) => &self.ctx.eth4,
+            ("eth4", Hook::Tc) => &self.ctx.eth4_tc,
             _ => &self.ctx.eth0,
         }
     }
 
     fn masq_fd(&self, kind: PathKind) -> &ProgramFd {
-        match kind.hook() {
-            Hook::Xdp => &self.xdp_fd,
-            Hook::Tc => &self.tc_fd,
-        }
+        &self.programs[kind.program()]
     }
 
     /// One run through masq's program with `data_out`: the action and the rewrite must be the
     /// ones the path is about (catches a mis-seeded table before anything is timed).
-    fn validate(&mut self, kind: PathKind, frame: &[u8]) -> Result<()> {
+    fn validate(&mut self, kind: PathKind, program: &str, frame: &[u8]) -> Result<()> {
         let mut out = vec![0u8; 512];
         let ctx = self.ctx(kind).to_vec();
-        let prog = self
-            .dp
-            .ebpf()
-            .program(kind.program())
-            .ok_or_else(|| anyhow!("no {}", kind.program()))?;
+        let prog = self.dp.ebpf().program(program).ok_or_else(|| anyhow!("no {program}"))?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -813,26 +982,24 @@ impl ProgBench<'_> {
         };
         ensure!(
             result.return_value == kind.expected_return(),
-            "{}: masq returned {} instead of {} (table or namespace not as expected)",
+            "{}: {program} returned {} instead of {} (table or namespace not as expected)",
             kind.name(),
             result.return_value,
             kind.expected_return()
         );
         let addr = |off: usize| Ipv4Addr::new(out[off], out[off + 1], out[off + 2], out[off + 3]);
         let (src, dst, ttl) = (addr(26), addr(30), out[22]);
-        let ok = match kind {
+        let ok = match kind.xdp_twin() {
             PathKind::InboundEstablished | PathKind::NewConnection => dst == ISOLDE && ttl == 63,
             PathKind::InboundReply => src == PUBLIC_ISP_A && ttl == 63,
             PathKind::OutboundEstablished | PathKind::OutboundNew => src == GW_ISP_A && ttl == 63,
             PathKind::OutboundReply => dst.octets()[..3] == [192, 168, 100] && ttl == 63,
             PathKind::PassedUntouched => out[..FRAME_LEN] == frame[..],
+            _ => src == GW_ISP_A && ttl == 63,
         };
-        ensure!(ok, "{}: unexpected output {src} -> {dst} ttl {ttl}", kind.name());
-        if kind == PathKind::NewConnection {
-            self.forget_new_conn(Ipv4Addr::new(11, 0, 0, 0))?;
-        }
-        if kind == PathKind::OutboundNew {
-            self.forget_outbound_new()?;
+        ensure!(ok, "{}: {program}: unexpected output {src} -> {dst} ttl {ttl}", kind.name());
+        if kind.opens() {
+            self.forget_fresh(kind, 0, 1)?;
         }
         Ok(())
     }
@@ -866,51 +1033,82 @@ impl ProgBench<'_> {
     }
 
     fn measure_path(&mut self, kind: PathKind) -> Result<PathResult> {
-        let spread_flows = match kind {
-            PathKind::NewConnection | PathKind::OutboundNew => 1,
+        let spread_flows = match kind.xdp_twin() {
+            _ if kind.opens() => 1,
             PathKind::PassedUntouched => self.opts.spread_max,
             PathKind::InboundEstablished | PathKind::InboundReply => self.population.inbound.len(),
-            PathKind::OutboundEstablished | PathKind::OutboundReply => {
-                self.population.outbound.len()
-            }
+            _ => self.population.outbound.len(),
         }
         .next_power_of_two()
         .min(self.opts.spread_max);
-        let hot_frames = self.frames(kind, 1);
-        self.validate(kind, &hot_frames[0])?;
+        let hot_frames = self.frames(kind, 1, Pick::Uniform);
+        self.validate(kind, kind.program(), &hot_frames[0])?;
+        if let Some(floor) = kind.floor() {
+            self.validate(kind, floor, &hot_frames[0])?;
+        }
         let hot = self.measure(kind, &hot_frames)?;
-        let spread = if matches!(kind, PathKind::NewConnection | PathKind::OutboundNew) {
-            hot.clone()
+        let (spread, zipf) = if kind.opens() {
+            (hot.clone(), None)
         } else {
-            let frames = self.frames(kind, spread_flows);
-            self.measure(kind, &frames)?
+            let frames = self.frames(kind, spread_flows, Pick::Uniform);
+            let spread = self.measure(kind, &frames)?;
+            let zipf = if kind == PathKind::PassedUntouched {
+                None
+            } else {
+                let frames = self.frames(kind, spread_flows, Pick::Zipf);
+                Some(self.measure(kind, &frames)?)
+            };
+            (spread, zipf)
         };
+        let floor = kind.floor().map(|program| {
+            let (hot_f, hot_ratio) = hot.floor.clone().expect("measured with its floor");
+            let (spread_f, spread_ratio) = spread.floor.clone().expect("measured with its floor");
+            let zipf_pair = zipf.as_ref().map(|z| z.floor.clone().expect("measured with its floor"));
+            FloorResult {
+                program,
+                hot: hot_f,
+                spread: spread_f,
+                zipf: zipf_pair.as_ref().map(|(m, _)| m.clone()),
+                hot_ratio,
+                spread_ratio,
+                zipf_ratio: zipf_pair.map(|(_, r)| r),
+            }
+        });
         Ok(PathResult {
             path: kind,
             program: kind.program(),
             describe: kind.describe(),
-            hot,
-            spread,
+            hot: hot.masq,
+            spread: spread.masq,
+            zipf: zipf.map(|z| z.masq),
+            floor,
         })
     }
 
-    fn measure(&mut self, kind: PathKind, frames: &[Vec<u8>]) -> Result<Measured> {
-        self.measure_runs(kind, frames, self.opts.runs)
+    fn measure(&mut self, kind: PathKind, frames: &[Vec<u8>]) -> Result<Paired> {
+        self.measure_runs(kind, frames, self.opts.runs, kind.floor())
     }
 
+    /// `runs` timed runs of masq's program for `kind` over `frames`, each followed by the same
+    /// run of `floor` (when given) and of a trivial program.
     fn measure_runs(
         &mut self,
         kind: PathKind,
         frames: &[Vec<u8>],
         runs: usize,
-    ) -> Result<Measured> {
-        let fresh = matches!(kind, PathKind::NewConnection | PathKind::OutboundNew);
+        floor: Option<&'static str>,
+    ) -> Result<Paired> {
+        let fresh = kind.opens();
         let repeat =
             if fresh { self.opts.new_conn_repeat.min(self.fresh_cap) } else { self.opts.repeat };
         let mut frames = frames.to_vec();
         let hook = kind.hook();
         let ctx = self.ctx(kind).to_vec();
-        let (mut raw, mut base) = (Vec::new(), Vec::new());
+        let floor_fd = match floor {
+            Some(name) => Some(self.floors.get(name).context("floor program not loaded")?.try_clone()?),
+            None => None,
+        };
+        let (mut raw, mut base, mut floor_raw) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let start = self.next_fresh;
             if fresh {
@@ -933,9 +1131,16 @@ impl ProgBench<'_> {
             if fresh || run == 0 {
                 self.harness.load_frames(&frames)?;
             }
+            let dst_mac = self.dst_mac(kind);
             let before = self.read_counters()?;
-            let masq =
-                self.harness.run(hook, self.masq_fd(kind), frames.len(), None, repeat, &ctx)?;
+            let masq = self.harness.run(
+                hook,
+                self.masq_fd(kind),
+                frames.len(),
+                repeat,
+                &ctx,
+                dst_mac,
+            )?;
             let after = self.read_counters()?;
             ensure!(
                 masq.retval == kind.expected_return(),
@@ -953,41 +1158,84 @@ impl ProgBench<'_> {
                 );
             }
             if fresh {
-                self.next_fresh += u64::from(repeat).next_power_of_two();
-                if kind == PathKind::OutboundNew {
-                    self.forget_outbound_new()?;
-                } else {
-                    for n in start..start + u64::from(repeat) {
-                        self.forget_new_conn(new_conn_source(n).addr)?;
-                    }
+                self.forget_fresh(kind, start, repeat)?;
+            }
+            if let Some(fd) = &floor_fd {
+                let got = self.harness.run(hook, fd, frames.len(), repeat, &ctx, dst_mac)?;
+                ensure!(
+                    got.retval == kind.expected_return(),
+                    "{}: the floor returned {} under the harness",
+                    kind.name(),
+                    got.retval
+                );
+                if fresh {
+                    self.forget_fresh(kind, start, repeat)?;
                 }
+                floor_raw.push(f64::from(got.duration_ns));
+            }
+            if fresh {
+                self.next_fresh += u64::from(repeat).next_power_of_two();
             }
             let trivial = match hook {
                 Hook::Xdp => &self.harness.xdp.trivial,
                 Hook::Tc => &self.harness.tc.trivial,
             };
-            let empty = self.harness.run(hook, trivial, frames.len(), None, repeat, &ctx)?;
+            let empty = self.harness.run(hook, trivial, frames.len(), repeat, &ctx, dst_mac)?;
             raw.push(f64::from(masq.duration_ns));
             base.push(f64::from(empty.duration_ns));
         }
-        let net: Vec<f64> = raw.iter().zip(&base).map(|(r, b)| r - b).collect();
-        Ok(Measured {
-            flows: frames.len(),
-            repeat,
-            ns: Stat::of(&net),
-            raw_ns: Stat::of(&raw),
-            harness_ns: Stat::of(&base),
-        })
+        let measured = |raw: &[f64]| {
+            let net: Vec<f64> = raw.iter().zip(&base).map(|(r, b)| r - b).collect();
+            Measured {
+                flows: frames.len(),
+                repeat,
+                ns: Stat::of(&net),
+                raw_ns: Stat::of(raw),
+                harness_ns: Stat::of(&base),
+            }
+        };
+        let masq = measured(&raw);
+        let floor = (!floor_raw.is_empty()).then(|| {
+            let ratios: Vec<f64> = raw
+                .iter()
+                .zip(&floor_raw)
+                .zip(&base)
+                .map(|((m, f), b)| (m - b) / (f - b))
+                .collect();
+            (measured(&floor_raw), Stat::of(&ratios))
+        });
+        Ok(Paired { masq, floor })
+    }
+
+    /// Remove what one run of `repeat` new connections from `start` on made.
+    fn forget_fresh(&mut self, kind: PathKind, start: u64, repeat: u32) -> Result<()> {
+        if kind == PathKind::OutboundNew {
+            return self.forget_outbound_new();
+        }
+        for n in start..start + u64::from(repeat) {
+            self.forget_new_conn(new_conn_source(n).addr)?;
+        }
+        Ok(())
+    }
+
+    /// The destination MAC of `kind`'s frames: the kernel classifies the skb (`pkt_type`) by
+    /// it before the program runs, and masq leaves frames for other hosts alone.
+    fn dst_mac(&self, kind: PathKind) -> Mac {
+        match kind.ingress() {
+            "eth0" => MAC_ETH0,
+            _ if kind == PathKind::EgressTranslated => MAC_ISPA_PEER,
+            _ => MAC_ETH4,
+        }
     }
 
     /// `kind`'s hot figure in a namespace that never had an ip rule added, then with masq's.
     /// Once a namespace has a rule, the kernel keeps walking rules and looks local and main up
     /// as separate tables, even after the rules are deleted: so this comes first.
     fn add_rules(&mut self, kind: PathKind) -> Result<RulesCost> {
-        let frames = self.frames(kind, 1);
-        let without_rules_ns = self.measure(kind, &frames)?.ns;
+        let frames = self.frames(kind, 1, Pick::Uniform);
+        let without_rules_ns = self.measure_runs(kind, &frames, self.opts.runs, None)?.masq.ns;
         ip_lines(&policy_rules("add"))?;
-        let with_rules_ns = self.measure(kind, &frames)?.ns;
+        let with_rules_ns = self.measure_runs(kind, &frames, self.opts.runs, None)?.masq.ns;
         Ok(RulesCost { path: kind, with_rules_ns, without_rules_ns })
     }
 
@@ -995,13 +1243,13 @@ impl ProgBench<'_> {
     /// runs in pairs, each order as often, so the machine's drift (which moves a path by tens of
     /// ns from one second to the next here) cancels in each pair's difference.
     fn validation_cost(&mut self, kind: PathKind) -> Result<PairedCost> {
-        let frames = self.frames(kind, 1);
+        let frames = self.frames(kind, 1, Pick::Uniform);
         let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
         for pair in 0..VALIDATION_PAIRS {
             let mut got = [0.0; 2];
             for on in [pair % 2 == 0, pair % 2 == 1] {
                 self.set_validation(on)?;
-                let run = self.measure_runs(kind, &frames, 1);
+                let run = self.measure_runs(kind, &frames, 1, None).map(|p| p.masq);
                 self.set_validation(true)?;
                 got[usize::from(on)] = run?.ns.median;
             }
@@ -1056,7 +1304,7 @@ impl ProgBench<'_> {
 
     /// The untouched path by plain `repeat` (its frame is not modified, so no harness is needed).
     fn untouched_plain(&mut self) -> Result<Stat> {
-        let frame = self.frames(PathKind::PassedUntouched, 1).remove(0);
+        let frame = self.frames(PathKind::PassedUntouched, 1, Pick::Uniform).remove(0);
         let ctx = self.ctx.eth4.clone();
         let trivial = self.harness.xdp.trivial.as_fd();
         let mut net = Vec::new();
@@ -1264,7 +1512,7 @@ impl ProgBench<'_> {
         let ring_bytes = cfg.events.ring_bytes;
         // What reporting costs a new connection: paired runs, each order as often, each
         // within what the ring holds (a full ring's failed writes would cost less).
-        let frames = self.frames(PathKind::NewConnection, 1);
+        let frames = self.frames(PathKind::NewConnection, 1, Pick::Uniform);
         self.fresh_cap = ring_bytes / 48 / 2;
         let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
         for pair in 0..VALIDATION_PAIRS {
@@ -1272,7 +1520,7 @@ impl ProgBench<'_> {
             for on in [pair % 2 == 0, pair % 2 == 1] {
                 self.dp.set_events(on)?;
                 got[usize::from(on)] =
-                    self.measure_runs(PathKind::NewConnection, &frames, 1)?.ns.median;
+                    self.measure_runs(PathKind::NewConnection, &frames, 1, None)?.masq.ns.median;
                 while ring.next().is_some() {}
             }
             without.push(got[0]);
@@ -1298,7 +1546,7 @@ impl ProgBench<'_> {
                 .collect();
             bench.harness.load_frames(&frames)?;
             let before = bench.read_counters()?;
-            let run = bench.harness.run(Hook::Xdp, &bench.xdp_fd, n, None, n as u32, &ctx)?;
+            let run = bench.harness.run(Hook::Xdp, &bench.xdp_fd, n, n as u32, &ctx, MAC_ETH4)?;
             let after = bench.read_counters()?;
             ensure!(run.retval == XDP_REDIRECT, "event bench: new connection not redirected");
             bench.next_fresh += n as u64;

@@ -1,0 +1,180 @@
+//! Floor programs: for each hook masq uses, the cheapest program that could do its job, which
+//! the benchmark measures masq against (masq/floor). Never attached by `masq run`.
+//!
+//! Each parses the link header (XDP, TC behind Ethernet), IPv4 and TCP/UDP; makes one lookup in
+//! masq's own `CONNS`, so both run on the same table contents; rewrites the tuple with
+//! incremental checksums (TC: through the checksum helpers, as CHECKSUM_PARTIAL needs) and the
+//! TTL; and sends the packet to the fixed output in `FLOOR_ROUTES`. A miss is a new
+//! connection: the bare inserts masq needs for one (both `PENDING_CONNS` entries; from the LAN
+//! also the binding's two), nothing looked up or checked first.
+use aya_ebpf::{
+    bindings::{
+        TC_ACT_OK, TC_ACT_SHOT,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    helpers::bpf_redirect,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use masq_common::{
+    Binding, BindingKey, BoundPortKey, CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter,
+    FLOOR_TO_LAN, FLOOR_TO_UPLINK, FlowKey, Tuple4,
+};
+
+use crate::{
+    forward::{decrement_ttl, set_macs},
+    maps::{BINDINGS, BOUND_PORTS, CONNS, FLOOR_ROUTES, PENDING_CONNS},
+    packet::{
+        ETH_P_IP, EthSkb, IP_CSUM, IP_DST, IP_FRAG, IP_MF, IP_OFFSET, IP_PROTO, IP_SRC,
+        IPPROTO_TCP, IPPROTO_UDP, L4_OFF, Packet, Skb,
+    },
+};
+
+/// What a floor program does with a translated packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// Redirected by `FLOOR_ROUTES[slot]`.
+    Redirect(u32),
+    /// On as it is (TC egress: the kernel already routed it).
+    Pass,
+}
+
+enum Done {
+    Redirect(u32),
+    Pass,
+}
+
+#[xdp]
+pub fn masq_floor_uplink_in_xdp(mut ctx: XdpContext) -> u32 {
+    match floor(&mut ctx, Out::Redirect(FLOOR_TO_LAN), false) {
+        // SAFETY: plain helper call.
+        Ok(Done::Redirect(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        Ok(Done::Pass) => XDP_PASS,
+        Err(_) => XDP_DROP,
+    }
+}
+
+#[classifier]
+pub fn masq_floor_uplink_in(ctx: TcContext) -> i32 {
+    tc(ctx, Out::Redirect(FLOOR_TO_LAN), false)
+}
+
+#[classifier]
+pub fn masq_floor_lan_in(ctx: TcContext) -> i32 {
+    tc(ctx, Out::Redirect(FLOOR_TO_UPLINK), true)
+}
+
+#[classifier]
+pub fn masq_floor_uplink_out(ctx: TcContext) -> i32 {
+    tc(ctx, Out::Pass, false)
+}
+
+#[inline(always)]
+fn tc(ctx: TcContext, out: Out, binds: bool) -> i32 {
+    let mut skb: EthSkb = Skb(ctx);
+    match floor(&mut skb, out, binds) {
+        // SAFETY: plain helper call.
+        Ok(Done::Redirect(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Ok(Done::Pass) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
+    }
+}
+
+/// `binds`: a new connection also takes a binding (it comes from the LAN).
+#[inline(always)]
+fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Done, Counter> {
+    if p.ethertype()? != ETH_P_IP {
+        return Ok(Done::Pass);
+    }
+    let first: u8 = p.load(0)?;
+    let frag: u16 = p.load(IP_FRAG)?;
+    let proto: u8 = p.load(IP_PROTO)?;
+    let tcp = proto == IPPROTO_TCP;
+    if first != 0x45
+        || u16::from_be(frag) & (IP_MF | IP_OFFSET) != 0
+        || !(tcp || proto == IPPROTO_UDP)
+    {
+        return Ok(Done::Pass);
+    }
+    let key =
+        FlowKey::new(p.load(IP_SRC)?, p.load(IP_DST)?, p.load(L4_OFF)?, p.load(L4_OFF + 2)?, proto);
+    let slot = match out {
+        Out::Redirect(slot) => slot,
+        Out::Pass => FLOOR_TO_UPLINK,
+    };
+    let route = FLOOR_ROUTES.get(slot).ok_or(Counter::DropMalformed)?;
+    // SAFETY: read-only lookup; the entry is copied out.
+    let to = match unsafe { CONNS.get(&key) } {
+        Some(entry) => entry.xlate,
+        None => insert_new(&key, route.new_addr, slot == FLOOR_TO_LAN, binds)?,
+    };
+    rewrite(p, &key, &to, tcp)?;
+    match out {
+        Out::Pass => Ok(Done::Pass),
+        Out::Redirect(_) => {
+            decrement_ttl(p)?;
+            set_macs(p, &route.smac, &route.dmac)?;
+            Ok(Done::Redirect(route.ifindex))
+        }
+    }
+}
+
+/// A new connection's entries (and binding), bare: its tuple with `new_addr` as destination
+/// (toward the LAN) or as source (toward an uplink, keeping the port).
+#[inline(always)]
+fn insert_new(key: &FlowKey, new_addr: u32, to_lan: bool, binds: bool) -> Result<Tuple4, Counter> {
+    let mut to = Tuple4::of(key);
+    if to_lan {
+        to.dst_addr = new_addr;
+    } else {
+        to.src_addr = new_addr;
+    }
+    let entry = |xlate: Tuple4, flags: u8| ConnEntry { xlate, flags, ..ConnEntry::default() };
+    let reply = to.key(key.proto).reversed();
+    PENDING_CONNS
+        .insert(key, &entry(to, CONN_F_PENDING), 0)
+        .map_err(|_| Counter::DropConnInsertFailed)?;
+    PENDING_CONNS
+        .insert(&reply, &entry(Tuple4::of(&key.reversed()), CONN_F_PENDING | CONN_F_REPLY), 0)
+        .map_err(|_| Counter::DropConnInsertFailed)?;
+    if binds {
+        let binding = BindingKey {
+            int_addr: key.src_addr,
+            int_port: key.src_port,
+            proto: key.proto,
+            uplink: 0,
+        };
+        let port = BoundPortKey { ext_port: key.src_port, proto: key.proto, uplink: 0 };
+        BINDINGS
+            .insert(&binding, &Binding { ext_port: key.src_port, ..Binding::default() }, 0)
+            .map_err(|_| Counter::DropConnInsertFailed)?;
+        BOUND_PORTS.insert(&port, &binding, 0).map_err(|_| Counter::DropConnInsertFailed)?;
+    }
+    Ok(to)
+}
+
+/// Rewrite what differs between `key` and `to`, fixing the IP and transport checksums.
+#[inline(always)]
+fn rewrite<P: Packet>(p: &mut P, key: &FlowKey, to: &Tuple4, tcp: bool) -> Result<(), Counter> {
+    let csum = if tcp { L4_OFF + 16 } else { L4_OFF + 6 };
+    let udp = !tcp;
+    if to.src_addr != key.src_addr {
+        p.fix_csum4(IP_CSUM, key.src_addr, to.src_addr)?;
+        p.l4_csum_addr(csum, key.src_addr, to.src_addr, udp)?;
+        p.store_u32(IP_SRC, to.src_addr)?;
+    }
+    if to.dst_addr != key.dst_addr {
+        p.fix_csum4(IP_CSUM, key.dst_addr, to.dst_addr)?;
+        p.l4_csum_addr(csum, key.dst_addr, to.dst_addr, udp)?;
+        p.store_u32(IP_DST, to.dst_addr)?;
+    }
+    if to.src_port != key.src_port {
+        p.l4_csum_port(csum, key.src_port, to.src_port, udp)?;
+        p.store_u16(L4_OFF, to.src_port)?;
+    }
+    if to.dst_port != key.dst_port {
+        p.l4_csum_port(csum, key.dst_port, to.dst_port, udp)?;
+        p.store_u16(L4_OFF + 2, to.dst_port)?;
+    }
+    Ok(())
+}
