@@ -6,6 +6,8 @@
 //! packet before anything is looked up or created.
 #![no_std]
 #![no_main]
+// BPF load and store instructions in `packet.rs`.
+#![feature(asm_experimental_arch)]
 
 mod arp;
 mod binding;

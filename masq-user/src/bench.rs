@@ -36,14 +36,18 @@ pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../../examples/masq-gw.tom
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Fewer rounds, fewer repeats, smaller tables: for development (< 3 minutes).
+    /// Fewer rounds, fewer repeats, smaller tables: for development (< 1.5 minutes).
     pub quick: bool,
     /// Where results are written.
     pub out: PathBuf,
     /// The masq binary the lab runs as the gateway (normally this one).
     pub masq_bin: PathBuf,
-    /// Run one part only (development, profiling); all three by default.
+    /// Run one part only (development, profiling); all of them by default.
     pub only: Option<Part>,
+    /// The failover part's clean run, seconds (default: 60, quick 20).
+    pub clean_seconds: Option<f64>,
+    /// Profile one established path (see `prog::ProgOptions::profile`) and stop.
+    pub profile: Option<String>,
 }
 
 /// The three parts of a run.
@@ -67,6 +71,8 @@ pub struct Results {
     pub started_utc: String,
     pub quick: bool,
     pub seconds: f64,
+    /// Each part's wall time.
+    pub parts: Vec<PartTime>,
     pub machine: Machine,
     pub prog: Option<prog::ProgResults>,
     pub memory: Option<prog::MemoryResult>,
@@ -81,6 +87,12 @@ pub struct Results {
     /// The uplink failover part (masq; the classic recipe has no health tracking).
     pub failover: Option<failover::FailoverResult>,
     pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PartTime {
+    pub part: &'static str,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -108,11 +120,16 @@ pub struct Ratio {
     pub masq_over_forward: f64,
 }
 
+/// One of the issue's targets, as a ratio: `measured` against `target` by `relation`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     pub what: String,
-    pub target_ns: f64,
-    pub measured_ns: f64,
+    /// What the ratio is over: "floor", "classic" or "forward".
+    pub over: &'static str,
+    /// "<=" or ">=".
+    pub relation: &'static str,
+    pub target: f64,
+    pub measured: f64,
     pub met: bool,
 }
 
@@ -220,37 +237,52 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
             spread_max: 65_536,
             new_conn_repeat: 8_192,
             repeat1_samples: 1_000,
+            profile: opts.profile.clone(),
         }
     } else {
         prog::ProgOptions {
-            repeat: 1_000_000,
+            repeat: 200_000,
             runs: 5,
-            levels: vec![1_000, 100_000, 1_000_000],
-            conn_capacity: 1_048_576,
+            levels: vec![1_000, 100_000, 1_000_000, 4_000_000],
+            conn_capacity: 4_194_304,
             spread_max: 262_144,
-            new_conn_repeat: 32_768,
-            repeat1_samples: 5_000,
+            new_conn_repeat: 16_384,
+            repeat1_samples: 2_000,
+            profile: opts.profile.clone(),
         }
     };
     let wanted = |part: Part| opts.only.is_none_or(|only| only == part);
+    let mut parts = Vec::new();
+    let mut timed = |part: &'static str, since: Instant| {
+        let seconds = since.elapsed().as_secs_f64();
+        eprintln!("masq bench: {part} took {seconds:.0} s");
+        parts.push(PartTime { part, seconds });
+    };
+    let t = Instant::now();
     let prog = if wanted(Part::Prog) {
         eprintln!("masq bench: program cost (BPF_PROG_TEST_RUN)");
-        Some(prog::run(&prog_opts, &scratch.work_dir, &scratch.pin_root.join("prog"))?)
+        prog::run(&prog_opts, &scratch.work_dir, &scratch.pin_root.join("prog"))?
     } else {
         None
     };
+    timed("prog", t);
+    if opts.profile.is_some() {
+        return Ok(PathBuf::new());
+    }
 
     let capacities: &[u32] = if opts.quick {
         &[65_536, 262_144, 1_048_576]
     } else {
         &[65_536, 262_144, 1_048_576, 4_194_304]
     };
+    let t = Instant::now();
     let memory = if wanted(Part::Memory) {
         eprintln!("masq bench: memory of the connection table");
         Some(prog::memory(capacities, &scratch.pin_root)?)
     } else {
         None
     };
+    timed("memory", t);
 
     let lab_opts = forwarding::LabBenchOptions {
         rounds: if opts.quick { 3 } else { 5 },
@@ -263,6 +295,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         xdp_friendly: false,
         masq_bin: opts.masq_bin.clone(),
     };
+    let t = Instant::now();
     let (lab, lab_xdp) = if wanted(Part::Lab) {
         eprintln!(
             "masq bench: forwarding in the lab at default settings (masq, classic, forward; \
@@ -275,6 +308,8 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
     } else {
         (None, None)
     };
+    timed("lab", t);
+    let t = Instant::now();
     let flood = if wanted(Part::Flood) {
         eprintln!("masq bench: new connections under a SYN flood (masq, classic)");
         Some(flood::run(&flood::FloodOptions {
@@ -289,30 +324,37 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
     } else {
         None
     };
+    timed("flood", t);
 
+    let t = Instant::now();
     let failover = if wanted(Part::Failover) {
         eprintln!("masq bench: uplink failover (ISP A stops forwarding)");
         Some(failover::run(&failover::FailoverOptions {
             failures: if opts.quick { 3 } else { 7 },
-            clean_seconds: if opts.quick { 30.0 } else { 300.0 },
+            clean_seconds: opts.clean_seconds.unwrap_or(if opts.quick { 20.0 } else { 60.0 }),
             masq_bin: opts.masq_bin.clone(),
         })?)
     } else {
         None
     };
 
+    timed("failover", t);
+    let ratios = lab.as_ref().map(report::ratios).unwrap_or_default();
+    let ratios_xdp = lab_xdp.as_ref().map(report::ratios).unwrap_or_default();
+    let targets = report::targets(prog.as_ref(), &ratios, &ratios_xdp);
     let results = Results {
-        version: 2,
+        version: 3,
         started_utc: started_utc.clone(),
         quick: opts.quick,
         seconds: started.elapsed().as_secs_f64(),
+        parts,
         machine: machine(load_before),
-        ratios: lab.as_ref().map(report::ratios).unwrap_or_default(),
-        ratios_xdp: lab_xdp.as_ref().map(report::ratios).unwrap_or_default(),
+        ratios,
+        ratios_xdp,
+        targets,
         lab_xdp,
         flood,
         failover,
-        targets: prog.as_ref().map(report::targets).unwrap_or_default(),
         prog,
         memory,
         lab,

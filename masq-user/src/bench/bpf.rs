@@ -13,7 +13,7 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 // bpf(2) commands.
 const BPF_MAP_CREATE: u32 = 0;
@@ -23,6 +23,8 @@ const BPF_PROG_LOAD: u32 = 5;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_LINK_CREATE: u32 = 28;
 const BPF_ENABLE_STATS: u32 = 32;
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_BTF_GET_FD_BY_ID: u32 = 19;
 
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
@@ -216,6 +218,98 @@ pub fn attach_xdp(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
 pub fn enable_run_time_stats() -> Result<OwnedFd> {
     let mut attr = Attr::new().u32(0, 0);
     sys_bpf_fd(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")
+}
+
+/// One source line of a loaded program and where its machine code starts: the function's index
+/// among the program's JITed functions (`bpf_prog_<tag>_<name>` symbols, the main one first) and
+/// the offset in it, as `perf script -F sym,symoff` reports samples.
+#[derive(Clone, Debug)]
+pub struct JitedLine {
+    pub func: usize,
+    pub offset: u64,
+    pub file: String,
+    pub line: u32,
+    pub text: String,
+}
+
+/// The JITed line table of `prog` (its BTF line info as the kernel placed it).
+pub fn jited_lines(prog: BorrowedFd<'_>) -> Result<Vec<JitedLine>> {
+    #[repr(C, align(8))]
+    struct Info([u8; 232]);
+    let get_info = |fd: RawFd, info: &mut [u8]| -> Result<()> {
+        let mut attr = Attr::new()
+            .u32(0, fd as u32)
+            .u32(4, info.len() as u32)
+            .u64(8, info.as_mut_ptr() as u64);
+        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+        Ok(())
+    };
+    let mut info = Info([0; 232]);
+    get_info(prog.as_raw_fd(), &mut info.0)?;
+    let u32_at = |b: &[u8], off: usize| u32::from_ne_bytes(b[off..off + 4].try_into().expect("4"));
+    let (nr_ksyms, nr_lens) = (u32_at(&info.0, 104), u32_at(&info.0, 108));
+    let btf_id = u32_at(&info.0, 128);
+    let (nr_lines, nr_jited) = (u32_at(&info.0, 148), u32_at(&info.0, 168));
+    let line_rec = u32_at(&info.0, 172);
+    ensure!(btf_id != 0 && nr_lines == nr_jited && nr_lines > 0, "no JITed line info");
+    let mut ksyms = vec![0u64; nr_ksyms as usize];
+    let mut lens = vec![0u32; nr_lens as usize];
+    let mut lines = vec![0u8; (nr_lines * line_rec) as usize];
+    let mut jited = vec![0u64; nr_jited as usize];
+    let mut info = Info([0; 232]);
+    let put = |info: &mut Info, off: usize, v: u64| {
+        info.0[off..off + 8].copy_from_slice(&v.to_ne_bytes())
+    };
+    let put4 = |info: &mut Info, off: usize, v: u32| {
+        info.0[off..off + 4].copy_from_slice(&v.to_ne_bytes())
+    };
+    put4(&mut info, 104, nr_ksyms);
+    put4(&mut info, 108, nr_lens);
+    put(&mut info, 112, ksyms.as_mut_ptr() as u64);
+    put(&mut info, 120, lens.as_mut_ptr() as u64);
+    put4(&mut info, 148, nr_lines);
+    put(&mut info, 152, lines.as_mut_ptr() as u64);
+    put(&mut info, 160, jited.as_mut_ptr() as u64);
+    put4(&mut info, 168, nr_jited);
+    put4(&mut info, 172, line_rec);
+    put4(&mut info, 176, 8);
+    get_info(prog.as_raw_fd(), &mut info.0)?;
+    // The program's BTF, for the file names and source lines the line info points at.
+    let mut attr = Attr::new().u32(0, btf_id);
+    let btf = sys_bpf_fd(BPF_BTF_GET_FD_BY_ID, &mut attr).context("BPF_BTF_GET_FD_BY_ID")?;
+    let mut btf_info = [0u8; 32];
+    get_info(btf.as_raw_fd(), &mut btf_info)?;
+    let mut raw = vec![0u8; u32_at(&btf_info, 8) as usize];
+    let mut btf_info = [0u8; 32];
+    btf_info[0..8].copy_from_slice(&(raw.as_mut_ptr() as u64).to_ne_bytes());
+    btf_info[8..12].copy_from_slice(&(raw.len() as u32).to_ne_bytes());
+    get_info(btf.as_raw_fd(), &mut btf_info)?;
+    ensure!(raw.len() >= 24 && raw[0..2] == 0xeb9f_u16.to_ne_bytes(), "not BTF");
+    let strings = u32_at(&raw, 4) as usize + u32_at(&raw, 16) as usize;
+    let string = |off: u32| -> String {
+        let start = strings + off as usize;
+        let end = raw[start..].iter().position(|&b| b == 0).map_or(raw.len(), |n| start + n);
+        String::from_utf8_lossy(&raw[start..end]).into_owned()
+    };
+    let func_of = |addr: u64| {
+        ksyms
+            .iter()
+            .zip(&lens)
+            .position(|(&start, &len)| addr >= start && addr < start + u64::from(len))
+    };
+    Ok((0..nr_lines as usize)
+        .filter_map(|i| {
+            let rec = &lines[i * line_rec as usize..];
+            let func = func_of(jited[i])?;
+            Some(JitedLine {
+                func,
+                offset: jited[i] - ksyms[func],
+                file: string(u32_at(rec, 4)),
+                line: u32_at(rec, 12) >> 10,
+                text: string(u32_at(rec, 8)).trim().to_string(),
+            })
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ use aya::{
 };
 use masq_common::{
     CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, DataplaneConfig,
-    FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute, FlowKey,
-    TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4, map_names, program_names,
+    FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4,
+    map_names, program_names,
 };
 use serde::Serialize;
 
@@ -76,7 +76,13 @@ pub struct ProgOptions {
     pub new_conn_repeat: u32,
     /// Single-repeat new-connection samples for the cross-check.
     pub repeat1_samples: usize,
+    /// Only run this path hot, masq then its floor, for `PROFILE_SECONDS` each (under
+    /// `perf record`); nothing is measured.
+    pub profile: Option<String>,
 }
+
+/// How long `ProgOptions::profile` runs each program.
+const PROFILE_SECONDS: f64 = 5.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -357,7 +363,8 @@ pub struct Measured {
 
 /// Runs the program benchmarks in a throw-away namespace; `work_dir` holds scratch files and
 /// `pin_dir` (on bpffs) the dataplane's pins, both removed at the end.
-pub fn run(opts: &ProgOptions, work_dir: &Path, pin_dir: &Path) -> Result<ProgResults> {
+/// `None` after a profiling run (`ProgOptions::profile`).
+pub fn run(opts: &ProgOptions, work_dir: &Path, pin_dir: &Path) -> Result<Option<ProgResults>> {
     let ns = NetNs::create("masq-bench")?;
     setup_namespace(&ns, work_dir)?;
     let (opts, pins, work) = (opts.clone(), pin_dir.to_path_buf(), work_dir.to_path_buf());
@@ -414,7 +421,11 @@ pub fn bench_config(conn_capacity: u32) -> Result<Config> {
     Config::from_toml(&text).map_err(|e| anyhow!("bench config: {e}"))
 }
 
-fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<ProgResults> {
+fn in_namespace(
+    opts: &ProgOptions,
+    pin_dir: &Path,
+    work_dir: &Path,
+) -> Result<Option<ProgResults>> {
     let cfg = bench_config(opts.conn_capacity)?;
     let host = HostInterfaces::read()?;
     cfg.check_host(&host)?;
@@ -481,6 +492,10 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
         fresh_cap: u32::MAX,
     };
     bench.fill_to(opts.levels.first().copied().unwrap_or(1_000))?;
+    if let Some(name) = &opts.profile {
+        ip_lines(&policy_rules("add"))?;
+        return bench.profile(name).map(|()| None);
+    }
     let policy_rules = bench.add_rules(PathKind::InboundEstablished)?;
     let validation =
         [PathKind::InboundEstablished, PathKind::InboundReply, PathKind::NewConnection]
@@ -558,7 +573,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
     );
     let random_read_buffer_mib = if opts.conn_capacity >= 1_000_000 { 256 } else { 64 };
     let random_read_ns = random_read_ns(random_read_buffer_mib << 20);
-    Ok(ProgResults {
+    Ok(Some(ProgResults {
         programs,
         random_read_ns,
         random_read_buffer_mib,
@@ -571,7 +586,7 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
         policy_rules,
         validation,
         events,
-    })
+    }))
 }
 
 /// The floor programs' outputs: toward the LAN as masq sends to isolde (new connections to
@@ -579,12 +594,8 @@ fn in_namespace(opts: &ProgOptions, pin_dir: &Path, work_dir: &Path) -> Result<P
 fn set_floor_routes(dp: &mut Dataplane, eth0: u32, eth4: u32) -> Result<()> {
     let map = dp.ebpf_mut().map_mut(map_names::FLOOR_ROUTES).context("no FLOOR_ROUTES")?;
     let mut routes: Array<_, FloorRoute> = Array::try_from(map)?;
-    let route = |ifindex, addr, smac, dmac| FloorRoute {
-        ifindex,
-        new_addr: wire_addr(addr),
-        smac,
-        dmac,
-    };
+    let route =
+        |ifindex, addr, smac, dmac| FloorRoute { ifindex, new_addr: wire_addr(addr), smac, dmac };
     routes.set(FLOOR_TO_LAN, route(eth0, ISOLDE, MAC_ETH0, MAC_LAN_PEER), 0)?;
     routes.set(FLOOR_TO_UPLINK, route(eth4, GW_ISP_A, MAC_ETH4, MAC_ISPA_PEER), 0)?;
     Ok(())
@@ -1063,7 +1074,8 @@ impl ProgBench<'_> {
         let floor = kind.floor().map(|program| {
             let (hot_f, hot_ratio) = hot.floor.clone().expect("measured with its floor");
             let (spread_f, spread_ratio) = spread.floor.clone().expect("measured with its floor");
-            let zipf_pair = zipf.as_ref().map(|z| z.floor.clone().expect("measured with its floor"));
+            let zipf_pair =
+                zipf.as_ref().map(|z| z.floor.clone().expect("measured with its floor"));
             FloorResult {
                 program,
                 hot: hot_f,
@@ -1105,7 +1117,9 @@ impl ProgBench<'_> {
         let hook = kind.hook();
         let ctx = self.ctx(kind).to_vec();
         let floor_fd = match floor {
-            Some(name) => Some(self.floors.get(name).context("floor program not loaded")?.try_clone()?),
+            Some(name) => {
+                Some(self.floors.get(name).context("floor program not loaded")?.try_clone()?)
+            }
             None => None,
         };
         let (mut raw, mut base, mut floor_raw) = (Vec::new(), Vec::new(), Vec::new());
@@ -1133,14 +1147,8 @@ impl ProgBench<'_> {
             }
             let dst_mac = self.dst_mac(kind);
             let before = self.read_counters()?;
-            let masq = self.harness.run(
-                hook,
-                self.masq_fd(kind),
-                frames.len(),
-                repeat,
-                &ctx,
-                dst_mac,
-            )?;
+            let masq =
+                self.harness.run(hook, self.masq_fd(kind), frames.len(), repeat, &ctx, dst_mac)?;
             let after = self.read_counters()?;
             ensure!(
                 masq.retval == kind.expected_return(),
@@ -1275,6 +1283,46 @@ impl ProgBench<'_> {
         Ok(())
     }
 
+    /// `ProgOptions::profile`: `name`'s hot frame through masq's program, then through its
+    /// floor, back to back for `PROFILE_SECONDS` each.
+    fn profile(&mut self, name: &str) -> Result<()> {
+        let kind = PathKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| anyhow!("--profile: no path {name}"))?;
+        ensure!(!kind.opens(), "--profile: {name} opens connections; pick an established path");
+        let frames = self.frames(kind, 1, Pick::Uniform);
+        self.validate(kind, kind.program(), &frames[0])?;
+        self.harness.load_frames(&frames)?;
+        let (hook, ctx, mac) = (kind.hook(), self.ctx(kind).to_vec(), self.dst_mac(kind));
+        let floor = kind.floor().map(|f| self.floors[f].try_clone()).transpose()?;
+        let programs = [(kind.program(), Some(self.masq_fd(kind).try_clone()?)), ("floor", floor)];
+        for (program, fd) in programs {
+            let Some(fd) = fd else { continue };
+            // Where each source line's code is, for `perf script -F sym,symoff` samples.
+            let table = std::env::temp_dir().join(format!("masq-profile-{name}-{program}.tsv"));
+            let lines: String = bpf::jited_lines(fd.as_fd())?
+                .iter()
+                .map(|l| {
+                    format!("{}\t{:#x}\t{}:{}\t{}\n", l.func, l.offset, l.file, l.line, l.text)
+                })
+                .collect();
+            std::fs::write(&table, lines)?;
+            eprintln!("masq bench: profile: {program}'s line table in {}", table.display());
+            let started = Instant::now();
+            let mut runs = 0u64;
+            while started.elapsed().as_secs_f64() < PROFILE_SECONDS {
+                self.harness.run(hook, &fd, 1, self.opts.repeat, &ctx, mac)?;
+                runs += 1;
+            }
+            eprintln!(
+                "masq bench: profile: {name}: {program}, {} packets in {PROFILE_SECONDS} s",
+                runs * u64::from(self.opts.repeat)
+            );
+        }
+        Ok(())
+    }
+
     /// New connections one `BPF_PROG_TEST_RUN` each (repeat=1, valid checksums, distinct
     /// sources 12.x.y.z), median, minus the median of a trivial program run the same way.
     fn new_conn_repeat1(&mut self) -> Result<Stat> {
@@ -1363,32 +1411,59 @@ pub struct MemoryResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryPoint {
     pub conns: u32,
+    /// `dataplane.pending_capacity` that goes with it (the default for `conns`).
+    pub pending: u32,
     pub entries: u32,
-    /// `memlock:` of the CONNS map (fdinfo): the LRU hash preallocates every entry.
+    /// `memlock:` (fdinfo) of every table that grows with the connections: `CONNS` (both
+    /// directions, TCP window state included), `PENDING_CONNS`, and the mapping tables
+    /// `BINDINGS` and `BOUND_PORTS`. Each is preallocated at its capacity.
+    pub conns_bytes: u64,
+    pub pending_bytes: u64,
+    pub bindings_bytes: u64,
+    pub bound_ports_bytes: u64,
     pub memlock_bytes: u64,
+    /// All of them over `conns`.
     pub bytes_per_conn: f64,
 }
 
-/// Loads the dataplane (not attached) at each capacity and reads CONNS' `memlock`.
+/// Loads the dataplane (not attached) at each capacity and reads its tables' `memlock`.
 pub fn memory(capacities: &[u32], pin_root: &Path) -> Result<MemoryResult> {
     let mut points = Vec::new();
     for &conns in capacities {
         let pin_dir: PathBuf = pin_root.join(format!("mem-{conns}"));
         let cfg = bench_config(conns)?;
-        let memlock = (|| -> Result<u64> {
-            let _dp = Dataplane::load(&cfg, &pin_dir)?;
-            let map = MapData::from_pin(pin_dir.join(map_names::CONNS))?;
-            let fdinfo = std::fs::read_to_string(format!(
-                "/proc/self/fdinfo/{}",
-                map.fd().as_fd().as_raw_fd()
-            ))?;
-            fdinfo_field(&fdinfo, "memlock").ok_or_else(|| anyhow!("no memlock in fdinfo"))
+        let memlock = (|| -> Result<[u64; 4]> {
+            let dp = Dataplane::load(&cfg, &pin_dir)?;
+            let bytes = |name: &str| -> Result<u64> {
+                let map = dp.ebpf().map(name).ok_or_else(|| anyhow!("no {name}"))?;
+                let fd = match map {
+                    aya::maps::Map::HashMap(m) | aya::maps::Map::LruHashMap(m) => m.fd(),
+                    _ => bail!("{name}: not a hash map"),
+                };
+                let fdinfo = std::fs::read_to_string(format!(
+                    "/proc/self/fdinfo/{}",
+                    fd.as_fd().as_raw_fd()
+                ))?;
+                fdinfo_field(&fdinfo, "memlock").ok_or_else(|| anyhow!("no memlock in fdinfo"))
+            };
+            Ok([
+                bytes(map_names::CONNS)?,
+                bytes(map_names::PENDING_CONNS)?,
+                bytes(map_names::BINDINGS)?,
+                bytes(map_names::BOUND_PORTS)?,
+            ])
         })();
         remove_pins(&pin_dir)?;
-        let memlock_bytes = memlock?;
+        let [conns_bytes, pending_bytes, bindings_bytes, bound_ports_bytes] = memlock?;
+        let memlock_bytes = conns_bytes + pending_bytes + bindings_bytes + bound_ports_bytes;
         points.push(MemoryPoint {
             conns,
+            pending: cfg.dataplane.pending_capacity,
             entries: 2 * conns,
+            conns_bytes,
+            pending_bytes,
+            bindings_bytes,
+            bound_ports_bytes,
             memlock_bytes,
             bytes_per_conn: memlock_bytes as f64 / f64::from(conns),
         });

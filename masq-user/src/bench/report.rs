@@ -42,40 +42,65 @@ pub fn ratios(lab: &LabResults) -> Vec<Ratio> {
         .collect()
 }
 
-/// The issue's targets: established paths ≤ 60 ns with 100k connections and ≤ 150 ns with 1M
-/// (the spread figure: many flows, the table's cache misses included), new connection ≤ 500 ns.
-pub fn targets(prog: &ProgResults) -> Vec<Target> {
-    let established = [
-        PathKind::InboundEstablished,
-        PathKind::InboundReply,
-        PathKind::OutboundEstablished,
-        PathKind::OutboundReply,
-    ];
+/// Established paths: their targets are against the floor, hot and spread.
+const ESTABLISHED: [PathKind; 7] = [
+    PathKind::InboundEstablished,
+    PathKind::InboundReply,
+    PathKind::OutboundEstablished,
+    PathKind::OutboundReply,
+    PathKind::InboundEstablishedTc,
+    PathKind::OutboundReplyTc,
+    PathKind::EgressTranslated,
+];
+
+/// Established paths ≤ 1.3× their floor (hot and spread), new connections ≤ 1.5× the floor's
+/// bare inserts, at every table size; in the lab, XDP mode gateway-dominated UDP ≥ 3× the
+/// classic recipe and ≥ 1× plain forwarding, TC mode TCP ≥ 1×, 64-byte UDP ≥ 1.3× and new
+/// connections/s ≥ 1.2× the classic recipe, each ≥ 1× plain forwarding.
+pub fn targets(prog: Option<&ProgResults>, tc: &[Ratio], xdp: &[Ratio]) -> Vec<Target> {
     let mut out = Vec::new();
-    for level in &prog.levels {
-        let limit = match level.conns {
-            100_000 => 60.0,
-            1_000_000 => 150.0,
-            _ => continue,
-        };
-        for path in level.paths.iter().filter(|p| established.contains(&p.path)) {
-            out.push(Target {
-                what: format!("{} at {} connections (spread)", path.path.name(), level.conns),
-                target_ns: limit,
-                measured_ns: path.spread.ns.median,
-                met: path.spread.ns.median <= limit,
-            });
+    let at_most = |what: String, target: f64, measured: f64| Target {
+        what,
+        over: "floor",
+        relation: "<=",
+        target,
+        measured,
+        met: measured <= target,
+    };
+    for level in prog.iter().flat_map(|p| &p.levels) {
+        for path in &level.paths {
+            let Some(floor) = &path.floor else { continue };
+            let at = format!("{} at {}", path.path.name(), count(level.conns));
+            if ESTABLISHED.contains(&path.path) {
+                out.push(at_most(format!("{at}, hot"), 1.3, floor.hot_ratio.median));
+                out.push(at_most(format!("{at}, spread"), 1.3, floor.spread_ratio.median));
+            } else if path.path.opens() {
+                out.push(at_most(at, 1.5, floor.hot_ratio.median));
+            }
         }
     }
-    for level in &prog.levels {
-        if let Some(path) = level.paths.iter().find(|p| p.path == PathKind::NewConnection) {
-            out.push(Target {
-                what: format!("new_connection at {} connections", level.conns),
-                target_ns: 500.0,
-                measured_ns: path.hot.ns.median,
-                met: path.hot.ns.median <= 500.0,
-            });
-        }
+    let at_least = |mode: &str, ratios: &[Ratio], metric: &str, over_classic: f64| {
+        let ratio = ratios.iter().find(|r| r.metric == metric)?;
+        let target = |over, target: f64, measured: f64| Target {
+            what: format!("{mode} mode {metric}"),
+            over,
+            relation: ">=",
+            target,
+            measured,
+            met: measured >= target,
+        };
+        Some([
+            target("classic", over_classic, ratio.masq_over_classic),
+            target("forward", 1.0, ratio.masq_over_forward),
+        ])
+    };
+    for (mode, ratios, metric, over_classic) in [
+        ("XDP", xdp, "udp_gw_pps", 3.0),
+        ("TC", tc, "tcp_gbps", 1.0),
+        ("TC", tc, "udp_gw_pps", 1.3),
+        ("TC", tc, "conns_per_s", 1.2),
+    ] {
+        out.extend(at_least(mode, ratios, metric, over_classic).into_iter().flatten());
     }
     out
 }
@@ -102,7 +127,15 @@ pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let mode = if r.quick { "quick" } else { "full" };
     let m = &r.machine;
-    let _ = writeln!(s, "## Run {} ({mode}, {:.0} s)\n", r.started_utc, r.seconds);
+    let parts: Vec<String> =
+        r.parts.iter().map(|p| format!("{} {:.0} s", p.part, p.seconds)).collect();
+    let _ = writeln!(
+        s,
+        "## Run {} ({mode}, {:.0} s: {})\n",
+        r.started_utc,
+        r.seconds,
+        parts.join(", ")
+    );
     let _ = writeln!(
         s,
         "{} × {} ({:.0} GiB), kernel {}. Load average before {}, after {} \
@@ -110,7 +143,7 @@ pub fn markdown(r: &Results) -> String {
         m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.load_before, m.load_after
     );
     if let Some(prog) = &r.prog {
-        prog_section(&mut s, prog, &r.targets);
+        prog_section(&mut s, prog);
     }
     if let Some(lab) = &r.lab {
         lab_section(&mut s, lab, &r.ratios);
@@ -126,6 +159,9 @@ pub fn markdown(r: &Results) -> String {
     }
     if let Some(memory) = &r.memory {
         memory_section(&mut s, memory);
+    }
+    if !r.targets.is_empty() {
+        targets_section(&mut s, &r.targets);
     }
     s
 }
@@ -200,7 +236,7 @@ fn flood_section(s: &mut String, results: &[super::flood::FloodResult]) {
     }
 }
 
-fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
+fn prog_section(s: &mut String, p: &ProgResults) {
     let _ = writeln!(
         s,
         "### Program cost, ns per packet (BPF_PROG_TEST_RUN, repeat {}, median of {} runs)\n",
@@ -208,30 +244,45 @@ fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
     );
     let _ = writeln!(
         s,
-        "`spread`: a different flow each repeat (up to {} flows sampled from the table); `hot`: one \
-         flow. Harness cost subtracted. Table capacity {} connections.\n",
+        "`hot`: one flow; `spread`: a different flow each repeat (up to {} flows sampled uniformly \
+         from the table); `zipf`: as many frames, flows drawn Zipf-distributed (s = 1: a few heavy \
+         flows, many light ones). Harness cost subtracted. Table capacity {} connections. A new \
+         connection's floor is the bare inserts it needs.\n",
         p.spread_max, p.conn_capacity
     );
-    let mut header = "| path | program |".to_string();
-    let mut rule = "|---|---|".to_string();
+    let cell = |m: Option<&super::prog::Measured>| {
+        m.map_or("–".into(), |m| format!("{:.0}", m.ns.median))
+    };
+    let ratio = |r: Option<&Stat>| r.map_or("–".into(), |r| format!("{:.2}", r.median));
     for level in &p.levels {
-        let _ = write!(header, " {} hot | {} spread |", count(level.conns), count(level.conns));
-        rule += "---:|---:|";
-    }
-    let _ = writeln!(s, "{header}\n{rule}");
-    for kind in PathKind::ALL {
-        let mut row = format!("| {} | {} |", kind.name(), PathKind::program(kind));
-        for level in &p.levels {
-            match level.paths.iter().find(|x| x.path == kind) {
-                Some(x) => {
-                    let _ = write!(row, " {:.0} | {:.0} |", x.hot.ns.median, x.spread.ns.median);
-                }
-                None => row += " – | – |",
-            }
+        let _ = writeln!(
+            s,
+            "{} connections: masq, its floor (`floor.rs`, same frames and table), masq/floor per \
+             run pair (median).\n\n\
+             | path | program | hot | floor | × | spread | floor | × | zipf | floor | × |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            count(level.conns)
+        );
+        for x in &level.paths {
+            let f = x.floor.as_ref();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                x.path.name(),
+                x.program,
+                cell(Some(&x.hot)),
+                cell(f.map(|f| &f.hot)),
+                ratio(f.map(|f| &f.hot_ratio)),
+                cell(Some(&x.spread)),
+                cell(f.map(|f| &f.spread)),
+                ratio(f.map(|f| &f.spread_ratio)),
+                cell(x.zipf.as_ref()),
+                cell(f.and_then(|f| f.zipf.as_ref())),
+                ratio(f.and_then(|f| f.zipf_ratio.as_ref())),
+            );
         }
-        let _ = writeln!(s, "{row}");
+        let _ = writeln!(s);
     }
-    let _ = writeln!(s);
     for level in &p.levels {
         let _ = writeln!(
             s,
@@ -307,14 +358,25 @@ fn prog_section(s: &mut String, p: &ProgResults, targets: &[Target]) {
             size.verified_insns.map_or("?".to_string(), |n| n.to_string())
         );
     }
-    let _ = writeln!(s, "\nTargets:\n");
+    let _ = writeln!(s);
+}
+
+fn targets_section(s: &mut String, targets: &[Target]) {
+    let met = targets.iter().filter(|t| t.met).count();
+    let _ = writeln!(
+        s,
+        "### Targets ({met} of {} met)\n\n| target | measured | |\n|---|---:|---|",
+        targets.len()
+    );
     for t in targets {
+        let rel = if t.relation == "<=" { "≤" } else { "≥" };
         let _ = writeln!(
             s,
-            "- {}: {:.0} ns (target ≤ {:.0} ns) {}",
+            "| {} {rel} {:.2}× {} | {:.2}× | {} |",
             t.what,
-            t.measured_ns,
-            t.target_ns,
+            t.target,
+            t.over,
+            t.measured,
             if t.met { "met" } else { "**missed**" }
         );
     }
@@ -381,16 +443,28 @@ fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
 }
 
 fn memory_section(s: &mut String, memory: &MemoryResult) {
-    let _ = writeln!(s, "### Memory of the connection table (CONNS, fdinfo memlock)\n");
-    let _ = writeln!(s, "| capacity (connections) | entries | memlock | per connection |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "### Memory per connection (fdinfo memlock of every table that grows with connections)\n\n\
+         `CONNS` holds both directions of a connection, TCP window state included; \
+         `PENDING_CONNS` the unconfirmed ones (default pending capacity); `BINDINGS` and \
+         `BOUND_PORTS` the endpoint-independent mappings. All are preallocated at capacity.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| capacity | CONNS | PENDING_CONNS | BINDINGS + BOUND_PORTS | total | per connection |\n\
+         |---:|---:|---:|---:|---:|---:|"
+    );
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1024.0 / 1024.0);
     for point in &memory.capacities {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} MiB | {:.0} B |",
-            point.conns,
-            point.entries,
-            point.memlock_bytes as f64 / 1024.0 / 1024.0,
+            "| {} | {} | {} | {} | {} | {:.0} B |",
+            count(point.conns as usize),
+            mib(point.conns_bytes),
+            mib(point.pending_bytes),
+            mib(point.bindings_bytes + point.bound_ports_bytes),
+            mib(point.memlock_bytes),
             point.bytes_per_conn
         );
     }
@@ -398,9 +472,11 @@ fn memory_section(s: &mut String, memory: &MemoryResult) {
         let _ = writeln!(
             s,
             "\nFor comparison, the classic recipe's conntrack: {bytes} B per `nf_conntrack` slab \
-             object, before its extensions (NAT, mark) and hash bucket, allocated per connection."
+             object, before its extensions (NAT, mark) and hash bucket, allocated per connection \
+             (a lower bound)."
         );
     }
+    let _ = writeln!(s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -488,6 +564,93 @@ fn bar_chart(
     y + 20.0
 }
 
+/// Lines over a log-scaled x axis (connections); `series`: name, colour, points.
+fn line_chart(
+    svg: &mut String,
+    top: f64,
+    title: &str,
+    series: &[(String, &str, Vec<(f64, f64)>)],
+    unit: &str,
+) -> f64 {
+    let (left, right, height) = (80.0, WIDTH - 200.0, 220.0);
+    let (y0, y1) = (top + 40.0, top + 40.0 + height);
+    let points =
+        || series.iter().flat_map(|(_, _, p)| p.iter()).filter(|(x, y)| *x > 0.0 && y.is_finite());
+    let (min_x, max_x) =
+        points().fold((f64::MAX, 0.0_f64), |(lo, hi), (x, _)| (lo.min(*x), hi.max(*x)));
+    let max_y = points().fold(0.0_f64, |m, (_, y)| m.max(*y)).max(1e-9) * 1.1;
+    if max_x <= min_x {
+        return top;
+    }
+    let x = |v: f64| {
+        left + (right - left) * (v.log10() - min_x.log10()) / (max_x.log10() - min_x.log10())
+    };
+    let y = |v: f64| y1 - height * v / max_y;
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="{}" font-size="16" font-weight="bold">{}</text>"#,
+        top + 18.0,
+        esc(title)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{left}" y1="{y1}" x2="{right}" y2="{y1}" stroke="#333"/><line x1="{left}" y1="{y0}" x2="{left}" y2="{y1}" stroke="#333"/>"##
+    );
+    for tick in [0.0, 0.5, 1.0] {
+        let v = max_y * tick / 1.1;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y(v) + 4.0,
+            format_value(v, unit)
+        );
+    }
+    let mut xs: Vec<f64> = points().map(|(x, _)| *x).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    for v in xs {
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"#,
+            x(v),
+            y1 + 16.0,
+            count(v as usize)
+        );
+    }
+    for (i, (name, color, pts)) in series.iter().enumerate() {
+        let path: Vec<String> = pts
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
+        for (a, b) in pts.iter().filter(|(_, v)| v.is_finite()) {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                x(*a),
+                y(*b)
+            );
+        }
+        let ly = y0 + 16.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}" font-size="12">{}</text>"#,
+            right + 14.0,
+            ly,
+            right + 30.0,
+            ly + 5.0,
+            esc(name)
+        );
+    }
+    y1 + 40.0
+}
+
 fn format_value(v: f64, unit: &str) -> String {
     match unit {
         "ratio" => format!("{v:.2}×"),
@@ -550,6 +713,44 @@ pub fn svg(r: &Results) -> String {
             None,
             "ns",
         );
+        let curve = |kind: PathKind, floor: bool, zipf: bool| -> Vec<(f64, f64)> {
+            prog.levels
+                .iter()
+                .filter_map(|l| {
+                    let p = l.paths.iter().find(|p| p.path == kind)?;
+                    let m = match (floor, zipf) {
+                        (false, false) => &p.spread,
+                        (false, true) => p.zipf.as_ref()?,
+                        (true, false) => &p.floor.as_ref()?.spread,
+                        (true, true) => p.floor.as_ref()?.zipf.as_ref()?,
+                    };
+                    Some((l.conns as f64, m.ns.median))
+                })
+                .collect()
+        };
+        let k = PathKind::InboundEstablished;
+        y = line_chart(
+            &mut body,
+            y,
+            "How cost grows: inbound_established (XDP), ns per packet by connections in the table",
+            &[
+                ("masq, spread".into(), "#2b7bb9", curve(k, false, false)),
+                ("floor, spread".into(), "#9ecae1", curve(k, true, false)),
+                ("masq, zipf".into(), "#e6550d", curve(k, false, true)),
+                ("floor, zipf".into(), "#fdae6b", curve(k, true, true)),
+            ],
+            "ns",
+        );
+    }
+    if let Some(memory) = &r.memory {
+        let masq: Vec<(f64, f64)> =
+            memory.capacities.iter().map(|p| (f64::from(p.conns), p.bytes_per_conn)).collect();
+        let mut series = vec![("masq (all its tables)".to_string(), "#2b7bb9", masq.clone())];
+        if let Some(bytes) = memory.nf_conntrack_object_bytes {
+            let ct = masq.iter().map(|(x, _)| (*x, bytes as f64)).collect();
+            series.push(("conntrack object (lower bound)".into(), "#636363", ct));
+        }
+        y = line_chart(&mut body, y, "Memory per connection by capacity", &series, "B");
     }
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{:.0}\" \

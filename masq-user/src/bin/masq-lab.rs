@@ -26,9 +26,16 @@ enum Command {
     },
     /// Benchmarks: masq, the classic recipe and plain routing side by side (`cargo xtask bench`).
     Bench {
-        /// Fewer rounds and repeats, smaller tables (under 3 minutes).
+        /// Fewer rounds and repeats, smaller tables (under 1.5 minutes).
         #[arg(long)]
         quick: bool,
+        /// Length of the failover part's clean run, counting false failovers (default 60 s,
+        /// quick 20 s; 300 for the five-minute check).
+        #[arg(long)]
+        clean_seconds: Option<f64>,
+        /// Run one established path hot (masq, then its floor) for `perf record`; no results.
+        #[arg(long)]
+        profile: Option<String>,
         /// Directory for the results (JSON, SVG chart, Markdown summary).
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
@@ -49,10 +56,19 @@ fn masq_bin() -> anyhow::Result<PathBuf> {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Lab { keep } => masq_bin().and_then(|masq| masq_user::lab::run_demo(&masq, keep)),
-        Command::Bench { quick, out, only } => masq_bin().and_then(|masq_bin| {
-            let opts = masq_user::bench::BenchOptions { quick, out, masq_bin, only };
-            masq_user::bench::run(&opts).map(drop)
-        }),
+        Command::Bench { quick, out, only, clean_seconds, profile } => {
+            masq_bin().and_then(|masq_bin| {
+                let opts = masq_user::bench::BenchOptions {
+                    quick,
+                    out,
+                    masq_bin,
+                    only,
+                    clean_seconds,
+                    profile,
+                };
+                masq_user::bench::run(&opts).map(drop)
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
