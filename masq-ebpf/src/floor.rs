@@ -104,7 +104,7 @@ fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Done, Counter> {
     };
     let route = FLOOR_ROUTES.get(slot).ok_or(Counter::DropMalformed)?;
     // SAFETY: read-only lookup; the entry is copied out.
-    let to = match unsafe { CONNS.get(&key) } {
+    let to = match unsafe { CONNS.get(key) } {
         Some(entry) => entry.xlate,
         None => insert_new(&key, route.new_addr, slot == FLOOR_TO_LAN, binds)?,
     };
@@ -132,10 +132,10 @@ fn insert_new(key: &FlowKey, new_addr: u32, to_lan: bool, binds: bool) -> Result
     let entry = |xlate: Tuple4, flags: u8| ConnEntry { xlate, flags, ..ConnEntry::default() };
     let reply = to.key(key.proto).reversed();
     PENDING_CONNS
-        .insert(key, &entry(to, CONN_F_PENDING), 0)
+        .insert(key, entry(to, CONN_F_PENDING), 0)
         .map_err(|_| Counter::DropConnInsertFailed)?;
     PENDING_CONNS
-        .insert(&reply, &entry(Tuple4::of(&key.reversed()), CONN_F_PENDING | CONN_F_REPLY), 0)
+        .insert(reply, entry(Tuple4::of(&key.reversed()), CONN_F_PENDING | CONN_F_REPLY), 0)
         .map_err(|_| Counter::DropConnInsertFailed)?;
     if binds {
         let binding = BindingKey {
@@ -146,9 +146,9 @@ fn insert_new(key: &FlowKey, new_addr: u32, to_lan: bool, binds: bool) -> Result
         };
         let port = BoundPortKey { ext_port: key.src_port, proto: key.proto, uplink: 0 };
         BINDINGS
-            .insert(&binding, &Binding { ext_port: key.src_port, ..Binding::default() }, 0)
+            .insert(binding, Binding { ext_port: key.src_port, ..Binding::default() }, 0)
             .map_err(|_| Counter::DropConnInsertFailed)?;
-        BOUND_PORTS.insert(&port, &binding, 0).map_err(|_| Counter::DropConnInsertFailed)?;
+        BOUND_PORTS.insert(port, binding, 0).map_err(|_| Counter::DropConnInsertFailed)?;
     }
     Ok(to)
 }

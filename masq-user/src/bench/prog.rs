@@ -1494,6 +1494,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zipf_picks_few_heavy_flows_and_stays_in_range() {
+        let (mut zipf, mut rng) = (Zipf::default(), Rng::new(1));
+        let n = 100_000;
+        let picks: Vec<usize> = (0..200_000).map(|_| zipf.sample(&mut rng, n)).collect();
+        assert!(picks.iter().all(|&i| i < n));
+        // s = 1: the first 1% of ranks take H(1000)/H(100000) ≈ 62% of the picks.
+        let top = picks.iter().filter(|&&i| i < n / 100).count() as f64 / picks.len() as f64;
+        assert!((0.58..0.66).contains(&top), "top 1% share {top}");
+        assert_eq!(zipf.sample(&mut rng, 1), 0);
+    }
+
+    #[test]
+    fn every_path_but_the_untouched_one_has_a_floor_of_its_hook() {
+        for kind in PathKind::ALL {
+            match kind.floor() {
+                None => assert_eq!(kind, PathKind::PassedUntouched),
+                Some(floor) => {
+                    let xdp = floor == program_names::FLOOR_UPLINK_INGRESS_XDP;
+                    assert_eq!(xdp, kind.hook() == Hook::Xdp, "{}", kind.name());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn connection_entries_point_at_each_other() {
         let client = Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 1234);
         let public = Endpoint::new(PUBLIC_ISP_A, 80);

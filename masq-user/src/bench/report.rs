@@ -564,14 +564,11 @@ fn bar_chart(
     y + 20.0
 }
 
-/// Lines over a log-scaled x axis (connections); `series`: name, colour, points.
-fn line_chart(
-    svg: &mut String,
-    top: f64,
-    title: &str,
-    series: &[(String, &str, Vec<(f64, f64)>)],
-    unit: &str,
-) -> f64 {
+/// One line of a [`line_chart`]: name, colour, (x, y) points.
+type Line<'a> = (String, &'a str, Vec<(f64, f64)>);
+
+/// Lines over a log-scaled x axis (connections).
+fn line_chart(svg: &mut String, top: f64, title: &str, series: &[Line], unit: &str) -> f64 {
     let (left, right, height) = (80.0, WIDTH - 200.0, 220.0);
     let (y0, y1) = (top + 40.0, top + 40.0 + height);
     let points =
@@ -773,6 +770,46 @@ mod tests {
         assert_eq!(count(100_000), "100k");
         assert_eq!(count(1_000_000), "1M");
         assert_eq!(count(1_500), "1500");
+    }
+
+    #[test]
+    fn lab_targets_are_ratios_over_classic_and_forward() {
+        let ratio = |metric, over_classic: f64, over_forward: f64| Ratio {
+            metric,
+            unit: "",
+            better: "higher",
+            masq: 1.0,
+            classic: 1.0,
+            forward: 1.0,
+            masq_over_classic: over_classic,
+            masq_over_forward: over_forward,
+        };
+        let xdp = [ratio("udp_gw_pps", 3.1, 0.9)];
+        let tc = [ratio("tcp_gbps", 1.0, 1.0), ratio("udp_gw_pps", 1.2, 1.1)];
+        let targets = targets(None, &tc, &xdp);
+        let got: Vec<(String, &str, bool)> =
+            targets.iter().map(|t| (t.what.clone(), t.over, t.met)).collect();
+        assert_eq!(
+            got,
+            [
+                ("XDP mode udp_gw_pps".to_string(), "classic", true),
+                ("XDP mode udp_gw_pps".to_string(), "forward", false),
+                ("TC mode tcp_gbps".to_string(), "classic", true),
+                ("TC mode tcp_gbps".to_string(), "forward", true),
+                ("TC mode udp_gw_pps".to_string(), "classic", false),
+                ("TC mode udp_gw_pps".to_string(), "forward", true),
+            ]
+        );
+    }
+
+    #[test]
+    fn growth_chart_puts_connections_on_a_log_axis() {
+        let mut svg = String::new();
+        let series = [("masq".to_string(), "#000", vec![(1e3, 100.0), (1e6, 200.0)])];
+        let bottom = line_chart(&mut svg, 0.0, "t", &series, "ns");
+        assert!(svg.contains(">1k<") && svg.contains(">1M<"), "{svg}");
+        assert!(svg.contains("polyline"));
+        assert!(bottom > 200.0);
     }
 
     #[test]

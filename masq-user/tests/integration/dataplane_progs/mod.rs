@@ -27,6 +27,7 @@ use crate::common::packet::*;
 
 mod events;
 mod flood;
+mod floor;
 mod health;
 mod hostile;
 mod icmp_errors;
