@@ -17,6 +17,7 @@ mod failover;
 mod flood;
 mod forwarding;
 mod frames;
+mod profile;
 mod prog;
 mod report;
 

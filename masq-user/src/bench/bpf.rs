@@ -232,8 +232,9 @@ pub struct JitedLine {
     pub text: String,
 }
 
-/// The JITed line table of `prog` (its BTF line info as the kernel placed it).
-pub fn jited_lines(prog: BorrowedFd<'_>) -> Result<Vec<JitedLine>> {
+/// The JITed line table of `prog` (its BTF line info as the kernel placed it), and the length
+/// of each of its JITed functions.
+pub fn jited_lines(prog: BorrowedFd<'_>) -> Result<(Vec<JitedLine>, Vec<u32>)> {
     #[repr(C, align(8))]
     struct Info([u8; 232]);
     let get_info = |fd: RawFd, info: &mut [u8]| -> Result<()> {
@@ -297,7 +298,7 @@ pub fn jited_lines(prog: BorrowedFd<'_>) -> Result<Vec<JitedLine>> {
             .zip(&lens)
             .position(|(&start, &len)| addr >= start && addr < start + u64::from(len))
     };
-    Ok((0..nr_lines as usize)
+    let lines = (0..nr_lines as usize)
         .filter_map(|i| {
             let rec = &lines[i * line_rec as usize..];
             let func = func_of(jited[i])?;
@@ -309,7 +310,8 @@ pub fn jited_lines(prog: BorrowedFd<'_>) -> Result<Vec<JitedLine>> {
                 text: string(u32_at(rec, 8)).trim().to_string(),
             })
         })
-        .collect())
+        .collect();
+    Ok((lines, lens))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -76,8 +76,8 @@ pub struct ProgOptions {
     pub new_conn_repeat: u32,
     /// Single-repeat new-connection samples for the cross-check.
     pub repeat1_samples: usize,
-    /// Only run this path hot, masq then its floor, for `PROFILE_SECONDS` each (under
-    /// `perf record`); nothing is measured.
+    /// Only profile this path hot, masq then its floor, `PROFILE_SECONDS` each under
+    /// `perf record` (`profile.rs`), and print where each one's time goes.
     pub profile: Option<String>,
 }
 
@@ -1295,31 +1295,25 @@ impl ProgBench<'_> {
         self.validate(kind, kind.program(), &frames[0])?;
         self.harness.load_frames(&frames)?;
         let (hook, ctx, mac) = (kind.hook(), self.ctx(kind).to_vec(), self.dst_mac(kind));
-        let floor = kind.floor().map(|f| self.floors[f].try_clone()).transpose()?;
-        let programs = [(kind.program(), Some(self.masq_fd(kind).try_clone()?)), ("floor", floor)];
-        for (program, fd) in programs {
-            let Some(fd) = fd else { continue };
-            // Where each source line's code is, for `perf script -F sym,symoff` samples.
-            let table = std::env::temp_dir().join(format!("masq-profile-{name}-{program}.tsv"));
-            let lines: String = bpf::jited_lines(fd.as_fd())?
-                .iter()
-                .map(|l| {
-                    format!("{}\t{:#x}\t{}:{}\t{}\n", l.func, l.offset, l.file, l.line, l.text)
-                })
-                .collect();
-            std::fs::write(&table, lines)?;
-            eprintln!("masq bench: profile: {program}'s line table in {}", table.display());
-            let started = Instant::now();
-            let mut runs = 0u64;
-            while started.elapsed().as_secs_f64() < PROFILE_SECONDS {
-                self.harness.run(hook, &fd, 1, self.opts.repeat, &ctx, mac)?;
-                runs += 1;
-            }
-            eprintln!(
-                "masq bench: profile: {name}: {program}, {} packets in {PROFILE_SECONDS} s",
-                runs * u64::from(self.opts.repeat)
-            );
+        let floor = match kind.floor() {
+            Some(name) => Some((name, self.floors[name].try_clone()?)),
+            None => None,
+        };
+        let masq = (kind.program(), self.masq_fd(kind).try_clone()?);
+        let programs = [Some(masq), floor];
+        let mut report =
+            format!("### Profile of {name}, hot (`masq-lab bench --profile {name}`)\n\n");
+        for (program, fd) in programs.into_iter().flatten() {
+            let repeat = self.opts.repeat;
+            let harness = &self.harness;
+            let profile = super::profile::record(program, fd.as_fd(), PROFILE_SECONDS, || {
+                harness.run(hook, &fd, 1, repeat, &ctx, mac)?;
+                Ok(u64::from(repeat))
+            })?;
+            eprintln!("masq bench: profile: {program}: {} packets", profile.packets);
+            report += &profile.markdown(15);
         }
+        println!("{report}");
         Ok(())
     }
 

@@ -33,7 +33,8 @@ enum Command {
         /// quick 20 s; 300 for the five-minute check).
         #[arg(long)]
         clean_seconds: Option<f64>,
-        /// Run one established path hot (masq, then its floor) for `perf record`; no results.
+        /// Profile one established path hot (masq, then its floor) with perf: time per packet by
+        /// source line, printed; nothing else is measured.
         #[arg(long)]
         profile: Option<String>,
         /// Directory for the results (JSON, SVG chart, Markdown summary).
