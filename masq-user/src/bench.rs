@@ -45,7 +45,7 @@ pub struct BenchOptions {
     pub masq_bin: PathBuf,
     /// Run one part only (development, profiling); all of them by default.
     pub only: Option<Part>,
-    /// The failover part's clean run, seconds (default: 60, quick 20).
+    /// The failover part's clean run, seconds (default: 30, quick 3).
     pub clean_seconds: Option<f64>,
     /// Profile one established path (see `prog::ProgOptions::profile`) and stop.
     pub profile: Option<String>,
@@ -231,24 +231,26 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
 
     let prog_opts = if opts.quick {
         prog::ProgOptions {
-            repeat: 100_000,
+            repeat: 30_000,
             runs: 3,
             levels: vec![1_000, 100_000],
             conn_capacity: 262_144,
-            spread_max: 65_536,
-            new_conn_repeat: 8_192,
-            repeat1_samples: 1_000,
+            spread_max: 32_768,
+            new_conn_repeat: 4_096,
+            repeat1_samples: 500,
+            pairs: 8,
             profile: opts.profile.clone(),
         }
     } else {
         prog::ProgOptions {
-            repeat: 200_000,
+            repeat: 100_000,
             runs: 5,
             levels: vec![1_000, 100_000, 1_000_000, 4_000_000],
             conn_capacity: 4_194_304,
             spread_max: 262_144,
             new_conn_repeat: 16_384,
             repeat1_samples: 2_000,
+            pairs: 16,
             profile: opts.profile.clone(),
         }
     };
@@ -286,12 +288,12 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
     timed("memory", t);
 
     let lab_opts = forwarding::LabBenchOptions {
-        rounds: if opts.quick { 3 } else { 5 },
-        window_s: if opts.quick { 1.0 } else { 3.0 },
-        warmup_s: if opts.quick { 0.5 } else { 1.0 },
-        iperf_seconds: if opts.quick { 1 } else { 3 },
+        rounds: if opts.quick { 1 } else { 3 },
+        window_s: if opts.quick { 0.5 } else { 1.0 },
+        warmup_s: if opts.quick { 0.2 } else { 0.5 },
+        iperf_seconds: if opts.quick { 1 } else { 2 },
         iperf_streams: 4,
-        conn_seconds: if opts.quick { 1.0 } else { 3.0 },
+        conn_seconds: if opts.quick { 0.75 } else { 1.0 },
         conn_clients: 2,
         xdp_friendly: false,
         masq_bin: opts.masq_bin.clone(),
@@ -318,7 +320,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
             factor: 10,
             keepalive_inbound: 100,
             keepalive_outbound: 20,
-            conn_seconds: if opts.quick { 1.0 } else { 3.0 },
+            conn_seconds: if opts.quick { 0.5 } else { 1.0 },
             conn_clients: 2,
             masq_bin: opts.masq_bin.clone(),
         })?)
@@ -331,8 +333,8 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
     let failover = if wanted(Part::Failover) {
         eprintln!("masq bench: uplink failover (ISP A stops forwarding)");
         Some(failover::run(&failover::FailoverOptions {
-            failures: if opts.quick { 3 } else { 7 },
-            clean_seconds: opts.clean_seconds.unwrap_or(if opts.quick { 20.0 } else { 60.0 }),
+            failures: if opts.quick { 1 } else { 5 },
+            clean_seconds: opts.clean_seconds.unwrap_or(if opts.quick { 3.0 } else { 30.0 }),
             masq_bin: opts.masq_bin.clone(),
         })?)
     } else {

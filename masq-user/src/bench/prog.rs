@@ -76,6 +76,9 @@ pub struct ProgOptions {
     pub new_conn_repeat: u32,
     /// Single-repeat new-connection samples for the cross-check.
     pub repeat1_samples: usize,
+    /// Pairs of single runs (with, without) where a feature's cost is measured (the RFC 1812
+    /// checks, connection events).
+    pub pairs: usize,
     /// Only profile this path hot, masq then its floor, `PROFILE_SECONDS` each under
     /// `perf record` (`profile.rs`), and print where each one's time goes.
     pub profile: Option<String>,
@@ -288,9 +291,6 @@ pub struct PairedCost {
     /// Per pair: with minus without.
     pub cost_ns: Stat,
 }
-
-/// Pairs of single runs (with, without) per path in `validation_cost`.
-const VALIDATION_PAIRS: usize = 16;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RulesCost {
@@ -1253,7 +1253,7 @@ impl ProgBench<'_> {
     fn validation_cost(&mut self, kind: PathKind) -> Result<PairedCost> {
         let frames = self.frames(kind, 1, Pick::Uniform);
         let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
-        for pair in 0..VALIDATION_PAIRS {
+        for pair in 0..self.opts.pairs {
             let mut got = [0.0; 2];
             for on in [pair % 2 == 0, pair % 2 == 1] {
                 self.set_validation(on)?;
@@ -1609,7 +1609,7 @@ impl ProgBench<'_> {
         let frames = self.frames(PathKind::NewConnection, 1, Pick::Uniform);
         self.fresh_cap = ring_bytes / 48 / 2;
         let (mut with, mut without, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
-        for pair in 0..VALIDATION_PAIRS {
+        for pair in 0..self.opts.pairs {
             let mut got = [0.0; 2];
             for on in [pair % 2 == 0, pair % 2 == 1] {
                 self.dp.set_events(on)?;

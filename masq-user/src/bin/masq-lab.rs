@@ -29,8 +29,8 @@ enum Command {
         /// Fewer rounds and repeats, smaller tables (under 1.5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Length of the failover part's clean run, counting false failovers (default 60 s,
-        /// quick 20 s; 300 for the five-minute check).
+        /// Length of the failover part's clean run, counting false failovers (default 30 s,
+        /// quick 3 s; 300 for the five-minute check).
         #[arg(long)]
         clean_seconds: Option<f64>,
         /// Profile one established path hot (masq, then its floor) with perf: time per packet by
