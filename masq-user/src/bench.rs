@@ -243,11 +243,11 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         }
     } else {
         prog::ProgOptions {
-            repeat: 100_000,
+            repeat: 80_000,
             runs: 5,
             levels: vec![1_000, 100_000, 1_000_000, 4_000_000],
             conn_capacity: 4_194_304,
-            spread_max: 262_144,
+            spread_max: 131_072,
             new_conn_repeat: 16_384,
             repeat1_samples: 2_000,
             pairs: 16,
@@ -333,7 +333,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
     let failover = if wanted(Part::Failover) {
         eprintln!("masq bench: uplink failover (ISP A stops forwarding)");
         Some(failover::run(&failover::FailoverOptions {
-            failures: if opts.quick { 1 } else { 5 },
+            failures: if opts.quick { 1 } else { 4 },
             clean_seconds: opts.clean_seconds.unwrap_or(if opts.quick { 3.0 } else { 30.0 }),
             masq_bin: opts.masq_bin.clone(),
         })?)
