@@ -38,20 +38,7 @@ fn with_floors(gw: &mut Gw) {
 }
 
 fn floor_xdp(gw: &Gw, frame: &[u8]) -> Run {
-    let prog: &Xdp =
-        gw.dp.ebpf().program(program_names::FLOOR_UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
-    let md: [u32; 6] = [0, frame.len() as u32, 0, gw.ifindex("eth4"), 0, 0];
-    let mut out = vec![0u8; frame.len() + 256];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(bytemuck::cast_slice(&md)),
-            ..TestRunOptions::new()
-        })
-        .expect("XDP test run");
-    out.truncate(r.data_size_out as usize);
-    Run { ret: r.return_value, out, mark: 0 }
+    gw.xdp_prog(program_names::FLOOR_UPLINK_INGRESS_XDP, "eth4", frame)
 }
 
 /// A confirmed connection as masq keeps it: `fwd` becomes `xlate`, and its reply back.

@@ -203,8 +203,12 @@ impl Gw {
 
     /// `masq_uplink_in_xdp` on a frame received by `dev`.
     fn xdp(&self, dev: &str, frame: &[u8]) -> Run {
-        let prog: &Xdp =
-            self.dp.ebpf().program(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();
+        self.xdp_prog(program_names::UPLINK_INGRESS_XDP, dev, frame)
+    }
+
+    /// The XDP program `prog` on a frame received by `dev`.
+    fn xdp_prog(&self, prog: &str, dev: &str, frame: &[u8]) -> Run {
+        let prog: &Xdp = self.dp.ebpf().program(prog).unwrap().try_into().unwrap();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex(dev), 0, 0];
         let mut out = vec![0u8; frame.len() + 256];
