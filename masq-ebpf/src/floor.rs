@@ -3,8 +3,8 @@
 //!
 //! Each parses the link header (XDP, TC behind Ethernet), IPv4 and TCP/UDP; makes one lookup in
 //! masq's own `CONNS`, so both run on the same table contents; rewrites the tuple with
-//! incremental checksums (TC: through the checksum helpers, as CHECKSUM_PARTIAL needs) and the
-//! TTL; and sends the packet to the fixed output in `FLOOR_ROUTES`. A miss is a new
+//! incremental checksums (masq's own `nat::rewrite_tuple`; TC: through the checksum helpers, as
+//! CHECKSUM_PARTIAL needs) and the TTL; and sends the packet to the fixed output in `FLOOR_ROUTES`. A miss is a new
 //! connection: the bare inserts masq needs for one (both `PENDING_CONNS` entries; from the LAN
 //! also the binding's two), nothing looked up or checked first.
 use aya_ebpf::{
@@ -24,14 +24,15 @@ use masq_common::{
 use crate::{
     forward::{decrement_ttl, set_macs},
     maps::{BINDINGS, BOUND_PORTS, CONNS, FLOOR_ROUTES, PENDING_CONNS},
+    nat,
     packet::{
-        ETH_P_IP, EthSkb, IP_CSUM, IP_DST, IP_FRAG, IP_MF, IP_OFFSET, IP_PROTO, IP_SRC,
-        IPPROTO_TCP, IPPROTO_UDP, L4_OFF, Packet, Skb,
+        ETH_P_IP, EthSkb, IP_DST, IP_FRAG, IP_MF, IP_OFFSET, IP_PROTO, IP_SRC, IPPROTO_TCP,
+        IPPROTO_UDP, L4, L4_OFF, Packet, Skb,
     },
 };
 
 /// What a floor program does with a translated packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Out {
     /// Redirected by `FLOOR_ROUTES[slot]`.
     Redirect(u32),
@@ -39,17 +40,12 @@ enum Out {
     Pass,
 }
 
-enum Done {
-    Redirect(u32),
-    Pass,
-}
-
 #[xdp]
 pub fn masq_floor_uplink_in_xdp(mut ctx: XdpContext) -> u32 {
     match floor(&mut ctx, Out::Redirect(FLOOR_TO_LAN), false) {
         // SAFETY: plain helper call.
-        Ok(Done::Redirect(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as u32 },
-        Ok(Done::Pass) => XDP_PASS,
+        Ok(Some(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        Ok(None) => XDP_PASS,
         Err(_) => XDP_DROP,
     }
 }
@@ -74,17 +70,18 @@ fn tc(ctx: TcContext, out: Out, binds: bool) -> i32 {
     let mut skb: EthSkb = Skb(ctx);
     match floor(&mut skb, out, binds) {
         // SAFETY: plain helper call.
-        Ok(Done::Redirect(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as i32 },
-        Ok(Done::Pass) => TC_ACT_OK,
+        Ok(Some(ifindex)) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Ok(None) => TC_ACT_OK,
         Err(_) => TC_ACT_SHOT,
     }
 }
 
-/// `binds`: a new connection also takes a binding (it comes from the LAN).
+/// The device to redirect to, or none to pass the packet on. `binds`: a new connection also
+/// takes a binding (it comes from the LAN).
 #[inline(always)]
-fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Done, Counter> {
+fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Option<u32>, Counter> {
     if p.ethertype()? != ETH_P_IP {
-        return Ok(Done::Pass);
+        return Ok(None);
     }
     let first: u8 = p.load(0)?;
     let frag: u16 = p.load(IP_FRAG)?;
@@ -94,7 +91,7 @@ fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Done, Counter> {
         || u16::from_be(frag) & (IP_MF | IP_OFFSET) != 0
         || !(tcp || proto == IPPROTO_UDP)
     {
-        return Ok(Done::Pass);
+        return Ok(None);
     }
     let key =
         FlowKey::new(p.load(IP_SRC)?, p.load(IP_DST)?, p.load(L4_OFF)?, p.load(L4_OFF + 2)?, proto);
@@ -108,13 +105,14 @@ fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Done, Counter> {
         Some(entry) => entry.xlate,
         None => insert_new(&key, route.new_addr, slot == FLOOR_TO_LAN, binds)?,
     };
-    rewrite(p, &key, &to, tcp)?;
+    let l4 = if tcp { L4::Tcp } else { L4::Udp };
+    nat::rewrite_tuple(p, l4, false, &key, &to.key(proto))?;
     match out {
-        Out::Pass => Ok(Done::Pass),
+        Out::Pass => Ok(None),
         Out::Redirect(_) => {
             decrement_ttl(p)?;
             set_macs(p, &route.smac, &route.dmac)?;
-            Ok(Done::Redirect(route.ifindex))
+            Ok(Some(route.ifindex))
         }
     }
 }
@@ -151,30 +149,4 @@ fn insert_new(key: &FlowKey, new_addr: u32, to_lan: bool, binds: bool) -> Result
         BOUND_PORTS.insert(port, binding, 0).map_err(|_| Counter::DropConnInsertFailed)?;
     }
     Ok(to)
-}
-
-/// Rewrite what differs between `key` and `to`, fixing the IP and transport checksums.
-#[inline(always)]
-fn rewrite<P: Packet>(p: &mut P, key: &FlowKey, to: &Tuple4, tcp: bool) -> Result<(), Counter> {
-    let csum = if tcp { L4_OFF + 16 } else { L4_OFF + 6 };
-    let udp = !tcp;
-    if to.src_addr != key.src_addr {
-        p.fix_csum4(IP_CSUM, key.src_addr, to.src_addr)?;
-        p.l4_csum_addr(csum, key.src_addr, to.src_addr, udp)?;
-        p.store_u32(IP_SRC, to.src_addr)?;
-    }
-    if to.dst_addr != key.dst_addr {
-        p.fix_csum4(IP_CSUM, key.dst_addr, to.dst_addr)?;
-        p.l4_csum_addr(csum, key.dst_addr, to.dst_addr, udp)?;
-        p.store_u32(IP_DST, to.dst_addr)?;
-    }
-    if to.src_port != key.src_port {
-        p.l4_csum_port(csum, key.src_port, to.src_port, udp)?;
-        p.store_u16(L4_OFF, to.src_port)?;
-    }
-    if to.dst_port != key.dst_port {
-        p.l4_csum_port(csum, key.dst_port, to.dst_port, udp)?;
-        p.store_u16(L4_OFF + 2, to.dst_port)?;
-    }
-    Ok(())
 }

@@ -177,11 +177,13 @@ pub fn xdp_action(ctx: &mut XdpContext, verdict: Result<Verdict, Counter>) -> u3
 }
 
 /// Run a TC program's body on `ctx` (headers pulled into the linear area first) and return its
-/// action.
+/// action. `body` is a plain function, called directly once this is inlined, so it is inlined
+/// into the program too (behind `FnOnce`, LLVM may keep it as a BPF-to-BPF call, and a tail call
+/// is only allowed in a function that returns an int).
 #[inline(always)]
 pub fn tc_run<const IP: usize>(
     ctx: TcContext,
-    body: impl FnOnce(&mut Skb<IP>) -> Result<Verdict, Counter>,
+    body: fn(&mut Skb<IP>) -> Result<Verdict, Counter>,
 ) -> i32 {
     let mut skb = Skb::<IP>(ctx);
     skb.pull_headers();

@@ -14,10 +14,10 @@ use masq_common::{
 use crate::{
     binding, conntrack,
     forward::decrement_ttl,
-    hook::{Hook, Verdict, local_tcp_socket, local_udp_socket, tc_action, tc_run},
+    hook::{Hook, Verdict, local_tcp_socket, local_udp_socket, tc_run},
     maps::{PUBLIC_ADDRS, TAIL_CALLS},
     nat::published,
-    packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, Skb, TCP_ACK, TCP_SYN, parse},
+    packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
         RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink,
@@ -31,12 +31,7 @@ const PACKET_HOST: u32 = 0;
 
 #[classifier]
 pub fn masq_lan_in(ctx: TcContext) -> i32 {
-    // Not through `tc_run`: LLVM may keep the body behind a call there, and a tail call is
-    // only allowed in a function that returns an int.
-    let mut skb = Skb(ctx);
-    skb.pull_headers();
-    let verdict = run(&mut skb);
-    tc_action(&mut skb, verdict)
+    tc_run::<ETH_HLEN>(ctx, run)
 }
 
 /// Never attached: `masq_lan_in` hands it the packets that open a masqueraded connection.

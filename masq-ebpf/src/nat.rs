@@ -40,8 +40,21 @@ pub fn rewrite<P: Packet>(
     from: &FlowKey,
     to: &FlowKey,
 ) -> Result<(), Counter> {
-    let udp = ip.l4 == L4::Udp;
-    let l4_csum = ip.l4.pseudo_csum_off();
+    rewrite_tuple(p, ip.l4, ip.echo_request, from, to)
+}
+
+/// As [`rewrite`], given only what it needs of the parsed packet: the transport and, for an
+/// echo, whether it is a request.
+#[inline(always)]
+pub fn rewrite_tuple<P: Packet>(
+    p: &mut P,
+    l4: L4,
+    echo_request: bool,
+    from: &FlowKey,
+    to: &FlowKey,
+) -> Result<(), Counter> {
+    let udp = l4 == L4::Udp;
+    let l4_csum = l4.pseudo_csum_off();
     if from.src_addr != to.src_addr {
         if let Some(off) = l4_csum {
             p.l4_csum_addr(off, from.src_addr, to.src_addr, udp)?;
@@ -56,7 +69,7 @@ pub fn rewrite<P: Packet>(
         p.fix_csum4(IP_CSUM, from.dst_addr, to.dst_addr)?;
         p.store_u32(IP_DST, to.dst_addr)?;
     }
-    match ip.l4 {
+    match l4 {
         L4::Tcp | L4::Udp => {
             let csum_off = l4_csum.unwrap_or(0);
             if from.src_port != to.src_port {
@@ -72,7 +85,7 @@ pub fn rewrite<P: Packet>(
             // The identifier is the source "port" of a request, the destination one of a reply.
             // (Two calls, not a choice of fields: LLVM would pick a stack address with an OR,
             // which the verifier refuses.)
-            if ip.echo_request {
+            if echo_request {
                 set_echo_id(p, from.src_port, to.src_port)?;
             } else {
                 set_echo_id(p, from.dst_port, to.dst_port)?;

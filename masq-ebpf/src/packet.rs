@@ -287,15 +287,17 @@ unsafe fn read_packet<T: Copy>(p: *const T) -> T {
     // SAFETY: the caller's bounds; the instructions only read those bytes.
     unsafe {
         match core::mem::size_of::<T>() {
-            2 => asm!("{0} = *(u16 *)({1} + 0)", lateout(reg) v, in(reg) addr,
-                      options(pure, readonly, nostack, preserves_flags)),
-            4 => asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) v, in(reg) addr,
-                      options(pure, readonly, nostack, preserves_flags)),
-            _ => return p.read_unaligned(),
-        }
-        match core::mem::size_of::<T>() {
-            2 => core::mem::transmute_copy(&(v as u16)),
-            _ => core::mem::transmute_copy(&(v as u32)),
+            2 => {
+                asm!("{0} = *(u16 *)({1} + 0)", lateout(reg) v, in(reg) addr,
+                     options(pure, readonly, nostack, preserves_flags));
+                core::mem::transmute_copy(&(v as u16))
+            }
+            4 => {
+                asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) v, in(reg) addr,
+                     options(pure, readonly, nostack, preserves_flags));
+                core::mem::transmute_copy(&(v as u32))
+            }
+            _ => p.read_unaligned(),
         }
     }
 }

@@ -137,6 +137,16 @@ struct LinkInfo {
     ifindex: u32,
 }
 
+/// bpf(2) with `attr` as its `union bpf_attr` prefix.
+///
+/// # Safety
+/// `attr` is the layout `cmd` expects, and every pointer in it is valid for the call.
+unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: as the caller promises.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
 /// An fd for the object pinned at `pin` (BPF_OBJ_GET).
 fn open_pin(pin: &Path) -> io::Result<OwnedFd> {
     #[repr(C)]
@@ -148,20 +158,10 @@ fn open_pin(pin: &Path) -> io::Result<OwnedFd> {
         _pad: u32,
     }
     let path = CString::new(pin.as_os_str().as_bytes())?;
-    let attr =
+    let mut attr =
         ObjGet { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
     // SAFETY: BPF_OBJ_GET reads `attr` (a NUL-terminated path that outlives the call).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGet,
-            std::mem::size_of::<ObjGet>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { sys_bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -175,23 +175,14 @@ pub fn detach_and_unpin(pin: &Path) -> io::Result<()> {
         link_fd: u32,
     }
     let fd = open_pin(pin)?;
-    let attr = LinkDetach { link_fd: fd.as_raw_fd() as u32 };
+    let mut attr = LinkDetach { link_fd: fd.as_raw_fd() as u32 };
     // SAFETY: BPF_LINK_DETACH reads `attr`; the fd is open for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &attr as *const LinkDetach,
-            std::mem::size_of::<LinkDetach>(),
-        )
-    };
     // ENOLINK: its device is gone, so it is detached already; EOPNOTSUPP: a kind of link
     // (a tracepoint's) that only goes with its last reference.
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if !matches!(err.raw_os_error(), Some(libc::ENOLINK | libc::EOPNOTSUPP)) {
-            return Err(err);
-        }
+    if let Err(err) = unsafe { sys_bpf(BPF_LINK_DETACH, &mut attr) }
+        && !matches!(err.raw_os_error(), Some(libc::ENOLINK | libc::EOPNOTSUPP))
+    {
+        return Err(err);
     }
     fs::remove_file(pin)
 }
@@ -217,17 +208,7 @@ fn link_info(pin: &Path) -> io::Result<LinkInfo> {
         info: info.0.as_mut_ptr() as u64,
     };
     // SAFETY: the kernel writes at most `info_len` bytes into `info`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoByFd,
-            std::mem::size_of::<InfoByFd>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     let word = |i: usize| info.0[i];
     Ok(LinkInfo { link_type: word(0), id: word(1), prog_id: word(2), ifindex: word(4) })
 }

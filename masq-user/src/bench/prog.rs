@@ -432,41 +432,15 @@ fn in_namespace(
     let mut dp = Dataplane::load(&cfg, pin_dir)?;
     let states = crate::follow::resolve_all(&cfg.uplinks, &host, &[]);
     dp.fill_maps(&cfg, &host, &states, &[])?;
-    let mut masq_programs = HashMap::new();
-    for name in [
-        program_names::UPLINK_INGRESS_XDP,
-        program_names::LAN_INGRESS,
-        program_names::UPLINK_INGRESS,
-        program_names::UPLINK_EGRESS,
-    ] {
-        masq_programs.insert(name, load_program(&mut dp, name)?);
-    }
-    let xdp_fd = masq_programs[program_names::UPLINK_INGRESS_XDP].try_clone()?;
-    let mut floors = HashMap::new();
-    for name in [
-        program_names::FLOOR_UPLINK_INGRESS_XDP,
-        program_names::FLOOR_LAN_INGRESS,
-        program_names::FLOOR_UPLINK_INGRESS,
-        program_names::FLOOR_UPLINK_EGRESS,
-    ] {
-        floors.insert(name, load_program(&mut dp, name)?);
-    }
+    let masq_programs = load_programs(&mut dp, &MEASURED)?;
+    let floors = load_programs(&mut dp, &FLOORS)?;
     dp.link_tail_calls()?;
-    let programs = [
-        program_names::UPLINK_INGRESS_XDP,
-        program_names::LAN_INGRESS,
-        program_names::LAN_INGRESS_NEW,
-        program_names::LAN_INGRESS_HAIRPIN,
-        program_names::UPLINK_INGRESS,
-        program_names::UPLINK_EGRESS,
-        program_names::FLOOR_UPLINK_INGRESS_XDP,
-        program_names::FLOOR_LAN_INGRESS,
-        program_names::FLOOR_UPLINK_INGRESS,
-        program_names::FLOOR_UPLINK_EGRESS,
-    ]
-    .into_iter()
-    .map(|name| program_size(&dp, name))
-    .collect::<Result<_>>()?;
+    let programs = MEASURED
+        .into_iter()
+        .chain([program_names::LAN_INGRESS_NEW, program_names::LAN_INGRESS_HAIRPIN])
+        .chain(FLOORS)
+        .map(|name| program_size(&dp, name))
+        .collect::<Result<_>>()?;
     let ifindex = |name: &str| {
         host.get(name).map(|i| i.index).ok_or_else(|| anyhow!("no {name} in the bench namespace"))
     };
@@ -480,7 +454,6 @@ fn in_namespace(
     let mut bench = ProgBench {
         opts,
         dp,
-        xdp_fd,
         programs: masq_programs,
         floors,
         ctx,
@@ -599,6 +572,29 @@ fn set_floor_routes(dp: &mut Dataplane, eth0: u32, eth4: u32) -> Result<()> {
     routes.set(FLOOR_TO_LAN, route(eth0, ISOLDE, MAC_ETH0, MAC_LAN_PEER), 0)?;
     routes.set(FLOOR_TO_UPLINK, route(eth4, GW_ISP_A, MAC_ETH4, MAC_ISPA_PEER), 0)?;
     Ok(())
+}
+
+/// masq's programs the paths run (the tail-called ones come with `masq_lan_in`).
+const MEASURED: [&str; 4] = [
+    program_names::UPLINK_INGRESS_XDP,
+    program_names::LAN_INGRESS,
+    program_names::UPLINK_INGRESS,
+    program_names::UPLINK_EGRESS,
+];
+
+/// Their floors (`PathKind::floor`).
+const FLOORS: [&str; 4] = [
+    program_names::FLOOR_UPLINK_INGRESS_XDP,
+    program_names::FLOOR_LAN_INGRESS,
+    program_names::FLOOR_UPLINK_INGRESS,
+    program_names::FLOOR_UPLINK_EGRESS,
+];
+
+fn load_programs(
+    dp: &mut Dataplane,
+    names: &[&'static str],
+) -> Result<HashMap<&'static str, ProgramFd>> {
+    names.iter().map(|&name| Ok((name, load_program(dp, name)?))).collect()
 }
 
 fn load_program(dp: &mut Dataplane, name: &str) -> Result<ProgramFd> {
@@ -842,7 +838,6 @@ fn connection(
 struct ProgBench<'a> {
     opts: &'a ProgOptions,
     dp: Dataplane,
-    xdp_fd: ProgramFd,
     /// masq's programs and the floor programs, loaded, by name.
     programs: HashMap<&'static str, ProgramFd>,
     floors: HashMap<&'static str, ProgramFd>,
@@ -971,6 +966,10 @@ impl ProgBench<'_> {
 
     fn masq_fd(&self, kind: PathKind) -> &ProgramFd {
         &self.programs[kind.program()]
+    }
+
+    fn xdp_fd(&self) -> &ProgramFd {
+        &self.programs[program_names::UPLINK_INGRESS_XDP]
     }
 
     /// One run through masq's program with `data_out`: the action and the rewrite must be the
@@ -1331,7 +1330,7 @@ impl ProgBench<'_> {
             let [a, b, c, _] = ((base + n) as u32).to_le_bytes();
             let src = Endpoint::new(Ipv4Addr::new(12, a, b, c), NEW_CONN_PORT);
             let frame = frames::tcp(MAC_ETH4, MAC_ISPA_PEER, src, public, TCP_SYN);
-            let run = bpf::test_run(self.xdp_fd.as_fd(), &frame, &ctx, 1)?;
+            let run = bpf::test_run(self.xdp_fd().as_fd(), &frame, &ctx, 1)?;
             ensure!(run.retval == XDP_REDIRECT, "new connection (repeat=1) not redirected");
             masq.push(f64::from(run.duration_ns));
             empty.push(f64::from(bpf::test_run(trivial, &frame, &ctx, 1)?.duration_ns));
@@ -1351,7 +1350,7 @@ impl ProgBench<'_> {
         let trivial = self.harness.xdp.trivial.as_fd();
         let mut net = Vec::new();
         for _ in 0..self.opts.runs {
-            let masq = bpf::test_run(self.xdp_fd.as_fd(), &frame, &ctx, self.opts.repeat)?;
+            let masq = bpf::test_run(self.xdp_fd().as_fd(), &frame, &ctx, self.opts.repeat)?;
             ensure!(masq.retval == XDP_PASS, "untouched frame not passed");
             let empty = bpf::test_run(trivial, &frame, &ctx, self.opts.repeat)?;
             net.push(f64::from(masq.duration_ns) - f64::from(empty.duration_ns));
@@ -1640,7 +1639,7 @@ impl ProgBench<'_> {
                 .collect();
             bench.harness.load_frames(&frames)?;
             let before = bench.read_counters()?;
-            let run = bench.harness.run(Hook::Xdp, &bench.xdp_fd, n, n as u32, &ctx, MAC_ETH4)?;
+            let run = bench.harness.run(Hook::Xdp, bench.xdp_fd(), n, n as u32, &ctx, MAC_ETH4)?;
             let after = bench.read_counters()?;
             ensure!(run.retval == XDP_REDIRECT, "event bench: new connection not redirected");
             bench.next_fresh += n as u64;
