@@ -20,9 +20,9 @@ use crate::{
     },
     hooks::HookChoice,
     host::HostInterfaces,
-    metrics,
+    local_ports, metrics, pinned,
     policy_tables::{self, PolicySpec, PolicyTables, UplinkRoute, UplinkTable},
-    state::{self, DaemonState, Names, NamesSource, pid_file},
+    state::{self, DaemonState, Names, NamesSource, pid_file, ports_file},
     trace::{self, ProgramTrace},
 };
 
@@ -70,7 +70,7 @@ fn apply_verdict(
     v: &Verdict,
 ) {
     let Some(u) = cfg.uplinks.get(v.uplink) else { return };
-    if let Err(e) = dataplane.set_uplink_up(v.uplink, v.up) {
+    if let Err(e) = pinned::set_uplink_up(dataplane.pin_dir(), v.uplink, v.up) {
         warn!("uplink {}: updating its state: {e:#}", u.name);
     }
     if v.up {
@@ -246,14 +246,14 @@ async fn start(
     let fresh = !pin_dir.join(masq_common::map_names::CONNS).exists();
     let undo = |tables: Option<PolicyTables>| async move {
         if fresh {
-            let _ = crate::local_ports::restore(pin_dir);
+            let _ = local_ports::restore(&ports_file(pin_dir));
             let _ = remove_pins(pin_dir);
             if let Some(tables) = tables {
                 let _ = tables.remove().await;
             }
         }
     };
-    if let Err(e) = crate::local_ports::claim(cfg.dataplane.gateway_ports, pin_dir) {
+    if let Err(e) = local_ports::claim(cfg.dataplane.gateway_ports, &ports_file(pin_dir)) {
         undo(None).await;
         return Err(e.context("dataplane.gateway_ports"));
     }
@@ -264,12 +264,12 @@ async fn start(
             return Err(e);
         }
     };
-    if let Err(e) = dataplane.fill_maps(cfg, host, states, up) {
+    if let Err(e) = pinned::write_config(pin_dir, cfg, host, states, up) {
         drop(dataplane);
         undo(None).await;
         return Err(e);
     }
-    match dataplane.sweep_gateway_range() {
+    match pinned::sweep_gateway_range(dataplane.pin_dir()) {
         Ok(0) => {}
         Ok(n) => info!("{n} NAT bindings inside the gateway's own ports removed"),
         Err(e) => warn!("removing NAT bindings inside the gateway's own ports: {e:#}"),
@@ -364,7 +364,13 @@ async fn follow_host(
         log_uplink(u, Some(old), now);
     }
     let changed = follow_links(monitor, cfg, &new);
-    if let Err(e) = dataplane.fill_maps(cfg, &new.host, &new.states, &verdicts(monitor, cfg)) {
+    if let Err(e) = pinned::write_config(
+        dataplane.pin_dir(),
+        cfg,
+        &new.host,
+        &new.states,
+        &verdicts(monitor, cfg),
+    ) {
         // Most likely the LAN device is gone; its return brings another change.
         warn!("updating the maps: {e:#}");
     }
@@ -374,11 +380,11 @@ async fn follow_host(
     tables.update(policy_spec(cfg, &new.states)).await.context("updating the policy tables")?;
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         let Some(lost) = follow::lost_address(old, now) else { continue };
-        let wire = crate::dataplane::wire_addr(lost);
+        let wire = crate::map_values::wire_addr(lost);
         let removed = dataplane.remove_conns(EndReason::Renumbered, |conn| {
             conn.keys().any(|k| k.src_addr == wire || k.dst_addr == wire)
         })?;
-        dataplane.count(Counter::ConnsRenumbered, removed as u64)?;
+        pinned::add_to_counter(dataplane.pin_dir(), Counter::ConnsRenumbered, removed as u64)?;
         info!("uplink {}: {removed} connections of its old address {lost} removed", u.name);
     }
     state.waiting = new.waiting(cfg);
@@ -456,7 +462,7 @@ async fn serve(
                 }
             }
             _ = health.tick() => {
-                match crate::pinned::read_uplink_stats(pin_dir, cfg.uplinks.len()) {
+                match pinned::read_uplink_stats(pin_dir, cfg.uplinks.len()) {
                     Ok(stats) => monitor.sample_passive(&stats),
                     Err(e) => debug!("reading the uplinks' counters: {e:#}"),
                 }
@@ -543,15 +549,14 @@ async fn serve(
             }
             _ = expiry.tick() => {
                 let now = conntrack::clock_ns();
-                let expired = dataplane
-                    .conn_tables()
+                let expired = pinned::conn_tables(pin_dir)
                     .map(|mut tables| tables.expire_keeping(&cfg.dataplane.timeouts, now));
                 match expired {
                     Ok((gone, left)) => {
                         if !gone.is_empty() {
                             info!("expired {} idle connections", gone.len());
                         }
-                        if let Err(e) = dataplane.sweep_bindings(&left) {
+                        if let Err(e) = pinned::sweep_bindings(dataplane.pin_dir(), &left) {
                             warn!("removing unused NAT bindings: {e:#}");
                         }
                         let rec = Recorder { cfg: &cfg, names: &names };
@@ -649,17 +654,24 @@ fn reload(
     if identity(&new) != identity(current) || new.lan != current.lan {
         bail!("uplinks or the LAN changed: that needs `masq run` again, not a reload");
     }
-    crate::local_ports::claim(new.dataplane.gateway_ports, dataplane.pin_dir())?;
-    let filled = dataplane.fill_maps(&new, &host, &followed.states, &verdicts(monitor, current));
+    local_ports::claim(new.dataplane.gateway_ports, &ports_file(dataplane.pin_dir()))?;
+    let filled = pinned::write_config(
+        dataplane.pin_dir(),
+        &new,
+        &host,
+        &followed.states,
+        &verdicts(monitor, current),
+    );
     if let Err(e) = filled {
         // Rejected: the running config's port range again.
-        let _ = crate::local_ports::claim(current.dataplane.gateway_ports, dataplane.pin_dir());
+        let _ =
+            local_ports::claim(current.dataplane.gateway_ports, &ports_file(dataplane.pin_dir()));
         return Err(e);
     }
-    if let Err(e) = dataplane.sweep_gateway_range() {
+    if let Err(e) = pinned::sweep_gateway_range(dataplane.pin_dir()) {
         warn!("removing NAT bindings inside the gateway's own ports: {e:#}");
     }
-    let published = crate::dataplane::publish_entries(&new);
+    let published = crate::map_values::publish_entries(&new);
     let removed = dataplane.remove_conns(EndReason::Unpublished, |conn| {
         conn.orig.as_ref().is_some_and(|(key, entry)| {
             entry.is_inbound()
@@ -707,7 +719,7 @@ pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let removed = runtime.block_on(policy_tables::remove_all(&tables))?;
     remove_pins(pin_dir)?;
-    if let Err(e) = crate::local_ports::restore(pin_dir) {
+    if let Err(e) = local_ports::restore(&ports_file(pin_dir)) {
         warn!("{e:#}");
     }
     info!("down: {removed} rules and routes removed, pins under {} removed", pin_dir.display());

@@ -1,16 +1,14 @@
-//! The eBPF side of the loader: load the object, fill the maps from the config, attach the
-//! programs, pin the maps for the CLI, and take it all down again.
+//! The eBPF side of the loader: load the object (its maps pinned as they are made, see
+//! `pinned`), attach the programs, and take it all down again.
 use std::{
     fs,
-    net::Ipv4Addr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapType, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -18,154 +16,23 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use ipnet::Ipv4Net;
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, CFG_F_EVENTS, CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN,
-    CFG_F_NO_STEER, CFG_F_NO_VALIDATE, ConnEntry, Counter, DataplaneConfig, FlowKey, FragKey,
-    FragXlate, MAX_CHOICES, MAX_LAN_PREFIXES, MAX_POLICIES, MAX_UPLINKS, NextHop, POLICY_F_STICKY,
-    PUBLIC_F_PORTS, PUBLIC_F_WHOLE, PolicyRule, Prefix4, PublicAddr, PublishKey, PublishTarget,
-    UPLINK_F_ENABLED, UPLINK_F_UDP_OPEN_FILTER, UPLINK_F_UP, UplinkInfo, UplinkStats,
     XDP_DEVMAP_XMIT_DROPS, XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX,
     XDP_REDIRECT_ERR_PROG_ID, map_names, program_names,
 };
 use tracing::warn;
 
 use crate::{
-    config::{Config, Policy, Uplink},
-    conntrack::{Conn, ConnTable, ConnTables, EndReason},
-    follow::UplinkState,
+    config::{Config, Uplink},
+    conntrack::{Conn, EndReason},
     hooks::{self, DeviceFacts, HookChoice, HookPoint},
     host::HostInterfaces,
     links::{self, link_pin_name, parse_link_pin},
+    pinned,
 };
 
 /// The compiled eBPF object (built by build.rs from masq-ebpf).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/masq"));
-
-/// An IPv4 address as the dataplane stores it: network byte order in memory.
-pub fn wire_addr(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
-
-/// A port as the dataplane stores it: network byte order in memory.
-pub fn wire_port(port: u16) -> u16 {
-    port.to_be()
-}
-
-pub fn wire_prefix(net: Ipv4Net) -> Prefix4 {
-    Prefix4 { addr: wire_addr(net.network()), mask: wire_addr(net.netmask()) }
-}
-
-/// `CONFIG[0]`. `local_ports`: the gateway's own ephemeral ports, never used for SNAT.
-pub fn dataplane_config(
-    cfg: &Config,
-    lan_ifindex: u32,
-    local_ports: Option<(u16, u16)>,
-) -> anyhow::Result<DataplaneConfig> {
-    if cfg.lan.prefixes.len() > MAX_LAN_PREFIXES {
-        bail!("lan.prefixes: at most {MAX_LAN_PREFIXES} prefixes");
-    }
-    let mut lan_prefixes = [Prefix4::default(); MAX_LAN_PREFIXES];
-    for (slot, net) in lan_prefixes.iter_mut().zip(&cfg.lan.prefixes) {
-        *slot = wire_prefix(*net);
-    }
-    let dp = &cfg.dataplane;
-    Ok(DataplaneConfig {
-        lan_ifindex,
-        mark_mask: dp.mark_mask,
-        flags: if dp.fast_path { CFG_F_FAST_PATH } else { 0 }
-            | if dp.steer { 0 } else { CFG_F_NO_STEER }
-            | if dp.validate { 0 } else { CFG_F_NO_VALIDATE }
-            | if dp.hairpin { 0 } else { CFG_F_NO_HAIRPIN },
-        port_min: dp.port_min,
-        port_max: dp.port_max,
-        lan_prefixes,
-        lan_prefix_count: cfg.lan.prefixes.len() as u32,
-        policy_count: cfg.policies.len() as u32,
-        port_skip_min: local_ports.map_or(1, |(min, _)| min),
-        port_skip_max: local_ports.map_or(0, |(_, max)| max),
-    })
-}
-
-/// `POLICIES[i]`.
-pub fn policy_rule(policy: &Policy) -> PolicyRule {
-    let any = Ipv4Net::default();
-    let (port_min, port_max) = policy.ports.unwrap_or((0, u16::MAX));
-    let mut rule = PolicyRule {
-        from: wire_prefix(policy.from.unwrap_or(any)),
-        to: wire_prefix(policy.to.unwrap_or(any)),
-        port_min,
-        port_max,
-        proto: policy.proto.map_or(0, |p| p.number()),
-        choice_count: policy.choices.len().min(MAX_CHOICES) as u8,
-        flags: if policy.sticky { POLICY_F_STICKY } else { 0 },
-        ..PolicyRule::default()
-    };
-    for (i, choice) in policy.choices.iter().take(MAX_CHOICES).enumerate() {
-        rule.uplinks[i] = choice.uplink as u8;
-        rule.weights[i] = choice.weight;
-        rule.tiers[i] = choice.tier;
-    }
-    rule
-}
-
-/// `PUBLISH` entries.
-pub fn publish_entries(cfg: &Config) -> Vec<(PublishKey, PublishTarget)> {
-    cfg.publish
-        .iter()
-        .map(|p| {
-            let key = PublishKey {
-                addr: wire_addr(p.address),
-                port: p.port.map_or(0, wire_port),
-                proto: if p.port.is_some() { p.proto.map_or(0, |x| x.number()) } else { 0 },
-                _pad: 0,
-            };
-            let target = PublishTarget {
-                to_addr: wire_addr(p.to),
-                to_port: p.to_port.map_or(0, wire_port),
-                uplink: p.uplink as u8,
-                _pad: 0,
-            };
-            (key, target)
-        })
-        .collect()
-}
-
-/// `UPLINKS[i]`: a live uplink takes connections unless `up[i]` is false (its health says
-/// down); one that is absent or waiting is only enabled (policies skip it, its connections
-/// wait). An empty `up` holds nothing down.
-pub fn uplink_infos(cfg: &Config, states: &[UplinkState], up: &[bool]) -> Vec<UplinkInfo> {
-    cfg.uplinks
-        .iter()
-        .zip(states)
-        .enumerate()
-        .map(|(i, (u, state))| {
-            let up = if up.get(i).copied().unwrap_or(true) { UPLINK_F_UP } else { 0 };
-            let open = if u.udp_open_filtering { UPLINK_F_UDP_OPEN_FILTER } else { 0 };
-            let base = UplinkInfo {
-                mark: u.mark,
-                table: u.table,
-                flags: UPLINK_F_ENABLED | open,
-                ..UplinkInfo::default()
-            };
-            match state.live() {
-                // An L3 device has no MAC; its programs never use it.
-                Some(live) => UplinkInfo {
-                    ifindex: live.ifindex,
-                    address: wire_addr(live.address),
-                    gateway: live.gateway.map_or(0, wire_addr),
-                    mac: live.mac,
-                    flags: UPLINK_F_ENABLED | up | open,
-                    ..base
-                },
-                None => base,
-            }
-        })
-        .collect()
-}
-
-type BindingMap<'a> = HashMap<&'a mut MapData, BindingKey, Binding>;
-type BoundPortMap<'a> = HashMap<&'a mut MapData, BoundPortKey, BindingKey>;
 
 /// The loaded programs and maps. Dropping it detaches the programs.
 pub struct Dataplane {
@@ -276,9 +143,8 @@ impl Dataplane {
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         fs::set_permissions(pin_dir, fs::Permissions::from_mode(0o700))?;
-        check_pinned_layout(pin_dir)?;
-        let pin_paths: Vec<(&str, PathBuf)> =
-            MAP_LAYOUTS.iter().map(|m| (m.name, pin_dir.join(m.name))).collect();
+        pinned::check_pinned_layout(pin_dir)?;
+        let pin_paths = pinned::pin_paths(pin_dir);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::CONNS, cfg.dataplane.conn_capacity.saturating_mul(2));
         loader.map_max_entries(
@@ -319,72 +185,6 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// Write the config into the maps, replacing what a previous config (or run) left there.
-    /// `states`: each uplink as [`crate::follow::resolve_all`] found it.
-    pub fn fill_maps(
-        &mut self,
-        cfg: &Config,
-        host: &HostInterfaces,
-        states: &[UplinkState],
-        up: &[bool],
-    ) -> anyhow::Result<()> {
-        let lan = host
-            .get(&cfg.lan.interface)
-            .ok_or_else(|| anyhow!("lan.interface: {} not found", cfg.lan.interface))?;
-        let global = dataplane_config(cfg, lan.index, crate::local_ports::current())?;
-        let uplinks = uplink_infos(cfg, states, up);
-
-        let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
-        for i in 0..MAX_UPLINKS {
-            let info = uplinks.get(i).copied().unwrap_or_default();
-            map.set(i as u32, info, 0).with_context(|| format!("UPLINKS[{i}]"))?;
-        }
-        let mut map: Array<_, PolicyRule> = Array::try_from(self.map_mut(map_names::POLICIES)?)?;
-        for i in 0..MAX_POLICIES {
-            let rule = cfg.policies.get(i).map(policy_rule).unwrap_or_default();
-            map.set(i as u32, rule, 0).with_context(|| format!("POLICIES[{i}]"))?;
-        }
-        let entries = publish_entries(cfg);
-        let mut map: HashMap<_, PublishKey, PublishTarget> =
-            HashMap::try_from(self.map_mut(map_names::PUBLISH)?)?;
-        for (key, target) in &entries {
-            map.insert(key, target, 0).context("PUBLISH")?;
-        }
-        let stale: Vec<PublishKey> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !entries.iter().any(|(key, _)| key == k))
-            .collect();
-        for key in stale {
-            map.remove(&key).context("PUBLISH")?;
-        }
-        let mut map: HashMap<_, u32, PublicAddr> =
-            HashMap::try_from(self.map_mut(map_names::PUBLIC_ADDRS)?)?;
-        for p in &cfg.publish {
-            let flags =
-                cfg.publish.iter().filter(|q| q.address == p.address).fold(0, |f, q| {
-                    f | if q.port.is_some() { PUBLIC_F_PORTS } else { PUBLIC_F_WHOLE }
-                });
-            let owner = PublicAddr { uplink: p.uplink as u8, flags, _pad: [0; 2] };
-            map.insert(wire_addr(p.address), owner, 0).context("PUBLIC_ADDRS")?;
-        }
-        let stale: Vec<u32> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|a| !cfg.publish.iter().any(|p| wire_addr(p.address) == *a))
-            .collect();
-        for addr in stale {
-            map.remove(&addr).context("PUBLIC_ADDRS")?;
-        }
-        // Last: the programs act only once CONFIG is set. Whether events are reported is the
-        // daemon's to say (`set_events`), and stays as it was.
-        let mut map: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
-        let events = map.get(&0, 0).map_or(0, |old| old.flags & CFG_F_EVENTS);
-        let global = DataplaneConfig { flags: global.flags | events, ..global };
-        map.set(0, global, 0).context("CONFIG")?;
-        Ok(())
-    }
-
     /// Load the programs the attached ones tail-call and put them in `TAIL_CALLS`
     /// (`masq_lan_in_new` and `masq_lan_in_hairpin`, which open LAN hosts' connections). Before
     /// `masq_lan_in` runs.
@@ -401,31 +201,9 @@ impl Dataplane {
             if tc.fd().is_err() {
                 tc.load().with_context(|| format!("loading {name} (verifier)"))?;
             }
-            let fd = tc.fd()?.try_clone()?;
-            let mut slots: aya::maps::ProgramArray<_> =
-                aya::maps::ProgramArray::try_from(self.map_mut(map_names::TAIL_CALLS)?)?;
-            slots.set(slot, &fd, 0).context("TAIL_CALLS")?;
+            pinned::set_tail_call(&self.pin_dir, slot, tc.fd()?)?;
         }
         Ok(())
-    }
-
-    /// Report new connections in `EVENTS` (`CFG_F_EVENTS`), or stop.
-    pub fn set_events(&mut self, on: bool) -> anyhow::Result<()> {
-        let mut map: Array<_, DataplaneConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
-        let mut cfg = map.get(&0, 0).context("CONFIG")?;
-        cfg.flags = if on { cfg.flags | CFG_F_EVENTS } else { cfg.flags & !CFG_F_EVENTS };
-        map.set(0, cfg, 0).context("CONFIG")?;
-        Ok(())
-    }
-
-    /// The ring buffer the programs report new connections in, taken out for its one reader.
-    pub fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
-        let map = self.ebpf.take_map(map_names::EVENTS).context("no EVENTS map")?;
-        Ok(aya::maps::RingBuf::try_from(map)?)
-    }
-
-    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 
     /// Attach every program where `hooks.rs` says, all as pinned links: TC on the LAN device
@@ -516,8 +294,7 @@ impl Dataplane {
             Some(aya::programs::Program::Xdp(xdp)) if xdp_used => xdp.info()?.id(),
             _ => 0,
         };
-        let mut ids: Array<_, u32> = Array::try_from(self.map_mut(map_names::XDP_PROG_IDS)?)?;
-        ids.set(0, prog_id, 0).context("XDP_PROG_IDS")?;
+        pinned::set_xdp_prog_id(&self.pin_dir, prog_id)?;
         if xdp_used && self.lost_redirects_counted {
             return Ok(());
         }
@@ -625,31 +402,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Mark uplink `index` up or down for new connections (failover); returns whether it changed.
-    pub fn set_uplink_up(&mut self, index: usize, up: bool) -> anyhow::Result<bool> {
-        let mut map: Array<_, UplinkInfo> = Array::try_from(self.map_mut(map_names::UPLINKS)?)?;
-        let mut info = map.get(&(index as u32), 0).with_context(|| format!("UPLINKS[{index}]"))?;
-        let was_up = info.flags & UPLINK_F_UP != 0;
-        if was_up == up {
-            return Ok(false);
-        }
-        info.flags ^= UPLINK_F_UP;
-        map.set(index as u32, info, 0).with_context(|| format!("UPLINKS[{index}]"))?;
-        Ok(true)
-    }
-
-    /// Add `n` to a counter the daemon keeps (the programs never touch its slot).
-    pub fn count(&mut self, counter: Counter, n: u64) -> anyhow::Result<()> {
-        let mut map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map_mut(map_names::COUNTERS)?)?;
-        let mut values: Vec<u64> = map.get(&(counter as u32), 0)?.iter().copied().collect();
-        if let Some(first) = values.first_mut() {
-            *first += n;
-        }
-        map.set(counter as u32, PerCpuValues::try_from(values)?, 0)?;
-        Ok(())
-    }
-
     /// Remove the connections `doomed` picks, both directions, for `reason`; returns how
     /// many. They wait in `take_removed` for the event record.
     pub fn remove_conns(
@@ -657,7 +409,7 @@ impl Dataplane {
         reason: EndReason,
         doomed: impl Fn(&Conn) -> bool,
     ) -> anyhow::Result<usize> {
-        let gone = self.conn_tables()?.remove_where(doomed);
+        let gone = pinned::remove_conns(&self.pin_dir, doomed)?;
         let n = gone.len();
         self.removed.extend(gone.into_iter().map(|c| (c, reason)));
         Ok(n)
@@ -668,62 +420,9 @@ impl Dataplane {
         self.removed.extend(removed);
     }
 
-    /// Remove the bindings whose public port lies in the gateway's own ephemeral range (after
-    /// that range changed): their endpoints' next connections get a port outside it; the
-    /// connections that use them keep theirs until they end.
-    pub fn sweep_gateway_range(&mut self) -> anyhow::Result<usize> {
-        let Some((lo, hi)) = crate::local_ports::current() else { return Ok(0) };
-        let (mut bindings, mut ports) = self.binding_maps()?;
-        Ok(crate::conntrack::remove_bindings_where(&mut bindings, &mut ports, |_, b| {
-            (lo..=hi).contains(&u16::from_be(b.ext_port))
-        }))
-    }
-
     /// The connections `remove_conns` removed since the last call.
     pub fn take_removed(&mut self) -> Vec<(Conn, EndReason)> {
         std::mem::take(&mut self.removed)
-    }
-
-    /// The CONNS map, for expiry.
-    pub fn conns(&mut self) -> anyhow::Result<&mut aya::maps::Map> {
-        self.map_mut(map_names::CONNS)
-    }
-
-    /// Remove the bindings (endpoint-independent mappings) whose endpoint has no connection
-    /// among `conns` (the tables as just dumped); returns how many.
-    pub fn sweep_bindings(&mut self, conns: &[crate::conntrack::Conn]) -> anyhow::Result<usize> {
-        let (mut bindings, mut ports) = self.binding_maps()?;
-        let now = masq_common::tick(crate::conntrack::clock_ns());
-        Ok(crate::conntrack::sweep_bindings(&mut bindings, &mut ports, conns, now))
-    }
-
-    /// `BINDINGS` and `BOUND_PORTS` of the loaded dataplane.
-    fn binding_maps(&mut self) -> anyhow::Result<(BindingMap<'_>, BoundPortMap<'_>)> {
-        let (mut bindings, mut ports) = (None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                map_names::BINDINGS => bindings = Some(HashMap::try_from(map)?),
-                map_names::BOUND_PORTS => ports = Some(HashMap::try_from(map)?),
-                _ => {}
-            }
-        }
-        Ok((bindings.context("no BINDINGS map")?, ports.context("no BOUND_PORTS map")?))
-    }
-
-    /// Both connection tables of the loaded dataplane.
-    pub fn conn_tables(&mut self) -> anyhow::Result<ConnTables<&mut MapData>> {
-        let (mut confirmed, mut pending) = (None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                map_names::CONNS => confirmed = Some(ConnTable::try_from(map)?),
-                map_names::PENDING_CONNS => pending = Some(ConnTable::try_from(map)?),
-                _ => {}
-            }
-        }
-        Ok(ConnTables {
-            confirmed: confirmed.context("no CONNS map")?,
-            pending: pending.context("no PENDING_CONNS map")?,
-        })
     }
 }
 
@@ -731,68 +430,6 @@ impl Dataplane {
 fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_file(path);
     link.pin(path).with_context(|| format!("pinning link at {}", path.display()))?;
-    Ok(())
-}
-
-/// The shape of each map as this build defines it.
-struct MapLayout {
-    name: &'static str,
-    map_type: MapType,
-    key_size: u32,
-    value_size: u32,
-}
-
-const fn layout<K, V>(name: &'static str, map_type: MapType) -> MapLayout {
-    MapLayout {
-        name,
-        map_type,
-        key_size: std::mem::size_of::<K>() as u32,
-        value_size: std::mem::size_of::<V>() as u32,
-    }
-}
-
-const MAP_LAYOUTS: &[MapLayout] = &[
-    layout::<FlowKey, ConnEntry>(map_names::CONNS, MapType::Hash),
-    layout::<FlowKey, ConnEntry>(map_names::PENDING_CONNS, MapType::LruHash),
-    layout::<BindingKey, Binding>(map_names::BINDINGS, MapType::Hash),
-    layout::<BoundPortKey, BindingKey>(map_names::BOUND_PORTS, MapType::Hash),
-    layout::<u32, DataplaneConfig>(map_names::CONFIG, MapType::Array),
-    layout::<u32, UplinkInfo>(map_names::UPLINKS, MapType::Array),
-    layout::<u32, PolicyRule>(map_names::POLICIES, MapType::Array),
-    layout::<PublishKey, PublishTarget>(map_names::PUBLISH, MapType::Hash),
-    layout::<u32, PublicAddr>(map_names::PUBLIC_ADDRS, MapType::Hash),
-    layout::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray),
-    layout::<u32, UplinkStats>(map_names::UPLINK_STATS, MapType::PerCpuArray),
-    layout::<FragKey, FragXlate>(map_names::FRAGS, MapType::LruHash),
-    layout::<u32, NextHop>(map_names::NEXTHOPS, MapType::PerCpuArray),
-    layout::<u32, u32>(map_names::XDP_PROG_IDS, MapType::Array),
-    layout::<(), ()>(map_names::EVENTS, MapType::RingBuf),
-    layout::<u32, u32>(map_names::TAIL_CALLS, MapType::ProgramArray),
-];
-
-/// Refuse to adopt pinned maps whose layout differs from this build's: writing through a
-/// different layout would corrupt them.
-pub fn check_pinned_layout(pin_dir: &Path) -> anyhow::Result<()> {
-    for expected in MAP_LAYOUTS {
-        let path = pin_dir.join(expected.name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapData::from_pin(&path)
-            .and_then(|m| m.info())
-            .with_context(|| format!("reading pinned map {}", path.display()))?;
-        let found = (info.map_type()?, info.key_size(), info.value_size());
-        let wanted = (expected.map_type, expected.key_size, expected.value_size);
-        if found != wanted {
-            bail!(
-                "pinned map {} has layout {found:?} (type, key, value bytes) but this masq expects \
-                 {wanted:?}: refusing to adopt it; `masq down --pin-dir {}` removes the old \
-                 dataplane (and its connections)",
-                path.display(),
-                pin_dir.display()
-            );
-        }
-    }
     Ok(())
 }
 
@@ -817,14 +454,6 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
     }
-}
-
-/// Open a pinned map by name, for the CLI.
-pub fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = dir.join(name);
-    MapData::from_pin(&path).with_context(|| {
-        format!("opening {} (is masq running with --pin-dir {}?)", path.display(), dir.display())
-    })
 }
 
 /// The link a previous run pinned at `pin`, switched to `program` in place (atomic: traffic

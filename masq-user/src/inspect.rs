@@ -358,7 +358,7 @@ fn show_tuple(proto: &str, t: &Tuple) -> String {
 
 /// `masq conns flush`: remove the connections `filter` picks, both directions; how many.
 pub fn flush(pin_dir: &Path, filter: &ConnFilter) -> anyhow::Result<usize> {
-    crate::pinned::remove_conns(pin_dir, |c| filter.matches(c))
+    Ok(crate::pinned::remove_conns(pin_dir, |c| filter.matches(c))?.len())
 }
 
 // ---------------------------------------------------------------------------------------------

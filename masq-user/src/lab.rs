@@ -853,7 +853,7 @@ impl Drop for Lab {
         remove_dir(&pin_dir);
         remove_dir(&peer_pin_dir);
         // The gateway's port range died with its namespace; what masq saved of it goes too.
-        let _ = fs::remove_file(crate::local_ports::saved_file(&pin_dir));
+        let _ = fs::remove_file(crate::state::ports_file(&pin_dir));
         let _ = fs::remove_file(crate::events::socket_path(&pin_dir));
         if !self.keep_run_dir {
             remove_dir(&self.run_dir);

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod lab;
 pub mod links;
 pub mod local_ports;
+pub mod map_values;
 pub mod metrics;
 pub mod netns;
 pub mod pinned;

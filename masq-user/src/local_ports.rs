@@ -3,15 +3,12 @@
 //! connection. While masq runs it narrows them to `[dataplane] gateway_ports`, so clients keep
 //! every port outside it (their own ephemeral ranges included), and `masq down` restores the
 //! range the system had.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use anyhow::Context as _;
 use tracing::info;
 
-use crate::{config::GatewayPorts, state::pid_file};
+use crate::config::GatewayPorts;
 
 const SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
@@ -22,28 +19,22 @@ pub fn current() -> Option<(u16, u16)> {
     Some((ports.next()?.ok()?, ports.next()?.ok()?))
 }
 
-/// Where the system's own range is kept while masq has changed it (beside the pid file; a
-/// restarted daemon finds it and keeps it).
-pub fn saved_file(pin_dir: &Path) -> PathBuf {
-    pid_file(pin_dir).with_extension("ports")
-}
-
 fn write(range: (u16, u16)) -> anyhow::Result<()> {
     fs::write(SYSCTL, format!("{} {}", range.0, range.1))
         .with_context(|| format!("setting net.ipv4.ip_local_port_range to {} {}", range.0, range.1))
 }
 
-/// Apply `setting`: narrow the range to it (saving the system's first), or, for `System`,
-/// give back what an earlier run changed.
-pub fn claim(setting: GatewayPorts, pin_dir: &Path) -> anyhow::Result<()> {
+/// Apply `setting`: narrow the range to it (saving the system's first in `saved`, where a
+/// restarted daemon finds it and keeps it), or, for `System`, give back what an earlier run
+/// changed.
+pub fn claim(setting: GatewayPorts, saved: &Path) -> anyhow::Result<()> {
     let GatewayPorts::Range(min, max) = setting else {
-        return restore(pin_dir);
+        return restore(saved);
     };
     let now = current().context("reading net.ipv4.ip_local_port_range")?;
-    let saved = saved_file(pin_dir);
     if !saved.exists() {
         fs::create_dir_all(saved.parent().expect("under /run/masq"))?;
-        fs::write(&saved, format!("{} {}", now.0, now.1))
+        fs::write(saved, format!("{} {}", now.0, now.1))
             .with_context(|| format!("saving the port range in {}", saved.display()))?;
     }
     if now != (min, max) {
@@ -57,9 +48,8 @@ pub fn claim(setting: GatewayPorts, pin_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Put back the range the system had before masq changed it, if it did.
-pub fn restore(pin_dir: &Path) -> anyhow::Result<()> {
-    let saved = saved_file(pin_dir);
-    let Ok(text) = fs::read_to_string(&saved) else { return Ok(()) };
+pub fn restore(saved: &Path) -> anyhow::Result<()> {
+    let Ok(text) = fs::read_to_string(saved) else { return Ok(()) };
     let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
     let (Some(Some(min)), Some(Some(max))) = (ports.next(), ports.next()) else {
         anyhow::bail!(
@@ -69,6 +59,6 @@ pub fn restore(pin_dir: &Path) -> anyhow::Result<()> {
     };
     write((min, max))?;
     info!("the gateway's own ephemeral ports restored to {min}-{max}");
-    fs::remove_file(&saved)?;
+    fs::remove_file(saved)?;
     Ok(())
 }

@@ -79,6 +79,12 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Where the system's own ephemeral port range is kept while masq has changed it
+/// (`local_ports::claim`), beside the pid file.
+pub fn ports_file(pin_dir: &Path) -> PathBuf {
+    pid_file(pin_dir).with_extension("ports")
+}
+
 /// The daemon's state file for `pin_dir`, beside its pid file.
 pub fn state_file(pin_dir: &Path) -> PathBuf {
     pid_file(pin_dir).with_extension("json")

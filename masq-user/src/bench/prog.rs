@@ -37,10 +37,12 @@ use super::{
 use crate::{
     config::{Config, DEFAULT_MARK_MASK},
     conntrack::{ConnTable, IPPROTO_TCP, clock_ns},
-    dataplane::{Dataplane, remove_pins, wire_addr},
+    dataplane::{Dataplane, remove_pins},
     host::HostInterfaces,
     lab::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A},
+    map_values::wire_addr,
     netns::NetNs,
+    pinned,
     policy_tables::{RULE_PRIORITY_FROM, RULE_PRIORITY_FWMARK},
 };
 
@@ -431,7 +433,7 @@ fn in_namespace(
     cfg.check_host(&host)?;
     let mut dp = Dataplane::load(&cfg, pin_dir)?;
     let states = crate::follow::resolve_all(&cfg.uplinks, &host, &[]);
-    dp.fill_maps(&cfg, &host, &states, &[])?;
+    pinned::write_config(pin_dir, &cfg, &host, &states, &[])?;
     let masq_programs = load_programs(&mut dp, &MEASURED)?;
     let floors = load_programs(&mut dp, &FLOORS)?;
     dp.link_tail_calls()?;
@@ -854,9 +856,8 @@ struct ProgBench<'a> {
 }
 
 impl ProgBench<'_> {
-    fn conns(&mut self) -> Result<ConnTable<&mut MapData>> {
-        let map = self.dp.conns()?;
-        Ok(ConnTable::try_from(map)?)
+    fn conns(&mut self) -> Result<ConnTable<MapData>> {
+        Ok(pinned::conn_tables(self.dp.pin_dir())?.confirmed)
     }
 
     /// Adds random distinct connections until there are `conns`.
@@ -1016,7 +1017,7 @@ impl ProgBench<'_> {
 
     /// Remove every pending connection (what new-connection runs left).
     fn forget_pending(&mut self) -> Result<()> {
-        let mut tables = self.dp.conn_tables()?;
+        let mut tables = pinned::conn_tables(self.dp.pin_dir())?;
         let keys: Vec<FlowKey> = tables.pending.keys().filter_map(Result::ok).collect();
         for key in &keys {
             let _ = tables.pending.remove(key);
@@ -1036,7 +1037,7 @@ impl ProgBench<'_> {
         let client = Endpoint::new(src, NEW_CONN_PORT);
         let fwd = key(client, Endpoint::new(PUBLIC_ISP_A, 80));
         let reply = key(Endpoint::new(ISOLDE, 80), client);
-        let mut tables = self.dp.conn_tables()?;
+        let mut tables = pinned::conn_tables(self.dp.pin_dir())?;
         let _ = tables.pending.remove(&fwd);
         let _ = tables.pending.remove(&reply);
         Ok(())
@@ -1601,7 +1602,7 @@ impl ProgBench<'_> {
         }
         let record_ns = Stat::of(&record_runs);
 
-        let mut ring = self.dp.take_events()?;
+        let mut ring = pinned::event_ring(self.dp.pin_dir())?;
         let ring_bytes = cfg.events.ring_bytes;
         // What reporting costs a new connection: paired runs, each order as often, each
         // within what the ring holds (a full ring's failed writes would cost less).
@@ -1611,7 +1612,7 @@ impl ProgBench<'_> {
         for pair in 0..self.opts.pairs {
             let mut got = [0.0; 2];
             for on in [pair % 2 == 0, pair % 2 == 1] {
-                self.dp.set_events(on)?;
+                pinned::set_events(self.dp.pin_dir(), on)?;
                 got[usize::from(on)] =
                     self.measure_runs(PathKind::NewConnection, &frames, 1, None)?.masq.ns.median;
                 while ring.next().is_some() {}
@@ -1627,7 +1628,7 @@ impl ProgBench<'_> {
             without_ns: Stat::of(&without),
             cost_ns: Stat::of(&diffs),
         };
-        self.dp.set_events(true)?;
+        pinned::set_events(self.dp.pin_dir(), true)?;
         let ctx = self.ctx.eth4.clone();
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         // One harness run of `n` new connections (fresh sources), removed afterwards when
@@ -1717,7 +1718,7 @@ impl ProgBench<'_> {
             created.push(rate);
             lost.push(l as f64);
         }
-        self.dp.set_events(false)?;
+        pinned::set_events(self.dp.pin_dir(), false)?;
         let _ = std::fs::remove_file(&log_path);
         Ok(EventThroughput {
             ring_bytes,

@@ -1032,7 +1032,7 @@ fn tiers_resolve_in_order_and_steering_takes_the_lowest_tier_up() {
     assert_eq!(c.steered_to(tristan, client, 6, 443, |i| i != 0), [1]);
     assert_eq!(c.steered_to(isolde, client, 6, 443, |_| true), [1]);
     assert!(c.steered_to(isolde, client, 6, 443, |_| false).is_empty());
-    let rule = crate::dataplane::policy_rule(p);
+    let rule = crate::map_values::policy_rule(p);
     assert_eq!((rule.choice_count, rule.tiers[..2].to_vec()), (2, vec![0, 1]));
 }
 

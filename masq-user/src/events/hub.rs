@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{EndReason, Event, Recorder, Tracker, log::EventLog, rfc3339, socket_path};
-use crate::{conntrack::Conn, dataplane::Dataplane};
+use crate::{conntrack::Conn, dataplane::Dataplane, pinned};
 
 /// Lines queued for one watcher before it misses some.
 const WATCHER_QUEUE: usize = 65_536;
@@ -50,7 +50,7 @@ impl Hub {
         cfg: &crate::config::Config,
         pin_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let ring = dataplane.take_events()?;
+        let ring = pinned::event_ring(dataplane.pin_dir())?;
         // SAFETY: the ring owns its map's fd, which stays open and the same while the AsyncFd
         // owns the ring. Readable only: a ring buffer is never written by its consumer.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -76,15 +76,14 @@ impl Hub {
         };
         hub.reconfigure(dataplane, cfg)?;
         // Whatever a previous daemon left: on exactly while this one consumes events.
-        dataplane.set_events(hub.on)?;
-        let pinned = MapData::from_pin(pin_dir.join(masq_common::map_names::EVENTS));
-        if let Ok(info) = pinned.and_then(|m| m.info())
-            && info.max_entries() != cfg.events.ring_bytes
+        pinned::set_events(dataplane.pin_dir(), hub.on)?;
+        if let Ok(bytes) = pinned::event_ring_bytes(pin_dir)
+            && bytes != cfg.events.ring_bytes
         {
             warn!(
                 "events.ring_kib: the pinned ring holds {} KiB (set when the dataplane was \
                  created); `masq down` and `masq run` again to resize it",
-                info.max_entries() >> 10
+                bytes >> 10
             );
         }
         Ok(hub)
@@ -119,7 +118,7 @@ impl Hub {
     fn switch_with(&mut self, dataplane: &mut Dataplane, joining: bool) -> anyhow::Result<()> {
         let wanted = joining || self.log.is_some() || !self.watchers.is_empty();
         if wanted != self.on {
-            dataplane.set_events(wanted)?;
+            pinned::set_events(dataplane.pin_dir(), wanted)?;
             self.on = wanted;
             if !wanted {
                 self.tracker = Tracker::new();
@@ -166,7 +165,7 @@ impl Hub {
     pub fn finish(mut self, dataplane: &mut Dataplane, rec: &Recorder) {
         self.drain(rec);
         if self.log.is_none() && self.on {
-            let _ = dataplane.set_events(false);
+            let _ = pinned::set_events(dataplane.pin_dir(), false);
         }
     }
 
@@ -208,7 +207,12 @@ impl Hub {
             warn!("switching connection events: {e:#}");
         }
         if self.undelivered > 0
-            && dataplane.count(Counter::EventsUndelivered, self.undelivered).is_ok()
+            && pinned::add_to_counter(
+                dataplane.pin_dir(),
+                Counter::EventsUndelivered,
+                self.undelivered,
+            )
+            .is_ok()
         {
             self.undelivered = 0;
         }

@@ -18,6 +18,7 @@ mod inbound_e2e;
 mod l3_uplink_e2e;
 mod lab_baseline;
 mod lan_devices_e2e;
+mod module_graph;
 mod nat_rfc_e2e;
 mod outbound_e2e;
 mod policy_tables;

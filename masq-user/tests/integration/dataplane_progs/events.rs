@@ -22,10 +22,10 @@ fn udp_from_tristan(gw: &Gw, port: u16) {
 #[test]
 fn each_new_connection_is_reported_once_with_its_tuples_and_none_while_off() {
     with_config("[events]\nring_kib = 4\n", |gw| {
-        let mut ring = gw.dp.take_events().unwrap();
+        let mut ring = pinned::event_ring(gw.dp.pin_dir()).unwrap();
         udp_from_tristan(gw, 20100);
         assert!(drain(&mut ring).is_empty(), "off until the daemon asks");
-        gw.dp.set_events(true).unwrap();
+        pinned::set_events(gw.dp.pin_dir(), true).unwrap();
         udp_from_tristan(gw, 20101);
         udp_from_tristan(gw, 20101);
         let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
@@ -42,7 +42,7 @@ fn each_new_connection_is_reported_once_with_its_tuples_and_none_while_off() {
         assert_eq!((inbound.uplink, inbound.flags), (DSL, CONN_F_PENDING | CONN_F_INBOUND));
         assert!(inbound.time_ns >= out.time_ns && out.time_ns > 0);
         gw.assert_counters(&[(Counter::EventsLost, 0)]);
-        gw.dp.set_events(false).unwrap();
+        pinned::set_events(gw.dp.pin_dir(), false).unwrap();
         udp_from_tristan(gw, 20102);
         assert!(drain(&mut ring).is_empty());
     });
@@ -51,8 +51,8 @@ fn each_new_connection_is_reported_once_with_its_tuples_and_none_while_off() {
 #[test]
 fn a_burst_larger_than_the_ring_counts_every_event_lost_and_loses_no_connection() {
     with_config("[events]\nring_kib = 4\n", |gw| {
-        let mut ring = gw.dp.take_events().unwrap();
-        gw.dp.set_events(true).unwrap();
+        let mut ring = pinned::event_ring(gw.dp.pin_dir()).unwrap();
+        pinned::set_events(gw.dp.pin_dir(), true).unwrap();
         const BURST: u16 = 200;
         for port in 0..BURST {
             udp_from_tristan(gw, 20000 + port);

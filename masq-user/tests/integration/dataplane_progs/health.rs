@@ -79,16 +79,16 @@ fn a_tiered_policy_takes_the_next_tier_only_when_its_first_is_down() {
         let syn = |port| Ip::new(MARKE, CLIENT).tcp_seq(port, 443, TCP_SYN, (1, 0), b"");
         let run = gw.lan_in(&from_lan(MARKE_MAC, &syn(51000)));
         assert_eq!(IpView::of_frame(&run.out).src(), ISPB_ADDR);
-        gw.dp.set_uplink_up(usize::from(ISPB), false).unwrap();
+        pinned::set_uplink_up(gw.dp.pin_dir(), usize::from(ISPB), false).unwrap();
         let run = gw.lan_in(&from_lan(MARKE_MAC, &syn(51001)));
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         assert_eq!(IpView::of_frame(&run.out).src(), DSL_ADDR, "tier 1 while tier 0 is down");
-        gw.dp.set_uplink_up(usize::from(ISPB), true).unwrap();
+        pinned::set_uplink_up(gw.dp.pin_dir(), usize::from(ISPB), true).unwrap();
         let run = gw.lan_in(&from_lan(MARKE_MAC, &syn(51002)));
         assert_eq!(IpView::of_frame(&run.out).src(), ISPB_ADDR, "back to tier 0");
         // Nothing up: the connection is dropped and counted, as for any policy.
-        gw.dp.set_uplink_up(usize::from(ISPB), false).unwrap();
-        gw.dp.set_uplink_up(usize::from(DSL), false).unwrap();
+        pinned::set_uplink_up(gw.dp.pin_dir(), usize::from(ISPB), false).unwrap();
+        pinned::set_uplink_up(gw.dp.pin_dir(), usize::from(DSL), false).unwrap();
         let run = gw.lan_in(&from_lan(MARKE_MAC, &syn(51003)));
         assert_eq!(run.ret, TC_ACT_SHOT);
         gw.assert_counters(&[(Counter::DropNoUplink, 1)]);

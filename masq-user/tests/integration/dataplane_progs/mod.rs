@@ -17,9 +17,11 @@ use masq_common::{
 use masq_user::{
     config::Config,
     conntrack,
-    dataplane::{Dataplane, remove_pins, wire_addr, wire_port},
+    dataplane::{Dataplane, remove_pins},
     host::HostInterfaces,
+    map_values::{wire_addr, wire_port},
     netns::{NetNs, require_root},
+    pinned,
     progkit::build_seed_gateway,
 };
 
@@ -146,7 +148,7 @@ fn gateway(opts: Opts, test: impl FnOnce(&mut Gw) + Send + 'static) {
         let _unpin = Unpin(pin_dir.clone());
         let mut dp = Dataplane::load(&cfg, &pin_dir).expect("loading the eBPF object");
         let states = masq_user::follow::resolve_all(&cfg.uplinks, &host, &[]);
-        dp.fill_maps(&cfg, &host, &states, &[]).expect("filling the maps");
+        pinned::write_config(&pin_dir, &cfg, &host, &states, &[]).expect("filling the maps");
         let ebpf = dp.ebpf_mut();
         let xdp: &mut Xdp =
             ebpf.program_mut(program_names::UPLINK_INGRESS_XDP).unwrap().try_into().unwrap();

@@ -205,7 +205,11 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         let created = bindings(gw)[0].1.created_tick;
         // Too young to sweep even without connections; swept two ticks later.
         let sweep = |gw: &mut Gw, now: u32, keep_conns: bool| {
-            let conns = if keep_conns { gw.dp.conn_tables().unwrap().dump() } else { Vec::new() };
+            let conns = if keep_conns {
+                pinned::conn_tables(gw.dp.pin_dir()).unwrap().dump()
+            } else {
+                Vec::new()
+            };
             let ebpf = gw.dp.ebpf_mut();
             let (mut b, mut p) = (None, None);
             for (name, map) in ebpf.maps_mut() {
