@@ -2,10 +2,9 @@
 use std::{fs, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
+use masq_common::Counter;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
-
-use masq_common::Counter;
 
 use crate::{
     config::{Config, OnDown, OnUp, Uplink},

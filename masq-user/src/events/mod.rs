@@ -15,13 +15,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use crate::conntrack::EndReason;
-pub use hub::Hub;
-pub use log::EventLog;
 use masq_common::{ConnEntry, ConnEvent, FlowKey, tick};
 use serde::{Deserialize, Serialize};
-pub use tracker::{Ended, Tracker};
 
+pub use self::{
+    hub::Hub,
+    log::EventLog,
+    tracker::{Ended, Tracker},
+};
+pub use crate::conntrack::EndReason;
 use crate::{
     config::Config,
     conntrack::{self, Conn},

@@ -1,7 +1,8 @@
-//! masq-user's structure, checked from its sources: the modules depend on each other as a tree
-//! (no cycle), and only `pinned` opens, reads or writes the dataplane's maps, for the daemon,
-//! the CLI and the metrics alike. Test code and the lab-only modules (the lab and the bench,
-//! built only with feature `lab`) are left out.
+//! The workspace's structure, checked from its sources: masq-user's modules depend on each other
+//! as a tree (no cycle), and only `pinned` opens, reads or writes the dataplane's maps, for the
+//! daemon, the CLI and the metrics alike (test code and the lab-only modules, built only with
+//! feature `lab`, left out); every file's imports come in three groups, std, other crates, this
+//! crate (what stable rustfmt cannot enforce).
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -182,8 +183,92 @@ fn only_pinned_opens_or_writes_the_maps() {
     );
 }
 
+/// Import groups in order: std, other crates (the workspace's own included), this crate.
+fn import_group(path: &str, child_modules: &BTreeSet<String>) -> u8 {
+    let first = first_ident(path);
+    match first.as_str() {
+        "std" | "core" | "alloc" => 0,
+        "crate" | "super" | "self" => 2,
+        m if child_modules.contains(m) => 2,
+        _ => 1,
+    }
+}
+
+/// Where a file's leading imports break the grouping: out of order, two groups with no blank
+/// line between them, or a blank line inside a group.
+fn import_faults(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let child_modules: BTreeSet<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("pub mod ").or_else(|| l.strip_prefix("mod ")))
+        .map(first_ident)
+        .collect();
+    let mut faults = Vec::new();
+    let (mut last, mut blank) = (None::<u8>, false);
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let path = line.strip_prefix("pub use ").or_else(|| line.strip_prefix("use "));
+        if let Some(path) = path {
+            let group = import_group(path, &child_modules);
+            match last {
+                Some(prev) if group < prev => faults.push(format!("line {}: out of order", i + 1)),
+                Some(prev) if group > prev && !blank => {
+                    faults.push(format!("line {}: no blank line before this group", i + 1))
+                }
+                Some(prev) if group == prev && blank => {
+                    faults.push(format!("line {}: blank line inside a group", i + 1))
+                }
+                _ => {}
+            }
+            last = Some(group);
+            blank = false;
+            while !lines[i].trim_end().ends_with(';') && i + 1 < lines.len() {
+                i += 1;
+            }
+        } else if line.trim().is_empty() {
+            blank = true;
+        } else if last.is_some()
+            && !(line.starts_with("#[") || line.starts_with("//") || line.starts_with("mod "))
+        {
+            break;
+        }
+        i += 1;
+    }
+    faults
+}
+
+#[test]
+fn imports_come_in_three_groups_std_other_crates_this_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = Vec::new();
+    for dir in ["masq-user/src", "masq-user/tests", "masq-common/src", "masq-ebpf/src", "xtask/src"]
+    {
+        sources(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "sources found: {}", files.len());
+    let faults: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            let text = fs::read_to_string(f).unwrap();
+            let rel = f.strip_prefix(root).unwrap().display().to_string();
+            import_faults(&text).into_iter().map(move |fault| format!("{rel}: {fault}"))
+        })
+        .collect();
+    assert!(
+        faults.is_empty(),
+        "imports not grouped std / other crates / this crate:\n{}",
+        faults.join("\n")
+    );
+}
+
 #[test]
 fn the_checker_finds_what_it_looks_for() {
+    let grouped = "mod a;\n\nuse std::fs;\n\nuse aya::{\n    Ebpf,\n};\nuse tokio::x;\n\nuse a::b;\nuse crate::c;\n";
+    assert!(import_faults(grouped).is_empty(), "{:?}", import_faults(grouped));
+    assert_eq!(import_faults("use crate::c;\nuse std::fs;\n").len(), 1);
+    assert_eq!(import_faults("use std::fs;\nuse aya::x;\n").len(), 1);
+    assert_eq!(import_faults("use aya::x;\n\nuse tokio::y;\n").len(), 1);
     let code =
         "use crate::{\n    config::{A, B},\n    pinned,\n};\nlet x = crate::state::pid_file(p);";
     assert_eq!(crate_paths(code), BTreeSet::from(["config", "pinned", "state"].map(String::from)));

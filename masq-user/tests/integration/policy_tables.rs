@@ -2,12 +2,11 @@
 //! leftovers, follow main's routes (`masq_user::policy_tables`).
 use std::{future::Future, net::Ipv4Addr, process::Command, sync::Arc, time::Duration};
 
-use tokio::time::Instant;
-
 use masq_user::{
     netns::{NetNs, require_root},
     policy_tables::*,
 };
+use tokio::time::Instant;
 
 const UP4_TABLE: u32 = 201;
 const UP1_TABLE: u32 = 202;
