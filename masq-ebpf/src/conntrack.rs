@@ -27,6 +27,13 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The clock in ticks: read once per packet, and handed to what needs it (a clock read costs as
+/// much as a map lookup).
+#[inline(always)]
+pub fn now_tick() -> u32 {
+    tick(now_ns())
+}
+
 /// A connection's entry for `key`, confirmed or pending (`ConnEntry::is_pending` says which).
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<&'static mut ConnEntry> {
@@ -232,11 +239,17 @@ const SEQ_SLACK: u32 = 1 << 16;
 /// changes nothing. `entry` may be gone afterwards (moved to the confirmed table): read what the
 /// caller needs from it first.
 #[inline(always)]
-pub fn account(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) -> Result<(), Counter> {
+pub fn account(
+    key: &FlowKey,
+    entry: &mut ConnEntry,
+    ip: &Ipv4,
+    len: u64,
+    now: u32,
+) -> Result<(), Counter> {
     if ip.l4 == L4::Tcp && !tcp_acceptable(key, entry, ip) {
         return Err(Counter::DropTcpOutOfWindow);
     }
-    touch(key, entry, ip, len);
+    touch(key, entry, ip, len, now);
     if entry.is_pending() {
         confirm(key, entry, ip);
     }
@@ -247,8 +260,7 @@ pub fn account(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) -> Res
 /// also confirms the other direction's entry (which refreshes it in the LRU) and rebuilds it if
 /// the LRU evicted it, so one direction is never orphaned.
 #[inline(always)]
-pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) {
-    let now = tick(now_ns());
+pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64, now: u32) {
     // Plain adds: each direction has its own entry and a flow is handled by one CPU at a time,
     // so a lost update needs two CPUs on one direction at once (BPF has no atomic RMW in core).
     entry.packets += 1;

@@ -58,9 +58,6 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         return Ok(Verdict::Pass);
     };
     let pkt_type = ctx.skb().pkt_type;
-    // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
-    // the next-hop cache entry a new connection's route probe leaves serves its redirect too.
-    let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
     // Broadcast, multicast, frames for another MAC and VLANs masq is not attached to are the
     // kernel's business.
     let for_kernel = pkt_type != PACKET_HOST || ctx.vlan_tagged();
@@ -81,7 +78,9 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
 
     // A hairpin connection's packets go back into the LAN; all others to an uplink.
     let mut hairpinned = false;
-    let (translation, uplink_index) = match find(ctx, &ip, None)? {
+    let found = find(ctx, &ip, None)?;
+    let now = conntrack::now_tick();
+    let (translation, uplink_index) = match found {
         Found::Fragment(translation, uplink) => (translation, uplink),
         // First fragment not seen: the kernel forwards it, uplink egress drops it.
         Found::FragmentUnknown | Found::IcmpErrorUnknown => {
@@ -89,13 +88,13 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
-            conntrack::touch(&conn_key, entry, &ip, len);
+            conntrack::touch(&conn_key, entry, &ip, len, now);
             count(Counter::IcmpErrorTranslated);
             (translation, entry.uplink)
         }
         Found::Flow(entry) if entry.is_hairpin() => {
             let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink);
-            conntrack::account(&ip.key, entry, &ip, len)?;
+            conntrack::account(&ip.key, entry, &ip, len, now)?;
             hairpinned = true;
             found
         }
@@ -105,7 +104,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
                 return Ok(Verdict::Pass);
             }
             let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink);
-            conntrack::account(&ip.key, entry, &ip, len)?;
+            conntrack::account(&ip.key, entry, &ip, len, now)?;
             found
         }
         Found::New => {
@@ -115,7 +114,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             return Err(Counter::DropTailCall);
         }
     };
-    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, route_len)
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now)
 }
 
 /// A LAN host's packet to one of the gateway's public addresses (published, or an uplink's):
@@ -143,6 +142,9 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         return Ok(Verdict::Pass);
     };
     let ingress_ifindex = ctx.skb().ingress_ifindex;
+    let now = conntrack::now_tick();
+    // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
+    // the next-hop cache entry the route probe leaves serves its redirect too.
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
     // `run` checked the packet (RFC 1812, what is the kernel's) before handing it over; what it
     // handles itself never opens a connection.
@@ -213,7 +215,7 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             // another internal network) means no NAT at all.
             if cfg.flags & CFG_F_NO_STEER == 0 {
                 let probe = FlowKey { src_addr: up.address, ..*k };
-                let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table) {
+                let egress = match route(ctx, ingress_ifindex, &probe, route_len, up.table, now) {
                     Route::Resolved { ifindex, .. } | Route::NoNeigh { ifindex, .. } => ifindex,
                     Route::Kernel => up.ifindex,
                 };
@@ -251,7 +253,7 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         }
         (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
-    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, route_len)
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now)
 }
 
 /// The end of both programs: a first fragment's translation recorded for the fragments that
@@ -264,7 +266,7 @@ fn finish(
     translation: &Translation,
     uplink_index: u8,
     hairpinned: bool,
-    route_len: u16,
+    now: u32,
 ) -> Result<Verdict, Counter> {
     record_first_fragment(ip, translation, uplink_index);
     // A hairpin connection's packets go back into the LAN by main, unmarked.
@@ -272,7 +274,7 @@ fn finish(
         Some(up) if !hairpinned => (up.table, up.mark),
         _ => (RT_TABLE_MAIN, 0),
     };
-    to_uplink(ctx, cfg, ip, translation, table, mark, route_len)
+    to_uplink(ctx, cfg, ip, translation, table, mark, now)
 }
 
 /// A LAN host's new connection to a published address (hairpin, RFC 4787 REQ-9, RFC 5382):
@@ -340,7 +342,7 @@ fn to_uplink(
     translation: &Translation,
     table: u32,
     mark: u32,
-    route_len: u16,
+    now: u32,
 ) -> Result<Verdict, Counter> {
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
@@ -354,7 +356,8 @@ fn to_uplink(
         return Ok(Verdict::Pass);
     }
     let key: FlowKey = translation.result(ip);
-    let next = route(ctx, ingress_ifindex, &key, route_len, table);
+    let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
+    let next = route(ctx, ingress_ifindex, &key, route_len, table, now);
     if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);

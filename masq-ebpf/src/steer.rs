@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use masq_common::{
     DataplaneConfig, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NEXTHOP_SLOTS, NO_UPLINK,
-    NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, tick,
+    NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
 };
 
 use crate::{
-    conntrack::{hash, now_ns},
+    conntrack::hash,
     hook::Hook,
     maps::{CONFIG, NEXTHOPS, POLICIES, UPLINKS},
 };
@@ -199,11 +199,18 @@ pub enum Route {
     Kernel,
 }
 
-/// Route `key` by `table`: from the per-CPU next-hop cache when this tick already resolved the
-/// destination for a packet at least this large, else by `bpf_fib_lookup`, caching success.
+/// Route `key` by `table`: from the per-CPU next-hop cache when tick `now` already resolved
+/// the destination for a packet at least this large, else by `bpf_fib_lookup`, caching
+/// success.
 #[inline(always)]
-pub fn route<H: Hook>(ctx: &H, ifindex: u32, key: &FlowKey, tot_len: u16, table: u32) -> Route {
-    let now = tick(now_ns());
+pub fn route<H: Hook>(
+    ctx: &H,
+    ifindex: u32,
+    key: &FlowKey,
+    tot_len: u16,
+    table: u32,
+    now: u32,
+) -> Route {
     let slot = (key.dst_addr ^ table.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 20;
     // SAFETY: a per-CPU slot: only this CPU reads or writes it, and not reentrantly.
     let cached = NEXTHOPS.get_ptr_mut(slot & (NEXTHOP_SLOTS - 1)).map(|p| unsafe { &mut *p });

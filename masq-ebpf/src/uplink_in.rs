@@ -67,7 +67,9 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         validate::packet(ctx, &ip)?;
     }
 
-    let translation = match find(ctx, &ip, Some(uplink_index))? {
+    let found = find(ctx, &ip, Some(uplink_index))?;
+    let now = conntrack::now_tick();
+    let translation = match found {
         Found::Fragment(translation, _) => translation,
         // SAFETY: read-only lookup.
         Found::FragmentUnknown if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
@@ -83,7 +85,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
-            conntrack::touch(&conn_key, entry, &ip, len);
+            conntrack::touch(&conn_key, entry, &ip, len, now);
             count(Counter::IcmpErrorTranslated);
             translation
         }
@@ -93,7 +95,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
                 return Ok(Verdict::Pass);
             }
             let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
-            conntrack::account(&ip.key, entry, &ip, len)?;
+            conntrack::account(&ip.key, entry, &ip, len, now)?;
             translation
         }
         Found::New => {
@@ -177,7 +179,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
     }
     translation.apply(ctx, &ip)?;
     count(Counter::ToLanTranslated);
-    to_lan(ctx, cfg, &ip, &translation.result(&ip), ifindex)
+    to_lan(ctx, cfg, &ip, &translation.result(&ip), ifindex, now)
 }
 
 /// Forward straight to the LAN device when the FIB knows the next hop; else let the kernel
@@ -189,6 +191,7 @@ fn to_lan<P: Hook>(
     ip: &Ipv4,
     key: &FlowKey,
     ifindex: u32,
+    now: u32,
 ) -> Result<Verdict, Counter> {
     if cfg.flags & CFG_F_FAST_PATH == 0 {
         count(Counter::KernelPath);
@@ -196,7 +199,7 @@ fn to_lan<P: Hook>(
     }
     // The LAN lives in main.
     let mtu_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let verdict = match route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN) {
+    let verdict = match route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN, now) {
         Route::Resolved { ifindex, smac, dmac } => {
             count(Counter::FastPathRedirect);
             Verdict::Forward { ifindex, smac, dmac }

@@ -134,7 +134,7 @@ fn send_back<const IP: usize>(
     }
     let Some(back) = uplink(origin).filter(|u| u.mac != [0; 6]) else { return Ok(None) };
     let Route::Resolved { ifindex, smac, dmac } =
-        route(ctx, back.ifindex, sent, ip.tot_len, back.table)
+        route(ctx, back.ifindex, sent, ip.tot_len, back.table, crate::conntrack::now_tick())
     else {
         return Ok(None);
     };
