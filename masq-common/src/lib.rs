@@ -113,6 +113,9 @@ pub mod program_names {
     pub const FLOOR_UPLINK_INGRESS: &str = "masq_floor_uplink_in";
     pub const FLOOR_LAN_INGRESS: &str = "masq_floor_lan_in";
     pub const FLOOR_UPLINK_EGRESS: &str = "masq_floor_uplink_out";
+    /// Cost programs (`cost.rs`, benchmark only): the RFC 1812 checks 16 times, and none.
+    pub const COST_VALIDATE_16: &str = "masq_cost_validate_16";
+    pub const COST_VALIDATE_0: &str = "masq_cost_validate_0";
 }
 
 /// A connection's 5-tuple as seen on the wire (network byte order).

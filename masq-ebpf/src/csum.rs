@@ -9,6 +9,15 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// Fold a 64-bit sum of at most five 32-bit words (an IPv4 header) into 16 bits.
+#[inline(always)]
+pub fn fold64(sum: u64) -> u16 {
+    // At most 2^32 + 3 after the first step, at most 0x1fffe after the second.
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
 /// New checksum after a 16-bit word of the covered data changed from `old` to `new`.
 #[inline(always)]
 pub fn replace2(csum: u16, old: u16, new: u16) -> u16 {

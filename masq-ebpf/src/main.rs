@@ -1,9 +1,9 @@
 //! masq's eBPF programs, one file per program: `uplink_in` (`masq_uplink_in`, `_l3`, `_xdp`),
 //! `lan_in` (`masq_lan_in`), `uplink_out` (`masq_uplink_out`, `_l3`), `xdp_pass`
 //! (`masq_xdp_pass`), `xdp_errors` (tracepoints counting lost redirects), `floor` (the
-//! benchmark's floor programs, never attached). Each entry point is a thin hook layer (`hook`)
-//! over one body that returns a `Verdict` or a named drop reason; `validate` checks every
-//! packet before anything is looked up or created.
+//! benchmark's floor programs) and `cost` (pieces timed alone), never attached. Each entry
+//! point is a thin hook layer (`hook`) over one body that returns a `Verdict` or a named drop
+//! reason; `validate` checks every packet before anything is looked up or created.
 #![no_std]
 #![no_main]
 // BPF load and store instructions in `packet.rs`.
@@ -12,6 +12,7 @@
 mod arp;
 mod binding;
 mod conntrack;
+mod cost;
 mod csum;
 mod events;
 mod floor;

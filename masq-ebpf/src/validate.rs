@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_csum_diff;
 use masq_common::{CFG_F_NO_VALIDATE, Counter, DataplaneConfig};
 
 use crate::{
-    csum::fold,
+    csum::{fold, fold64},
     maps::{CSUM_SCRATCH, PUBLIC_ADDRS},
     packet::{
         Frag, ICMP_CSUM, IPPROTO_ICMP, Ipv4, L4, L4_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -37,17 +37,23 @@ fn add32(sum: u32, word: u32) -> u32 {
     sum + (word & 0xffff) + (word >> 16)
 }
 
+/// The first octet of an address as the dataplane holds it (network byte order in memory):
+/// one mask, no byte swap.
+#[inline(always)]
+fn first_octet(addr: u32) -> u8 {
+    addr.to_ne_bytes()[0]
+}
+
 /// 224.0.0.0/4 or 255.255.255.255.
 #[inline(always)]
 pub fn is_multicast_or_broadcast(addr: u32) -> bool {
-    let addr = u32::from_be(addr);
-    addr >> 28 == 0xe || addr == u32::MAX
+    first_octet(addr) >> 4 == 0xe || addr == u32::MAX
 }
 
 /// 0.0.0.0/8 or 127.0.0.0/8: never on a wire.
 #[inline(always)]
 fn is_zero_or_loopback(addr: u32) -> bool {
-    let top = u32::from_be(addr) >> 24;
+    let top = first_octet(addr);
     top == 0 || top == 127
 }
 
@@ -67,20 +73,11 @@ pub fn tcp_flags_valid(flags: u8) -> bool {
 /// TCP flags a stack sends. Multicast and broadcast are left to the kernel by the caller.
 #[inline(always)]
 pub fn packet<P: Packet>(p: &P, ip: &Ipv4) -> Result<(), Counter> {
-    let header = p.frame_ptr::<[u16; 10]>(P::IP).ok_or(Counter::DropMalformed)?;
-    // SAFETY: in bounds (checked); an IPv4 header starts 2-byte aligned in every hook (a frame
-    // starts at least 2-aligned, the header 14 bytes in or at 0), so this is ten 16-bit loads
-    // rather than the twenty byte loads an unaligned read compiles to.
-    let header = unsafe { header.read() };
-    let mut sum = 0u32;
-    for word in header {
-        sum += u32::from(word);
-    }
-    if fold(sum) != 0xffff {
+    let sum = p.ipv4_header_sum().ok_or(Counter::DropMalformed)?;
+    if fold64(sum) != 0xffff {
         return Err(Counter::DropIpChecksum);
     }
-    let ip_len = p.len().saturating_sub(P::IP as u64);
-    if ip.tot_len < 20 || u64::from(ip.tot_len) > ip_len {
+    if ip.tot_len < 20 || u64::from(ip.tot_len) + P::IP as u64 > p.len() {
         return Err(Counter::DropBadLength);
     }
     if is_zero_or_loopback(ip.key.src_addr) || is_multicast_or_broadcast(ip.key.src_addr) {

@@ -121,11 +121,11 @@ pub struct Ratio {
     pub masq_over_forward: f64,
 }
 
-/// One of the targets, as a ratio: `measured` against `target` by `relation`.
+/// One of the issues' targets: `measured` against `target` by `relation`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     pub what: String,
-    /// What the ratio is over: "floor", "classic" or "forward".
+    /// What the ratio is over: "floor", "classic" or "forward"; or "ns", an absolute figure.
     pub over: &'static str,
     /// "<=" or ">=".
     pub relation: &'static str,
@@ -243,7 +243,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         }
     } else {
         prog::ProgOptions {
-            repeat: 80_000,
+            repeat: 60_000,
             runs: 5,
             levels: vec![1_000, 100_000, 1_000_000, 4_000_000],
             conn_capacity: 4_194_304,

@@ -279,8 +279,22 @@ pub struct ProgResults {
     pub policy_rules: RulesCost,
     /// What the RFC 1812 checks cost (hot, smallest table): each path with and without them.
     pub validation: Vec<PairedCost>,
+    /// The same checks timed alone (`cost.rs`), sixteen per packet: their cost per packet.
+    pub validation_alone: AloneCost,
     /// Connection events: what the ring and the daemon's recording path sustain.
     pub events: EventThroughput,
+}
+
+/// One piece of the dataplane timed alone: a program doing it `times` times per packet against
+/// the same program doing it none, in paired runs on one frame.
+#[derive(Clone, Debug, Serialize)]
+pub struct AloneCost {
+    pub path: PathKind,
+    pub times: u32,
+    /// Per pair: (with − without) / `times`.
+    pub per_packet_ns: Stat,
+    pub with_ns: Stat,
+    pub without_ns: Stat,
 }
 
 /// A path's cost with and without a feature (RFC 1812 checks, connection events), from paired
@@ -436,11 +450,13 @@ fn in_namespace(
     pinned::write_config(pin_dir, &cfg, &host, &states, &[])?;
     let masq_programs = load_programs(&mut dp, &MEASURED)?;
     let floors = load_programs(&mut dp, &FLOORS)?;
+    let costs = load_programs(&mut dp, &COSTS)?;
     dp.link_tail_calls()?;
     let programs = MEASURED
         .into_iter()
         .chain([program_names::LAN_INGRESS_NEW, program_names::LAN_INGRESS_HAIRPIN])
         .chain(FLOORS)
+        .chain(COSTS)
         .map(|name| program_size(&dp, name))
         .collect::<Result<_>>()?;
     let ifindex = |name: &str| {
@@ -458,6 +474,7 @@ fn in_namespace(
         dp,
         programs: masq_programs,
         floors,
+        costs,
         ctx,
         zipf: Zipf::default(),
         harness,
@@ -486,6 +503,16 @@ fn in_namespace(
             v.without_ns.median
         );
     }
+    let validation_alone = bench.validation_alone(PathKind::InboundEstablished)?;
+    eprintln!(
+        "masq bench: prog: validation alone on {}: {:.1} ns per packet ({} checks: {:.0} ns, none: \
+         {:.0} ns)",
+        validation_alone.path.name(),
+        validation_alone.per_packet_ns.median,
+        validation_alone.times,
+        validation_alone.with_ns.median,
+        validation_alone.without_ns.median
+    );
     let mut levels = Vec::new();
     for &conns in &opts.levels {
         let started = Instant::now();
@@ -560,6 +587,7 @@ fn in_namespace(
         levels,
         policy_rules,
         validation,
+        validation_alone,
         events,
     }))
 }
@@ -583,6 +611,10 @@ const MEASURED: [&str; 4] = [
     program_names::UPLINK_INGRESS,
     program_names::UPLINK_EGRESS,
 ];
+
+/// The RFC 1812 checks timed alone (`cost.rs`): sixteen per packet, and none.
+const COSTS: [&str; 2] = [program_names::COST_VALIDATE_16, program_names::COST_VALIDATE_0];
+const COST_TIMES: u32 = 16;
 
 /// Their floors (`PathKind::floor`).
 const FLOORS: [&str; 4] = [
@@ -843,6 +875,8 @@ struct ProgBench<'a> {
     /// masq's programs and the floor programs, loaded, by name.
     programs: HashMap<&'static str, ProgramFd>,
     floors: HashMap<&'static str, ProgramFd>,
+    /// The cost programs (`COSTS`).
+    costs: HashMap<&'static str, ProgramFd>,
     ctx: Contexts,
     zipf: Zipf,
     harness: Harness,
@@ -1270,6 +1304,42 @@ impl ProgBench<'_> {
             with_ns: Stat::of(&with),
             without_ns: Stat::of(&without),
             cost_ns: Stat::of(&diffs),
+        })
+    }
+
+    /// The RFC 1812 checks alone on `kind`'s hot frame: `COST_TIMES` checks per packet against
+    /// none, in paired runs (each order as often) straight through BPF_PROG_TEST_RUN (the
+    /// programs only read the frame), divided by `COST_TIMES`: the per-packet cost, that many
+    /// times above the machine's noise.
+    fn validation_alone(&mut self, kind: PathKind) -> Result<AloneCost> {
+        ensure!(kind.hook() == Hook::Xdp, "the cost programs are XDP programs");
+        let frame = self.frames(kind, 1, Pick::Uniform).remove(0);
+        let ctx = self.ctx(kind).to_vec();
+        let (mut with, mut without, mut per_packet) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..self.opts.pairs {
+            let mut got = [0.0; 2];
+            for checks in [pair % 2 == 0, pair % 2 == 1] {
+                let name = COSTS[usize::from(!checks)];
+                let fd = self.costs.get(name).context("cost program not loaded")?;
+                let run = bpf::test_run(fd.as_fd(), &frame, &ctx, self.opts.repeat)?;
+                ensure!(
+                    run.retval == XDP_PASS,
+                    "{name}: returned {} on {}",
+                    run.retval,
+                    kind.name()
+                );
+                got[usize::from(checks)] = f64::from(run.duration_ns);
+            }
+            without.push(got[0]);
+            with.push(got[1]);
+            per_packet.push((got[1] - got[0]) / f64::from(COST_TIMES));
+        }
+        Ok(AloneCost {
+            path: kind,
+            times: COST_TIMES,
+            per_packet_ns: Stat::of(&per_packet),
+            with_ns: Stat::of(&with),
+            without_ns: Stat::of(&without),
         })
     }
 

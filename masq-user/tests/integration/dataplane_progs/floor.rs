@@ -1,5 +1,5 @@
-//! The benchmark's floor programs (`masq-ebpf/src/floor.rs`): what they do must be the job of
-//! the program they stand beside, else a masq/floor ratio means nothing.
+//! The benchmark's floor programs (`masq-ebpf/src/floor.rs`) and cost programs (`cost.rs`): what
+//! they do must be the job they stand for, else a ratio or a cost means nothing.
 use aya::maps::Array;
 use masq_common::{FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute};
 
@@ -158,4 +158,28 @@ fn masq_run_never_attaches_a_floor_program() {
     for floor in FLOORS {
         assert!(!masq_user::hooks::PROGRAMS.contains(&floor), "{floor} is attachable");
     }
+}
+
+/// The cost programs time the RFC 1812 checks alone: sixteen per packet must be the checks
+/// (a bad header checksum fails them), none must be everything else.
+#[test]
+fn the_cost_programs_run_the_checks_sixteen_times_or_not_at_all() {
+    example(|gw| {
+        for name in [program_names::COST_VALIDATE_16, program_names::COST_VALIDATE_0] {
+            let prog: &mut aya::programs::Xdp =
+                gw.dp.ebpf_mut().program_mut(name).unwrap().try_into().unwrap();
+            prog.load().unwrap();
+        }
+        let ack = from_dsl(&Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_ACK));
+        let mut bad = ack.clone();
+        bad[14 + 10] ^= 0xff; // the IPv4 header checksum
+        let run = |name, frame: &[u8]| gw.xdp_prog(name, "eth4", frame).ret;
+        assert_eq!(run(program_names::COST_VALIDATE_16, &ack), XDP_PASS);
+        assert_eq!(run(program_names::COST_VALIDATE_16, &bad), XDP_DROP);
+        assert_eq!(run(program_names::COST_VALIDATE_0, &ack), XDP_PASS);
+        assert_eq!(run(program_names::COST_VALIDATE_0, &bad), XDP_PASS);
+        // Nothing looked up or made.
+        assert_eq!(pending(gw), 0);
+        assert!(gw.conns().is_empty());
+    });
 }
