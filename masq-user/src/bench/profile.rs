@@ -40,9 +40,9 @@ impl Profile {
         samples as f64 / f64::from(FREQUENCY) * 1e9 / self.packets.max(1) as f64
     }
 
-    /// Markdown: the program's own time per packet by file and by line, and the symbols its
-    /// run spent the rest in.
-    pub fn markdown(&self, top: usize) -> String {
+    /// Markdown: the program's own time per packet by file and by line, and (`kernel`) the
+    /// symbols its run spent the rest in.
+    pub fn markdown(&self, top: usize, kernel: bool) -> String {
         let own = self.own_samples();
         let mut s = format!(
             "#### {}: {:.0} ns per packet in its own code ({own} samples, {} packets)\n\n\
@@ -64,6 +64,9 @@ impl Profile {
                 share(*n),
                 text.chars().take(80).collect::<String>()
             );
+        }
+        if !kernel {
+            return s + "\n";
         }
         let _ = writeln!(s, "\n| elsewhere (kernel symbol) | ns/packet |\n|---|---:|");
         for (sym, n) in self.symbols.iter().take(top) {
