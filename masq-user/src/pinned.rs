@@ -2,7 +2,10 @@
 //! the metrics: their layout, the config's values, counters, per-uplink traffic, the uplink
 //! table, the connection and binding tables. Works whether or not the daemon runs, from any
 //! network namespace (bpffs is shared by all of them).
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -21,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Config,
-    conntrack::{self, Conn, ConnTables},
+    conntrack::{self, Conn, ConnTable, ConnTables},
     follow::UplinkState,
     host::HostInterfaces,
     local_ports,
@@ -160,9 +163,14 @@ pub fn read_uplink_infos(pin_dir: &Path) -> anyhow::Result<Vec<(u8, UplinkInfo)>
 
 /// Both pinned connection tables.
 pub fn conn_tables(pin_dir: &Path) -> anyhow::Result<ConnTables<MapData>> {
+    let (confirmed, pending) =
+        (open_pinned(pin_dir, map_names::CONNS)?, open_pinned(pin_dir, map_names::PENDING_CONNS)?);
+    let fds =
+        [confirmed.fd().as_fd().try_clone_to_owned()?, pending.fd().as_fd().try_clone_to_owned()?];
     Ok(ConnTables {
-        confirmed: open(pin_dir, map_names::CONNS)?,
-        pending: open(pin_dir, map_names::PENDING_CONNS)?,
+        confirmed: ConnTable::try_from(Map::from_map_data(confirmed)?)?,
+        pending: ConnTable::try_from(Map::from_map_data(pending)?)?,
+        fds: Some(fds),
     })
 }
 

@@ -55,3 +55,48 @@ fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
         assert_eq!((rebuilt.uplink, rebuilt.flags), (fwd_before.uplink, fwd_before.flags));
     });
 }
+
+/// The daemon's expiry, the CLI and the metrics read the tables in batches; that must find the
+/// very connections reading entry by entry does, in both tables, however many.
+#[test]
+fn the_tables_read_in_batches_hold_what_reading_entry_by_entry_finds() {
+    example(|gw| {
+        const CONNS: u32 = 20_000;
+        let mut tables = pinned::conn_tables(gw.dp.pin_dir()).unwrap();
+        for i in 0..CONNS {
+            let client = (Ipv4Addr::from(0x6440_0000 | i), 40000 + (i % 1000) as u16);
+            let fwd = tcp_key(client, (DSL_PUB, 80));
+            let xlate = tcp_key(client, (ISOLDE, 80));
+            // Every fourth connection still pending, in the other table.
+            let pending = if i % 4 == 0 { CONN_F_PENDING } else { 0 };
+            let entry = |xlate: FlowKey, flags| ConnEntry {
+                xlate: Tuple4::of(&xlate),
+                flags: flags | pending,
+                ..ConnEntry::default()
+            };
+            let table = if pending != 0 { &mut tables.pending } else { &mut tables.confirmed };
+            table.insert(fwd, entry(xlate, CONN_F_INBOUND), 0).unwrap();
+            table
+                .insert(xlate.reversed(), entry(fwd.reversed(), CONN_F_INBOUND | CONN_F_REPLY), 0)
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        let batched = tables.dump_batched().expect("BPF_MAP_LOOKUP_BATCH on this kernel");
+        let batch_time = started.elapsed();
+        let started = std::time::Instant::now();
+        let by_entry = tables.dump_by_entry();
+        let entry_time = started.elapsed();
+        eprintln!(
+            "dump of {CONNS} connections: {batch_time:?} in batches, {entry_time:?} by entry"
+        );
+        let keys = |conns: &[conntrack::Conn]| {
+            let mut keys: Vec<String> =
+                conns.iter().map(|c| format!("{:?} {:?}", c.orig, c.reply)).collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(batched.len(), CONNS as usize);
+        assert!(batched.iter().all(|c| c.orig.is_some() && c.reply.is_some()), "every pair whole");
+        assert_eq!(keys(&batched), keys(&by_entry));
+    });
+}
