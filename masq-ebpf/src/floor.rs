@@ -4,9 +4,10 @@
 //! Each parses the link header (XDP, TC behind Ethernet), IPv4 and TCP/UDP; makes one lookup in
 //! masq's own `CONNS`, so both run on the same table contents; rewrites the tuple with
 //! incremental checksums (masq's own `nat::rewrite_tuple`; TC: through the checksum helpers, as
-//! CHECKSUM_PARTIAL needs) and the TTL; and sends the packet to the fixed output in `FLOOR_ROUTES`. A miss is a new
-//! connection: the bare inserts masq needs for one (both `PENDING_CONNS` entries; from the LAN
-//! also the binding's two), nothing looked up or checked first.
+//! CHECKSUM_PARTIAL needs) and the TTL; and sends the packet to the fixed output in
+//! `FLOOR_ROUTES`. A miss is a new connection: the bare inserts masq needs for one (both
+//! `PENDING_CONNS` entries; from the LAN also the binding's two), nothing looked up or checked
+//! first.
 use aya_ebpf::{
     bindings::{
         TC_ACT_OK, TC_ACT_SHOT,

@@ -78,22 +78,23 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
 
     // A hairpin connection's packets go back into the LAN; all others to an uplink.
     let mut hairpinned = false;
-    let found = find(ctx, &ip, None)?;
-    let now = conntrack::now_tick();
-    let (translation, uplink_index) = match found {
-        Found::Fragment(translation, uplink) => (translation, uplink),
+    // The clock is read once, on the paths that account or route the packet.
+    let (translation, uplink_index, now) = match find(ctx, &ip, None)? {
+        Found::Fragment(translation, uplink) => (translation, uplink, conntrack::now_tick()),
         // First fragment not seen: the kernel forwards it, uplink egress drops it.
         Found::FragmentUnknown | Found::IcmpErrorUnknown => {
             count(Counter::PassedUntouched);
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
+            let now = conntrack::now_tick();
             conntrack::touch(&conn_key, entry, &ip, len, now);
             count(Counter::IcmpErrorTranslated);
-            (translation, entry.uplink)
+            (translation, entry.uplink, now)
         }
         Found::Flow(entry) if entry.is_hairpin() => {
-            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink);
+            let now = conntrack::now_tick();
+            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink, now);
             conntrack::account(&ip.key, entry, &ip, len, now)?;
             hairpinned = true;
             found
@@ -103,7 +104,8 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
                 count(Counter::PassedUntouched);
                 return Ok(Verdict::Pass);
             }
-            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink);
+            let now = conntrack::now_tick();
+            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink, now);
             conntrack::account(&ip.key, entry, &ip, len, now)?;
             found
         }

@@ -305,11 +305,7 @@ unsafe fn read_packet<T: Copy>(p: *const T) -> T {
                      options(pure, readonly, nostack, preserves_flags));
                 core::mem::transmute_copy(&(v as u16))
             }
-            4 => {
-                asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) v, in(reg) addr,
-                     options(pure, readonly, nostack, preserves_flags));
-                core::mem::transmute_copy(&(v as u32))
-            }
+            4 => core::mem::transmute_copy(&(read_u32_widened(p.cast()) as u32)),
             _ => p.read_unaligned(),
         }
     }

@@ -67,10 +67,9 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         validate::packet(ctx, &ip)?;
     }
 
-    let found = find(ctx, &ip, Some(uplink_index))?;
-    let now = conntrack::now_tick();
-    let translation = match found {
-        Found::Fragment(translation, _) => translation,
+    // The clock is read once, on the paths that account or route the packet.
+    let (translation, now) = match find(ctx, &ip, Some(uplink_index))? {
+        Found::Fragment(translation, _) => (translation, conntrack::now_tick()),
         // SAFETY: read-only lookup.
         Found::FragmentUnknown if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
             return Err(Counter::DropFragment);
@@ -85,9 +84,10 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
+            let now = conntrack::now_tick();
             conntrack::touch(&conn_key, entry, &ip, len, now);
             count(Counter::IcmpErrorTranslated);
-            translation
+            (translation, now)
         }
         Found::Flow(entry) => {
             if !entry.toward_lan() {
@@ -95,8 +95,9 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
                 return Ok(Verdict::Pass);
             }
             let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
+            let now = conntrack::now_tick();
             conntrack::account(&ip.key, entry, &ip, len, now)?;
-            translation
+            (translation, now)
         }
         Found::New => {
             let target = match published(&ip.key) {
@@ -162,7 +163,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             )?;
             count(Counter::InboundNew);
             uplink_new_conn(uplink_index);
-            Translation::Flow(xlate.key(ip.key.proto))
+            (Translation::Flow(xlate.key(ip.key.proto)), conntrack::now_tick())
         }
     };
 

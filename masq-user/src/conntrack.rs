@@ -16,7 +16,7 @@ use masq_common::{
 };
 pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::config::Timeouts;
+use crate::{bpf_sys::sys_bpf, config::Timeouts};
 
 /// Now on the clock the programs write (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
 pub fn clock_ns() -> u64 {
@@ -207,29 +207,16 @@ fn lookup_batch(fd: BorrowedFd<'_>) -> io::Result<Vec<(FlowKey, ConnEntry)>> {
         attr[2] = keys.as_mut_ptr() as u64;
         attr[3] = values.as_mut_ptr() as u64;
         attr[4] = BATCH as u64 | (fd.as_raw_fd() as u64) << 32;
-        // SAFETY: bpf(2) with a valid attr of its size; the kernel writes at most BATCH keys
-        // and values into buffers that hold BATCH of each, and 4 bytes into `next`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                attr.as_mut_ptr(),
-                size_of_val(&attr),
-            )
-        };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        let count = (attr[4] & 0xffff_ffff) as usize;
-        entries.extend(
-            keys[..count.min(BATCH)]
-                .iter()
-                .copied()
-                .zip(values[..count.min(BATCH)].iter().copied()),
-        );
-        match err {
-            None => {}
+        // SAFETY: the batch layout; the kernel writes at most BATCH keys and values into
+        // buffers that hold BATCH of each, and 4 bytes into `next`.
+        let ret = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let count = ((attr[4] & 0xffff_ffff) as usize).min(BATCH);
+        entries.extend(keys[..count].iter().copied().zip(values[..count].iter().copied()));
+        match ret {
+            Ok(_) => {}
             // The last batch.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
-            Some(e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(e) => return Err(e),
         }
         at = next;
         first = false;

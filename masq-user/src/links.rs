@@ -15,6 +15,7 @@ use masq_common::program_names;
 use serde::Serialize;
 
 use crate::{
+    bpf_sys::sys_bpf,
     hooks::{self, HookPoint},
     state::{DaemonState, Names},
 };
@@ -135,16 +136,6 @@ struct LinkInfo {
     id: u32,
     prog_id: u32,
     ifindex: u32,
-}
-
-/// bpf(2) with `attr` as its `union bpf_attr` prefix.
-///
-/// # Safety
-/// `attr` is the layout `cmd` expects, and every pointer in it is valid for the call.
-unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
-    // SAFETY: as the caller promises.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 /// An fd for the object pinned at `pin` (BPF_OBJ_GET).

@@ -63,16 +63,13 @@ impl MapValues {
 pub fn public_addrs(cfg: &Config) -> Vec<(u32, PublicAddr)> {
     let mut addrs: Vec<(u32, PublicAddr)> = Vec::new();
     for p in &cfg.publish {
-        let flag = if p.port.is_some() { PUBLIC_F_PORTS } else { PUBLIC_F_WHOLE };
         let addr = wire_addr(p.address);
+        let flags = if p.port.is_some() { PUBLIC_F_PORTS } else { PUBLIC_F_WHOLE };
+        let owner = PublicAddr { uplink: p.uplink as u8, flags, _pad: [0; 2] };
         match addrs.iter_mut().find(|(a, _)| *a == addr) {
             // The last entry names the uplink, as the map's last insert did.
-            Some((_, owner)) => {
-                *owner = PublicAddr { uplink: p.uplink as u8, flags: owner.flags | flag, ..*owner }
-            }
-            None => {
-                addrs.push((addr, PublicAddr { uplink: p.uplink as u8, flags: flag, _pad: [0; 2] }))
-            }
+            Some((_, old)) => *old = PublicAddr { flags: old.flags | flags, ..owner },
+            None => addrs.push((addr, owner)),
         }
     }
     addrs

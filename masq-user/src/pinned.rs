@@ -276,9 +276,14 @@ fn replace_all<K: aya::Pod + PartialEq, V: aya::Pod>(
 
 /// Report new connections in `EVENTS` (`CFG_F_EVENTS`), or stop.
 pub fn set_events(pin_dir: &Path, on: bool) -> anyhow::Result<()> {
+    set_config_flag(pin_dir, CFG_F_EVENTS, on)
+}
+
+/// Set or clear one `CFG_F_*` flag of `CONFIG[0]`, leaving the rest as it is.
+pub fn set_config_flag(pin_dir: &Path, flag: u32, on: bool) -> anyhow::Result<()> {
     let mut map: Array<_, DataplaneConfig> = open(pin_dir, map_names::CONFIG)?;
     let mut cfg = map.get(&0, 0).context("CONFIG")?;
-    cfg.flags = if on { cfg.flags | CFG_F_EVENTS } else { cfg.flags & !CFG_F_EVENTS };
+    cfg.flags = if on { cfg.flags | flag } else { cfg.flags & !flag };
     map.set(0, cfg, 0).context("CONFIG")?;
     Ok(())
 }

@@ -95,16 +95,9 @@ impl Attr {
 }
 
 fn sys_bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
-    // SAFETY: `attr` is a valid, zero-padded `union bpf_attr` prefix of the size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    // SAFETY: `attr` is a valid, zero-padded `union bpf_attr` prefix, and the callers' pointers
+    // in it are valid for the call.
+    unsafe { crate::bpf_sys::sys_bpf(libc::c_long::from(cmd), attr) }
 }
 
 fn sys_bpf_fd(cmd: u32, attr: &mut Attr) -> io::Result<OwnedFd> {

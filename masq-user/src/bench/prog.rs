@@ -23,9 +23,9 @@ use aya::{
     programs::{Program, ProgramFd, TestRun as _, TestRunOptions},
 };
 use masq_common::{
-    CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, DataplaneConfig,
-    FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4,
-    map_names, program_names,
+    CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FLOOR_TO_LAN,
+    FLOOR_TO_UPLINK, FloorRoute, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4, map_names,
+    program_names,
 };
 use serde::Serialize;
 
@@ -1330,13 +1330,7 @@ impl ProgBench<'_> {
     }
 
     fn set_validation(&mut self, on: bool) -> Result<()> {
-        let mut config: Array<_, DataplaneConfig> =
-            Array::try_from(self.dp.ebpf_mut().map_mut(map_names::CONFIG).context("no CONFIG")?)?;
-        let mut value = config.get(&0, 0)?;
-        value.flags =
-            if on { value.flags & !CFG_F_NO_VALIDATE } else { value.flags | CFG_F_NO_VALIDATE };
-        config.set(0, value, 0)?;
-        Ok(())
+        pinned::set_config_flag(self.dp.pin_dir(), CFG_F_NO_VALIDATE, !on)
     }
 
     /// `ProgOptions::profile`: `name`'s hot frame through masq's program, then through its
