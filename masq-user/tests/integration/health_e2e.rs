@@ -72,6 +72,12 @@ fn is_up(u: &Value) -> bool {
     u["health"]["up"] == true
 }
 
+/// Down as health tracking judged it: not merely without a report yet (the daemon's first
+/// status, written before any probe round completes, has none).
+fn is_down(u: &Value) -> bool {
+    u["health"]["up"] == false
+}
+
 /// The address the client saw for a new TCP connection from tristan: which uplink it took.
 fn tristan_leaves_from(lab: &Lab) -> Option<Ipv4Addr> {
     let reply = lab.tcp_request(Host::Tristan, CLIENT, PEER_PORT, TIMEOUT).unwrap()?;
@@ -162,7 +168,7 @@ fn dsl_fails_over_when_isp_a_stops_forwarding_and_fails_back_when_it_forwards_ag
     // ISP A's router stops forwarding; its link and address stay up.
     isp_a(&lab, "-I FORWARD -j DROP");
     let stopped = Instant::now();
-    let down = wait_uplink(&lab, "dsl", Duration::from_secs(10), "down", |u| !is_up(u));
+    let down = wait_uplink(&lab, "dsl", Duration::from_secs(10), "down", is_down);
     let took = stopped.elapsed();
     let reason = down["health"]["reason"].as_str().unwrap();
     assert!(reason.contains("rounds in a row failed") && reason.contains("no answer"), "{reason}");
@@ -222,7 +228,7 @@ fn a_lossy_isp_a_crosses_the_loss_level_and_one_silent_target_of_two_does_not() 
     // A fifth of what ISP A forwards is lost each way (a third of the probes): more than the
     // 20 % failure level over the 10-probe window.
     isp_a(&lab, "-I FORWARD -m statistic --mode random --probability 0.2 -j DROP");
-    let down = wait_uplink(&lab, "dsl", Duration::from_secs(60), "down by loss", |u| !is_up(u));
+    let down = wait_uplink(&lab, "dsl", Duration::from_secs(60), "down by loss", is_down);
     let reason = down["health"]["reason"].as_str().unwrap();
     let client_note = reason.split(", ").find(|n| n.contains(&CLIENT.to_string()));
     assert!(client_note.is_some_and(|n| n.contains("loss")), "{reason}");
@@ -285,7 +291,7 @@ fn a_slow_path_crosses_the_latency_level_with_dns_probes() {
         "",
     );
     let masq = common::start_masq(&lab, &cfg);
-    let down = wait_uplink(&lab, "dsl", Duration::from_secs(15), "down by latency", |u| !is_up(u));
+    let down = wait_uplink(&lab, "dsl", Duration::from_secs(15), "down by latency", is_down);
     let reason = down["health"]["reason"].as_str().unwrap();
     assert!(reason.contains("latency") && reason.contains("above 150 ms"), "{reason}");
     let rtt = down["health"]["probes"]["targets"][0]["avg_rtt_ms"].as_f64().unwrap();
@@ -356,7 +362,7 @@ fn a_tiered_policy_fails_over_and_reclaims_its_connections_when_dsl_returns() {
     assert_eq!(tristan_leaves_from(&lab), Some(GW_ISP_A), "tier 0");
 
     isp_a(&lab, "-I FORWARD -j DROP");
-    wait_uplink(&lab, "dsl", Duration::from_secs(10), "down", |u| !is_up(u));
+    wait_uplink(&lab, "dsl", Duration::from_secs(10), "down", is_down);
     assert_eq!(tristan_leaves_from(&lab), Some(GW_ISP_B), "tier 1 while dsl is down");
     let _tristan = long_connection(&lab, Host::Tristan, Host::Client, CLIENT, 9005);
     let _isolde = long_connection(&lab, Host::Isolde, Host::Client, CLIENT, 9006);
