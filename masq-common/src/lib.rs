@@ -279,9 +279,9 @@ impl ConnEntry {
     }
 }
 
-/// `BINDINGS` key: one internal endpoint (LAN address and port, or echo identifier) behind one
-/// uplink. Endpoint-independent mapping (RFC 4787 REQ-1, RFC 5382 REQ-1): all its connections,
-/// whatever their destination, leave with the one public port its binding holds.
+/// An internal endpoint (LAN address and port, or echo identifier) behind one uplink: who holds
+/// a `BOUND_PORTS` entry, and the `BINDINGS` key. Endpoint-independent mapping (RFC 4787 REQ-1,
+/// RFC 5382 REQ-1): all its connections, whatever their destination, leave with one public port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -294,7 +294,9 @@ pub struct BindingKey {
 }
 const _: () = assert!(core::mem::size_of::<BindingKey>() == 8);
 
-/// `BINDINGS` value.
+/// `BINDINGS` value: the public port of an endpoint that could not keep its own (another
+/// endpoint held it). An endpoint holding its own port has no `BINDINGS` entry, only its
+/// `BOUND_PORTS` one: one insert per new endpoint in the common case.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -302,13 +304,12 @@ pub struct Binding {
     /// The public port (network byte order).
     pub ext_port: u16,
     pub _pad: u16,
-    /// Tick of creation: the daemon removes a binding without connections once it is older
-    /// than a tick or two (never one whose first connection is being inserted).
+    /// Tick of creation.
     pub created_tick: u32,
 }
 const _: () = assert!(core::mem::size_of::<Binding>() == 8);
 
-/// `BOUND_PORTS` key: a public port of one uplink, taken by one binding: two internal
+/// `BOUND_PORTS` key: a public port of one uplink, held by one endpoint: two internal
 /// endpoints never share a public port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -320,6 +321,20 @@ pub struct BoundPortKey {
     pub uplink: u8,
 }
 const _: () = assert!(core::mem::size_of::<BoundPortKey>() == 4);
+
+/// `BOUND_PORTS` value: every binding has one. The endpoint's public port is this key's port
+/// when the endpoint is `owner` and has no `BINDINGS` entry (it kept its own port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BoundPort {
+    pub owner: BindingKey,
+    /// Tick of creation: the daemon removes a binding without connections once it is older
+    /// than a tick or two (never one whose first connection is being inserted).
+    pub created_tick: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BoundPort>() == 16);
 
 /// `UplinkInfo::flags`: the slot is configured.
 pub const UPLINK_F_ENABLED: u8 = 1 << 0;
@@ -762,6 +777,7 @@ mod pod {
     unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for BoundPortKey {}
+    unsafe impl aya::Pod for BoundPort {}
     unsafe impl aya::Pod for UplinkInfo {}
     unsafe impl aya::Pod for FloorRoute {}
     unsafe impl aya::Pod for Prefix4 {}

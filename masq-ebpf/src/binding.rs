@@ -1,10 +1,10 @@
 //! Endpoint-independent mapping (RFC 4787 REQ-1, RFC 5382 REQ-1): one internal endpoint (LAN
 //! address and port, or echo identifier) keeps one public port behind an uplink for every
-//! destination while it has connections, and no two endpoints share one. `BINDINGS` holds the
-//! endpoint's port, `BOUND_PORTS` who took each port; the daemon removes bindings left without
-//! connections.
+//! destination while it has connections, and no two endpoints share one. `BOUND_PORTS` holds
+//! who took each port; an endpoint that could not keep its own port has its public port in
+//! `BINDINGS`. The daemon removes bindings left without connections.
 use aya_ebpf::bindings::BPF_NOEXIST;
-use masq_common::{Binding, BindingKey, BoundPortKey, FlowKey, NAT_PORT_TRIES, tick};
+use masq_common::{Binding, BindingKey, BoundPort, BoundPortKey, FlowKey, NAT_PORT_TRIES, tick};
 
 const EEXIST: i32 = 17;
 
@@ -15,8 +15,8 @@ use crate::{
 
 /// The public port (network byte order) of `key`'s source endpoint behind `uplink`: its
 /// binding's, or a new binding's — the endpoint's own port when `range` keeps it and it is
-/// free, else a free one chosen by a hash of the endpoint alone (not of the destination).
-/// `None` when no binding can be made (no free port, tables full).
+/// free (one `BOUND_PORTS` insert), else a free one chosen by a hash of the endpoint alone (not
+/// of the destination). `None` when no binding can be made (no free port, tables full).
 #[inline(never)]
 pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> {
     // The keys live in a per-CPU slot, not on the stack: called from the programs' deepest
@@ -26,24 +26,45 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
     let s = unsafe { &mut *s };
     s.bkey =
         BindingKey { int_addr: key.src_addr, int_port: key.src_port, proto: key.proto, uplink };
-    let bkey = &s.bkey;
-    // SAFETY: read-only lookup of a plain value.
+    s.pkey = BoundPortKey { ext_port: key.src_port, proto: key.proto, uplink };
+    let (bkey, pkey) = (&s.bkey, &s.pkey);
+    // SAFETY: read-only lookups of plain values.
+    let own_holder = unsafe { BOUND_PORTS.get(pkey) }.map(|p| p.owner);
+    if own_holder == Some(*bkey) {
+        return Some(key.src_port);
+    }
+    // SAFETY: as above.
     if let Some(b) = unsafe { BINDINGS.get(bkey) } {
         return Some(b.ext_port);
     }
+    let now = tick(now_ns());
+    s.port = BoundPort { owner: *bkey, created_tick: now, _pad: 0 };
+    let port = &s.port;
     let own = u16::from_be(key.src_port);
+    if own_holder.is_none() && range.keeps(own) {
+        match BOUND_PORTS.insert(pkey, port, BPF_NOEXIST as u64) {
+            Ok(()) => return Some(key.src_port),
+            // Taken meanwhile: by this endpoint on another CPU, or by another endpoint.
+            // SAFETY: as above.
+            Err(err) if err == -EEXIST => {
+                if unsafe { BOUND_PORTS.get(pkey) }.is_some_and(|p| p.owner == *bkey) {
+                    return Some(key.src_port);
+                }
+            }
+            Err(_) => return None,
+        }
+    }
     let seed = hash_endpoint(key.src_addr, key.src_port, key.proto);
     for i in 0..NAT_PORT_TRIES {
-        let port = if i == 0 && range.keeps(own) { own } else { range.candidate(seed, i)? };
-        s.pkey = BoundPortKey { ext_port: port.to_be(), proto: key.proto, uplink };
+        s.pkey.ext_port = range.candidate(seed, i)?.to_be();
         let pkey = &s.pkey;
-        match BOUND_PORTS.insert(pkey, bkey, BPF_NOEXIST as u64) {
+        match BOUND_PORTS.insert(pkey, port, BPF_NOEXIST as u64) {
             Ok(()) => {}
             Err(err) if err == -EEXIST => continue,
             // Full: no binding now.
             Err(_) => return None,
         }
-        s.binding = Binding { ext_port: pkey.ext_port, _pad: 0, created_tick: tick(now_ns()) };
+        s.binding = Binding { ext_port: pkey.ext_port, _pad: 0, created_tick: now };
         let binding = &s.binding;
         if BINDINGS.insert(bkey, binding, BPF_NOEXIST as u64).is_ok() {
             return Some(binding.ext_port);
@@ -56,11 +77,12 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
     None
 }
 
-/// `public_port`'s keys and value.
+/// `public_port`'s keys and values.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BindingScratch {
     bkey: BindingKey,
+    port: BoundPort,
     binding: Binding,
     pkey: BoundPortKey,
     _pad: u32,
@@ -71,6 +93,6 @@ pub struct BindingScratch {
 #[inline(always)]
 pub fn owner(port: u16, proto: u8, uplink: u8) -> Option<(u32, u16)> {
     // SAFETY: read-only lookup of a plain value.
-    let owner = unsafe { BOUND_PORTS.get(BoundPortKey { ext_port: port, proto, uplink }) }?;
-    Some((owner.int_addr, owner.int_port))
+    let held = unsafe { BOUND_PORTS.get(BoundPortKey { ext_port: port, proto, uplink }) }?;
+    Some((held.owner.int_addr, held.owner.int_port))
 }

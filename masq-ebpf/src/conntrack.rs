@@ -395,8 +395,9 @@ impl PortRange {
 /// key): if its tuple is taken, `xlate.src_port` is moved through `ports` (keeping the original
 /// port when free, or the endpoint's binding's: `PortRange::bound`), up to `NAT_PORT_TRIES`
 /// tries.
-/// Then the forward entry; if that fails the reply entry is removed again, so a half connection
-/// never stays behind. Returns the forward entry.
+/// Then the forward entry (`key`, which the caller looked up and found in neither table); if
+/// that fails the reply entry is removed again, so a half connection never stays behind.
+/// Returns the forward entry.
 #[inline(always)]
 pub fn create(
     key: &FlowKey,
@@ -462,7 +463,8 @@ pub fn create(
     // The first packet is accounted right here, sparing a lookup.
     entry.packets = 1;
     entry.bytes = len;
-    match insert_new(key, &entry) {
+    // Straight into the pending table: the caller's lookup just missed `key` in both.
+    match PENDING_CONNS.insert(key, entry, BPF_NOEXIST as u64) {
         Ok(()) => {
             if syn_us != 0 {
                 uplink_syn_sent(uplink);

@@ -6,7 +6,7 @@
 //! incremental checksums (masq's own `nat::rewrite_tuple`; TC: through the checksum helpers, as
 //! CHECKSUM_PARTIAL needs) and the TTL; and sends the packet to the fixed output in
 //! `FLOOR_ROUTES`. A miss is a new connection: the bare inserts masq needs for one (both
-//! `PENDING_CONNS` entries; from the LAN also the binding's two), nothing looked up or checked
+//! `PENDING_CONNS` entries; from the LAN also the binding's port, kept), nothing looked up or checked
 //! first.
 use aya_ebpf::{
     bindings::{
@@ -18,13 +18,13 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter,
+    BindingKey, BoundPort, BoundPortKey, CONN_F_PENDING, CONN_F_REPLY, ConnEntry, Counter,
     FLOOR_TO_LAN, FLOOR_TO_UPLINK, FlowKey, Tuple4,
 };
 
 use crate::{
     forward::{decrement_ttl, set_macs},
-    maps::{BINDINGS, BOUND_PORTS, CONNS, FLOOR_ROUTES, PENDING_CONNS},
+    maps::{BOUND_PORTS, CONNS, FLOOR_ROUTES, PENDING_CONNS},
     nat,
     packet::{
         ETH_P_IP, EthSkb, IP_DST, IP_FRAG, IP_MF, IP_OFFSET, IP_PROTO, IP_SRC, IPPROTO_TCP,
@@ -137,17 +137,16 @@ fn insert_new(key: &FlowKey, new_addr: u32, to_lan: bool, binds: bool) -> Result
         .insert(reply, entry(Tuple4::of(&key.reversed()), CONN_F_PENDING | CONN_F_REPLY), 0)
         .map_err(|_| Counter::DropConnInsertFailed)?;
     if binds {
-        let binding = BindingKey {
+        let owner = BindingKey {
             int_addr: key.src_addr,
             int_port: key.src_port,
             proto: key.proto,
             uplink: 0,
         };
         let port = BoundPortKey { ext_port: key.src_port, proto: key.proto, uplink: 0 };
-        BINDINGS
-            .insert(binding, Binding { ext_port: key.src_port, ..Binding::default() }, 0)
+        BOUND_PORTS
+            .insert(port, BoundPort { owner, ..BoundPort::default() }, 0)
             .map_err(|_| Counter::DropConnInsertFailed)?;
-        BOUND_PORTS.insert(port, binding, 0).map_err(|_| Counter::DropConnInsertFailed)?;
     }
     Ok(to)
 }

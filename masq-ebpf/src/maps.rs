@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, COUNTER_SLOTS, ConnEntry, ConnEvent, DEFAULT_CONN_CAPACITY,
-    DEFAULT_EVENT_RING_BYTES, DataplaneConfig, FloorRoute, FlowKey, FragKey, FragXlate,
-    MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop,
-    PolicyRule, PublicAddr, PublishKey, PublishTarget, TAIL_CALL_SLOTS, UplinkInfo, UplinkStats,
-    default_pending_capacity,
+    Binding, BindingKey, BoundPort, BoundPortKey, COUNTER_SLOTS, ConnEntry, ConnEvent,
+    DEFAULT_CONN_CAPACITY, DEFAULT_EVENT_RING_BYTES, DataplaneConfig, FloorRoute, FlowKey, FragKey,
+    FragXlate, MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS,
+    NextHop, PolicyRule, PublicAddr, PublishKey, PublishTarget, TAIL_CALL_SLOTS, UplinkInfo,
+    UplinkStats, default_pending_capacity,
 };
 
 /// Confirmed connections: two entries per connection, one per direction. A plain hash, not an
@@ -27,15 +27,15 @@ pub static CONNS: HashMap<FlowKey, ConnEntry> =
 pub static PENDING_CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(2 * default_pending_capacity(DEFAULT_CONN_CAPACITY), 0);
 
-/// Endpoint-independent mapping (`binding.rs`): each internal endpoint's public port, and who
-/// holds each public port. Plain hashes sized by the loader (connections and pending ones);
-/// the daemon removes bindings left without connections.
+/// Endpoint-independent mapping (`binding.rs`): the public port of each internal endpoint that
+/// could not keep its own, and who holds each public port. Plain hashes sized by the loader
+/// (connections and pending ones); the daemon removes bindings left without connections.
 #[map]
 pub static BINDINGS: HashMap<BindingKey, Binding> =
     HashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
 
 #[map]
-pub static BOUND_PORTS: HashMap<BoundPortKey, BindingKey> =
+pub static BOUND_PORTS: HashMap<BoundPortKey, BoundPort> =
     HashMap::with_max_entries(DEFAULT_CONN_CAPACITY, 0);
 
 /// Translations of fragmented datagrams, written by their first fragment.

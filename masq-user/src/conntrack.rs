@@ -11,7 +11,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN,
+    Binding, BindingKey, BoundPort, BoundPortKey, ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN,
     TCP_SEEN_RST, tick_ns,
 };
 pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
@@ -309,46 +309,62 @@ pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
     Some(BindingKey { int_addr, int_port, proto: key.proto, uplink: entry.uplink })
 }
 
+/// The public port (network byte order) `key`'s binding holds, if it has one: its `BINDINGS`
+/// entry's, or its own port when it holds that one in `ports`.
+pub fn binding_port<T: Borrow<MapData>, U: Borrow<MapData>>(
+    bindings: &BpfHashMap<T, BindingKey, Binding>,
+    ports: &BpfHashMap<U, BoundPortKey, BoundPort>,
+    key: &BindingKey,
+) -> Option<u16> {
+    if let Ok(binding) = bindings.get(key, 0) {
+        return Some(binding.ext_port);
+    }
+    let own = BoundPortKey { ext_port: key.int_port, proto: key.proto, uplink: key.uplink };
+    ports.get(&own, 0).ok().filter(|p| p.owner == *key).map(|_| key.int_port)
+}
+
 /// Remove the bindings no connection of `conns` uses, created before the last tick (one younger
-/// may be waiting for its first connection's insert), and ports whose binding is gone. Returns
-/// the bindings removed.
+/// may be waiting for its first connection's insert). Returns the bindings removed.
 pub fn sweep_bindings<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     bindings: &mut BpfHashMap<T, BindingKey, Binding>,
-    ports: &mut BpfHashMap<U, BoundPortKey, BindingKey>,
+    ports: &mut BpfHashMap<U, BoundPortKey, BoundPort>,
     conns: &[Conn],
     now_tick: u32,
 ) -> usize {
     let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
-    remove_bindings_where(bindings, ports, |k, b| {
-        !live.contains(k) && now_tick.wrapping_sub(b.created_tick) >= 2
+    remove_bindings_where(bindings, ports, |_, held| {
+        !live.contains(&held.owner) && now_tick.wrapping_sub(held.created_tick) >= 2
     })
 }
 
-/// Remove the bindings `doomed` picks, each with its port (when the port is still its own), and
-/// ports whose binding is gone. Returns the bindings removed.
+/// Remove the bindings `doomed` picks by their port, each with its `BINDINGS` entry when it has
+/// one, and `BINDINGS` entries whose port is not theirs (left by a sweep cut short). The entry
+/// goes before its port, so no other endpoint can take a port still in use. Returns the
+/// bindings removed.
 pub fn remove_bindings_where<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     bindings: &mut BpfHashMap<T, BindingKey, Binding>,
-    ports: &mut BpfHashMap<U, BoundPortKey, BindingKey>,
-    doomed: impl Fn(&BindingKey, &Binding) -> bool,
+    ports: &mut BpfHashMap<U, BoundPortKey, BoundPort>,
+    doomed: impl Fn(&BoundPortKey, &BoundPort) -> bool,
 ) -> usize {
-    let doomed: Vec<(BindingKey, Binding)> =
-        bindings.iter().filter_map(Result::ok).filter(|(k, b)| doomed(k, b)).collect();
-    for (key, binding) in &doomed {
-        let _ = bindings.remove(key);
-        let port =
-            BoundPortKey { ext_port: binding.ext_port, proto: key.proto, uplink: key.uplink };
-        if ports.get(&port, 0).is_ok_and(|owner| owner == *key) {
-            let _ = ports.remove(&port);
+    let doomed: Vec<(BoundPortKey, BoundPort)> =
+        ports.iter().filter_map(Result::ok).filter(|(k, p)| doomed(k, p)).collect();
+    for (port, held) in &doomed {
+        if bindings.get(&held.owner, 0).is_ok_and(|b| b.ext_port == port.ext_port) {
+            let _ = bindings.remove(&held.owner);
         }
+        let _ = ports.remove(port);
     }
-    let orphans: Vec<BoundPortKey> = ports
+    let orphans: Vec<BindingKey> = bindings
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, owner)| bindings.get(owner, 0).is_err())
-        .map(|(port, _)| port)
+        .filter(|(key, b)| {
+            let port = BoundPortKey { ext_port: b.ext_port, proto: key.proto, uplink: key.uplink };
+            ports.get(&port, 0).map_or(true, |held| held.owner != *key)
+        })
+        .map(|(key, _)| key)
         .collect();
-    for port in &orphans {
-        let _ = ports.remove(port);
+    for key in &orphans {
+        let _ = bindings.remove(key);
     }
     doomed.len()
 }

@@ -16,9 +16,9 @@ use aya::{
     programs::ProgramFd,
 };
 use masq_common::{
-    Binding, BindingKey, BoundPortKey, CFG_F_EVENTS, ConnEntry, Counter, DataplaneConfig, FlowKey,
-    FragKey, FragXlate, MAX_UPLINKS, NextHop, PolicyRule, PublicAddr, PublishKey, PublishTarget,
-    UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names,
+    Binding, BindingKey, BoundPort, BoundPortKey, CFG_F_EVENTS, ConnEntry, Counter,
+    DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_UPLINKS, NextHop, PolicyRule, PublicAddr,
+    PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +69,7 @@ const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<FlowKey, ConnEntry>(map_names::CONNS, MapType::Hash),
     layout::<FlowKey, ConnEntry>(map_names::PENDING_CONNS, MapType::LruHash),
     layout::<BindingKey, Binding>(map_names::BINDINGS, MapType::Hash),
-    layout::<BoundPortKey, BindingKey>(map_names::BOUND_PORTS, MapType::Hash),
+    layout::<BoundPortKey, BoundPort>(map_names::BOUND_PORTS, MapType::Hash),
     layout::<u32, DataplaneConfig>(map_names::CONFIG, MapType::Array),
     layout::<u32, UplinkInfo>(map_names::UPLINKS, MapType::Array),
     layout::<u32, PolicyRule>(map_names::POLICIES, MapType::Array),
@@ -312,7 +312,7 @@ pub fn add_to_counter(pin_dir: &Path, counter: Counter, n: u64) -> anyhow::Resul
 }
 
 type BindingMaps =
-    (HashMap<MapData, BindingKey, Binding>, HashMap<MapData, BoundPortKey, BindingKey>);
+    (HashMap<MapData, BindingKey, Binding>, HashMap<MapData, BoundPortKey, BoundPort>);
 
 fn binding_maps(pin_dir: &Path) -> anyhow::Result<BindingMaps> {
     Ok((open(pin_dir, map_names::BINDINGS)?, open(pin_dir, map_names::BOUND_PORTS)?))
@@ -332,8 +332,8 @@ pub fn sweep_bindings(pin_dir: &Path, conns: &[Conn]) -> anyhow::Result<usize> {
 pub fn sweep_gateway_range(pin_dir: &Path) -> anyhow::Result<usize> {
     let Some((lo, hi)) = local_ports::current() else { return Ok(0) };
     let (mut bindings, mut ports) = binding_maps(pin_dir)?;
-    Ok(conntrack::remove_bindings_where(&mut bindings, &mut ports, |_, b| {
-        (lo..=hi).contains(&u16::from_be(b.ext_port))
+    Ok(conntrack::remove_bindings_where(&mut bindings, &mut ports, |port, _| {
+        (lo..=hi).contains(&u16::from_be(port.ext_port))
     }))
 }
 

@@ -1062,9 +1062,9 @@ impl ProgBench<'_> {
     /// Remove what `OutboundNew` runs made: their (pending) connections and their bindings.
     fn forget_outbound_new(&mut self) -> Result<()> {
         self.forget_pending()?;
-        use masq_common::{Binding, BindingKey, BoundPortKey, map_names};
+        use masq_common::{Binding, BindingKey, BoundPort, BoundPortKey, map_names};
         clear::<BindingKey, Binding>(self.dp.ebpf_mut().map_mut(map_names::BINDINGS))?;
-        clear::<BoundPortKey, BindingKey>(self.dp.ebpf_mut().map_mut(map_names::BOUND_PORTS))
+        clear::<BoundPortKey, BoundPort>(self.dp.ebpf_mut().map_mut(map_names::BOUND_PORTS))
     }
 
     fn forget_new_conn(&mut self, src: Ipv4Addr) -> Result<()> {

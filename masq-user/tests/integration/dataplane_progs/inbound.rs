@@ -333,15 +333,7 @@ fn a_lan_host_reaching_another_ones_mapping_is_hairpinned_from_its_own_mapping()
         assert_eq!(&run.out[..6], &TRISTAN_MAC);
         assert_checksums(&run.out);
         // isolde's mapping behind dsl is hers from now on: what the internet sees too.
-        let bindings: HashMap<_, BindingKey, Binding> =
-            HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::BINDINGS).unwrap()).unwrap();
-        let isolde = BindingKey {
-            int_addr: wire_addr(ISOLDE),
-            int_port: wire_port(20200),
-            proto: IPPROTO_UDP,
-            uplink: DSL,
-        };
-        assert_eq!(u16::from_be(bindings.get(&isolde, 0).unwrap().ext_port), 20200);
+        assert_eq!(gw.binding_port((ISOLDE, 20200), IPPROTO_UDP, DSL), Some(20200));
         // tristan answers her mapping: back to isolde, from his.
         let answer = Ip::new(TRISTAN, DSL_ADDR).udp(20100, 20200, b"hi");
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &answer));

@@ -192,17 +192,37 @@ fn one_internal_endpoint_keeps_one_public_port_for_every_destination() {
 }
 
 #[test]
+fn an_endpoint_mapped_elsewhere_keeps_that_port_once_its_own_is_freed() {
+    example(|gw| {
+        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (ISPB_ADDR, 40000));
+        let (_, mapped) = udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT);
+        assert_ne!(mapped, 40000);
+        // marke's binding goes (her connections ended): port 40000 is free again.
+        let mut ports: HashMap<_, BoundPortKey, BoundPort> =
+            HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::BOUND_PORTS).unwrap()).unwrap();
+        ports
+            .remove(&BoundPortKey { ext_port: wire_port(40000), proto: IPPROTO_UDP, uplink: ISPB })
+            .unwrap();
+        // isolde's connections, old and new, keep the one public port she has.
+        assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, OTHER_SERVER), (ISPB_ADDR, mapped));
+        assert_eq!(gw.bindings(), (1, 1));
+        gw.assert_counters(&[(Counter::NatMappingFallback, 0)]);
+    });
+}
+
+#[test]
 fn bindings_without_connections_are_swept_and_their_ports_freed() {
     example(|gw| {
-        let (_, p) = udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT);
-        assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT).0, ISPB_ADDR);
-        let bindings = |gw: &mut Gw| {
-            let map: HashMap<_, BindingKey, Binding> =
-                HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::BINDINGS).unwrap()).unwrap();
-            map.iter().filter_map(Result::ok).collect::<Vec<_>>()
-        };
-        assert_eq!(bindings(gw).len(), 2);
-        let created = bindings(gw)[0].1.created_tick;
+        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (ISPB_ADDR, 40000));
+        let (addr, isolde_port) = udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT);
+        assert_eq!(addr, ISPB_ADDR);
+        assert_ne!(isolde_port, 40000);
+        // marke kept her own port (no `BINDINGS` entry); isolde, behind the same uplink, could not.
+        assert_eq!(gw.bindings(), (2, 1));
+        assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), Some(40000));
+        assert_eq!(gw.binding_port((ISOLDE, 40000), IPPROTO_UDP, ISPB), Some(isolde_port));
+        let (_, ports) = gw.binding_maps();
+        let created = ports.iter().map(|e| e.unwrap().1.created_tick).max().unwrap();
         // Too young to sweep even without connections; swept two ticks later.
         let sweep = |gw: &mut Gw, now: u32, keep_conns: bool| {
             let conns = if keep_conns {
@@ -224,11 +244,8 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         assert_eq!(sweep(gw, created + 5, true), 0, "their connections live");
         assert_eq!(sweep(gw, created + 1, false), 0, "too young");
         assert_eq!(sweep(gw, created + 2, false), 2);
-        assert!(bindings(gw).is_empty());
-        let ports: HashMap<_, BoundPortKey, BindingKey> =
-            HashMap::try_from(gw.dp.ebpf().map(map_names::BOUND_PORTS).unwrap()).unwrap();
-        assert_eq!(ports.iter().count(), 0);
-        let _ = p;
+        assert_eq!(gw.bindings(), (0, 0));
+        assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), None);
     });
 }
 
