@@ -50,10 +50,16 @@ fn insert_new(key: &FlowKey, entry: &ConnEntry) -> Result<(), i32> {
         if CONNS.get_ptr(key).is_some() {
             return Err(-EEXIST);
         }
-        PENDING_CONNS.insert(key, entry, BPF_NOEXIST as u64)
+        insert_pending(key, entry)
     } else {
         CONNS.insert(key, entry, BPF_NOEXIST as u64)
     }
+}
+
+/// Insert into the pending table, by reference (a copy of the entry would not fit the stack).
+#[inline(always)]
+fn insert_pending(key: &FlowKey, entry: &ConnEntry) -> Result<(), i32> {
+    PENDING_CONNS.insert(key, entry, BPF_NOEXIST as u64)
 }
 
 #[inline(always)]
@@ -464,7 +470,7 @@ pub fn create(
     entry.packets = 1;
     entry.bytes = len;
     // Straight into the pending table: the caller's lookup just missed `key` in both.
-    match PENDING_CONNS.insert(key, entry, BPF_NOEXIST as u64) {
+    match insert_pending(key, &entry) {
         Ok(()) => {
             if syn_us != 0 {
                 uplink_syn_sent(uplink);

@@ -207,8 +207,10 @@ fn cli_and_metrics_report_known_traffic_and_flush_removes_one_uplink() {
     assert_eq!(addr(&udp["reply"]["src"]), CLIENT);
     assert_eq!(addr(&udp["reply"]["dst"]), GW_ISP_A);
     assert_eq!(addr(&udp["reply_translated"]["dst"]), TRISTAN);
-    assert_eq!(num(&udp["packets_original"]), 1, "{udp:#}");
-    assert_eq!(num(&udp["packets_reply"]), 1, "{udp:#}");
+    // One request and its answer, or more: the client repeats an unanswered request after
+    // 500 ms, which a loaded machine may take to answer.
+    let (sent, answered) = (num(&udp["packets_original"]), num(&udp["packets_reply"]));
+    assert!(sent >= 1 && (1..=sent).contains(&answered), "{udp:#}");
     assert_eq!(udp["state"], "replied");
 
     // Filters.

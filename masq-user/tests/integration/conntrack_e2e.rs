@@ -12,7 +12,7 @@ use crate::common;
 #[test]
 fn idle_connections_expire_by_their_state_timeout() {
     let lab = common::lab(GatewayMode::Bare);
-    let extra = "[dataplane]\nconn_capacity = 1048576\n[dataplane.timeouts]\nicmp = 1\nudp = 1\n";
+    let extra = "[dataplane]\nconn_capacity = 1048576\n[dataplane.timeouts]\nicmp = 3\nudp = 3\n";
     let config = common::config_with(&lab, extra);
     let _masq = common::start_masq(&lab, &config);
 
@@ -25,7 +25,7 @@ fn idle_connections_expire_by_their_state_timeout() {
     let conns = common::masq_conns(&lab);
     assert!(protos(&conns).contains(&"\"icmp\"".to_string()), "{conns:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let conns = common::masq_conns(&lab);
         if !protos(&conns).contains(&"\"icmp\"".to_string()) {

@@ -180,8 +180,7 @@ fn flushing_one_uplink_leaves_the_other_uplinks_flows_alone() {
     let dsl_download = start_download(&lab, PUBLIC_ISP_A);
     let dsl_stream = udp_stream(&lab, PUBLIC_ISP_A, stop.clone());
     let ispb_download = start_download(&lab, PUBLIC_ISP_B);
-    thread::sleep(Duration::from_secs(1));
-    let conns = common::masq_conns(&lab);
+    let conns = conns_once(|| common::masq_conns(&lab), |c| c["uplink_name"] == "isp-b");
     let isp_b_before = conns.iter().filter(|c| c["uplink_name"] == "isp-b").count();
     assert!(isp_b_before >= 1, "isp-b's download is tracked: {conns:?}");
 
@@ -199,6 +198,22 @@ fn flushing_one_uplink_leaves_the_other_uplinks_flows_alone() {
     echo.join().unwrap();
     // The flushed TCP connection cannot finish: its packets no longer match a connection.
     drop(ispb_download);
+}
+
+/// What `read` (a `masq conns --json`) lists once some connection satisfies `wanted`, or after
+/// ten seconds: the transfers just started may not have connected yet.
+fn conns_once(
+    read: impl Fn() -> Vec<serde_json::Value>,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let conns = read();
+        if conns.iter().any(&wanted) || std::time::Instant::now() > deadline {
+            return conns;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `ip netns exec <gw> masq ARGS --pin-dir <the lab's>`: a private mount namespace per command.
@@ -226,11 +241,13 @@ fn started_by_ip_netns_exec_a_restart_keeps_transfers_and_the_cli_sees_the_datap
 
     let download = start_download(&lab, PUBLIC_ISP_A);
     let stream = udp_stream(&lab, PUBLIC_ISP_A, stop.clone());
-    thread::sleep(Duration::from_secs(1));
     // Another `ip netns exec` sees the same pins: the host's bpffs, not a private one.
-    let out = masq_netns_exec(&lab, &["conns", "--json"]);
-    assert!(out.status.success(), "masq conns: {}", String::from_utf8_lossy(&out.stderr));
-    let conns: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let netns_conns = || {
+        let out = masq_netns_exec(&lab, &["conns", "--json"]);
+        assert!(out.status.success(), "masq conns: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let conns = conns_once(netns_conns, |c| c["proto"] == "tcp");
     assert!(conns.iter().any(|c| c["proto"] == "tcp"), "the download is tracked: {conns:?}");
 
     masq.stop().expect("stopping masq");

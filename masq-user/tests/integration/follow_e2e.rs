@@ -108,10 +108,13 @@ fn renumbered_uplink_is_followed_live() {
     ] {
         lab.ns(Host::Gw).run_ok(cmd).unwrap();
     }
+    // The daemon logs the old address's connections removed last, after the uplink's map
+    // entry and its kernel tables.
     eventually("dsl to follow the new address and gateway", || {
         let dsl = uplink_status(&lab, 0);
         (dsl["address"] == NEW_GW_ISP_A.to_string()
-            && dsl["gateway"] == NEW_ISP_A_ROUTER.to_string())
+            && dsl["gateway"] == NEW_ISP_A_ROUTER.to_string()
+            && masq.log_text().contains("connections of its old address 67.17.28.12 removed"))
         .then_some(())
     });
     let log = masq.log_text();
@@ -220,7 +223,10 @@ fn uplink_interface_deleted_and_created_again_is_attached_again() {
     assert_ne!(old_index, new_index, "a new device");
     eventually("dsl to be up on the new eth4", || {
         let dsl = uplink_status(&lab, 0);
-        (dsl["up"] == true && dsl["ifindex"] == new_index).then_some(())
+        (dsl["up"] == true
+            && dsl["ifindex"] == new_index
+            && dsl_table_routes_via(&lab, "67.17.28.14"))
+        .then_some(())
     });
     let status = common::masq_status(&lab);
     for program in ["masq_uplink_in", "masq_uplink_out"] {
@@ -274,7 +280,10 @@ fn a_following_uplink_whose_interface_is_not_there_yet_waits_for_it() {
     lab.ns(Host::Gw).run_ok("ip route add default via 67.17.28.14 dev eth4 metric 100").unwrap();
     eventually("dsl to come up on the new eth4", || {
         let dsl = uplink_status(&lab, 0);
-        (dsl["up"] == true && dsl["gateway"] == "67.17.28.14").then_some(())
+        (dsl["up"] == true
+            && dsl["gateway"] == "67.17.28.14"
+            && dsl_table_routes_via(&lab, "67.17.28.14"))
+        .then_some(())
     });
     assert_inbound_on_isp_a(&lab);
     assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_A));
@@ -320,4 +329,11 @@ fn lan_interface_deleted_and_created_again_is_attached_again() {
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
     assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_A));
     assert_eq!(tcp_seen(&lab, Host::Isolde), Some(GW_ISP_B));
+}
+
+/// Whether dsl's table (201) has its default route via `router` again: the daemon writes the
+/// uplink's map entry before it restores the table.
+fn dsl_table_routes_via(lab: &Lab, router: &str) -> bool {
+    let table = lab.ns(Host::Gw).run_ok("ip route show table 201").unwrap();
+    table.contains(&format!("default via {router} dev eth4"))
 }

@@ -214,7 +214,7 @@ fn a_lossy_isp_a_crosses_the_loss_level_and_one_silent_target_of_two_does_not() 
     );
     let masq = common::start_masq(&lab, &cfg);
     // With a quorum of one, the silent target does not take dsl down.
-    let steady = wait_uplink(&lab, "dsl", TIMEOUT * 3, "20 rounds", |u| {
+    let steady = wait_uplink(&lab, "dsl", TIMEOUT * 5, "20 rounds", |u| {
         u["health"]["probes"]["rounds"].as_u64() >= Some(20)
     });
     let targets = &steady["health"]["probes"]["targets"];

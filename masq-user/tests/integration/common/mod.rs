@@ -189,7 +189,7 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 /// that answered each hop, None for `*`.
 pub fn traceroute(lab: &Lab, host: Host, target: Ipv4Addr) -> Vec<Option<Ipv4Addr>> {
     let target = target.to_string();
-    let args = ["traceroute", "-n", "-q1", "-w1", "-m6", "-U", "-p", "33434"];
+    let args = ["traceroute", "-n", "-q1", "-w3", "-m6", "-U", "-p", "33434"];
     let out = lab.exec(host, &[&args[..], &[&target]].concat()).expect("running traceroute");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -209,6 +209,19 @@ pub fn counter(lab: &Lab, name: &str) -> u64 {
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no counter {name}"))
         .value
+}
+
+/// Counter `name` once it reaches `at_least`, or its value after `within` (packets the tests send
+/// are handled asynchronously, by softirq, which a loaded machine may defer).
+pub fn counter_reaching(lab: &Lab, name: &str, at_least: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = counter(lab, name);
+        if value >= at_least || Instant::now() > deadline {
+            return value;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `masq conns --json` for the lab's pin dir.
