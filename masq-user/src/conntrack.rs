@@ -1,19 +1,15 @@
 //! The connection tables seen from userspace: pairing both directions, connection state,
-//! expiry of idle connections (confirmed ones are never evicted; pending ones may be), and the
-//! sweep of endpoint bindings left without connections.
+//! expiry of idle connections (confirmed ones are never evicted; pending ones may be).
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     io,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use masq_common::{
-    Binding, BindingKey, BoundPort, BoundPortKey, ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN,
-    TCP_SEEN_RST, tick_ns,
-};
+use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, tick_ns};
 pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{bpf_sys::sys_bpf, config::Timeouts};
@@ -189,11 +185,14 @@ impl<T: Borrow<MapData>> ConnTables<T> {
 const BATCH: usize = 4096;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Every entry of the hash map `fd`, `BATCH` per syscall. Errors when the kernel has no batch
-/// operations for it (before 5.6) or a bucket holds more than `BATCH` entries.
-fn lookup_batch(fd: BorrowedFd<'_>) -> io::Result<Vec<(FlowKey, ConnEntry)>> {
-    let mut keys = vec![FlowKey::default(); BATCH];
-    let mut values = vec![ConnEntry::default(); BATCH];
+/// Every entry of the hash map `fd` (keys `K`, values `V`: its layout), `BATCH` per syscall.
+/// Errors when the kernel has no batch operations for it (before 5.6) or a bucket holds more
+/// than `BATCH` entries.
+pub(crate) fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    fd: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut keys = vec![K::default(); BATCH];
+    let mut values = vec![V::default(); BATCH];
     let mut entries = Vec::new();
     // The position in the map: a bucket index for hash maps (8 bytes leave room).
     let (mut at, mut next) = (0u64, 0u64);
@@ -207,8 +206,9 @@ fn lookup_batch(fd: BorrowedFd<'_>) -> io::Result<Vec<(FlowKey, ConnEntry)>> {
         attr[2] = keys.as_mut_ptr() as u64;
         attr[3] = values.as_mut_ptr() as u64;
         attr[4] = BATCH as u64 | (fd.as_raw_fd() as u64) << 32;
-        // SAFETY: the batch layout; the kernel writes at most BATCH keys and values into
-        // buffers that hold BATCH of each, and 4 bytes into `next`.
+        // SAFETY: the batch layout; the kernel writes at most BATCH keys and values (of the
+        // map's sizes, which `K` and `V` are) into buffers that hold BATCH of each, and 4 bytes
+        // into `next`.
         let ret = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let count = ((attr[4] & 0xffff_ffff) as usize).min(BATCH);
         entries.extend(keys[..count].iter().copied().zip(values[..count].iter().copied()));
@@ -275,98 +275,6 @@ pub enum EndReason {
     Renumbered,
     /// Its published service was removed by a reload.
     Unpublished,
-}
-
-/// The bindings a connection uses: its initiator's (masqueraded or hairpinned), and for a
-/// hairpin the endpoint it reaches (another's mapping); none for an inbound one.
-pub fn bindings_of(conn: &Conn) -> impl Iterator<Item = BindingKey> {
-    let hairpin_target = conn.any().1.is_hairpin().then(|| {
-        let (key, entry) = conn.any();
-        // The initiator's translation leads to the endpoint reached; a reply comes from it.
-        let (addr, port) = if entry.is_reply() {
-            (key.src_addr, key.src_port)
-        } else {
-            (entry.xlate.dst_addr, entry.xlate.dst_port)
-        };
-        BindingKey { int_addr: addr, int_port: port, proto: key.proto, uplink: entry.uplink }
-    });
-    binding_of(conn).into_iter().chain(hairpin_target)
-}
-
-/// The binding of a masqueraded (or hairpinned) connection's internal endpoint, the one that
-/// opened it (`None` for an inbound one).
-pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
-    let (key, entry) = conn.any();
-    if entry.is_inbound() {
-        return None;
-    }
-    // The initiator's key is the internal endpoint; a reply entry's translation leads to it.
-    let (int_addr, int_port) = if entry.is_reply() {
-        (entry.xlate.dst_addr, entry.xlate.dst_port)
-    } else {
-        (key.src_addr, key.src_port)
-    };
-    Some(BindingKey { int_addr, int_port, proto: key.proto, uplink: entry.uplink })
-}
-
-/// The public port (network byte order) `key`'s binding holds, if it has one: its `BINDINGS`
-/// entry's, or its own port when it holds that one in `ports`.
-pub fn binding_port<T: Borrow<MapData>, U: Borrow<MapData>>(
-    bindings: &BpfHashMap<T, BindingKey, Binding>,
-    ports: &BpfHashMap<U, BoundPortKey, BoundPort>,
-    key: &BindingKey,
-) -> Option<u16> {
-    if let Ok(binding) = bindings.get(key, 0) {
-        return Some(binding.ext_port);
-    }
-    let own = BoundPortKey { ext_port: key.int_port, proto: key.proto, uplink: key.uplink };
-    ports.get(&own, 0).ok().filter(|p| p.owner == *key).map(|_| key.int_port)
-}
-
-/// Remove the bindings no connection of `conns` uses, created before the last tick (one younger
-/// may be waiting for its first connection's insert). Returns the bindings removed.
-pub fn sweep_bindings<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
-    bindings: &mut BpfHashMap<T, BindingKey, Binding>,
-    ports: &mut BpfHashMap<U, BoundPortKey, BoundPort>,
-    conns: &[Conn],
-    now_tick: u32,
-) -> usize {
-    let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
-    remove_bindings_where(bindings, ports, |_, held| {
-        !live.contains(&held.owner) && now_tick.wrapping_sub(held.created_tick) >= 2
-    })
-}
-
-/// Remove the bindings `doomed` picks by their port, each with its `BINDINGS` entry when it has
-/// one, and `BINDINGS` entries whose port is not theirs (left by a sweep cut short). The entry
-/// goes before its port, so no other endpoint can take a port still in use. Returns the
-/// bindings removed.
-pub fn remove_bindings_where<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
-    bindings: &mut BpfHashMap<T, BindingKey, Binding>,
-    ports: &mut BpfHashMap<U, BoundPortKey, BoundPort>,
-    doomed: impl Fn(&BoundPortKey, &BoundPort) -> bool,
-) -> usize {
-    let doomed: Vec<(BoundPortKey, BoundPort)> =
-        ports.iter().filter_map(Result::ok).filter(|(k, p)| doomed(k, p)).collect();
-    for (port, held) in &doomed {
-        if bindings.get(&held.owner, 0).is_ok_and(|b| b.ext_port == port.ext_port) {
-            let _ = bindings.remove(&held.owner);
-        }
-        let _ = ports.remove(port);
-    }
-    let orphans: Vec<BindingKey> = bindings
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(key, b)| {
-            let port = BoundPortKey { ext_port: b.ext_port, proto: key.proto, uplink: key.uplink };
-            ports.get(&port, 0).map_or(true, |held| held.owner != *key)
-        })
-        .map(|(key, _)| key)
-        .collect();
-    for key in &orphans {
-        let _ = bindings.remove(key);
-    }
-    doomed.len()
 }
 
 #[cfg(test)]

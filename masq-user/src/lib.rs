@@ -4,6 +4,7 @@
 
 #[cfg(feature = "lab")]
 pub mod bench;
+pub mod bindings;
 pub mod bpf_sys;
 pub mod config;
 pub mod conntrack;

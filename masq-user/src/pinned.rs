@@ -23,6 +23,7 @@ use masq_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    bindings::BindingTables,
     config::Config,
     conntrack::{self, Conn, ConnTable, ConnTables},
     follow::UplinkState,
@@ -311,19 +312,24 @@ pub fn add_to_counter(pin_dir: &Path, counter: Counter, n: u64) -> anyhow::Resul
     Ok(())
 }
 
-type BindingMaps =
-    (HashMap<MapData, BindingKey, Binding>, HashMap<MapData, BoundPortKey, BoundPort>);
-
-fn binding_maps(pin_dir: &Path) -> anyhow::Result<BindingMaps> {
-    Ok((open(pin_dir, map_names::BINDINGS)?, open(pin_dir, map_names::BOUND_PORTS)?))
+/// Both pinned binding tables (endpoint-independent mappings).
+pub fn binding_tables(pin_dir: &Path) -> anyhow::Result<BindingTables<MapData>> {
+    let (bindings, ports) =
+        (open_pinned(pin_dir, map_names::BINDINGS)?, open_pinned(pin_dir, map_names::BOUND_PORTS)?);
+    let fds =
+        [bindings.fd().as_fd().try_clone_to_owned()?, ports.fd().as_fd().try_clone_to_owned()?];
+    Ok(BindingTables {
+        bindings: HashMap::try_from(Map::from_map_data(bindings)?)?,
+        ports: HashMap::try_from(Map::from_map_data(ports)?)?,
+        fds: Some(fds),
+    })
 }
 
-/// Remove the bindings (endpoint-independent mappings) whose endpoint has no connection among
-/// `conns` (the tables as just dumped); returns how many.
+/// Remove the bindings whose endpoint has no connection among `conns` (the tables as just
+/// dumped); returns how many.
 pub fn sweep_bindings(pin_dir: &Path, conns: &[Conn]) -> anyhow::Result<usize> {
-    let (mut bindings, mut ports) = binding_maps(pin_dir)?;
     let now = masq_common::tick(conntrack::clock_ns());
-    Ok(conntrack::sweep_bindings(&mut bindings, &mut ports, conns, now))
+    Ok(binding_tables(pin_dir)?.sweep(conns, now))
 }
 
 /// Remove the bindings whose public port lies in the gateway's own ephemeral range (after that
@@ -331,10 +337,8 @@ pub fn sweep_bindings(pin_dir: &Path, conns: &[Conn]) -> anyhow::Result<usize> {
 /// that use them keep theirs until they end.
 pub fn sweep_gateway_range(pin_dir: &Path) -> anyhow::Result<usize> {
     let Some((lo, hi)) = local_ports::current() else { return Ok(0) };
-    let (mut bindings, mut ports) = binding_maps(pin_dir)?;
-    Ok(conntrack::remove_bindings_where(&mut bindings, &mut ports, |port, _| {
-        (lo..=hi).contains(&u16::from_be(port.ext_port))
-    }))
+    Ok(binding_tables(pin_dir)?
+        .remove_where(|port, _| (lo..=hi).contains(&u16::from_be(port.ext_port))))
 }
 
 /// Put a loaded program in `TAIL_CALLS[slot]`.

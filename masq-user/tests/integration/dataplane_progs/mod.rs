@@ -7,14 +7,15 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use masq_common::{
-    Binding, BindingKey, BoundPort, BoundPortKey, CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY,
-    CONN_F_SYN_TIMED, ConnEntry, Counter, FlowKey, Tuple4, map_names, program_names,
+    BindingKey, CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter,
+    FlowKey, Tuple4, map_names, program_names,
 };
 use masq_user::{
+    bindings::BindingTables,
     config::Config,
     conntrack,
     dataplane::{Dataplane, remove_pins},
@@ -194,11 +195,6 @@ const SKB_MARK: usize = 8;
 const SKB_INGRESS_IFINDEX: usize = 36;
 const SKB_IFINDEX: usize = 40;
 
-type BindingMaps<'a> = (
-    HashMap<&'a aya::maps::MapData, BindingKey, Binding>,
-    HashMap<&'a aya::maps::MapData, BoundPortKey, BoundPort>,
-);
-
 impl Gw {
     fn ifindex(&self, dev: &str) -> u32 {
         self.host.get(dev).unwrap().index
@@ -341,27 +337,22 @@ impl Gw {
         self.conns().into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
     }
 
-    fn binding_maps(&self) -> BindingMaps<'_> {
-        let map = |name| self.dp.ebpf().map(name).unwrap();
-        (
-            HashMap::try_from(map(map_names::BINDINGS)).unwrap(),
-            HashMap::try_from(map(map_names::BOUND_PORTS)).unwrap(),
-        )
+    fn binding_tables(&self) -> BindingTables<MapData> {
+        pinned::binding_tables(self.dp.pin_dir()).unwrap()
     }
 
     /// The public port (host byte order) of `addr:port`'s binding behind `uplink`, if any.
     fn binding_port(&self, (addr, port): (Ipv4Addr, u16), proto: u8, uplink: u8) -> Option<u16> {
         let key =
             BindingKey { int_addr: wire_addr(addr), int_port: wire_port(port), proto, uplink };
-        let (bindings, ports) = self.binding_maps();
-        conntrack::binding_port(&bindings, &ports, &key).map(u16::from_be)
+        self.binding_tables().port_of(&key).map(u16::from_be)
     }
 
     /// How many endpoints have a binding (held ports), and how many of them a port other than
     /// their own (`BINDINGS` entries).
     fn bindings(&self) -> (usize, usize) {
-        let (bindings, ports) = self.binding_maps();
-        (ports.keys().count(), bindings.keys().count())
+        let tables = self.binding_tables();
+        (tables.held_ports().len(), tables.mapped_elsewhere().len())
     }
 
     /// Both directions' entries of a connection.

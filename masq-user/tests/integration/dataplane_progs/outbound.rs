@@ -1,4 +1,7 @@
 //! Masquerading: outbound connections by policy, port and id allocation.
+use masq_common::{BoundPort, BoundPortKey};
+use masq_user::bindings::BindingTables;
+
 use super::*;
 
 #[test]
@@ -198,11 +201,8 @@ fn an_endpoint_mapped_elsewhere_keeps_that_port_once_its_own_is_freed() {
         let (_, mapped) = udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT);
         assert_ne!(mapped, 40000);
         // marke's binding goes (her connections ended): port 40000 is free again.
-        let mut ports: HashMap<_, BoundPortKey, BoundPort> =
-            HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::BOUND_PORTS).unwrap()).unwrap();
-        ports
-            .remove(&BoundPortKey { ext_port: wire_port(40000), proto: IPPROTO_UDP, uplink: ISPB })
-            .unwrap();
+        let port = BoundPortKey { ext_port: wire_port(40000), proto: IPPROTO_UDP, uplink: ISPB };
+        gw.binding_tables().ports.remove(&port).unwrap();
         // isolde's connections, old and new, keep the one public port she has.
         assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, OTHER_SERVER), (ISPB_ADDR, mapped));
         assert_eq!(gw.bindings(), (1, 1));
@@ -221,25 +221,24 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         assert_eq!(gw.bindings(), (2, 1));
         assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), Some(40000));
         assert_eq!(gw.binding_port((ISOLDE, 40000), IPPROTO_UDP, ISPB), Some(isolde_port));
-        let (_, ports) = gw.binding_maps();
-        let created = ports.iter().map(|e| e.unwrap().1.created_tick).max().unwrap();
+        let tables = gw.binding_tables();
+        let created = tables.held_ports().iter().map(|(_, held)| held.created_tick).max().unwrap();
+        // Read in batches, as the daemon does, the tables hold what reading entry by entry finds.
+        let by_entry = BindingTables { fds: None, ..gw.binding_tables() };
+        let sorted = |mut v: Vec<(BoundPortKey, BoundPort)>| {
+            v.sort_by_key(|(k, _)| (k.uplink, k.proto, k.ext_port));
+            v
+        };
+        assert_eq!(sorted(tables.held_ports()), sorted(by_entry.held_ports()));
+        assert_eq!(tables.mapped_elsewhere(), by_entry.mapped_elsewhere());
         // Too young to sweep even without connections; swept two ticks later.
-        let sweep = |gw: &mut Gw, now: u32, keep_conns: bool| {
+        let sweep = |gw: &Gw, now: u32, keep_conns: bool| {
             let conns = if keep_conns {
                 pinned::conn_tables(gw.dp.pin_dir()).unwrap().dump()
             } else {
                 Vec::new()
             };
-            let ebpf = gw.dp.ebpf_mut();
-            let (mut b, mut p) = (None, None);
-            for (name, map) in ebpf.maps_mut() {
-                match name {
-                    map_names::BINDINGS => b = Some(HashMap::try_from(map).unwrap()),
-                    map_names::BOUND_PORTS => p = Some(HashMap::try_from(map).unwrap()),
-                    _ => {}
-                }
-            }
-            conntrack::sweep_bindings(&mut b.unwrap(), &mut p.unwrap(), &conns, now)
+            gw.binding_tables().sweep(&conns, now)
         };
         assert_eq!(sweep(gw, created + 5, true), 0, "their connections live");
         assert_eq!(sweep(gw, created + 1, false), 0, "too young");

@@ -1,0 +1,127 @@
+//! Endpoint-independent mappings seen from userspace: which bindings the connections use, the
+//! port an endpoint holds, and the sweep of bindings left without connections. Every binding
+//! holds a port in `BOUND_PORTS`; an endpoint mapped to a port other than its own also has a
+//! `BINDINGS` entry naming it (the programs' side is `masq-ebpf/src/binding.rs`).
+use std::{
+    borrow::{Borrow, BorrowMut},
+    collections::HashSet,
+    io,
+    os::fd::{AsFd as _, OwnedFd},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use masq_common::{Binding, BindingKey, BoundPort, BoundPortKey};
+
+use crate::conntrack::{Conn, lookup_batch};
+
+/// Both binding tables, typed, and their fds to read them in batches (without them, entry by
+/// entry).
+pub struct BindingTables<T> {
+    pub bindings: BpfHashMap<T, BindingKey, Binding>,
+    pub ports: BpfHashMap<T, BoundPortKey, BoundPort>,
+    /// (bindings, ports).
+    pub fds: Option<[OwnedFd; 2]>,
+}
+
+impl<T: Borrow<MapData>> BindingTables<T> {
+    /// The public port (network byte order) `key`'s binding holds, if it has one: its
+    /// `BINDINGS` entry's, or its own port when it holds that one.
+    pub fn port_of(&self, key: &BindingKey) -> Option<u16> {
+        if let Ok(binding) = self.bindings.get(key, 0) {
+            return Some(binding.ext_port);
+        }
+        let own = BoundPortKey { ext_port: key.int_port, proto: key.proto, uplink: key.uplink };
+        self.ports.get(&own, 0).ok().filter(|p| p.owner == *key).map(|_| key.int_port)
+    }
+
+    /// Every held port, in batches when the kernel can.
+    pub fn held_ports(&self) -> Vec<(BoundPortKey, BoundPort)> {
+        let batched = self.fds.as_ref().map(|[_, ports]| lookup_batch(ports.as_fd()));
+        match batched {
+            Some(Ok(entries)) => entries,
+            _ => self.ports.iter().filter_map(Result::ok).collect(),
+        }
+    }
+
+    /// Every `BINDINGS` entry (endpoints mapped elsewhere), in batches when the kernel can.
+    pub fn mapped_elsewhere(&self) -> Vec<(BindingKey, Binding)> {
+        let batched: Option<io::Result<_>> =
+            self.fds.as_ref().map(|[bindings, _]| lookup_batch(bindings.as_fd()));
+        match batched {
+            Some(Ok(entries)) => entries,
+            _ => self.bindings.iter().filter_map(Result::ok).collect(),
+        }
+    }
+}
+
+impl<T: BorrowMut<MapData>> BindingTables<T> {
+    /// Remove the bindings no connection of `conns` uses, created before the last tick (one
+    /// younger may be waiting for its first connection's insert). Returns how many.
+    pub fn sweep(&mut self, conns: &[Conn], now_tick: u32) -> usize {
+        let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
+        self.remove_where(|_, held| {
+            !live.contains(&held.owner) && now_tick.wrapping_sub(held.created_tick) >= 2
+        })
+    }
+
+    /// Remove the bindings `doomed` picks by their port, each with its `BINDINGS` entry when it
+    /// has one, and `BINDINGS` entries whose port is not theirs (left by a sweep cut short).
+    /// The entry goes before its port, so no other endpoint takes a port still mapped to.
+    /// Returns the bindings removed.
+    pub fn remove_where(&mut self, doomed: impl Fn(&BoundPortKey, &BoundPort) -> bool) -> usize {
+        let doomed: Vec<(BoundPortKey, BoundPort)> =
+            self.held_ports().into_iter().filter(|(k, p)| doomed(k, p)).collect();
+        for (port, held) in &doomed {
+            if self.bindings.get(&held.owner, 0).is_ok_and(|b| b.ext_port == port.ext_port) {
+                let _ = self.bindings.remove(&held.owner);
+            }
+            let _ = self.ports.remove(port);
+        }
+        let orphans: Vec<BindingKey> = self
+            .mapped_elsewhere()
+            .into_iter()
+            .filter(|(key, b)| {
+                let port =
+                    BoundPortKey { ext_port: b.ext_port, proto: key.proto, uplink: key.uplink };
+                self.ports.get(&port, 0).map_or(true, |held| held.owner != *key)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in &orphans {
+            let _ = self.bindings.remove(key);
+        }
+        doomed.len()
+    }
+}
+
+/// The bindings a connection uses: its initiator's (masqueraded or hairpinned), and for a
+/// hairpin the endpoint it reaches (another's mapping); none for an inbound one.
+pub fn bindings_of(conn: &Conn) -> impl Iterator<Item = BindingKey> {
+    let hairpin_target = conn.any().1.is_hairpin().then(|| {
+        let (key, entry) = conn.any();
+        // The initiator's translation leads to the endpoint reached; a reply comes from it.
+        let (addr, port) = if entry.is_reply() {
+            (key.src_addr, key.src_port)
+        } else {
+            (entry.xlate.dst_addr, entry.xlate.dst_port)
+        };
+        BindingKey { int_addr: addr, int_port: port, proto: key.proto, uplink: entry.uplink }
+    });
+    binding_of(conn).into_iter().chain(hairpin_target)
+}
+
+/// The binding of a masqueraded (or hairpinned) connection's internal endpoint, the one that
+/// opened it (`None` for an inbound one).
+pub fn binding_of(conn: &Conn) -> Option<BindingKey> {
+    let (key, entry) = conn.any();
+    if entry.is_inbound() {
+        return None;
+    }
+    // The initiator's key is the internal endpoint; a reply entry's translation leads to it.
+    let (int_addr, int_port) = if entry.is_reply() {
+        (entry.xlate.dst_addr, entry.xlate.dst_port)
+    } else {
+        (key.src_addr, key.src_port)
+    };
+    Some(BindingKey { int_addr, int_port, proto: key.proto, uplink: entry.uplink })
+}
