@@ -195,7 +195,12 @@ fn ifindex(lab: &Lab, iface: &str) -> u64 {
 
 fn assert_inbound_on_isp_a(lab: &Lab) {
     let body = common::curl(lab, Host::Client, &format!("http://{PUBLIC_ISP_A}/"), TIMEOUT);
-    assert_eq!(body.as_deref(), Some(REPLY.as_bytes()), "TCP to {PUBLIC_ISP_A}");
+    assert_eq!(
+        body.as_deref(),
+        Some(REPLY.as_bytes()),
+        "TCP to {PUBLIC_ISP_A}\n{}",
+        common::masq_stats(lab)
+    );
     assert!(lab.ping(Host::Client, PUBLIC_ISP_A, TIMEOUT).unwrap(), "ping {PUBLIC_ISP_A}");
 }
 

@@ -60,7 +60,8 @@ fn l3_uplink_publishes_masquerades_and_steers_replies() {
     for public in [PUBLIC_ISP_A, PUBLIC_ISP_B] {
         let url = format!("http://{public}:{HTTP_PORT}/");
         let body = common::curl(&lab, Host::Client, &url, TIMEOUT);
-        assert_eq!(body.as_deref(), Some(REPLY.as_bytes()), "TCP to {public}\n{}", masq.log_text());
+        let why = || format!("{}\n{}", masq.log_text(), common::masq_stats(&lab));
+        assert_eq!(body.as_deref(), Some(REPLY.as_bytes()), "TCP to {public}\n{}", why());
         let udp = lab.udp_request(Host::Client, public, UDP_PORT, "ping?", TIMEOUT).unwrap();
         assert_eq!(udp.as_deref(), Some(REPLY), "UDP to {public}");
         assert!(lab.ping(Host::Client, public, TIMEOUT).unwrap(), "ping {public}");

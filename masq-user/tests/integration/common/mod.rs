@@ -173,7 +173,21 @@ pub fn curl(lab: &Lab, host: Host, url: &str, timeout: Duration) -> Option<Vec<u
     let out = lab
         .exec(host, &["curl", "-sS", "--fail", "--max-time", &max_time, url])
         .expect("running curl");
+    if !out.status.success() {
+        // Shown with the test's output when it fails.
+        eprintln!(
+            "curl {url} from {host}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     out.status.success().then_some(out.stdout)
+}
+
+/// `masq stats` for the lab's pin dir, as text: what a failed check prints beside its message.
+pub fn masq_stats(lab: &Lab) -> String {
+    let out = masq_cli(lab, &["stats"]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// `len` random bytes.
