@@ -304,10 +304,8 @@ pub struct Binding {
     /// The public port (network byte order).
     pub ext_port: u16,
     pub _pad: u16,
-    /// Tick of creation.
-    pub created_tick: u32,
 }
-const _: () = assert!(core::mem::size_of::<Binding>() == 8);
+const _: () = assert!(core::mem::size_of::<Binding>() == 4);
 
 /// `BOUND_PORTS` key: a public port of one uplink, held by one endpoint: two internal
 /// endpoints never share a public port.

@@ -37,8 +37,7 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
     if let Some(b) = unsafe { BINDINGS.get(bkey) } {
         return Some(b.ext_port);
     }
-    let now = tick(now_ns());
-    s.port = BoundPort { owner: *bkey, created_tick: now, _pad: 0 };
+    s.port = BoundPort { owner: *bkey, created_tick: tick(now_ns()), _pad: 0 };
     let port = &s.port;
     let own = u16::from_be(key.src_port);
     if own_holder.is_none() && range.keeps(own) {
@@ -64,7 +63,7 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
             // Full: no binding now.
             Err(_) => return None,
         }
-        s.binding = Binding { ext_port: pkey.ext_port, _pad: 0, created_tick: now };
+        s.binding = Binding { ext_port: pkey.ext_port, _pad: 0 };
         let binding = &s.binding;
         if BINDINGS.insert(bkey, binding, BPF_NOEXIST as u64).is_ok() {
             return Some(binding.ext_port);
@@ -85,7 +84,6 @@ pub struct BindingScratch {
     port: BoundPort,
     binding: Binding,
     pkey: BoundPortKey,
-    _pad: u32,
 }
 
 /// The LAN endpoint (address, port: network byte order) holding public port `port` of `proto`

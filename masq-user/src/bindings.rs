@@ -4,15 +4,14 @@
 //! `BINDINGS` entry naming it (the programs' side is `masq-ebpf/src/binding.rs`).
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::HashSet,
-    io,
-    os::fd::{AsFd as _, OwnedFd},
+    collections::{HashMap, HashSet},
+    os::fd::OwnedFd,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use masq_common::{Binding, BindingKey, BoundPort, BoundPortKey};
 
-use crate::conntrack::{Conn, lookup_batch};
+use crate::conntrack::{Conn, read_all};
 
 /// Both binding tables, typed, and their fds to read them in batches (without them, entry by
 /// entry).
@@ -36,21 +35,12 @@ impl<T: Borrow<MapData>> BindingTables<T> {
 
     /// Every held port, in batches when the kernel can.
     pub fn held_ports(&self) -> Vec<(BoundPortKey, BoundPort)> {
-        let batched = self.fds.as_ref().map(|[_, ports]| lookup_batch(ports.as_fd()));
-        match batched {
-            Some(Ok(entries)) => entries,
-            _ => self.ports.iter().filter_map(Result::ok).collect(),
-        }
+        read_all(&self.ports, self.fds.as_ref().map(|[_, ports]| ports))
     }
 
     /// Every `BINDINGS` entry (endpoints mapped elsewhere), in batches when the kernel can.
     pub fn mapped_elsewhere(&self) -> Vec<(BindingKey, Binding)> {
-        let batched: Option<io::Result<_>> =
-            self.fds.as_ref().map(|[bindings, _]| lookup_batch(bindings.as_fd()));
-        match batched {
-            Some(Ok(entries)) => entries,
-            _ => self.bindings.iter().filter_map(Result::ok).collect(),
-        }
+        read_all(&self.bindings, self.fds.as_ref().map(|[bindings, _]| bindings))
     }
 }
 
@@ -66,31 +56,31 @@ impl<T: BorrowMut<MapData>> BindingTables<T> {
 
     /// Remove the bindings `doomed` picks by their port, each with its `BINDINGS` entry when it
     /// has one, and `BINDINGS` entries whose port is not theirs (left by a sweep cut short).
-    /// The entry goes before its port, so no other endpoint takes a port still mapped to.
-    /// Returns the bindings removed.
+    /// The entry goes before its port, so no other endpoint takes a port still mapped to. Each
+    /// table is read once; only an entry that looks orphaned is checked again (its port may
+    /// have been bound since the read). Returns the bindings removed.
     pub fn remove_where(&mut self, doomed: impl Fn(&BoundPortKey, &BoundPort) -> bool) -> usize {
-        let doomed: Vec<(BoundPortKey, BoundPort)> =
-            self.held_ports().into_iter().filter(|(k, p)| doomed(k, p)).collect();
-        for (port, held) in &doomed {
-            if self.bindings.get(&held.owner, 0).is_ok_and(|b| b.ext_port == port.ext_port) {
-                let _ = self.bindings.remove(&held.owner);
+        let held = self.held_ports();
+        let mapped: HashMap<BindingKey, Binding> = self.mapped_elsewhere().into_iter().collect();
+        let holders: HashMap<BoundPortKey, BindingKey> =
+            held.iter().map(|(port, h)| (*port, h.owner)).collect();
+        let mut removed = 0;
+        for (port, h) in held.iter().filter(|(port, h)| doomed(port, h)) {
+            if mapped.get(&h.owner).is_some_and(|b| b.ext_port == port.ext_port) {
+                let _ = self.bindings.remove(&h.owner);
             }
             let _ = self.ports.remove(port);
+            removed += 1;
         }
-        let orphans: Vec<BindingKey> = self
-            .mapped_elsewhere()
-            .into_iter()
-            .filter(|(key, b)| {
-                let port =
-                    BoundPortKey { ext_port: b.ext_port, proto: key.proto, uplink: key.uplink };
-                self.ports.get(&port, 0).map_or(true, |held| held.owner != *key)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        for key in &orphans {
-            let _ = self.bindings.remove(key);
+        for (key, b) in &mapped {
+            let port = BoundPortKey { ext_port: b.ext_port, proto: key.proto, uplink: key.uplink };
+            if holders.get(&port) != Some(key)
+                && self.ports.get(&port, 0).map_or(true, |h| h.owner != *key)
+            {
+                let _ = self.bindings.remove(key);
+            }
         }
-        doomed.len()
+        removed
     }
 }
 

@@ -223,6 +223,18 @@ pub(crate) fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     }
 }
 
+/// Every entry of `map`: in batches through `fd` when there is one and the kernel can, else
+/// entry by entry.
+pub(crate) fn read_all<T: Borrow<MapData>, K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &BpfHashMap<T, K, V>,
+    fd: Option<&OwnedFd>,
+) -> Vec<(K, V)> {
+    match fd.map(|fd| lookup_batch(fd.as_fd())) {
+        Some(Ok(entries)) => entries,
+        _ => map.iter().filter_map(Result::ok).collect(),
+    }
+}
+
 impl<T: BorrowMut<MapData>> ConnTables<T> {
     /// Delete every connection idle for longer than its state's timeout; returns how many.
     pub fn expire(&mut self, timeouts: &Timeouts, now_ns: u64) -> usize {

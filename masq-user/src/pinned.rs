@@ -3,7 +3,7 @@
 //! table, the connection and binding tables. Works whether or not the daemon runs, from any
 //! network namespace (bpffs is shared by all of them).
 use std::{
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bindings::BindingTables,
     config::Config,
-    conntrack::{self, Conn, ConnTable, ConnTables},
+    conntrack::{self, Conn, ConnTables},
     follow::UplinkState,
     host::HostInterfaces,
     local_ports,
@@ -47,6 +47,18 @@ pub fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<MapData> {
 fn open<M: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> anyhow::Result<M> {
     let map = Map::from_map_data(open_pinned(dir, name)?)?;
     M::try_from(map).with_context(|| format!("pinned map {name}"))
+}
+
+/// A pinned map as the typed map `M`, and a second fd of it (for batched reads, which aya lacks).
+fn open_with_fd<M: TryFrom<Map, Error = MapError>>(
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<(M, OwnedFd)> {
+    let data = open_pinned(dir, name)?;
+    let fd = data.fd().as_fd().try_clone_to_owned()?;
+    let map =
+        M::try_from(Map::from_map_data(data)?).with_context(|| format!("pinned map {name}"))?;
+    Ok((map, fd))
 }
 
 /// The shape of each map as this build defines it.
@@ -164,15 +176,9 @@ pub fn read_uplink_infos(pin_dir: &Path) -> anyhow::Result<Vec<(u8, UplinkInfo)>
 
 /// Both pinned connection tables.
 pub fn conn_tables(pin_dir: &Path) -> anyhow::Result<ConnTables<MapData>> {
-    let (confirmed, pending) =
-        (open_pinned(pin_dir, map_names::CONNS)?, open_pinned(pin_dir, map_names::PENDING_CONNS)?);
-    let fds =
-        [confirmed.fd().as_fd().try_clone_to_owned()?, pending.fd().as_fd().try_clone_to_owned()?];
-    Ok(ConnTables {
-        confirmed: ConnTable::try_from(Map::from_map_data(confirmed)?)?,
-        pending: ConnTable::try_from(Map::from_map_data(pending)?)?,
-        fds: Some(fds),
-    })
+    let (confirmed, confirmed_fd) = open_with_fd(pin_dir, map_names::CONNS)?;
+    let (pending, pending_fd) = open_with_fd(pin_dir, map_names::PENDING_CONNS)?;
+    Ok(ConnTables { confirmed, pending, fds: Some([confirmed_fd, pending_fd]) })
 }
 
 pub fn read_conns(pin_dir: &Path) -> anyhow::Result<Vec<Conn>> {
@@ -314,15 +320,9 @@ pub fn add_to_counter(pin_dir: &Path, counter: Counter, n: u64) -> anyhow::Resul
 
 /// Both pinned binding tables (endpoint-independent mappings).
 pub fn binding_tables(pin_dir: &Path) -> anyhow::Result<BindingTables<MapData>> {
-    let (bindings, ports) =
-        (open_pinned(pin_dir, map_names::BINDINGS)?, open_pinned(pin_dir, map_names::BOUND_PORTS)?);
-    let fds =
-        [bindings.fd().as_fd().try_clone_to_owned()?, ports.fd().as_fd().try_clone_to_owned()?];
-    Ok(BindingTables {
-        bindings: HashMap::try_from(Map::from_map_data(bindings)?)?,
-        ports: HashMap::try_from(Map::from_map_data(ports)?)?,
-        fds: Some(fds),
-    })
+    let (bindings, bindings_fd) = open_with_fd(pin_dir, map_names::BINDINGS)?;
+    let (ports, ports_fd) = open_with_fd(pin_dir, map_names::BOUND_PORTS)?;
+    Ok(BindingTables { bindings, ports, fds: Some([bindings_fd, ports_fd]) })
 }
 
 /// Remove the bindings whose endpoint has no connection among `conns` (the tables as just
