@@ -9,13 +9,11 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// Fold a 64-bit sum of at most five 32-bit words (an IPv4 header) into 16 bits.
+/// The first step of folding a 64-bit sum of at most five 32-bit words (an IPv4 header):
+/// below 2^20, the same sum modulo 0xffff (2^16 ≡ 1), for [`fold`] to finish.
 #[inline(always)]
-pub fn fold64(sum: u64) -> u16 {
-    // At most 2^32 + 3 after the first step, at most 0x1fffe after the second.
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ((sum & 0xffff) + (sum >> 16)) as u16
+pub fn fold_once(sum: u64) -> u32 {
+    ((sum & 0xffff) + (sum >> 16)) as u32
 }
 
 /// New checksum after a 16-bit word of the covered data changed from `old` to `new`.

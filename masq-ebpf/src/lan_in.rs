@@ -23,7 +23,7 @@ use crate::{
         RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink,
         uplink_by_address, uplink_by_ifindex, with_mark,
     },
-    translate::{Found, Translation, find, record_first_fragment},
+    translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
 };
 
@@ -87,9 +87,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
-            let now = conntrack::now_tick();
-            conntrack::touch(&conn_key, entry, &ip, len, now);
-            count(Counter::IcmpErrorTranslated);
+            let now = account_icmp_error(&conn_key, entry, &ip, len);
             (translation, entry.uplink, now)
         }
         Found::Flow(entry) if entry.is_hairpin() => {

@@ -8,6 +8,7 @@ use crate::{
     maps::FRAGS,
     nat::{rewrite, rewrite_icmp_error},
     packet::{Frag, INNER_L4, Inner, Ipv4, L4, Packet, parse_icmp_error},
+    stats::count,
 };
 
 #[derive(Clone, Copy)]
@@ -65,6 +66,16 @@ pub enum Found {
     Flow(&'static mut ConnEntry),
     /// No connection: maybe a new one.
     New,
+}
+
+/// An ICMP error about a connection counts as that connection's traffic (last seen, its
+/// counters); returns the clock it read.
+#[inline(always)]
+pub fn account_icmp_error(conn_key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64) -> u32 {
+    let now = conntrack::now_tick();
+    conntrack::touch(conn_key, entry, ip, len, now);
+    count(Counter::IcmpErrorTranslated);
+    now
 }
 
 /// Find `ip`'s connection: a later fragment by its first fragment's record, an ICMP error by

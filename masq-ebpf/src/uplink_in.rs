@@ -20,7 +20,7 @@ use crate::{
     packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
     steer::{RT_TABLE_MAIN, Route, config, in_lan, is_uplink_address, route, uplink_by_ifindex},
-    translate::{Found, Translation, find, record_first_fragment},
+    translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
 };
 
@@ -84,10 +84,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
-            let now = conntrack::now_tick();
-            conntrack::touch(&conn_key, entry, &ip, len, now);
-            count(Counter::IcmpErrorTranslated);
-            (translation, now)
+            (translation, account_icmp_error(&conn_key, entry, &ip, len))
         }
         Found::Flow(entry) => {
             if !entry.toward_lan() {

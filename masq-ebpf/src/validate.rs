@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_csum_diff;
 use masq_common::{CFG_F_NO_VALIDATE, Counter, DataplaneConfig};
 
 use crate::{
-    csum::{fold, fold64},
+    csum::fold,
     maps::{CSUM_SCRATCH, PUBLIC_ADDRS},
     packet::{
         Frag, ICMP_CSUM, IPPROTO_ICMP, Ipv4, L4, L4_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -57,6 +57,15 @@ fn is_zero_or_loopback(addr: u32) -> bool {
     top == 0 || top == 127
 }
 
+/// A source no host may send from (RFC 1812 5.3.7, RFC 6890): 0/8, 127/8 and 224/3 (multicast,
+/// the reserved 240/4 and the limited broadcast). One subtraction folds 0 and 224..=255 into
+/// one comparison.
+#[inline(always)]
+fn is_martian_source(addr: u32) -> bool {
+    let top = first_octet(addr);
+    top.wrapping_sub(1) >= 223 || top == 127
+}
+
 /// The checks run (off only to measure what they cost).
 #[inline(always)]
 pub fn enabled(cfg: &DataplaneConfig) -> bool {
@@ -73,14 +82,13 @@ pub fn tcp_flags_valid(flags: u8) -> bool {
 /// TCP flags a stack sends. Multicast and broadcast are left to the kernel by the caller.
 #[inline(always)]
 pub fn packet<P: Packet>(p: &P, ip: &Ipv4) -> Result<(), Counter> {
-    let sum = p.ipv4_header_sum().ok_or(Counter::DropMalformed)?;
-    if fold64(sum) != 0xffff {
+    if fold(ip.header_sum) != 0xffff {
         return Err(Counter::DropIpChecksum);
     }
     if ip.tot_len < 20 || u64::from(ip.tot_len) + P::IP as u64 > p.len() {
         return Err(Counter::DropBadLength);
     }
-    if is_zero_or_loopback(ip.key.src_addr) || is_multicast_or_broadcast(ip.key.src_addr) {
+    if is_martian_source(ip.key.src_addr) {
         return Err(Counter::DropMartianSource);
     }
     if is_zero_or_loopback(ip.key.dst_addr) {

@@ -63,6 +63,7 @@ fn malformed_martian_and_spoofed_packets_from_an_uplink_are_named_drops_creating
         ("source 0.0.0.0", syn_to_dsl(Ipv4Addr::UNSPECIFIED), Counter::DropMartianSource),
         ("source 224.0.0.5", syn_to_dsl(Ipv4Addr::new(224, 0, 0, 5)), Counter::DropMartianSource),
         ("source 255.255.255.255", syn_to_dsl(Ipv4Addr::BROADCAST), Counter::DropMartianSource),
+        ("source 240.1.2.3", syn_to_dsl(Ipv4Addr::new(240, 1, 2, 3)), Counter::DropMartianSource),
         (
             "destination 127.0.0.1",
             Ip::new(CLIENT, Ipv4Addr::LOCALHOST).tcp(40000, 80, TCP_SYN),
@@ -90,6 +91,25 @@ fn malformed_martian_and_spoofed_packets_from_an_uplink_are_named_drops_creating
             let run = gw.uplink_in("eth4", &from_dsl(&packet));
             assert_dropped_creating_nothing(gw, what, &run, TC_ACT_SHOT, counter);
             assert_eq!(gw.counter(counter), 2, "{what}: counted once per program");
+        });
+    }
+}
+
+/// The martian source ranges end where they should: the last addresses below 224/3 and above
+/// 127/8 and 0/8 open connections like any other.
+#[test]
+fn sources_next_to_the_martian_ranges_open_connections() {
+    for src in [
+        Ipv4Addr::new(223, 255, 255, 254),
+        Ipv4Addr::new(128, 0, 0, 1),
+        Ipv4Addr::new(126, 255, 255, 254),
+        Ipv4Addr::new(1, 0, 0, 1),
+    ] {
+        example(move |gw| {
+            let run = gw.xdp("eth4", &from_dsl(&syn_to_dsl(src)));
+            let want = Ip::new(src, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+            assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
+            assert_eq!(gw.counter(Counter::DropMartianSource), 0, "{src}");
         });
     }
 }
