@@ -109,6 +109,9 @@ pub struct Sample {
     pub tcp_gbps: f64,
     pub conns_per_s: f64,
     pub conn_failures: u64,
+    /// New connections/s through gw alone: the ISP A router is the client.
+    pub conns_gw_per_s: f64,
+    pub conn_gw_failures: u64,
 }
 
 /// One UDP flood's measurement window.
@@ -147,6 +150,7 @@ pub struct GatewaySummary {
     pub udp_gw_busy_ns_per_packet: Stat,
     pub tcp_gbps: Stat,
     pub conns_per_s: Stat,
+    pub conns_gw_per_s: Stat,
     /// masq's uplink ingress program's own ns per run during the gw-only flood (masq only).
     pub masq_uplink_in_ns: Option<Stat>,
     /// Which program that is (`masq_uplink_in`, or `masq_uplink_in_xdp` in the XDP variant).
@@ -172,13 +176,15 @@ pub fn run(opts: &LabBenchOptions, work_dir: &Path) -> Result<LabResults> {
                 .with_context(|| format!("round {round}, {}", gateway.name()))?;
             eprintln!(
                 "masq bench: lab: round {round} {:<8} udp e2e {:>5.3} Mpps  udp gw {:>5.3} Mpps \
-                 ({:>5.0} ns softirq/pkt)  tcp {:>5.1} Gbit/s  {:>6.0} conn/s  ({:.0} s)",
+                 ({:>5.0} ns softirq/pkt)  tcp {:>5.1} Gbit/s  {:>6.0} conn/s  gw {:>6.0} conn/s  \
+                 ({:.0} s)",
                 gateway.name(),
                 sample.udp_e2e.delivered_pps / 1e6,
                 sample.udp_gw.delivered_pps / 1e6,
                 sample.udp_gw.softirq_ns_per_packet,
                 sample.tcp_gbps,
                 sample.conns_per_s,
+                sample.conns_gw_per_s,
                 started.elapsed().as_secs_f64()
             );
             samples.push(sample);
@@ -217,6 +223,7 @@ fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
         udp_gw_busy_ns_per_packet: of(&|s| s.udp_gw.busy_ns_per_packet),
         tcp_gbps: of(&|s| s.tcp_gbps),
         conns_per_s: of(&|s| s.conns_per_s),
+        conns_gw_per_s: of(&|s| s.conns_gw_per_s),
         masq_uplink_in_ns: (!uplink_in.is_empty()).then(|| Stat::of(&uplink_in)),
         masq_uplink_in_program: runs.first().map(|r| r.0.to_string()),
     }
@@ -273,7 +280,11 @@ fn measure(
 
     let tcp_gbps = iperf(&lab, target, opts)?;
     let duration = Duration::from_secs_f64(opts.conn_seconds);
-    let (conns_per_s, conn_failures) = conn_rate(&lab, target, duration, opts.conn_clients)?;
+    let (conns_per_s, conn_failures) =
+        conn_rate(&lab, Host::Client, target, duration, opts.conn_clients)?;
+    // gw alone: the ISP A router connects, two routers fewer on the way than from the client.
+    let (conns_gw_per_s, conn_gw_failures) =
+        conn_rate(&lab, Host::IspA, target, duration, opts.conn_clients)?;
 
     // gw alone: generator in place of the ISP A router, sink on the switch port facing gw.
     let frame = frames::udp(
@@ -304,7 +315,17 @@ fn measure(
     };
 
     drop(masq);
-    Ok(Sample { round, gateway, udp_e2e, udp_gw, tcp_gbps, conns_per_s, conn_failures })
+    Ok(Sample {
+        round,
+        gateway,
+        udp_e2e,
+        udp_gw,
+        tcp_gbps,
+        conns_per_s,
+        conn_failures,
+        conns_gw_per_s,
+        conn_gw_failures,
+    })
 }
 
 fn read_sys(lab: &Lab, host: Host, path: &str) -> Result<u64> {
@@ -567,9 +588,10 @@ pub(super) fn spawn_in<T: Send + 'static>(
     })
 }
 
-/// New TCP connections per second from the client to `target` (and how many attempts failed).
+/// New TCP connections per second from `from` to `target` (and how many attempts failed).
 pub(super) fn conn_rate(
     lab: &Lab,
+    from: Host,
     target: Ipv4Addr,
     duration: Duration,
     conn_clients: usize,
@@ -577,7 +599,7 @@ pub(super) fn conn_rate(
     // TOPOLOGY.md lab notes: isolde closes first and keeps TIME_WAIT; the client reuses ports, so
     // timestamps without per-connection offsets (2) keep PAWS happy, and a wide port range.
     lab.exec(
-        Host::Client,
+        from,
         &["sysctl", "-qw", "net.ipv4.tcp_timestamps=2", "net.ipv4.ip_local_port_range=1024 65535"],
     )?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -606,7 +628,7 @@ pub(super) fn conn_rate(
     let started = Instant::now();
     let clients: Vec<_> = (0..conn_clients)
         .map(|_| {
-            spawn_in(lab.ns(Host::Client).path(), move || {
+            spawn_in(lab.ns(from).path(), move || {
                 let addr = SocketAddr::from((target, CONN_PORT));
                 let deadline = Instant::now() + duration;
                 let (mut done, mut failed) = (0u64, 0u64);

@@ -16,13 +16,14 @@ pub fn ratios(lab: &LabResults) -> Vec<Ratio> {
         return Vec::new();
     };
     type Pick = fn(&GatewaySummary) -> &Stat;
-    let metrics: [(&str, &str, &str, Pick); 6] = [
+    let metrics: [(&str, &str, &str, Pick); 7] = [
         ("udp_e2e_pps", "packets/s", "higher", |s| &s.udp_e2e_pps),
         ("udp_gw_pps", "packets/s", "higher", |s| &s.udp_gw_pps),
         ("udp_gw_softirq_ns_per_packet", "ns", "lower", |s| &s.udp_gw_softirq_ns_per_packet),
         ("udp_gw_busy_ns_per_packet", "ns", "lower", |s| &s.udp_gw_busy_ns_per_packet),
         ("tcp_gbps", "Gbit/s", "higher", |s| &s.tcp_gbps),
         ("conns_per_s", "connections/s", "higher", |s| &s.conns_per_s),
+        ("conns_gw_per_s", "connections/s", "higher", |s| &s.conns_gw_per_s),
     ];
     metrics
         .into_iter()
@@ -57,7 +58,9 @@ const ESTABLISHED: [PathKind; 7] = [
 /// bare inserts, at every table size; in the lab, XDP mode gateway-dominated UDP ≥ 3× the
 /// classic recipe and ≥ 1× plain forwarding, TC mode TCP ≥ 1×, 64-byte UDP ≥ 1.3× and new
 /// connections/s ≥ 1.2× the classic recipe, each ≥ 1× plain forwarding; the RFC 1812 checks
-/// timed alone ≤ 10 ns per packet.
+/// timed alone ≤ 10 ns per packet. UDP and new connections are taken through gw alone, where
+/// the gateway's cost dominates (end to end, the endpoints' stacks and two more routers bound
+/// them: plain forwarding itself is within a few percent of the recipe there).
 pub fn targets(prog: Option<&ProgResults>, tc: &[Ratio], xdp: &[Ratio]) -> Vec<Target> {
     let mut out = Vec::new();
     let at_most = |what: String, target: f64, measured: f64| Target {
@@ -110,7 +113,7 @@ pub fn targets(prog: Option<&ProgResults>, tc: &[Ratio], xdp: &[Ratio]) -> Vec<T
         ("XDP", xdp, "udp_gw_pps", 3.0),
         ("TC", tc, "tcp_gbps", 1.0),
         ("TC", tc, "udp_gw_pps", 1.3),
-        ("TC", tc, "conns_per_s", 1.2),
+        ("TC", tc, "conns_gw_per_s", 1.2),
     ] {
         out.extend(at_least(mode, ratios, metric, over_classic).into_iter().flatten());
     }
@@ -444,6 +447,7 @@ fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
         ("udp_gw_busy_ns_per_packet", "gw alone: busy CPU per packet (incl. generator)"),
         ("tcp_gbps", "TCP throughput"),
         ("conns_per_s", "new TCP connections"),
+        ("conns_gw_per_s", "new TCP connections through gw alone"),
     ];
     for ratio in ratios {
         let label = labels.iter().find(|(m, _)| *m == ratio.metric).map_or(ratio.metric, |l| l.1);
