@@ -28,8 +28,7 @@ fn each_new_connection_is_reported_once_with_its_tuples_and_none_while_off() {
         pinned::set_events(gw.dp.pin_dir(), true).unwrap();
         udp_from_tristan(gw, 20101);
         udp_from_tristan(gw, 20101);
-        let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_SYN);
-        assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT);
+        assert_eq!(client_syn_via_dsl(gw).ret, XDP_REDIRECT);
         let events = drain(&mut ring);
         assert_eq!(events.len(), 2, "{events:?}");
         let out = events[0];

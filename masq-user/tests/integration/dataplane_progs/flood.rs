@@ -57,8 +57,7 @@ fn the_handshakes_last_ack_moves_a_connection_to_the_confirmed_table() {
         let answer = Ip::new(CLIENT, src).udp(53, 50000, b"a");
         assert_eq!(gw.xdp("eth4", &from_dsl(&answer)).ret, XDP_REDIRECT);
         assert_eq!((pending(gw).len(), confirmed(gw).len()), (0, 4));
-        gw.assert_counters(&[(Counter::ConnsConfirmed, 2)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::ConnsConfirmed, 2)]);
     });
 }
 
@@ -92,8 +91,7 @@ fn a_syn_flood_of_ten_times_capacity_evicts_no_confirmed_connection() {
         assert_eq!(gw.xdp("eth4", &from_dsl(&data)).ret, XDP_REDIRECT);
         let again = Ip::new(TRISTAN, CLIENT).udp(50000, 53, b"q2");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &again)).ret, TC_ACT_REDIRECT);
-        gw.assert_counters(&[(Counter::OutboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::OutboundNew, 1)]);
     });
 }
 

@@ -142,8 +142,7 @@ fn offloaded_checksum_of_a_local_sender_opens_the_connection() {
         syn[36..38].copy_from_slice(&partial.to_be_bytes());
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &syn));
         assert_eq!(run.ret, TC_ACT_REDIRECT, "counters {:?}", gw.counters());
-        gw.assert_counters(&[(Counter::OutboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::OutboundNew, 1)]);
     });
 }
 

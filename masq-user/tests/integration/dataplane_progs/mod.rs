@@ -206,6 +206,13 @@ impl Gw {
         }
     }
 
+    /// [`Gw::assert_counters`], then [`Gw::assert_no_drops`].
+    #[track_caller]
+    fn assert_counters_no_drops(&self, expected: &[(Counter, u64)]) {
+        self.assert_counters(expected);
+        self.assert_no_drops();
+    }
+
     #[track_caller]
     fn assert_no_drops(&self) {
         let drops: Vec<_> = Counter::ALL
@@ -349,14 +356,83 @@ fn assert_run(run: &Run, ret: u32, expected: &[u8]) {
 
 /// The client's SYN to isolde's DSL address, as XDP on eth4 sends it to isolde.
 fn client_syn_via_dsl(gw: &Gw) -> Run {
-    let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_SYN);
-    gw.xdp("eth4", &from_dsl(&syn))
+    gw.xdp("eth4", &from_dsl(&client_syn()))
+}
+
+/// The client's SYN from port 40000 to isolde's DSL address, port 80.
+fn client_syn() -> Vec<u8> {
+    Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_SYN)
+}
+
+/// What an uplink's ingress program (action `ret`) made of [`client_syn`]: the SYN at isolde
+/// with the TTL one lower, and both entries of the connection, inbound on DSL.
+#[track_caller]
+fn assert_client_syn_reached_isolde(gw: &Gw, run: &Run, ret: u32) {
+    let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+    assert_run(run, ret, &to_lan(ISOLDE_MAC, &want));
+    gw.assert_pair(
+        tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80)),
+        tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+        DSL,
+        true,
+    );
+}
+
+/// `run` (masq_lan_in) redirected `want` to `uplink`'s router, marked as that uplink's.
+#[track_caller]
+fn assert_left_by(run: &Run, uplink: u8, want: &[u8]) {
+    let (frame, mark) = match uplink {
+        DSL => (to_dsl(want), DSL_MARK),
+        ISPB => (to_ispb(want), ISPB_MARK),
+        _ => unreachable!("uplink {uplink}"),
+    };
+    assert_run(run, TC_ACT_REDIRECT, &frame);
+    assert_eq!(run.mark & DEFAULT_MARK_MASK, mark, "mark {:#x}", run.mark);
+}
+
+/// A TCP connection to a published address, its first two segments: the client's SYN from
+/// `client_port` to `public` arrives on `uplink` (XDP) and reaches `server` (address, MAC,
+/// port) with the TTL one lower, both entries of the connection inbound on `uplink`; the
+/// server's SYN-ACK leaves by `uplink` from `public`.
+#[track_caller]
+fn assert_inbound_handshake(
+    gw: &Gw,
+    uplink: u8,
+    client_port: u16,
+    public: (Ipv4Addr, u16),
+    (host, mac, port): (Ipv4Addr, Mac, u16),
+) {
+    let syn = Ip::new(CLIENT, public.0).tcp(client_port, public.1, TCP_SYN);
+    let run = match uplink {
+        DSL => gw.xdp("eth4", &from_dsl(&syn)),
+        ISPB => gw.xdp("eth1", &from_ispb(&syn)),
+        _ => unreachable!("uplink {uplink}"),
+    };
+    let want = Ip::new(CLIENT, host).ttl(63).tcp(client_port, port, TCP_SYN);
+    assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
+    gw.assert_pair(
+        tcp_key((CLIENT, client_port), public),
+        tcp_key((CLIENT, client_port), (host, port)),
+        uplink,
+        true,
+    );
+
+    let synack = Ip::new(host, CLIENT).tcp(port, client_port, TCP_SYN | TCP_ACK);
+    let run = gw.lan_in(&from_lan(mac, &synack));
+    let want = Ip::new(public.0, CLIENT).ttl(63).tcp(public.1, client_port, TCP_SYN | TCP_ACK);
+    assert_left_by(&run, uplink, &want);
+}
+
+/// A LAN host's SYN (`host`: address and MAC) from `sport` to the client's port 443, through
+/// masq_lan_in; returns what left.
+fn lan_syn(gw: &Gw, (host, mac): (Ipv4Addr, Mac), sport: u16) -> Run {
+    let syn = Ip::new(host, CLIENT).tcp(sport, 443, TCP_SYN);
+    gw.lan_in(&from_lan(mac, &syn))
 }
 
 /// Tristan's SYN to the client, SNATed by policy to DSL; returns what left.
 fn tristan_syn(gw: &Gw, sport: u16) -> Run {
-    let syn = Ip::new(TRISTAN, CLIENT).tcp(sport, 443, TCP_SYN);
-    gw.lan_in(&from_lan(TRISTAN_MAC, &syn))
+    lan_syn(gw, (TRISTAN, TRISTAN_MAC), sport)
 }
 
 /// isolde's and marke's pings to the client with the same id: both leave by ISP B, the second

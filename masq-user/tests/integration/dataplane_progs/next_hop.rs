@@ -4,8 +4,7 @@ use super::*;
 #[test]
 fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
     with_config("[dataplane]\nfast_path = false\n", |gw| {
-        let syn = from_dsl(&Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_SYN));
-        let run = gw.xdp("eth4", &syn);
+        let run = client_syn_via_dsl(gw);
         // Translated, but TTL and MACs left to the kernel.
         let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
         assert_run(&run, XDP_PASS, &want);
@@ -21,12 +20,11 @@ fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
         let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
         let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
-        gw.assert_counters(&[
+        gw.assert_counters_no_drops(&[
             (Counter::KernelPath, 2),
             (Counter::FastPathRedirect, 0),
             (Counter::EgressTranslated, 1),
         ]);
-        gw.assert_no_drops();
     });
 }
 
@@ -44,8 +42,7 @@ fn unresolved_next_hop_uses_redirect_neigh_or_the_kernel() {
         let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &from_lan(ISOLDE_MAC, &want));
         assert_eq!(run.mark & DEFAULT_MARK_MASK, DSL_MARK);
-        gw.assert_counters(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
     });
 }
 
@@ -80,8 +77,7 @@ fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
             &quoted_want,
         );
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::EgressTranslated, 1)]);
     });
 }
 

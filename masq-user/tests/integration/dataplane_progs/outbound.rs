@@ -10,8 +10,7 @@ fn outbound_connections_are_masqueraded_by_policy_and_replies_reach_the_lan() {
         // tristan: policy "dsl".
         let run = tristan_syn(gw, 50000);
         let want = Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(50000, 443, TCP_SYN);
-        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        assert_eq!(run.mark & DEFAULT_MARK_MASK, DSL_MARK);
+        assert_left_by(&run, DSL, &want);
         gw.assert_pair(
             tcp_key((TRISTAN, 50000), (CLIENT, 443)),
             tcp_key((GW_ISP_A, 50000), (CLIENT, 443)),
@@ -20,11 +19,9 @@ fn outbound_connections_are_masqueraded_by_policy_and_replies_reach_the_lan() {
         );
 
         // isolde: the default policy, ISP B.
-        let syn = Ip::new(ISOLDE, CLIENT).tcp(50001, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), 50001);
         let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(50001, 443, TCP_SYN);
-        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
-        assert_eq!(run.mark & DEFAULT_MARK_MASK, ISPB_MARK);
+        assert_left_by(&run, ISPB, &want);
         gw.assert_pair(
             tcp_key((ISOLDE, 50001), (CLIENT, 443)),
             tcp_key((GW_ISP_B, 50001), (CLIENT, 443)),
@@ -37,26 +34,23 @@ fn outbound_connections_are_masqueraded_by_policy_and_replies_reach_the_lan() {
         let run = gw.xdp("eth4", &from_dsl(&synack));
         let want = Ip::new(CLIENT, TRISTAN).ttl(63).tcp(443, 50000, TCP_SYN | TCP_ACK);
         assert_run(&run, XDP_REDIRECT, &to_lan(TRISTAN_MAC, &want));
-        gw.assert_counters(&[
+        gw.assert_counters_no_drops(&[
             (Counter::OutboundNew, 2),
             (Counter::ToUplinkTranslated, 2),
             (Counter::ToLanTranslated, 1),
             (Counter::FastPathRedirect, 3),
         ]);
-        gw.assert_no_drops();
     });
 }
 
 #[test]
 fn same_source_port_from_two_lan_hosts_gets_a_second_port() {
     example(|gw| {
-        let syn = Ip::new(ISOLDE, CLIENT).tcp(40000, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), 40000);
         let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(40000, 443, TCP_SYN);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
 
-        let syn = Ip::new(MARKE, CLIENT).tcp(40000, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
+        let run = lan_syn(gw, (MARKE, MARKE_MAC), 40000);
         let port = IpView::of_frame(&run.out).sport();
         assert_ne!(port, 40000);
         assert!(port >= 1024, "port {port} outside the SNAT range");
@@ -93,8 +87,7 @@ fn snat_never_picks_the_gateways_own_ephemeral_ports() {
     example(|gw| {
         // A LAN port inside the gateway's ephemeral range (61000-61999) is moved out of it, so a
         // reply to one of the gateway's own sockets can never match a masq connection.
-        let syn = Ip::new(ISOLDE, CLIENT).tcp(61500, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), 61500);
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         let port = IpView::of_frame(&run.out).sport();
         assert!(!(61000..=61999).contains(&port), "SNAT picked the gateway's port {port}");
@@ -124,15 +117,13 @@ fn same_echo_id_from_two_lan_hosts_gets_a_second_id() {
 fn exhausted_port_range_drops_the_new_connection_and_leaves_no_half_entry() {
     with_config("[dataplane]\nport_min = 2000\nport_max = 2001\n", |gw| {
         for sport in [2000, 2001] {
-            let syn = Ip::new(ISOLDE, CLIENT).tcp(sport, 443, TCP_SYN);
-            let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+            let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), sport);
             let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(sport, 443, TCP_SYN);
             assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
         }
         assert_eq!(gw.conns().len(), 4);
 
-        let syn = Ip::new(MARKE, CLIENT).tcp(2000, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
+        let run = lan_syn(gw, (MARKE, MARKE_MAC), 2000);
         assert_eq!(run.ret, TC_ACT_SHOT, "both ports of the range are taken");
         assert_eq!(gw.conns().len(), 4, "no half entry left:\n{}", gw.table());
         gw.assert_counters(&[(Counter::DropNatPortExhausted, 1), (Counter::OutboundNew, 2)]);
@@ -275,7 +266,6 @@ fn with_endpoint_independent_filtering_any_host_reaches_a_udp_mapping_and_only_i
         // A port nobody holds stays closed; TCP is not opened by it.
         let unbound = Ip::new(OTHER_SERVER, GW_ISP_A).udp(5000, 20001, b"x");
         assert_eq!(gw.xdp("eth4", &from_dsl(&unbound)).ret, XDP_PASS);
-        gw.assert_counters(&[(Counter::MappingInboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::MappingInboundNew, 1)]);
     });
 }

@@ -9,8 +9,7 @@ fn egress_translates_a_known_connection_the_kernel_forwarded() {
         let run = gw.uplink_out("eth4", &to_dsl(&ack));
         let want = Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::EgressTranslated, 1)]);
     });
 }
 
@@ -71,8 +70,7 @@ fn the_gateways_own_icmp_error_leaves_by_the_uplink_its_packet_came_in_on() {
             &about_ispb,
         ));
         assert_run(&gw.uplink_out("eth1", &own), TC_ACT_OK, &own);
-        gw.assert_counters(&[(Counter::OwnIcmpErrorReturned, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::OwnIcmpErrorReturned, 1)]);
     });
 }
 
@@ -90,8 +88,10 @@ fn the_gateways_frag_needed_about_an_inbound_packet_is_translated_back_and_steer
         let quoted = Ip::new(CLIENT, PUBLIC_ISP_A).ttl(63).tcp(40000, 80, TCP_SYN);
         let want = Ip::new(PUBLIC_ISP_A, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1), (Counter::OwnIcmpErrorReturned, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[
+            (Counter::EgressTranslated, 1),
+            (Counter::OwnIcmpErrorReturned, 1),
+        ]);
     });
 }
 
