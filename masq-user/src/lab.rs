@@ -52,19 +52,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
     netns::NetNs,
+    seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B},
     tun_relay::{TunEnd, TunRelay},
 };
 
-pub const CLIENT: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 210);
-pub const ISOLDE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 17);
-pub const TRISTAN: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 32);
-/// isolde's public address through ISP A (gw eth4).
-pub const PUBLIC_ISP_A: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 10);
-/// isolde's public address through ISP B (gw eth1).
-pub const PUBLIC_ISP_B: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 17);
-pub const GW_ISP_A: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 12);
-pub const GW_ISP_B: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 179);
-pub const GW_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 /// The ISP routers' interface toward gw: capture there to see by which uplink a packet left gw.
 pub const ISP_GW_SIDE_IFACE: &str = "to-gw";
 /// The line masq prints once its programs are attached.

@@ -29,6 +29,8 @@ pub mod pinned;
 pub mod policy_tables;
 #[cfg(feature = "lab")]
 pub mod progkit;
+#[cfg(feature = "lab")]
+pub mod seed;
 pub mod state;
 pub mod trace;
 #[cfg(feature = "lab")]

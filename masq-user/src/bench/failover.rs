@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use super::Stat;
 use crate::{
-    lab::{CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, Lab, LabOptions, example_with_dsl},
+    lab::{GatewayMode, Host, Lab, LabOptions, example_with_dsl},
+    seed::{CLIENT, GW_ISP_A, GW_ISP_B},
     state::DaemonState,
 };
 

@@ -22,8 +22,9 @@ use serde::Serialize;
 use super::forwarding::{Gateway, conn_rate, spawn_in, wait_reachable};
 use crate::{
     frames::{Ip, TCP_SYN},
-    lab::{CLIENT, GatewayMode, Host, Lab, LabOptions, PUBLIC_ISP_A},
+    lab::{GatewayMode, Host, Lab, LabOptions},
     pinned::read_counters,
+    seed::{CLIENT, PUBLIC_ISP_A},
 };
 
 const KEEPALIVE_PORT: u16 = 8081;

@@ -36,7 +36,8 @@ use super::{
     frames::{self, Endpoint},
     prog::fdinfo_field,
 };
-use crate::lab::{CLIENT, GatewayMode, Host, ISOLDE, Lab, LabChild, LabOptions, PUBLIC_ISP_A};
+use crate::lab::{GatewayMode, Host, Lab, LabChild, LabOptions};
+use crate::seed::{CLIENT, ISOLDE, PUBLIC_ISP_A};
 
 const SINK_PORT: u16 = 9;
 const IPERF_PORT: u16 = 5201;

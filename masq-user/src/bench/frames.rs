@@ -55,15 +55,18 @@ pub fn udp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::internet_checksum;
+    use crate::{
+        frames::internet_checksum,
+        seed::{CLIENT, ISOLDE, PUBLIC_ISP_A},
+    };
 
     #[test]
     fn ip_header_checksum_verifies_to_zero() {
         let f = tcp(
             [1; 6],
             [2; 6],
-            Endpoint::new(Ipv4Addr::new(64, 70, 12, 210), 40000),
-            Endpoint::new(Ipv4Addr::new(67, 17, 28, 10), 80),
+            Endpoint::new(CLIENT, 40000),
+            Endpoint::new(PUBLIC_ISP_A, 80),
             TCP_ACK,
         );
         assert_eq!(f.len(), 64);
@@ -72,8 +75,8 @@ mod tests {
 
     #[test]
     fn udp_checksum_verifies_over_pseudo_header() {
-        let from = Endpoint::new(Ipv4Addr::new(64, 70, 12, 210), 4000);
-        let to = Endpoint::new(Ipv4Addr::new(192, 168, 100, 17), 9);
+        let from = Endpoint::new(CLIENT, 4000);
+        let to = Endpoint::new(ISOLDE, 9);
         let f = udp([1; 6], [2; 6], from, to, 64);
         assert_eq!(f.len(), 14 + 20 + 8 + 64);
         let seg = &f[34..];

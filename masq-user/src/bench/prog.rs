@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
     maps::{Array, MapData, PerCpuArray},
-    programs::{Program, ProgramFd, TestRun as _, TestRunOptions},
+    programs::{Program, ProgramFd},
 };
 use masq_common::{
     CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FLOOR_TO_LAN,
@@ -39,25 +39,16 @@ use crate::{
     conntrack::{ConnTable, IPPROTO_TCP, clock_ns},
     dataplane::{Dataplane, remove_pins},
     host::HostInterfaces,
-    lab::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A},
     map_values::wire_addr,
     netns::NetNs,
     pinned,
     policy_tables::{RULE_PRIORITY_FROM, RULE_PRIORITY_FWMARK},
+    progkit::{self, Ctx, Run, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT},
+    seed::{
+        CLIENT, DSL_MARK, DSL_TABLE, ETH0_MAC, ETH0_PEER_MAC, ETH4_MAC, GW_ISP_A, GW_ISP_B, GW_LAN,
+        ISOLDE, ISP_A_ROUTER_MAC, ISPB_MARK, ISPB_TABLE, PUBLIC_ISP_A, TRISTAN, lan_host,
+    },
 };
-
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
-
-// Fixed MACs of the namespace's veth pairs (gw side, peer side).
-const MAC_ETH0: Mac = [0x02, 0x6d, 0, 0, 0x00, 0x00];
-const MAC_LAN_PEER: Mac = [0x02, 0x6d, 0, 0, 0x00, 0x01];
-const MAC_ETH1: Mac = [0x02, 0x6d, 0, 0, 0x01, 0x00];
-const MAC_ISPB_PEER: Mac = [0x02, 0x6d, 0, 0, 0x01, 0x01];
-const MAC_ETH4: Mac = [0x02, 0x6d, 0, 0, 0x04, 0x00];
-const MAC_ISPA_PEER: Mac = [0x02, 0x6d, 0, 0, 0x04, 0x01];
 
 /// Source port of the new-connection SYNs (their source address changes every repeat).
 const NEW_CONN_PORT: u16 = 40000;
@@ -392,28 +383,18 @@ pub fn run(opts: &ProgOptions, work_dir: &Path, pin_dir: &Path) -> Result<Option
 /// gw's side of the seed topology with permanent neighbours for both ISP routers and every LAN
 /// host; masq's ip rules come later ([`ProgBench::add_rules`]).
 fn setup_namespace(ns: &NetNs, work_dir: &Path) -> Result<()> {
-    let devices = [
-        ("eth0", MAC_ETH0, MAC_LAN_PEER),
-        ("eth1", MAC_ETH1, MAC_ISPB_PEER),
-        ("eth4", MAC_ETH4, MAC_ISPA_PEER),
-    ];
-    let mut neighbours = vec![
-        (Ipv4Addr::new(67, 17, 28, 14), MAC_ISPA_PEER, "eth4"),
-        (Ipv4Addr::new(205, 254, 211, 254), MAC_ISPB_PEER, "eth1"),
-    ];
-    neighbours
-        .extend((1..=253).map(|host| (Ipv4Addr::new(192, 168, 100, host), MAC_LAN_PEER, "eth0")));
-    crate::progkit::build_seed_gateway(ns, devices, &neighbours, work_dir)
+    let mut neighbours = progkit::ROUTERS.to_vec();
+    neighbours.extend((1..=253).map(|host| (lan_host(host), ETH0_PEER_MAC, "eth0")));
+    progkit::build_seed_gateway(ns, &neighbours, work_dir)
 }
 
 /// The rules `masq run` installs (policy_tables.rs), as `ip rule <verb>` lines: XDP's lookups in
 /// main walk them. Added after the first measurement ([`ProgBench::add_rules`]).
 fn policy_rules(verb: &str) -> Vec<String> {
-    let uplinks = [("67.17.28.12", 201), ("205.254.211.179", 202)];
+    let uplinks = [(GW_ISP_A, DSL_TABLE, DSL_MARK), (GW_ISP_B, ISPB_TABLE, ISPB_MARK)];
     let mut lines = Vec::new();
-    for (i, (address, table)) in uplinks.into_iter().enumerate() {
+    for (i, (address, table, mark)) in uplinks.into_iter().enumerate() {
         let (from, fwmark) = (RULE_PRIORITY_FROM as usize + i, RULE_PRIORITY_FWMARK as usize + i);
-        let mark = (i + 1) << 24;
         lines.push(format!("rule {verb} from {address} lookup {table} priority {from}"));
         lines.push(format!(
             "rule {verb} fwmark {mark:#x}/{DEFAULT_MARK_MASK:#x} lookup {table} priority {fwmark}"
@@ -463,10 +444,11 @@ fn in_namespace(
         host.get(name).map(|i| i.index).ok_or_else(|| anyhow!("no {name} in the bench namespace"))
     };
     set_floor_routes(&mut dp, ifindex("eth0")?, ifindex("eth4")?)?;
+    let (eth0, eth4) = (ifindex("eth0")?, ifindex("eth4")?);
     let ctx = Contexts {
-        eth4: xdp_ctx(ifindex("eth4")?),
-        eth4_tc: tc_ctx(ifindex("eth4")?),
-        eth0: tc_ctx(ifindex("eth0")?),
+        eth4: PathCtx::of(Ctx::Xdp { rx: eth4 }),
+        eth4_tc: PathCtx::of(Ctx::Tc { ingress: eth4, ifindex: eth4 }),
+        eth0: PathCtx::of(Ctx::Tc { ingress: eth0, ifindex: eth0 }),
     };
     let harness = Harness::new(opts.spread_max)?;
     let mut bench = ProgBench {
@@ -599,8 +581,8 @@ fn set_floor_routes(dp: &mut Dataplane, eth0: u32, eth4: u32) -> Result<()> {
     let mut routes: Array<_, FloorRoute> = Array::try_from(map)?;
     let route =
         |ifindex, addr, smac, dmac| FloorRoute { ifindex, new_addr: wire_addr(addr), smac, dmac };
-    routes.set(FLOOR_TO_LAN, route(eth0, ISOLDE, MAC_ETH0, MAC_LAN_PEER), 0)?;
-    routes.set(FLOOR_TO_UPLINK, route(eth4, GW_ISP_A, MAC_ETH4, MAC_ISPA_PEER), 0)?;
+    routes.set(FLOOR_TO_LAN, route(eth0, ISOLDE, ETH0_MAC, ETH0_PEER_MAC), 0)?;
+    routes.set(FLOOR_TO_UPLINK, route(eth4, GW_ISP_A, ETH4_MAC, ISP_A_ROUTER_MAC), 0)?;
     Ok(())
 }
 
@@ -676,26 +658,23 @@ fn program_size(dp: &Dataplane, name: &'static str) -> Result<ProgramSize> {
     })
 }
 
-/// `struct xdp_md` for a 64-byte frame arriving on `ifindex`.
-fn xdp_ctx(ifindex: u32) -> Vec<u8> {
-    let mut ctx = vec![0u8; 24];
-    ctx[4..8].copy_from_slice(&(FRAME_LEN as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
+/// A path's context (a frame received on, and processed at, one device): for the kit's runner,
+/// and its bytes for the harness's 64-byte frames.
+struct PathCtx {
+    ctx: Ctx,
+    bytes: Vec<u8>,
 }
 
-/// `struct __sk_buff` for a frame received on (and processed at) `ifindex`.
-fn tc_ctx(ifindex: u32) -> Vec<u8> {
-    let mut ctx = vec![0u8; 192];
-    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
+impl PathCtx {
+    fn of(ctx: Ctx) -> Self {
+        Self { ctx, bytes: ctx.bytes(FRAME_LEN) }
+    }
 }
 
 struct Contexts {
-    eth4: Vec<u8>,
-    eth4_tc: Vec<u8>,
-    eth0: Vec<u8>,
+    eth4: PathCtx,
+    eth4_tc: PathCtx,
+    eth0: PathCtx,
 }
 
 /// How a spread run draws its flows from the table.
@@ -910,8 +889,7 @@ impl ProgBench<'_> {
                 let client = Endpoint::new(Ipv4Addr::from(0x6440_0000 | rng.bits(22)), port);
                 connection(client, public, client, isolde, CONN_F_INBOUND, now)
             } else {
-                let lan =
-                    Endpoint::new(Ipv4Addr::new(192, 168, 100, 1 + rng.below(253) as u8), port);
+                let lan = Endpoint::new(lan_host(1 + rng.below(253) as u8), port);
                 // Servers anywhere in 45.0.0.0/8, HTTPS.
                 let server = Endpoint::new(Ipv4Addr::from(0x2d00_0000 | rng.bits(24)), 443);
                 let masqueraded = Endpoint::new(GW_ISP_A, port);
@@ -953,8 +931,9 @@ impl ProgBench<'_> {
     fn frames(&mut self, kind: PathKind, flows: usize, pick: Pick) -> Vec<Vec<u8>> {
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         let isolde = Endpoint::new(ISOLDE, 80);
-        let from_uplink = |from, to, flags| frames::tcp(MAC_ETH4, MAC_ISPA_PEER, from, to, flags);
-        let from_lan = |from, to| frames::tcp(MAC_ETH0, MAC_LAN_PEER, from, to, TCP_ACK);
+        let from_uplink =
+            |from, to, flags| frames::tcp(ETH4_MAC, ISP_A_ROUTER_MAC, from, to, flags);
+        let from_lan = |from, to| frames::tcp(ETH0_MAC, ETH0_PEER_MAC, from, to, TCP_ACK);
         let pop = &self.population;
         let (rng, zipf) = (&mut self.rng, &mut self.zipf);
         let mut index = |len: usize| match pick {
@@ -985,13 +964,13 @@ impl ProgBench<'_> {
                 // As the kernel forwarded it to eth4: its next hop's MAC, the TTL one lower.
                 _ => {
                     let (lan, server) = pop.outbound[index(pop.outbound.len())];
-                    frames::tcp_ttl(MAC_ISPA_PEER, MAC_ETH4, lan, server, TCP_ACK, 63)
+                    frames::tcp_ttl(ISP_A_ROUTER_MAC, ETH4_MAC, lan, server, TCP_ACK, 63)
                 }
             })
             .collect()
     }
 
-    fn ctx(&self, kind: PathKind) -> &[u8] {
+    fn ctx(&self, kind: PathKind) -> &PathCtx {
         match (kind.ingress(), kind.hook()) {
             ("eth4", Hook::Xdp) => &self.ctx.eth4,
             ("eth4", Hook::Tc) => &self.ctx.eth4_tc,
@@ -1010,26 +989,12 @@ impl ProgBench<'_> {
     /// One run through masq's program with `data_out`: the action and the rewrite must be the
     /// ones the path is about (catches a mis-seeded table before anything is timed).
     fn validate(&mut self, kind: PathKind, program: &str, frame: &[u8]) -> Result<()> {
-        let mut out = vec![0u8; 512];
-        let ctx = self.ctx(kind).to_vec();
         let prog = self.dp.ebpf().program(program).ok_or_else(|| anyhow!("no {program}"))?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..TestRunOptions::default()
-        };
-        let result = match prog {
-            Program::Xdp(p) => p.test_run(opts)?,
-            Program::SchedClassifier(p) => p.test_run(opts)?,
-            _ => bail!("unexpected program type"),
-        };
+        let Run { ret, out, .. } = progkit::run(prog, self.ctx(kind).ctx, frame)?;
         ensure!(
-            result.return_value == kind.expected_return(),
-            "{}: {program} returned {} instead of {} (table or namespace not as expected)",
+            ret == kind.expected_return(),
+            "{}: {program} returned {ret} instead of {} (table or namespace not as expected)",
             kind.name(),
-            result.return_value,
             kind.expected_return()
         );
         let addr = |off: usize| Ipv4Addr::new(out[off], out[off + 1], out[off + 2], out[off + 3]);
@@ -1038,7 +1003,7 @@ impl ProgBench<'_> {
             PathKind::InboundEstablished | PathKind::NewConnection => dst == ISOLDE && ttl == 63,
             PathKind::InboundReply => src == PUBLIC_ISP_A && ttl == 63,
             PathKind::OutboundEstablished | PathKind::OutboundNew => src == GW_ISP_A && ttl == 63,
-            PathKind::OutboundReply => dst.octets()[..3] == [192, 168, 100] && ttl == 63,
+            PathKind::OutboundReply => dst.octets()[..3] == GW_LAN.octets()[..3] && ttl == 63,
             PathKind::PassedUntouched => out[..FRAME_LEN] == frame[..],
             _ => src == GW_ISP_A && ttl == 63,
         };
@@ -1149,7 +1114,7 @@ impl ProgBench<'_> {
             if fresh { self.opts.new_conn_repeat.min(self.fresh_cap) } else { self.opts.repeat };
         let mut frames = frames.to_vec();
         let hook = kind.hook();
-        let ctx = self.ctx(kind).to_vec();
+        let ctx = self.ctx(kind).bytes.clone();
         let floor_fd = match floor {
             Some(name) => {
                 Some(self.floors.get(name).context("floor program not loaded")?.try_clone()?)
@@ -1250,9 +1215,9 @@ impl ProgBench<'_> {
     /// it before the program runs, and masq leaves frames for other hosts alone.
     fn dst_mac(&self, kind: PathKind) -> Mac {
         match kind.ingress() {
-            "eth0" => MAC_ETH0,
-            _ if kind == PathKind::EgressTranslated => MAC_ISPA_PEER,
-            _ => MAC_ETH4,
+            "eth0" => ETH0_MAC,
+            _ if kind == PathKind::EgressTranslated => ISP_A_ROUTER_MAC,
+            _ => ETH4_MAC,
         }
     }
 
@@ -1300,7 +1265,7 @@ impl ProgBench<'_> {
     fn validation_alone(&mut self, kind: PathKind) -> Result<AloneCost> {
         ensure!(kind.hook() == Hook::Xdp, "the cost programs are XDP programs");
         let frame = self.frames(kind, 1, Pick::Uniform).remove(0);
-        let ctx = self.ctx(kind).to_vec();
+        let ctx = self.ctx(kind).bytes.clone();
         let (mut with, mut without, mut per_packet) = (Vec::new(), Vec::new(), Vec::new());
         for pair in 0..self.opts.pairs {
             let mut got = [0.0; 2];
@@ -1345,7 +1310,7 @@ impl ProgBench<'_> {
             self.validate(kind, kind.program(), &frames[0])?;
             self.harness.load_frames(&frames)?;
         }
-        let (hook, ctx, mac) = (kind.hook(), self.ctx(kind).to_vec(), self.dst_mac(kind));
+        let (hook, ctx, mac) = (kind.hook(), self.ctx(kind).bytes.clone(), self.dst_mac(kind));
         let floor = match kind.floor() {
             Some(name) => Some((name, self.floors[name].try_clone()?)),
             None => None,
@@ -1396,7 +1361,7 @@ impl ProgBench<'_> {
         let start = self.next_fresh;
         let frames = fresh_frames(kind, start, repeat);
         self.harness.load_frames(&frames)?;
-        let (ctx, mac) = (self.ctx(kind).to_vec(), self.dst_mac(kind));
+        let (ctx, mac) = (self.ctx(kind).bytes.clone(), self.dst_mac(kind));
         let run = self.harness.run(kind.hook(), fd, frames.len(), repeat, &ctx, mac)?;
         ensure!(run.retval == kind.expected_return(), "{}: returned {}", kind.name(), run.retval);
         self.forget_fresh(kind, start, repeat)?;
@@ -1408,7 +1373,7 @@ impl ProgBench<'_> {
     /// sources 12.x.y.z), median, minus the median of a trivial program run the same way.
     fn new_conn_repeat1(&mut self) -> Result<Stat> {
         let samples = self.opts.repeat1_samples;
-        let ctx = self.ctx.eth4.clone();
+        let ctx = self.ctx.eth4.bytes.clone();
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         let mut masq = Vec::with_capacity(samples);
         let mut empty = Vec::with_capacity(samples);
@@ -1417,7 +1382,7 @@ impl ProgBench<'_> {
         for n in 0..samples as u64 {
             let [a, b, c, _] = ((base + n) as u32).to_le_bytes();
             let src = Endpoint::new(Ipv4Addr::new(12, a, b, c), NEW_CONN_PORT);
-            let frame = frames::tcp(MAC_ETH4, MAC_ISPA_PEER, src, public, TCP_SYN);
+            let frame = frames::tcp(ETH4_MAC, ISP_A_ROUTER_MAC, src, public, TCP_SYN);
             let run = bpf::test_run(self.xdp_fd().as_fd(), &frame, &ctx, 1)?;
             ensure!(run.retval == XDP_REDIRECT, "new connection (repeat=1) not redirected");
             masq.push(f64::from(run.duration_ns));
@@ -1434,7 +1399,7 @@ impl ProgBench<'_> {
     /// The untouched path by plain `repeat` (its frame is not modified, so no harness is needed).
     fn untouched_plain(&mut self) -> Result<Stat> {
         let frame = self.frames(PathKind::PassedUntouched, 1, Pick::Uniform).remove(0);
-        let ctx = self.ctx.eth4.clone();
+        let ctx = self.ctx.eth4.bytes.clone();
         let trivial = self.harness.xdp.trivial.as_fd();
         let mut net = Vec::new();
         for _ in 0..self.opts.runs {
@@ -1454,7 +1419,7 @@ fn fresh_frames(kind: PathKind, start: u64, repeat: u32) -> Vec<Vec<u8>> {
     (start..start + u64::from(repeat).next_power_of_two())
         .map(|n| match kind {
             PathKind::OutboundNew => new_lan_syn(n),
-            _ => frames::tcp(MAC_ETH4, MAC_ISPA_PEER, new_conn_source(n), public, TCP_SYN),
+            _ => frames::tcp(ETH4_MAC, ISP_A_ROUTER_MAC, new_conn_source(n), public, TCP_SYN),
         })
         .collect()
 }
@@ -1463,8 +1428,8 @@ fn fresh_frames(kind: PathKind, start: u64, repeat: u32) -> Vec<Vec<u8>> {
 /// A SYN from tristan's port `n` (from 1024 on; the gateway's own range included, as clients
 /// use it) to a server on the internet: a new endpoint each, so each makes a binding.
 fn new_lan_syn(n: u64) -> Vec<u8> {
-    let lan = Endpoint::new(Ipv4Addr::new(192, 168, 100, 32), 1024 + (n % 64_000) as u16);
-    frames::tcp(MAC_ETH0, MAC_LAN_PEER, lan, Endpoint::new(CLIENT, 443), TCP_SYN)
+    let lan = Endpoint::new(TRISTAN, 1024 + (n % 64_000) as u16);
+    frames::tcp(ETH0_MAC, ETH0_PEER_MAC, lan, Endpoint::new(CLIENT, 443), TCP_SYN)
 }
 
 /// Delete every entry of a hash map.
@@ -1728,18 +1693,20 @@ impl ProgBench<'_> {
             cost_ns: Stat::of(&diffs),
         };
         pinned::set_events(self.dp.pin_dir(), true)?;
-        let ctx = self.ctx.eth4.clone();
+        let ctx = self.ctx.eth4.bytes.clone();
         let public = Endpoint::new(PUBLIC_ISP_A, 80);
         // One harness run of `n` new connections (fresh sources), removed afterwards when
         // `forget` (else left to the pending table's LRU).
         let make = |bench: &mut Self, n: usize, forget: bool| -> Result<(f64, u64)> {
             let start = bench.next_fresh;
             let frames: Vec<Vec<u8>> = (start..start + n as u64)
-                .map(|i| frames::tcp(MAC_ETH4, MAC_ISPA_PEER, new_conn_source(i), public, TCP_SYN))
+                .map(|i| {
+                    frames::tcp(ETH4_MAC, ISP_A_ROUTER_MAC, new_conn_source(i), public, TCP_SYN)
+                })
                 .collect();
             bench.harness.load_frames(&frames)?;
             let before = bench.read_counters()?;
-            let run = bench.harness.run(Hook::Xdp, bench.xdp_fd(), n, n as u32, &ctx, MAC_ETH4)?;
+            let run = bench.harness.run(Hook::Xdp, bench.xdp_fd(), n, n as u32, &ctx, ETH4_MAC)?;
             let after = bench.read_counters()?;
             ensure!(run.retval == XDP_REDIRECT, "event bench: new connection not redirected");
             bench.next_fresh += n as u64;

@@ -13,9 +13,8 @@ use std::{
 };
 
 use masq_common::DEFAULT_CONN_CAPACITY;
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GatewayMode, Host, ISOLDE, Lab, PUBLIC_ISP_A, PUBLIC_ISP_B, TRISTAN,
-};
+use masq_user::lab::{GatewayMode, Host, Lab};
+use masq_user::seed::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A, PUBLIC_ISP_B, TRISTAN};
 use serde_json::Value;
 
 use crate::common;

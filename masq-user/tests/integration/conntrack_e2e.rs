@@ -5,7 +5,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::lab::{GatewayMode, Host, PUBLIC_ISP_A, PUBLIC_ISP_B};
+use masq_user::lab::{GatewayMode, Host};
+use masq_user::seed::{PUBLIC_ISP_A, PUBLIC_ISP_B};
 
 use crate::common;
 

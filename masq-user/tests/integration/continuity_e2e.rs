@@ -14,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::lab::{GatewayMode, Host, Lab, LabChild, PUBLIC_ISP_A, PUBLIC_ISP_B};
+use masq_user::lab::{GatewayMode, Host, Lab, LabChild};
+use masq_user::seed::{PUBLIC_ISP_A, PUBLIC_ISP_B};
 
 use crate::common;
 

@@ -7,7 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::lab::{CLIENT, GW_ISP_A, GatewayMode, Host, PUBLIC_ISP_A, TRISTAN};
+use masq_user::lab::{GatewayMode, Host};
+use masq_user::seed::{CLIENT, GW_ISP_A, PUBLIC_ISP_A, TRISTAN};
 use serde_json::Value;
 
 use crate::common;
@@ -122,7 +123,7 @@ fn conns_watch_shows_each_connection_created_and_ended_with_its_tuples_and_the_l
     });
     assert_eq!(inbound["original"]["src"], CLIENT.to_string());
     assert_eq!(inbound["original"]["dst"], PUBLIC_ISP_A.to_string());
-    assert_eq!(inbound["translated"]["dst"], masq_user::lab::ISOLDE.to_string());
+    assert_eq!(inbound["translated"]["dst"], masq_user::seed::ISOLDE.to_string());
     assert!(inbound["rule"].as_str().unwrap().starts_with("publish["), "{inbound}");
 
     // The log has the same records.

@@ -8,7 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::lab::{CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, Lab, PUBLIC_ISP_A};
+use masq_user::lab::{GatewayMode, Host, Lab};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A};
 use serde_json::Value;
 
 use crate::common;

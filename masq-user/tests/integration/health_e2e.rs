@@ -15,10 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, PUBLIC_ISP_B,
-    TRISTAN, example_with_dsl,
-};
+use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE, Lab, example_with_dsl};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, ISOLDE, PUBLIC_ISP_B, TRISTAN};
 use serde_json::Value;
 
 use crate::common;

@@ -3,7 +3,8 @@
 //! refusal when XDP is required where it cannot work.
 use std::time::Duration;
 
-use masq_user::lab::{GatewayMode, Host, Lab, PUBLIC_ISP_A, PUBLIC_ISP_B};
+use masq_user::lab::{GatewayMode, Host, Lab};
+use masq_user::seed::{PUBLIC_ISP_A, PUBLIC_ISP_B};
 use serde_json::Value;
 
 use crate::common;

@@ -11,7 +11,8 @@ use std::{
 use masq_common::{ICMP_DEST_UNREACH, TCP_RST, TCP_SYN};
 use masq_user::{
     frames::{Ip, eth_ip},
-    lab::{CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, Lab, PUBLIC_ISP_A, TRISTAN},
+    lab::{GatewayMode, Host, Lab},
+    seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, TRISTAN},
 };
 
 use crate::common;

@@ -4,10 +4,8 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_LAN, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, LabChild,
-    PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
-};
+use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE, Lab, LabChild, count_from};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_LAN, ISOLDE, PUBLIC_ISP_A, PUBLIC_ISP_B};
 use serde_json::Value;
 
 use crate::common;

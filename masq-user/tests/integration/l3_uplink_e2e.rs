@@ -3,9 +3,8 @@
 //! Inbound publishing, outbound masquerade and reply steering work across it as on Ethernet.
 use std::{net::SocketAddrV4, time::Duration};
 
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_ISP_B, Host, Lab, LabOptions, PUBLIC_ISP_A, PUBLIC_ISP_B,
-};
+use masq_user::lab::{Host, Lab, LabOptions};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B};
 use serde_json::Value;
 
 use crate::common;

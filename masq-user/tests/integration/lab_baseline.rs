@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use masq_user::lab::{
-    GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, PUBLIC_ISP_A, PUBLIC_ISP_B, count_from,
-};
+use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE, count_from};
+use masq_user::seed::{ISOLDE, PUBLIC_ISP_A, PUBLIC_ISP_B};
 
 use crate::common;
 

@@ -4,9 +4,8 @@
 //! no 802.1Q support.)
 use std::{net::SocketAddrV4, time::Duration};
 
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_ISP_B, Host, Lab, LabOptions, LanDevice, PUBLIC_ISP_A, PUBLIC_ISP_B,
-};
+use masq_user::lab::{Host, Lab, LabOptions, LanDevice};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B};
 
 use crate::common;
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 /// Built only with feature `lab`: they may use anything.
-const LAB_ONLY: &[&str] = &["bench", "frames", "lab", "progkit", "tun_relay"];
+const LAB_ONLY: &[&str] = &["bench", "frames", "lab", "progkit", "seed", "tun_relay"];
 
 /// What opens a map or reaches into the loaded object's maps.
 const MAP_ACCESS: &[&str] =

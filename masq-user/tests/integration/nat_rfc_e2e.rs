@@ -12,9 +12,8 @@ use std::{
     time::Duration,
 };
 
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISP_GW_SIDE_IFACE, PUBLIC_ISP_A, PUBLIC_ISP_B,
-};
+use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B};
 
 use crate::common;
 

@@ -14,10 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use masq_user::lab::{
-    CLIENT, GW_ISP_A, GW_ISP_B, GatewayMode, Host, ISOLDE, ISP_GW_SIDE_IFACE, Lab, LabChild,
-    PUBLIC_ISP_A, TRISTAN, packet_sources,
-};
+use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE, Lab, LabChild, packet_sources};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, ISOLDE, PUBLIC_ISP_A, TRISTAN};
 
 use crate::common;
 

@@ -1,7 +1,8 @@
 //! `masq run` and `masq down` leave the gateway exactly as they found it.
 use std::{path::Path, time::Duration};
 
-use masq_user::lab::{GatewayMode, Host, Lab, PUBLIC_ISP_A};
+use masq_user::lab::{GatewayMode, Host, Lab};
+use masq_user::seed::PUBLIC_ISP_A;
 
 use crate::common;
 

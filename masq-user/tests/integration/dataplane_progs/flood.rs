@@ -14,24 +14,24 @@ fn confirmed(gw: &Gw) -> Vec<(FlowKey, ConnEntry)> {
 
 /// The client's handshake with isolde's web server on ISP A from `port`.
 fn handshake(gw: &Gw, client: Ipv4Addr, port: u16) {
-    let syn = Ip::new(client, DSL_PUB).tcp_seq(port, 80, TCP_SYN, (100, 0), b"");
+    let syn = Ip::new(client, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_SYN, (100, 0), b"");
     assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT, "{:?}", gw.counters());
     let synack = Ip::new(ISOLDE, client).tcp_seq(80, port, TCP_SYN | TCP_ACK, (500, 101), b"");
     assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
-    let ack = Ip::new(client, DSL_PUB).tcp_seq(port, 80, TCP_ACK, (101, 501), b"");
+    let ack = Ip::new(client, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_ACK, (101, 501), b"");
     assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT, "{:?}", gw.counters());
 }
 
 #[test]
 fn the_handshakes_last_ack_moves_a_connection_to_the_confirmed_table() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_SYN, (100, 0), b"");
+        let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_SYN, (100, 0), b"");
         gw.xdp("eth4", &from_dsl(&syn));
         assert_eq!((pending(gw).len(), confirmed(gw).len()), (2, 0), "after the SYN");
         let synack = Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), b"");
         gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
         assert_eq!((pending(gw).len(), confirmed(gw).len()), (2, 0), "after the SYN-ACK");
-        let ack = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
+        let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
         assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT);
         assert_eq!(
             (pending(gw).len(), confirmed(gw).len()),
@@ -40,12 +40,12 @@ fn the_handshakes_last_ack_moves_a_connection_to_the_confirmed_table() {
             gw.table()
         );
         gw.assert_pair(
-            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
+            tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80)),
             tcp_key((CLIENT, 40000), (ISOLDE, 80)),
             DSL,
             true,
         );
-        let entry = gw.conn(&tcp_key((CLIENT, 40000), (DSL_PUB, 80))).unwrap();
+        let entry = gw.conn(&tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80))).unwrap();
         assert_eq!(entry.packets, 2, "accounting carried over");
         gw.assert_counters(&[(Counter::ConnsConfirmed, 1)]);
 
@@ -57,8 +57,7 @@ fn the_handshakes_last_ack_moves_a_connection_to_the_confirmed_table() {
         let answer = Ip::new(CLIENT, src).udp(53, 50000, b"a");
         assert_eq!(gw.xdp("eth4", &from_dsl(&answer)).ret, XDP_REDIRECT);
         assert_eq!((pending(gw).len(), confirmed(gw).len()), (0, 4));
-        gw.assert_counters(&[(Counter::ConnsConfirmed, 2)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::ConnsConfirmed, 2)]);
     });
 }
 
@@ -77,7 +76,7 @@ fn a_syn_flood_of_ten_times_capacity_evicts_no_confirmed_connection() {
         for i in 0..10 * 1024u32 {
             let spoofed = Ipv4Addr::from(0x0b00_0000 + i * 7);
             let port = 1024 + (i % 60000) as u16;
-            let syn = Ip::new(spoofed, DSL_PUB).tcp_seq(port, 80, TCP_SYN, (i, 0), b"");
+            let syn = Ip::new(spoofed, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_SYN, (i, 0), b"");
             assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT, "flood SYN {i}");
             let synack =
                 Ip::new(ISOLDE, spoofed).tcp_seq(80, port, TCP_SYN | TCP_ACK, (9, i + 1), b"");
@@ -88,12 +87,11 @@ fn a_syn_flood_of_ten_times_capacity_evicts_no_confirmed_connection() {
         gw.assert_counters(&[(Counter::InboundNew, 1 + 10 * 1024), (Counter::ConnsConfirmed, 2)]);
 
         // Both connections still pass both ways.
-        let data = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"still");
+        let data = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"still");
         assert_eq!(gw.xdp("eth4", &from_dsl(&data)).ret, XDP_REDIRECT);
         let again = Ip::new(TRISTAN, CLIENT).udp(50000, 53, b"q2");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &again)).ret, TC_ACT_REDIRECT);
-        gw.assert_counters(&[(Counter::OutboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::OutboundNew, 1)]);
     });
 }
 
@@ -110,7 +108,7 @@ fn a_full_confirmed_table_leaves_new_connections_pending_and_counts_it() {
         handshake(gw, CLIENT, 40000);
         gw.assert_counters(&[(Counter::ConnsConfirmed, 1024), (Counter::ConfirmedTableFull, 1)]);
         assert_eq!(pending(gw).len(), 2);
-        let data = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"x");
+        let data = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"x");
         assert_eq!(gw.xdp("eth4", &from_dsl(&data)).ret, XDP_REDIRECT);
         gw.assert_no_drops();
     });

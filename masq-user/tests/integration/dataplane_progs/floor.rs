@@ -29,9 +29,9 @@ fn with_floors(gw: &mut Gw) {
         FloorRoute { ifindex: eth0, new_addr: wire_addr(ISOLDE), smac: ETH0_MAC, dmac: ISOLDE_MAC };
     let to_dsl = FloorRoute {
         ifindex: eth4,
-        new_addr: wire_addr(DSL_ADDR),
+        new_addr: wire_addr(GW_ISP_A),
         smac: ETH4_MAC,
-        dmac: DSL_GW_MAC,
+        dmac: ISP_A_ROUTER_MAC,
     };
     routes.set(FLOOR_TO_LAN, to_lan, 0).unwrap();
     routes.set(FLOOR_TO_UPLINK, to_dsl, 0).unwrap();
@@ -70,9 +70,9 @@ fn pending(gw: &Gw) -> usize {
 fn floors_translate_an_established_connection_as_masq_does_both_ways() {
     example(|gw| {
         with_floors(gw);
-        let (client, public, isolde) = ((CLIENT, 40000), (DSL_PUB, 80), (ISOLDE, 80));
+        let (client, public, isolde) = ((CLIENT, 40000), (PUBLIC_ISP_A, 80), (ISOLDE, 80));
         confirmed(gw, tcp_key(client, public), tcp_key(client, isolde));
-        let ack = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_ACK);
+        let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_ACK);
         let want = to_lan(ISOLDE_MAC, &Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_ACK));
         assert_run(&floor_xdp(gw, &from_dsl(&ack)), XDP_REDIRECT, &want);
         let eth4 = gw.ifindex("eth4");
@@ -85,7 +85,7 @@ fn floors_translate_an_established_connection_as_masq_does_both_ways() {
         let eth0 = gw.ifindex("eth0");
         let run =
             gw.tc(program_names::FLOOR_LAN_INGRESS, eth0, eth0, &from_lan(ISOLDE_MAC, &reply));
-        let want = to_dsl(&Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_ACK));
+        let want = to_dsl(&Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_ACK));
         assert_run(&run, TC_ACT_REDIRECT, &want);
         // The floors only read the table.
         assert_eq!(pending(gw), 0);
@@ -96,20 +96,20 @@ fn floors_translate_an_established_connection_as_masq_does_both_ways() {
 fn a_floor_new_connection_is_its_bare_inserts_and_from_the_lan_a_binding() {
     example(|gw| {
         with_floors(gw);
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40001, 80, TCP_SYN);
+        let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40001, 80, TCP_SYN);
         let want = to_lan(ISOLDE_MAC, &Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40001, 80, TCP_SYN));
         assert_run(&floor_xdp(gw, &from_dsl(&syn)), XDP_REDIRECT, &want);
-        let fwd = gw.conn(&tcp_key((CLIENT, 40001), (DSL_PUB, 80))).expect("forward entry");
+        let fwd = gw.conn(&tcp_key((CLIENT, 40001), (PUBLIC_ISP_A, 80))).expect("forward entry");
         assert_eq!(fwd.xlate, Tuple4::of(&tcp_key((CLIENT, 40001), (ISOLDE, 80))));
         let back = gw.conn(&tcp_key((ISOLDE, 80), (CLIENT, 40001))).expect("reply entry");
-        assert_eq!(back.xlate, Tuple4::of(&tcp_key((DSL_PUB, 80), (CLIENT, 40001))));
+        assert_eq!(back.xlate, Tuple4::of(&tcp_key((PUBLIC_ISP_A, 80), (CLIENT, 40001))));
         assert_eq!(pending(gw), 2);
         assert_eq!(gw.bindings(), (0, 0), "inbound: no binding");
 
         let eth0 = gw.ifindex("eth0");
         let syn = Ip::new(TRISTAN, CLIENT).tcp(5555, 443, TCP_SYN);
         let run = gw.tc(program_names::FLOOR_LAN_INGRESS, eth0, eth0, &from_lan(TRISTAN_MAC, &syn));
-        let want = to_dsl(&Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(5555, 443, TCP_SYN));
+        let want = to_dsl(&Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(5555, 443, TCP_SYN));
         assert_run(&run, TC_ACT_REDIRECT, &want);
         assert_eq!(pending(gw), 4);
         // The port kept: held, no `BINDINGS` entry, as masq binds an endpoint keeping its own.
@@ -123,11 +123,11 @@ fn the_egress_floor_translates_in_place_and_passes_what_is_not_tcp_or_udp() {
     example(|gw| {
         with_floors(gw);
         let (tristan, client) = ((TRISTAN, 5000), (CLIENT, 443));
-        confirmed(gw, tcp_key(tristan, client), tcp_key((DSL_ADDR, 5000), client));
+        confirmed(gw, tcp_key(tristan, client), tcp_key((GW_ISP_A, 5000), client));
         let (eth0, eth4) = (gw.ifindex("eth0"), gw.ifindex("eth4"));
         let forwarded = to_dsl(&Ip::new(TRISTAN, CLIENT).ttl(63).tcp(5000, 443, TCP_ACK));
         let run = gw.tc(program_names::FLOOR_UPLINK_EGRESS, eth0, eth4, &forwarded);
-        let want = to_dsl(&Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(5000, 443, TCP_ACK));
+        let want = to_dsl(&Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(5000, 443, TCP_ACK));
         assert_run(&run, TC_ACT_OK, &want);
         let ping = to_dsl(&Ip::new(TRISTAN, CLIENT).ttl(63).echo(true, 7, 1));
         let run = gw.tc(program_names::FLOOR_UPLINK_EGRESS, eth0, eth4, &ping);
@@ -152,7 +152,7 @@ fn the_cost_programs_run_the_checks_sixteen_times_or_not_at_all() {
                 gw.dp.ebpf_mut().program_mut(name).unwrap().try_into().unwrap();
             prog.load().unwrap();
         }
-        let ack = from_dsl(&Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_ACK));
+        let ack = from_dsl(&Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_ACK));
         let mut bad = ack.clone();
         bad[14 + 10] ^= 0xff; // the IPv4 header checksum
         let run = |name, frame: &[u8]| gw.xdp_prog(name, "eth4", frame).ret;

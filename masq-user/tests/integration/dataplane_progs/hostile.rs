@@ -23,7 +23,7 @@ fn edited(packet: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 fn syn_to_dsl(src: Ipv4Addr) -> Vec<u8> {
-    Ip::new(src, DSL_PUB).tcp(40000, 80, TCP_SYN)
+    Ip::new(src, PUBLIC_ISP_A).tcp(40000, 80, TCP_SYN)
 }
 
 #[track_caller]
@@ -36,8 +36,8 @@ fn assert_dropped_creating_nothing(gw: &Gw, what: &str, run: &Run, drop: u32, co
 #[test]
 fn malformed_martian_and_spoofed_packets_from_an_uplink_are_named_drops_creating_nothing() {
     let syn = syn_to_dsl(CLIENT);
-    let udp = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
-    let flags = |f: u8| Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, f);
+    let udp = Ip::new(CLIENT, PUBLIC_ISP_A).udp(5353, 53, b"query");
+    let flags = |f: u8| Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, f);
     let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
         (
             "bad IP header checksum",
@@ -71,8 +71,8 @@ fn malformed_martian_and_spoofed_packets_from_an_uplink_are_named_drops_creating
         ),
         ("source: the gateway's LAN address", syn_to_dsl(GW_LAN), Counter::DropSpoofedSource),
         ("source: a LAN host", syn_to_dsl(ISOLDE), Counter::DropSpoofedSource),
-        ("source: the gateway's uplink address", syn_to_dsl(DSL_ADDR), Counter::DropSpoofedSource),
-        ("source: a published address", syn_to_dsl(ISPB_PUB), Counter::DropSpoofedSource),
+        ("source: the gateway's uplink address", syn_to_dsl(GW_ISP_A), Counter::DropSpoofedSource),
+        ("source: a published address", syn_to_dsl(PUBLIC_ISP_B), Counter::DropSpoofedSource),
         ("SYN+FIN", flags(TCP_SYN | TCP_FIN), Counter::DropTcpFlags),
         ("SYN+RST", flags(TCP_SYN | TCP_RST), Counter::DropTcpFlags),
         ("no TCP flags", flags(0), Counter::DropTcpFlags),
@@ -162,8 +162,7 @@ fn offloaded_checksum_of_a_local_sender_opens_the_connection() {
         syn[36..38].copy_from_slice(&partial.to_be_bytes());
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &syn));
         assert_eq!(run.ret, TC_ACT_REDIRECT, "counters {:?}", gw.counters());
-        gw.assert_counters(&[(Counter::OutboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::OutboundNew, 1)]);
     });
 }
 
@@ -190,7 +189,7 @@ const SERVER_ISN: u32 = 0x9000_0000;
 /// each way; returns the sequence numbers each side sends next.
 fn established_inbound(gw: &Gw) -> (u32, u32) {
     let from_client = |flags, seq_ack, data: &[u8]| {
-        let p = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, flags, seq_ack, data);
+        let p = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, flags, seq_ack, data);
         let run = gw.xdp("eth4", &from_dsl(&p));
         assert_eq!(run.ret, XDP_REDIRECT, "client packet: {:?}", gw.counters());
     };
@@ -210,7 +209,7 @@ fn established_inbound(gw: &Gw) -> (u32, u32) {
 }
 
 fn client_entry(gw: &Gw) -> ConnEntry {
-    gw.conn(&tcp_key((CLIENT, 40000), (DSL_PUB, 80))).unwrap()
+    gw.conn(&tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80))).unwrap()
 }
 
 #[test]
@@ -224,8 +223,13 @@ fn blind_rst_or_fin_out_of_window_changes_nothing_and_an_exact_rst_closes() {
             (TCP_RST, client_next.wrapping_sub(70_000)),
             (TCP_FIN | TCP_ACK, client_next + 1_000_000),
         ] {
-            let p =
-                Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, flags, (seq, SERVER_ISN + 101), b"");
+            let p = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(
+                40000,
+                80,
+                flags,
+                (seq, SERVER_ISN + 101),
+                b"",
+            );
             let run = gw.xdp("eth4", &from_dsl(&p));
             assert_eq!(run.ret, XDP_DROP, "flags {flags:#x} seq {seq:#x}");
             let run = gw.uplink_in("eth4", &from_dsl(&p));
@@ -240,7 +244,7 @@ fn blind_rst_or_fin_out_of_window_changes_nothing_and_an_exact_rst_closes() {
         gw.assert_counters(&[(Counter::DropTcpOutOfWindow, 9)]);
 
         // The reset the host would take: its sequence number is the next one expected.
-        let p = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_RST, (client_next, 0), b"");
+        let p = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_RST, (client_next, 0), b"");
         assert_eq!(gw.xdp("eth4", &from_dsl(&p)).ret, XDP_REDIRECT);
         assert_ne!(client_entry(gw).tcp_seen & masq_common::TCP_SEEN_RST, 0, "closing");
     });
@@ -249,7 +253,7 @@ fn blind_rst_or_fin_out_of_window_changes_nothing_and_an_exact_rst_closes() {
 #[test]
 fn a_refused_syn_is_reset_by_a_rst_acknowledging_it_not_by_a_blind_one() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_SYN, (CLIENT_ISN, 0), b"");
+        let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_SYN, (CLIENT_ISN, 0), b"");
         assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT);
         let rst =
             |ack| Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_RST | TCP_ACK, (0, ack), b"");
@@ -275,7 +279,7 @@ fn tristan_udp_via_dsl(gw: &Gw) -> Vec<u8> {
 fn port_unreachable_reaches_the_lan_host_only_when_it_matches_the_connection() {
     example(|gw| {
         let sent = tristan_udp_via_dsl(gw);
-        assert_eq!(IpView(&sent).src(), DSL_ADDR);
+        assert_eq!(IpView(&sent).src(), GW_ISP_A);
         let unreachable = |to: Ipv4Addr, quoted: &[u8]| {
             Ip::new(CLIENT, to).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], quoted)
         };
@@ -283,8 +287,8 @@ fn port_unreachable_reaches_the_lan_host_only_when_it_matches_the_connection() {
         // uplink; one addressed straight to the LAN host quoting its untranslated packet.
         let untranslated = Ip::new(TRISTAN, CLIENT).ttl(63).udp(50000, 53, b"q");
         for (what, frame, xdp) in [
-            ("wrong outer destination", from_dsl(&unreachable(DSL_GW, &sent)), Some("eth4")),
-            ("wrong uplink", from_ispb(&unreachable(DSL_ADDR, &sent)), Some("eth1")),
+            ("wrong outer destination", from_dsl(&unreachable(ISP_A_ROUTER, &sent)), Some("eth4")),
+            ("wrong uplink", from_ispb(&unreachable(GW_ISP_A, &sent)), Some("eth1")),
             (
                 "straight to the LAN host",
                 from_dsl(&unreachable(TRISTAN, &untranslated)),
@@ -302,7 +306,7 @@ fn port_unreachable_reaches_the_lan_host_only_when_it_matches_the_connection() {
             (Counter::IcmpErrorTranslated, 0),
         ]);
 
-        let run = gw.xdp("eth4", &from_dsl(&unreachable(DSL_ADDR, &sent)));
+        let run = gw.xdp("eth4", &from_dsl(&unreachable(GW_ISP_A, &sent)));
         assert_eq!(run.ret, XDP_REDIRECT);
         let view = IpView::of_frame(&run.out);
         assert_eq!((view.dst(), view.inner().src()), (TRISTAN, TRISTAN));
@@ -316,10 +320,21 @@ fn icmp_error_quoting_a_tcp_sequence_out_of_flight_is_dropped() {
         let (client_next, server_next) = established_inbound(gw);
         // A router past ISP A says the server's segment could not be delivered.
         let quoted = |seq| {
-            Ip::new(DSL_PUB, CLIENT).ttl(63).tcp_seq(80, 40000, TCP_ACK, (seq, client_next), b"")
+            Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp_seq(
+                80,
+                40000,
+                TCP_ACK,
+                (seq, client_next),
+                b"",
+            )
         };
         let err = |seq| {
-            Ip::new(ROUTER, DSL_PUB).icmp_error(ICMP_DEST_UNREACH, 4, [0, 0, 5, 0xdc], &quoted(seq))
+            Ip::new(CORE_ROUTER, PUBLIC_ISP_A).icmp_error(
+                ICMP_DEST_UNREACH,
+                4,
+                [0, 0, 5, 0xdc],
+                &quoted(seq),
+            )
         };
         let run = gw.xdp("eth4", &from_dsl(&err(server_next.wrapping_add(0x4000_0000))));
         assert_eq!(run.ret, XDP_DROP);
@@ -438,10 +453,13 @@ fn mutated_packets_are_dropped_passed_or_translated_with_valid_checksums() {
         established_inbound(gw);
         tristan_udp_via_dsl(gw);
         let seeds: Vec<(&str, Vec<u8>)> = vec![
-            ("eth4", from_dsl(&Ip::new(CLIENT, DSL_PUB).tcp_seq(40001, 80, TCP_SYN, (1, 0), b""))),
             (
                 "eth4",
-                from_dsl(&Ip::new(CLIENT, DSL_PUB).tcp_seq(
+                from_dsl(&Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40001, 80, TCP_SYN, (1, 0), b"")),
+            ),
+            (
+                "eth4",
+                from_dsl(&Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(
                     40000,
                     80,
                     TCP_ACK,
@@ -449,9 +467,9 @@ fn mutated_packets_are_dropped_passed_or_translated_with_valid_checksums() {
                     b"data",
                 )),
             ),
-            ("eth4", from_dsl(&Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query"))),
-            ("eth4", from_dsl(&Ip::new(CLIENT, DSL_ADDR).udp(53, 50000, b"answer"))),
-            ("eth1", from_ispb(&Ip::new(CLIENT, ISPB_PUB).echo(true, 7, 1))),
+            ("eth4", from_dsl(&Ip::new(CLIENT, PUBLIC_ISP_A).udp(5353, 53, b"query"))),
+            ("eth4", from_dsl(&Ip::new(CLIENT, GW_ISP_A).udp(53, 50000, b"answer"))),
+            ("eth1", from_ispb(&Ip::new(CLIENT, PUBLIC_ISP_B).echo(true, 7, 1))),
             ("eth0", from_lan(TRISTAN_MAC, &Ip::new(TRISTAN, CLIENT).tcp(50001, 443, TCP_SYN))),
             ("eth0", from_lan(TRISTAN_MAC, &Ip::new(TRISTAN, CLIENT).udp(50000, 53, b"q2"))),
             (
@@ -542,7 +560,7 @@ fn a_retransmitted_fin_with_data_is_taken_after_its_ack_passed() {
         );
         assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &fin)).ret, TC_ACT_REDIRECT);
         // The client's ACK of data and FIN passes masq, then is lost; the server sends again.
-        let ack = Ip::new(CLIENT, DSL_PUB).tcp_seq(
+        let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(
             40000,
             80,
             TCP_ACK,
@@ -564,7 +582,7 @@ fn a_tuple_reused_with_an_earlier_isn_starts_its_sequence_state_over() {
         established_inbound(gw);
         let isn = CLIENT_ISN - 0x1000_0000;
         let from_client = |flags, seq_ack| {
-            let p = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, flags, seq_ack, b"");
+            let p = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, flags, seq_ack, b"");
             gw.xdp("eth4", &from_dsl(&p)).ret
         };
         // A RST|ACK refusing the reused tuple's SYN.
@@ -591,10 +609,11 @@ fn a_tuple_reused_with_an_earlier_isn_starts_its_sequence_state_over() {
 fn a_forged_syn_on_a_live_tuple_does_not_open_its_window() {
     example(|gw| {
         let (client_next, _) = established_inbound(gw);
-        let forged = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_SYN, (0x1234_0000, 0), b"");
+        let forged =
+            Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_SYN, (0x1234_0000, 0), b"");
         gw.xdp("eth4", &from_dsl(&forged));
         for seq in [0x1234_0001, client_next + 0x4000_0000] {
-            let rst = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_RST, (seq, 0), b"");
+            let rst = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_RST, (seq, 0), b"");
             assert_eq!(gw.xdp("eth4", &from_dsl(&rst)).ret, XDP_DROP, "seq {seq:#x}");
         }
         gw.assert_counters(&[(Counter::DropTcpOutOfWindow, 2)]);
@@ -604,14 +623,15 @@ fn a_forged_syn_on_a_live_tuple_does_not_open_its_window() {
 #[test]
 fn a_blind_ack_does_not_confirm_a_flooded_connection() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_SYN, (100, 0), b"");
+        let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_SYN, (100, 0), b"");
         gw.xdp("eth4", &from_dsl(&syn));
         let synack = Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), b"");
         gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let blind = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 0x7777_0000), b"");
+        let blind =
+            Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 0x7777_0000), b"");
         gw.xdp("eth4", &from_dsl(&blind));
         gw.assert_counters(&[(Counter::ConnsConfirmed, 0)]);
-        let right = Ip::new(CLIENT, DSL_PUB).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
+        let right = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
         gw.xdp("eth4", &from_dsl(&right));
         gw.assert_counters(&[(Counter::ConnsConfirmed, 1)]);
     });

@@ -5,47 +5,29 @@ use super::*;
 fn inbound_syn_to_dsl_address_is_dnated_and_tracked_on_dsl() {
     example(|gw| {
         let run = client_syn_via_dsl(gw);
-        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
-        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
-
-        gw.assert_pair(
-            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
-            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
-            DSL,
-            true,
-        );
+        assert_client_syn_reached_isolde(gw, &run, XDP_REDIRECT);
         let reply = gw.conn(&tcp_key((ISOLDE, 80), (CLIENT, 40000))).unwrap();
-        assert_eq!(reply.xlate.src_addr, wire_addr(DSL_PUB));
+        assert_eq!(reply.xlate.src_addr, wire_addr(PUBLIC_ISP_A));
         assert_eq!(gw.conns().len(), 2);
-        gw.assert_counters(&[
+        gw.assert_counters_no_drops(&[
             (Counter::InboundNew, 1),
             (Counter::FastPathRedirect, 1),
             (Counter::XdpRedirect, 1),
             (Counter::ToLanTranslated, 1),
         ]);
-        gw.assert_no_drops();
     });
 }
 
 #[test]
 fn tc_uplink_ingress_dnats_like_xdp_and_counts_no_xdp_redirect() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
-        let run = gw.uplink_in("eth4", &from_dsl(&syn));
-        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
-        assert_run(&run, TC_ACT_REDIRECT, &to_lan(ISOLDE_MAC, &want));
-        gw.assert_pair(
-            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
-            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
-            DSL,
-            true,
-        );
-        gw.assert_counters(&[
+        let run = gw.uplink_in("eth4", &from_dsl(&client_syn()));
+        assert_client_syn_reached_isolde(gw, &run, TC_ACT_REDIRECT);
+        gw.assert_counters_no_drops(&[
             (Counter::InboundNew, 1),
             (Counter::FastPathRedirect, 1),
             (Counter::XdpRedirect, 0),
         ]);
-        gw.assert_no_drops();
     });
 }
 
@@ -54,19 +36,10 @@ fn tc_uplink_ingress_dnats_like_xdp_and_counts_no_xdp_redirect() {
 #[test]
 fn l3_uplink_ingress_dnats_a_packet_without_ethernet_and_adds_the_lan_header() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
         let eth4 = gw.ifindex("eth4");
-        let run = gw.tc(program_names::UPLINK_INGRESS_L3, eth4, eth4, &syn);
-        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
-        assert_run(&run, TC_ACT_REDIRECT, &to_lan(ISOLDE_MAC, &want));
-        gw.assert_pair(
-            tcp_key((CLIENT, 40000), (DSL_PUB, 80)),
-            tcp_key((CLIENT, 40000), (ISOLDE, 80)),
-            DSL,
-            true,
-        );
-        gw.assert_counters(&[(Counter::InboundNew, 1), (Counter::FastPathRedirect, 1)]);
-        gw.assert_no_drops();
+        let run = gw.tc(program_names::UPLINK_INGRESS_L3, eth4, eth4, &client_syn());
+        assert_client_syn_reached_isolde(gw, &run, TC_ACT_REDIRECT);
+        gw.assert_counters_no_drops(&[(Counter::InboundNew, 1), (Counter::FastPathRedirect, 1)]);
     });
 }
 
@@ -77,12 +50,11 @@ fn l3_uplink_egress_translates_a_packet_without_ethernet() {
         let ack = Ip::new(TRISTAN, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
         let (eth0, eth4) = (gw.ifindex("eth0"), gw.ifindex("eth4"));
         let run = gw.tc(program_names::UPLINK_EGRESS_L3, eth0, eth4, &ack);
-        let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
+        let want = Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
         assert_eq!(run.ret, TC_ACT_OK, "output:\n{}", hex(&run.out));
         assert_eq!(hex(&run.out), hex(&want), "no Ethernet header added");
         assert_checksums(&eth_ip([0; 6], [0; 6], &run.out));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::EgressTranslated, 1)]);
     });
 }
 
@@ -93,9 +65,8 @@ fn reply_to_dsl_connection_leaves_by_dsl_not_by_main_default() {
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
 
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
-        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        assert_left_by(&run, DSL, &want);
         gw.assert_counters(&[
             (Counter::ToUplinkTranslated, 1),
             (Counter::FastPathRedirect, 2),
@@ -110,22 +81,7 @@ fn reply_to_dsl_connection_leaves_by_dsl_not_by_main_default() {
 #[test]
 fn inbound_connection_to_isp_b_address_is_served_and_answered_via_isp_b() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, ISPB_PUB).tcp(40001, 443, TCP_SYN);
-        let run = gw.xdp("eth1", &from_ispb(&syn));
-        let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40001, 443, TCP_SYN);
-        assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
-        gw.assert_pair(
-            tcp_key((CLIENT, 40001), (ISPB_PUB, 443)),
-            tcp_key((CLIENT, 40001), (ISOLDE, 443)),
-            ISPB,
-            true,
-        );
-
-        let synack = Ip::new(ISOLDE, CLIENT).tcp(443, 40001, TCP_SYN | TCP_ACK);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(ISPB_PUB, CLIENT).ttl(63).tcp(443, 40001, TCP_SYN | TCP_ACK);
-        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
-        assert_eq!(run.mark & MARK_MASK, ISPB_MARK, "mark {:#x}", run.mark);
+        assert_inbound_handshake(gw, ISPB, 40001, (PUBLIC_ISP_B, 443), (ISOLDE, ISOLDE_MAC, 443));
         gw.assert_no_drops();
     });
 }
@@ -133,8 +89,7 @@ fn inbound_connection_to_isp_b_address_is_served_and_answered_via_isp_b() {
 #[test]
 fn published_address_arriving_on_the_other_uplink_is_dropped() {
     example(|gw| {
-        let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
-        let run = gw.xdp("eth1", &from_ispb(&syn));
+        let run = gw.xdp("eth1", &from_ispb(&client_syn()));
         assert_eq!(run.ret, XDP_DROP);
         gw.assert_counters(&[(Counter::DropWrongUplink, 1), (Counter::InboundNew, 0)]);
         assert!(gw.conns().is_empty());
@@ -144,13 +99,13 @@ fn published_address_arriving_on_the_other_uplink_is_dropped() {
 #[test]
 fn inbound_udp_and_reply_are_translated_and_a_zero_checksum_stays_zero() {
     example(|gw| {
-        let query = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
+        let query = Ip::new(CLIENT, PUBLIC_ISP_A).udp(5353, 53, b"query");
         let run = gw.xdp("eth4", &from_dsl(&query));
         let want = Ip::new(CLIENT, ISOLDE).ttl(63).udp(5353, 53, b"query");
         assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
         let udp = |s, d| key(IPPROTO_UDP, s, d);
         gw.assert_pair(
-            udp((CLIENT, 5353), (DSL_PUB, 53)),
+            udp((CLIENT, 5353), (PUBLIC_ISP_A, 53)),
             udp((CLIENT, 5353), (ISOLDE, 53)),
             DSL,
             true,
@@ -158,12 +113,11 @@ fn inbound_udp_and_reply_are_translated_and_a_zero_checksum_stays_zero() {
 
         let answer = Ip::new(ISOLDE, CLIENT).udp(53, 5353, b"answer");
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &answer));
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).udp(53, 5353, b"answer");
-        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).udp(53, 5353, b"answer");
+        assert_left_by(&run, DSL, &want);
 
         // Checksum 0 ("none") in both directions: XDP and TC keep it 0.
-        let query = Ip::new(CLIENT, DSL_PUB).udp_with(6000, 69, b"q0", false);
+        let query = Ip::new(CLIENT, PUBLIC_ISP_A).udp_with(6000, 69, b"q0", false);
         let run = gw.xdp("eth4", &from_dsl(&query));
         let want = Ip::new(CLIENT, ISOLDE).ttl(63).udp_with(6000, 69, b"q0", false);
         assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
@@ -171,23 +125,22 @@ fn inbound_udp_and_reply_are_translated_and_a_zero_checksum_stays_zero() {
 
         let answer = Ip::new(ISOLDE, CLIENT).udp_with(69, 6000, b"a0", false);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &answer));
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).udp_with(69, 6000, b"a0", false);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).udp_with(69, 6000, b"a0", false);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         assert_eq!(IpView::of_frame(&run.out).l4_csum(), 0);
-        gw.assert_counters(&[(Counter::InboundNew, 2), (Counter::ToUplinkTranslated, 2)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::InboundNew, 2), (Counter::ToUplinkTranslated, 2)]);
     });
 }
 
 #[test]
 fn inbound_icmp_echo_to_whole_published_address_and_reply_are_translated() {
     example(|gw| {
-        let ping = Ip::new(CLIENT, DSL_PUB).echo(true, 0x1234, 1);
+        let ping = Ip::new(CLIENT, PUBLIC_ISP_A).echo(true, 0x1234, 1);
         let run = gw.xdp("eth4", &from_dsl(&ping));
         let want = Ip::new(CLIENT, ISOLDE).ttl(63).echo(true, 0x1234, 1);
         assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
         gw.assert_pair(
-            key(IPPROTO_ICMP, (CLIENT, 0x1234), (DSL_PUB, 0)),
+            key(IPPROTO_ICMP, (CLIENT, 0x1234), (PUBLIC_ISP_A, 0)),
             key(IPPROTO_ICMP, (CLIENT, 0x1234), (ISOLDE, 0)),
             DSL,
             true,
@@ -195,9 +148,8 @@ fn inbound_icmp_echo_to_whole_published_address_and_reply_are_translated() {
 
         let pong = Ip::new(ISOLDE, CLIENT).echo(false, 0x1234, 1);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &pong));
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).echo(false, 0x1234, 1);
-        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).echo(false, 0x1234, 1);
+        assert_left_by(&run, DSL, &want);
         gw.assert_no_drops();
     });
 }
@@ -206,7 +158,7 @@ fn inbound_icmp_echo_to_whole_published_address_and_reply_are_translated() {
 fn same_client_port_to_both_public_addresses_gets_a_second_port_toward_the_server() {
     example(|gw| {
         client_syn_via_dsl(gw);
-        let syn = Ip::new(CLIENT, ISPB_PUB).tcp(40000, 80, TCP_SYN);
+        let syn = Ip::new(CLIENT, PUBLIC_ISP_B).tcp(40000, 80, TCP_SYN);
         let run = gw.xdp("eth1", &from_ispb(&syn));
         assert_eq!(run.ret, XDP_REDIRECT);
         let seen = IpView::of_frame(&run.out);
@@ -215,7 +167,7 @@ fn same_client_port_to_both_public_addresses_gets_a_second_port_toward_the_serve
         let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(port, 80, TCP_SYN);
         assert_run(&run, XDP_REDIRECT, &to_lan(ISOLDE_MAC, &want));
         gw.assert_pair(
-            tcp_key((CLIENT, 40000), (ISPB_PUB, 80)),
+            tcp_key((CLIENT, 40000), (PUBLIC_ISP_B, 80)),
             tcp_key((CLIENT, port), (ISOLDE, 80)),
             ISPB,
             true,
@@ -223,7 +175,7 @@ fn same_client_port_to_both_public_addresses_gets_a_second_port_toward_the_serve
 
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, port, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(ISPB_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(PUBLIC_ISP_B, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
         assert_eq!(gw.conns().len(), 4);
         gw.assert_no_drops();
@@ -245,22 +197,7 @@ const FWD_PUB: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 20);
 #[test]
 fn port_forward_translates_the_port_and_its_reply_follows_the_connection_not_the_policy() {
     with_config(PORT_FORWARD, |gw| {
-        let syn = Ip::new(CLIENT, FWD_PUB).tcp(41000, 2222, TCP_SYN);
-        let run = gw.xdp("eth1", &from_ispb(&syn));
-        let want = Ip::new(CLIENT, TRISTAN).ttl(63).tcp(41000, 22, TCP_SYN);
-        assert_run(&run, XDP_REDIRECT, &to_lan(TRISTAN_MAC, &want));
-        gw.assert_pair(
-            tcp_key((CLIENT, 41000), (FWD_PUB, 2222)),
-            tcp_key((CLIENT, 41000), (TRISTAN, 22)),
-            ISPB,
-            true,
-        );
-
-        let synack = Ip::new(TRISTAN, CLIENT).tcp(22, 41000, TCP_SYN | TCP_ACK);
-        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &synack));
-        let want = Ip::new(FWD_PUB, CLIENT).ttl(63).tcp(2222, 41000, TCP_SYN | TCP_ACK);
-        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
-        assert_eq!(run.mark & MARK_MASK, ISPB_MARK);
+        assert_inbound_handshake(gw, ISPB, 41000, (FWD_PUB, 2222), (TRISTAN, TRISTAN_MAC, 22));
 
         // Other ports and protocols of that address are not published.
         for p in [
@@ -270,8 +207,7 @@ fn port_forward_translates_the_port_and_its_reply_follows_the_connection_not_the
             let frame = from_ispb(&p);
             assert_run(&gw.xdp("eth1", &frame), XDP_PASS, &frame);
         }
-        gw.assert_counters(&[(Counter::InboundNew, 1), (Counter::PassedUntouched, 2)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::InboundNew, 1), (Counter::PassedUntouched, 2)]);
     });
 }
 
@@ -280,36 +216,35 @@ fn a_lan_host_reaching_a_published_address_is_hairpinned_to_the_server_and_back(
     example(|gw| {
         // tristan to isolde's DSL address: to isolde, from the uplink's address, back into
         // the LAN (not out of an uplink, not to the kernel).
-        let syn = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45000, 80, TCP_SYN, (1, 0), b"");
+        let syn = Ip::new(TRISTAN, PUBLIC_ISP_A).tcp_seq(45000, 80, TCP_SYN, (1, 0), b"");
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &syn));
         assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
         let out = IpView::of_frame(&run.out);
-        assert_eq!((out.src(), out.dst(), out.dport()), (DSL_ADDR, ISOLDE, 80));
+        assert_eq!((out.src(), out.dst(), out.dport()), (GW_ISP_A, ISOLDE, 80));
         assert_eq!(&run.out[..6], &ISOLDE_MAC, "to isolde's MAC");
         assert_checksums(&run.out);
         let port = out.sport();
         // isolde's answer to the uplink's address comes back to tristan from the public one.
-        let synack = Ip::new(ISOLDE, DSL_ADDR).tcp_seq(80, port, TCP_SYN | TCP_ACK, (9, 2), b"");
+        let synack = Ip::new(ISOLDE, GW_ISP_A).tcp_seq(80, port, TCP_SYN | TCP_ACK, (9, 2), b"");
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         let back = IpView::of_frame(&run.out);
         assert_eq!(
             (back.src(), back.sport(), back.dst(), back.dport()),
-            (DSL_PUB, 80, TRISTAN, 45000)
+            (PUBLIC_ISP_A, 80, TRISTAN, 45000)
         );
         assert_eq!(&run.out[..6], &TRISTAN_MAC);
         assert_checksums(&run.out);
-        let ack = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45000, 80, TCP_ACK, (2, 10), b"");
+        let ack = Ip::new(TRISTAN, PUBLIC_ISP_A).tcp_seq(45000, 80, TCP_ACK, (2, 10), b"");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &ack)).ret, TC_ACT_REDIRECT);
         // Ping to the whole published address alike.
-        let ping = Ip::new(TRISTAN, ISPB_PUB).echo(true, 77, 1);
+        let ping = Ip::new(TRISTAN, PUBLIC_ISP_B).echo(true, 77, 1);
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &ping));
         let out = IpView::of_frame(&run.out);
-        assert_eq!((run.ret, out.src(), out.dst()), (TC_ACT_REDIRECT, ISPB_ADDR, ISOLDE));
-        gw.assert_counters(&[(Counter::HairpinNew, 2), (Counter::HairpinTranslated, 4)]);
-        gw.assert_no_drops();
+        assert_eq!((run.ret, out.src(), out.dst()), (TC_ACT_REDIRECT, GW_ISP_B, ISOLDE));
+        gw.assert_counters_no_drops(&[(Counter::HairpinNew, 2), (Counter::HairpinTranslated, 4)]);
         // A non-SYN opens no hairpin connection.
-        let stray = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45001, 80, TCP_ACK, (2, 10), b"");
+        let stray = Ip::new(TRISTAN, PUBLIC_ISP_A).tcp_seq(45001, 80, TCP_ACK, (2, 10), b"");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &stray)).ret, TC_ACT_SHOT);
     });
 }
@@ -322,41 +257,40 @@ fn a_lan_host_reaching_another_ones_mapping_is_hairpinned_from_its_own_mapping()
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
         // isolde (whose policy is isp-b) reaches it: to tristan, from isolde's own mapping
         // behind dsl, back into the LAN.
-        let knock = Ip::new(ISOLDE, DSL_ADDR).udp(20200, 20100, b"peer");
+        let knock = Ip::new(ISOLDE, GW_ISP_A).udp(20200, 20100, b"peer");
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &knock));
         assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
         let view = IpView::of_frame(&run.out);
         assert_eq!(
             (view.src(), view.sport(), view.dst(), view.dport()),
-            (DSL_ADDR, 20200, TRISTAN, 20100)
+            (GW_ISP_A, 20200, TRISTAN, 20100)
         );
         assert_eq!(&run.out[..6], &TRISTAN_MAC);
         assert_checksums(&run.out);
         // isolde's mapping behind dsl is hers from now on: what the internet sees too.
         assert_eq!(gw.binding_port((ISOLDE, 20200), IPPROTO_UDP, DSL), Some(20200));
         // tristan answers her mapping: back to isolde, from his.
-        let answer = Ip::new(TRISTAN, DSL_ADDR).udp(20100, 20200, b"hi");
+        let answer = Ip::new(TRISTAN, GW_ISP_A).udp(20100, 20200, b"hi");
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &answer));
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         let back = IpView::of_frame(&run.out);
         assert_eq!(
             (back.src(), back.sport(), back.dst(), back.dport()),
-            (DSL_ADDR, 20100, ISOLDE, 20200)
+            (GW_ISP_A, 20100, ISOLDE, 20200)
         );
         assert_eq!(&run.out[..6], &ISOLDE_MAC);
-        gw.assert_counters(&[(Counter::HairpinNew, 1), (Counter::HairpinTranslated, 2)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::HairpinNew, 1), (Counter::HairpinTranslated, 2)]);
         // A port nobody holds is the gateway's own: left to the kernel.
-        let nobody = Ip::new(ISOLDE, DSL_ADDR).udp(20201, 20999, b"?");
+        let nobody = Ip::new(ISOLDE, GW_ISP_A).udp(20201, 20999, b"?");
         assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &nobody)).ret, TC_ACT_OK);
         // So is one a LAN endpoint holds where the gateway has a socket of its own.
         let _service = std::net::UdpSocket::bind(("0.0.0.0", 20300)).unwrap();
         let out = Ip::new(TRISTAN, CLIENT).udp(20300, 3478, b"stun");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
-        let to_service = Ip::new(ISOLDE, DSL_ADDR).udp(20202, 20300, b"dns?");
+        let to_service = Ip::new(ISOLDE, GW_ISP_A).udp(20202, 20300, b"dns?");
         assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &to_service)).ret, TC_ACT_OK);
         // And a datagram to one's own mapping (no hairpin to oneself).
-        let own = Ip::new(TRISTAN, DSL_ADDR).udp(20100, 20100, b"me");
+        let own = Ip::new(TRISTAN, GW_ISP_A).udp(20100, 20100, b"me");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &own)).ret, TC_ACT_OK);
         gw.assert_counters(&[(Counter::HairpinNew, 1)]);
     });
@@ -365,15 +299,14 @@ fn a_lan_host_reaching_another_ones_mapping_is_hairpinned_from_its_own_mapping()
 #[test]
 fn with_hairpin_off_a_lan_host_reaching_a_public_address_is_left_to_the_kernel() {
     with_config("[dataplane]\nhairpin = false\n", |gw| {
-        let syn = Ip::new(TRISTAN, DSL_PUB).tcp_seq(45000, 80, TCP_SYN, (1, 0), b"");
+        let syn = Ip::new(TRISTAN, PUBLIC_ISP_A).tcp_seq(45000, 80, TCP_SYN, (1, 0), b"");
         let frame = from_lan(TRISTAN_MAC, &syn);
         assert_run(&gw.lan_in(&frame), TC_ACT_OK, &frame);
         let out = Ip::new(TRISTAN, CLIENT).udp(20100, 3478, b"stun");
         assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
-        let knock = Ip::new(ISOLDE, DSL_ADDR).udp(20200, 20100, b"peer");
+        let knock = Ip::new(ISOLDE, GW_ISP_A).udp(20200, 20100, b"peer");
         let frame = from_lan(ISOLDE_MAC, &knock);
         assert_run(&gw.lan_in(&frame), TC_ACT_OK, &frame);
-        gw.assert_counters(&[(Counter::HairpinNew, 0), (Counter::OutboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::HairpinNew, 0), (Counter::OutboundNew, 1)]);
     });
 }

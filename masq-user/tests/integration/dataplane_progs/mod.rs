@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, Xdp},
 };
 use masq_common::{
     BindingKey, CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter,
@@ -16,14 +16,18 @@ use masq_common::{
 };
 use masq_user::{
     bindings::BindingTables,
-    config::Config,
+    config::{Config, DEFAULT_MARK_MASK},
     conntrack,
     dataplane::{Dataplane, remove_pins},
     host::HostInterfaces,
     map_values::{wire_addr, wire_port},
     netns::{NetNs, require_root},
     pinned,
-    progkit::build_seed_gateway,
+    progkit::{
+        self, Ctx, ROUTERS, Run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, build_seed_gateway,
+    },
+    seed::*,
 };
 
 use crate::common::packet::*;
@@ -42,41 +46,6 @@ mod review;
 mod upkeep;
 mod uplink_egress;
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 210);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const DSL_PUB: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 10);
-const ISPB_PUB: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 17);
-const DSL_ADDR: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 12);
-const ISPB_ADDR: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 179);
-const DSL_GW: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 14);
-const ISPB_GW: Ipv4Addr = Ipv4Addr::new(205, 254, 211, 254);
-const ISOLDE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 17);
-const TRISTAN: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 32);
-/// A third LAN host, for collisions with isolde (both leave by ISP B).
-const MARKE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 50);
-
-const ETH0_MAC: Mac = [0x02, 0, 0, 0, 0xe0, 0x00];
-const ETH1_MAC: Mac = [0x02, 0, 0, 0, 0xe1, 0x00];
-const ETH4_MAC: Mac = [0x02, 0, 0, 0, 0xe4, 0x00];
-const DSL_GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0x0e];
-const ISPB_GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0xfe];
-const ISOLDE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-const TRISTAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x20];
-const MARKE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x50];
-
-const DSL: u8 = 0;
-const ISPB: u8 = 1;
-const DSL_MARK: u32 = 0x0100_0000;
-const ISPB_MARK: u32 = 0x0200_0000;
-const MARK_MASK: u32 = 0x0f00_0000;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
 const EXAMPLE: &str = include_str!("../../../../examples/masq-gw.toml");
 
 // ---- Setup ----
@@ -85,20 +54,11 @@ const EXAMPLE: &str = include_str!("../../../../examples/masq-gw.toml");
 /// entries). SNAT stays out of the gateway's own ephemeral ports: the tests' LAN ports lie
 /// outside the range set here.
 fn build_topology(ns: &NetNs, neighbours: bool) {
-    let devices = [
-        ("eth0", ETH0_MAC, [0x02, 0, 0, 0, 0xe0, 0x01]),
-        ("eth1", ETH1_MAC, [0x02, 0, 0, 0, 0xe1, 0x01]),
-        ("eth4", ETH4_MAC, [0x02, 0, 0, 0, 0xe4, 0x01]),
-    ];
-    let next_hops = [
-        (DSL_GW, DSL_GW_MAC, "eth4"),
-        (ISPB_GW, ISPB_GW_MAC, "eth1"),
-        (ISOLDE, ISOLDE_MAC, "eth0"),
-        (TRISTAN, TRISTAN_MAC, "eth0"),
-        (MARKE, MARKE_MAC, "eth0"),
-    ];
+    let lan_hosts =
+        [(ISOLDE, ISOLDE_MAC, "eth0"), (TRISTAN, TRISTAN_MAC, "eth0"), (MARKE, MARKE_MAC, "eth0")];
+    let next_hops: Vec<_> = ROUTERS.into_iter().chain(lan_hosts).collect();
     let neighbours: &[_] = if neighbours { &next_hops } else { &[] };
-    build_seed_gateway(ns, devices, neighbours, &std::env::temp_dir()).expect("the seed gateway");
+    build_seed_gateway(ns, neighbours, &std::env::temp_dir()).expect("the seed gateway");
     ns.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=61000 61999"]).unwrap();
 }
 
@@ -181,20 +141,6 @@ fn with_config(toml: &'static str, test: impl FnOnce(&mut Gw) + Send + 'static) 
     gateway(Opts { toml, ..SEED }, test);
 }
 
-/// What a program run returned.
-struct Run {
-    ret: u32,
-    out: Vec<u8>,
-    /// `skb->mark` after the run (TC only).
-    mark: u32,
-}
-
-/// Offsets in `struct __sk_buff` (192 bytes) of the fields test_run takes and gives back.
-const SKB_LEN: usize = 192;
-const SKB_MARK: usize = 8;
-const SKB_INGRESS_IFINDEX: usize = 36;
-const SKB_IFINDEX: usize = 40;
-
 impl Gw {
     fn ifindex(&self, dev: &str) -> u32 {
         self.host.get(dev).unwrap().index
@@ -211,41 +157,17 @@ impl Gw {
 
     /// The XDP program `prog` on a frame received by `dev`.
     fn xdp_prog(&self, prog: &str, dev: &str, frame: &[u8]) -> Run {
-        let prog: &Xdp = self.dp.ebpf().program(prog).unwrap().try_into().unwrap();
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let md: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex(dev), 0, 0];
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(bytemuck::cast_slice(&md)),
-                ..TestRunOptions::new()
-            })
-            .expect("XDP test run");
-        out.truncate(r.data_size_out as usize);
-        Run { ret: r.return_value, out, mark: 0 }
+        self.run(prog, Ctx::Xdp { rx: self.ifindex(dev) }, frame)
     }
 
-    fn tc(&self, prog: &str, ingress_ifindex: u32, ifindex: u32, frame: &[u8]) -> Run {
-        let prog: &SchedClassifier = self.dp.ebpf().program(prog).unwrap().try_into().unwrap();
-        let mut skb = [0u8; SKB_LEN];
-        skb[SKB_INGRESS_IFINDEX..][..4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        skb[SKB_IFINDEX..][..4].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut skb_out = [0u8; SKB_LEN];
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&skb),
-                ctx_out: Some(&mut skb_out),
-                ..TestRunOptions::new()
-            })
-            .unwrap_or_else(|e| panic!("TC test run of {}: {e:?}", hex(frame)));
-        out.truncate(r.data_size_out as usize);
-        let mark = u32::from_ne_bytes(skb_out[SKB_MARK..][..4].try_into().unwrap());
-        Run { ret: r.return_value, out, mark }
+    fn tc(&self, prog: &str, ingress: u32, ifindex: u32, frame: &[u8]) -> Run {
+        self.run(prog, Ctx::Tc { ingress, ifindex }, frame)
+    }
+
+    /// The program `prog` on `frame`, once (`masq_user::progkit::run`).
+    fn run(&self, prog: &str, ctx: Ctx, frame: &[u8]) -> Run {
+        let program = self.dp.ebpf().program(prog).unwrap_or_else(|| panic!("no {prog}"));
+        progkit::run(program, ctx, frame).unwrap_or_else(|e| panic!("{prog}: {e:#}"))
     }
 
     /// `masq_uplink_in` (TC) on a frame received by `dev`.
@@ -282,6 +204,13 @@ impl Gw {
         for &(c, n) in expected {
             assert_eq!(self.counter(c), n, "counter {}; all: {:?}", c.name(), self.counters());
         }
+    }
+
+    /// [`Gw::assert_counters`], then [`Gw::assert_no_drops`].
+    #[track_caller]
+    fn assert_counters_no_drops(&self, expected: &[(Counter, u64)]) {
+        self.assert_counters(expected);
+        self.assert_no_drops();
     }
 
     #[track_caller]
@@ -397,10 +326,10 @@ fn tcp_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> FlowKey {
 
 /// Frames as they arrive from each neighbour, and as masq should send them on.
 fn from_dsl(p: &[u8]) -> Vec<u8> {
-    eth_ip(ETH4_MAC, DSL_GW_MAC, p)
+    eth_ip(ETH4_MAC, ISP_A_ROUTER_MAC, p)
 }
 fn from_ispb(p: &[u8]) -> Vec<u8> {
-    eth_ip(ETH1_MAC, ISPB_GW_MAC, p)
+    eth_ip(ETH1_MAC, ISP_B_ROUTER_MAC, p)
 }
 fn from_lan(host_mac: Mac, p: &[u8]) -> Vec<u8> {
     eth_ip(ETH0_MAC, host_mac, p)
@@ -409,10 +338,10 @@ fn to_lan(host_mac: Mac, p: &[u8]) -> Vec<u8> {
     eth_ip(host_mac, ETH0_MAC, p)
 }
 fn to_dsl(p: &[u8]) -> Vec<u8> {
-    eth_ip(DSL_GW_MAC, ETH4_MAC, p)
+    eth_ip(ISP_A_ROUTER_MAC, ETH4_MAC, p)
 }
 fn to_ispb(p: &[u8]) -> Vec<u8> {
-    eth_ip(ISPB_GW_MAC, ETH1_MAC, p)
+    eth_ip(ISP_B_ROUTER_MAC, ETH1_MAC, p)
 }
 
 /// Asserts action and bytes, and recomputes every checksum of the output.
@@ -427,38 +356,102 @@ fn assert_run(run: &Run, ret: u32, expected: &[u8]) {
 
 /// The client's SYN to isolde's DSL address, as XDP on eth4 sends it to isolde.
 fn client_syn_via_dsl(gw: &Gw) -> Run {
-    let syn = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN);
-    gw.xdp("eth4", &from_dsl(&syn))
+    gw.xdp("eth4", &from_dsl(&client_syn()))
+}
+
+/// The client's SYN from port 40000 to isolde's DSL address, port 80.
+fn client_syn() -> Vec<u8> {
+    Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_SYN)
+}
+
+/// What an uplink's ingress program (action `ret`) made of [`client_syn`]: the SYN at isolde
+/// with the TTL one lower, and both entries of the connection, inbound on DSL.
+#[track_caller]
+fn assert_client_syn_reached_isolde(gw: &Gw, run: &Run, ret: u32) {
+    let want = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
+    assert_run(run, ret, &to_lan(ISOLDE_MAC, &want));
+    gw.assert_pair(
+        tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80)),
+        tcp_key((CLIENT, 40000), (ISOLDE, 80)),
+        DSL,
+        true,
+    );
+}
+
+/// `run` (masq_lan_in) redirected `want` to `uplink`'s router, marked as that uplink's.
+#[track_caller]
+fn assert_left_by(run: &Run, uplink: u8, want: &[u8]) {
+    let (frame, mark) = match uplink {
+        DSL => (to_dsl(want), DSL_MARK),
+        ISPB => (to_ispb(want), ISPB_MARK),
+        _ => unreachable!("uplink {uplink}"),
+    };
+    assert_run(run, TC_ACT_REDIRECT, &frame);
+    assert_eq!(run.mark & DEFAULT_MARK_MASK, mark, "mark {:#x}", run.mark);
+}
+
+/// A TCP connection to a published address, its first two segments: the client's SYN from
+/// `client_port` to `public` arrives on `uplink` (XDP) and reaches `server` (address, MAC,
+/// port) with the TTL one lower, both entries of the connection inbound on `uplink`; the
+/// server's SYN-ACK leaves by `uplink` from `public`.
+#[track_caller]
+fn assert_inbound_handshake(
+    gw: &Gw,
+    uplink: u8,
+    client_port: u16,
+    public: (Ipv4Addr, u16),
+    (host, mac, port): (Ipv4Addr, Mac, u16),
+) {
+    let syn = Ip::new(CLIENT, public.0).tcp(client_port, public.1, TCP_SYN);
+    let run = match uplink {
+        DSL => gw.xdp("eth4", &from_dsl(&syn)),
+        ISPB => gw.xdp("eth1", &from_ispb(&syn)),
+        _ => unreachable!("uplink {uplink}"),
+    };
+    let want = Ip::new(CLIENT, host).ttl(63).tcp(client_port, port, TCP_SYN);
+    assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
+    gw.assert_pair(
+        tcp_key((CLIENT, client_port), public),
+        tcp_key((CLIENT, client_port), (host, port)),
+        uplink,
+        true,
+    );
+
+    let synack = Ip::new(host, CLIENT).tcp(port, client_port, TCP_SYN | TCP_ACK);
+    let run = gw.lan_in(&from_lan(mac, &synack));
+    let want = Ip::new(public.0, CLIENT).ttl(63).tcp(public.1, client_port, TCP_SYN | TCP_ACK);
+    assert_left_by(&run, uplink, &want);
+}
+
+/// A LAN host's SYN (`host`: address and MAC) from `sport` to the client's port 443, through
+/// masq_lan_in; returns what left.
+fn lan_syn(gw: &Gw, (host, mac): (Ipv4Addr, Mac), sport: u16) -> Run {
+    let syn = Ip::new(host, CLIENT).tcp(sport, 443, TCP_SYN);
+    gw.lan_in(&from_lan(mac, &syn))
 }
 
 /// Tristan's SYN to the client, SNATed by policy to DSL; returns what left.
 fn tristan_syn(gw: &Gw, sport: u16) -> Run {
-    let syn = Ip::new(TRISTAN, CLIENT).tcp(sport, 443, TCP_SYN);
-    gw.lan_in(&from_lan(TRISTAN_MAC, &syn))
+    lan_syn(gw, (TRISTAN, TRISTAN_MAC), sport)
 }
 
 /// isolde's and marke's pings to the client with the same id: both leave by ISP B, the second
 /// with another id. Returns marke's id as seen outside.
 fn colliding_pings(gw: &Gw, id: u16) -> u16 {
     let run = gw.lan_in(&from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).echo(true, id, 1)));
-    let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).echo(true, id, 1);
+    let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).echo(true, id, 1);
     assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
 
     let run = gw.lan_in(&from_lan(MARKE_MAC, &Ip::new(MARKE, CLIENT).echo(true, id, 1)));
     let new_id = IpView::of_frame(&run.out).icmp_id();
     assert_ne!(new_id, id, "the id is taken by isolde's ping");
-    let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).echo(true, new_id, 1);
+    let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).echo(true, new_id, 1);
     assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
     let echo = |s, d| key(IPPROTO_ICMP, s, d);
-    gw.assert_pair(
-        echo((ISOLDE, id), (CLIENT, 0)),
-        echo((ISPB_ADDR, id), (CLIENT, 0)),
-        ISPB,
-        false,
-    );
+    gw.assert_pair(echo((ISOLDE, id), (CLIENT, 0)), echo((GW_ISP_B, id), (CLIENT, 0)), ISPB, false);
     gw.assert_pair(
         echo((MARKE, id), (CLIENT, 0)),
-        echo((ISPB_ADDR, new_id), (CLIENT, 0)),
+        echo((GW_ISP_B, new_id), (CLIENT, 0)),
         ISPB,
         false,
     );

@@ -4,8 +4,7 @@ use super::*;
 #[test]
 fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
     with_config("[dataplane]\nfast_path = false\n", |gw| {
-        let syn = from_dsl(&Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_SYN));
-        let run = gw.xdp("eth4", &syn);
+        let run = client_syn_via_dsl(gw);
         // Translated, but TTL and MACs left to the kernel.
         let want = from_dsl(&Ip::new(CLIENT, ISOLDE).tcp(40000, 80, TCP_SYN));
         assert_run(&run, XDP_PASS, &want);
@@ -14,19 +13,18 @@ fn without_fast_path_packets_go_to_the_kernel_and_egress_translates() {
             from_lan(ISOLDE_MAC, &Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK));
         let run = gw.lan_in(&synack);
         assert_run(&run, TC_ACT_OK, &synack);
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
+        assert_eq!(run.mark & DEFAULT_MARK_MASK, DSL_MARK, "mark {:#x}", run.mark);
 
         // The kernel routes it by the mark out of eth4; egress translates.
         let forwarded = Ip::new(ISOLDE, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
-        gw.assert_counters(&[
+        gw.assert_counters_no_drops(&[
             (Counter::KernelPath, 2),
             (Counter::FastPathRedirect, 0),
             (Counter::EgressTranslated, 1),
         ]);
-        gw.assert_no_drops();
     });
 }
 
@@ -41,18 +39,17 @@ fn unresolved_next_hop_uses_redirect_neigh_or_the_kernel() {
         // TC: translated, TTL decremented, MACs left to bpf_redirect_neigh.
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &from_lan(ISOLDE_MAC, &want));
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
-        gw.assert_counters(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
-        gw.assert_no_drops();
+        assert_eq!(run.mark & DEFAULT_MARK_MASK, DSL_MARK);
+        gw.assert_counters_no_drops(&[(Counter::KernelPath, 1), (Counter::FastPathNeigh, 1)]);
     });
 }
 
 #[test]
 fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
     with_config("[dataplane]\nfast_path = false\n", |gw| {
-        let query = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
+        let query = Ip::new(CLIENT, PUBLIC_ISP_A).udp(5353, 53, b"query");
         let delivered = gw.xdp("eth4", &from_dsl(&query)).out;
         let err = Ip::new(ISOLDE, CLIENT).icmp_error(
             ICMP_DEST_UNREACH,
@@ -63,7 +60,7 @@ fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
         let frame = from_lan(ISOLDE_MAC, &err);
         let run = gw.lan_in(&frame);
         assert_run(&run, TC_ACT_OK, &frame);
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        assert_eq!(run.mark & DEFAULT_MARK_MASK, DSL_MARK);
 
         let forwarded = Ip::new(ISOLDE, CLIENT).ttl(63).icmp_error(
             ICMP_DEST_UNREACH,
@@ -72,12 +69,15 @@ fn without_fast_path_icmp_error_from_lan_is_translated_at_egress() {
             &delivered[ETH_HLEN..],
         );
         let run = gw.uplink_out("eth4", &to_dsl(&forwarded));
-        let quoted_want = Ip::new(CLIENT, DSL_PUB).udp(5353, 53, b"query");
-        let want =
-            Ip::new(DSL_PUB, CLIENT).ttl(63).icmp_error(ICMP_DEST_UNREACH, 3, [0; 4], &quoted_want);
+        let quoted_want = Ip::new(CLIENT, PUBLIC_ISP_A).udp(5353, 53, b"query");
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).icmp_error(
+            ICMP_DEST_UNREACH,
+            3,
+            [0; 4],
+            &quoted_want,
+        );
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::EgressTranslated, 1)]);
     });
 }
 
@@ -92,7 +92,7 @@ fn oversized_df_packet_from_lan_goes_to_the_kernel_untranslated_and_marked() {
         let frame = from_lan(TRISTAN_MAC, &big);
         let run = gw.lan_in(&frame);
         assert_run(&run, TC_ACT_OK, &frame);
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        assert_eq!(run.mark & DEFAULT_MARK_MASK, DSL_MARK);
         gw.assert_counters(&[(Counter::OutboundNew, 1), (Counter::KernelPath, 1)]);
     });
 }
@@ -130,7 +130,7 @@ fn oversized_packet_without_df_from_lan_leaves_fragmented_and_translated() {
         let out = gw.uplink_out("eth4", &to_dsl(&first));
         assert_eq!(
             (out.ret, IpView::of_frame(&out.out).src()),
-            (TC_ACT_OK, DSL_ADDR),
+            (TC_ACT_OK, GW_ISP_A),
             "fragment leaves translated; counters: {:?}",
             gw.counters()
         );

@@ -9,69 +9,63 @@ fn outbound_connections_are_masqueraded_by_policy_and_replies_reach_the_lan() {
     example(|gw| {
         // tristan: policy "dsl".
         let run = tristan_syn(gw, 50000);
-        let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(50000, 443, TCP_SYN);
-        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        assert_eq!(run.mark & MARK_MASK, DSL_MARK);
+        let want = Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(50000, 443, TCP_SYN);
+        assert_left_by(&run, DSL, &want);
         gw.assert_pair(
             tcp_key((TRISTAN, 50000), (CLIENT, 443)),
-            tcp_key((DSL_ADDR, 50000), (CLIENT, 443)),
+            tcp_key((GW_ISP_A, 50000), (CLIENT, 443)),
             DSL,
             false,
         );
 
         // isolde: the default policy, ISP B.
-        let syn = Ip::new(ISOLDE, CLIENT).tcp(50001, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
-        let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(50001, 443, TCP_SYN);
-        assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
-        assert_eq!(run.mark & MARK_MASK, ISPB_MARK);
+        let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), 50001);
+        let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(50001, 443, TCP_SYN);
+        assert_left_by(&run, ISPB, &want);
         gw.assert_pair(
             tcp_key((ISOLDE, 50001), (CLIENT, 443)),
-            tcp_key((ISPB_ADDR, 50001), (CLIENT, 443)),
+            tcp_key((GW_ISP_B, 50001), (CLIENT, 443)),
             ISPB,
             false,
         );
 
         // The client's answer to tristan arrives on eth4.
-        let synack = Ip::new(CLIENT, DSL_ADDR).tcp(443, 50000, TCP_SYN | TCP_ACK);
+        let synack = Ip::new(CLIENT, GW_ISP_A).tcp(443, 50000, TCP_SYN | TCP_ACK);
         let run = gw.xdp("eth4", &from_dsl(&synack));
         let want = Ip::new(CLIENT, TRISTAN).ttl(63).tcp(443, 50000, TCP_SYN | TCP_ACK);
         assert_run(&run, XDP_REDIRECT, &to_lan(TRISTAN_MAC, &want));
-        gw.assert_counters(&[
+        gw.assert_counters_no_drops(&[
             (Counter::OutboundNew, 2),
             (Counter::ToUplinkTranslated, 2),
             (Counter::ToLanTranslated, 1),
             (Counter::FastPathRedirect, 3),
         ]);
-        gw.assert_no_drops();
     });
 }
 
 #[test]
 fn same_source_port_from_two_lan_hosts_gets_a_second_port() {
     example(|gw| {
-        let syn = Ip::new(ISOLDE, CLIENT).tcp(40000, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
-        let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(40000, 443, TCP_SYN);
+        let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), 40000);
+        let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(40000, 443, TCP_SYN);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
 
-        let syn = Ip::new(MARKE, CLIENT).tcp(40000, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
+        let run = lan_syn(gw, (MARKE, MARKE_MAC), 40000);
         let port = IpView::of_frame(&run.out).sport();
         assert_ne!(port, 40000);
         assert!(port >= 1024, "port {port} outside the SNAT range");
-        let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(port, 443, TCP_SYN);
+        let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(port, 443, TCP_SYN);
         assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
 
         gw.assert_pair(
             tcp_key((ISOLDE, 40000), (CLIENT, 443)),
-            tcp_key((ISPB_ADDR, 40000), (CLIENT, 443)),
+            tcp_key((GW_ISP_B, 40000), (CLIENT, 443)),
             ISPB,
             false,
         );
         gw.assert_pair(
             tcp_key((MARKE, 40000), (CLIENT, 443)),
-            tcp_key((ISPB_ADDR, port), (CLIENT, 443)),
+            tcp_key((GW_ISP_B, port), (CLIENT, 443)),
             ISPB,
             false,
         );
@@ -79,7 +73,7 @@ fn same_source_port_from_two_lan_hosts_gets_a_second_port() {
 
         // Each reply finds its own host.
         for (p, host, mac) in [(40000, ISOLDE, ISOLDE_MAC), (port, MARKE, MARKE_MAC)] {
-            let synack = Ip::new(CLIENT, ISPB_ADDR).tcp(443, p, TCP_SYN | TCP_ACK);
+            let synack = Ip::new(CLIENT, GW_ISP_B).tcp(443, p, TCP_SYN | TCP_ACK);
             let run = gw.xdp("eth1", &from_ispb(&synack));
             let want = Ip::new(CLIENT, host).ttl(63).tcp(443, 40000, TCP_SYN | TCP_ACK);
             assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
@@ -93,8 +87,7 @@ fn snat_never_picks_the_gateways_own_ephemeral_ports() {
     example(|gw| {
         // A LAN port inside the gateway's ephemeral range (61000-61999) is moved out of it, so a
         // reply to one of the gateway's own sockets can never match a masq connection.
-        let syn = Ip::new(ISOLDE, CLIENT).tcp(61500, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
+        let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), 61500);
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         let port = IpView::of_frame(&run.out).sport();
         assert!(!(61000..=61999).contains(&port), "SNAT picked the gateway's port {port}");
@@ -110,7 +103,7 @@ fn same_echo_id_from_two_lan_hosts_gets_a_second_id() {
         let id = colliding_pings(gw, 0x0101);
         // The answers find their hosts with their own ids.
         for (seen, host, mac) in [(0x0101, ISOLDE, ISOLDE_MAC), (id, MARKE, MARKE_MAC)] {
-            let pong = Ip::new(CLIENT, ISPB_ADDR).echo(false, seen, 1);
+            let pong = Ip::new(CLIENT, GW_ISP_B).echo(false, seen, 1);
             let run = gw.xdp("eth1", &from_ispb(&pong));
             let want = Ip::new(CLIENT, host).ttl(63).echo(false, 0x0101, 1);
             assert_run(&run, XDP_REDIRECT, &to_lan(mac, &want));
@@ -124,15 +117,13 @@ fn same_echo_id_from_two_lan_hosts_gets_a_second_id() {
 fn exhausted_port_range_drops_the_new_connection_and_leaves_no_half_entry() {
     with_config("[dataplane]\nport_min = 2000\nport_max = 2001\n", |gw| {
         for sport in [2000, 2001] {
-            let syn = Ip::new(ISOLDE, CLIENT).tcp(sport, 443, TCP_SYN);
-            let run = gw.lan_in(&from_lan(ISOLDE_MAC, &syn));
-            let want = Ip::new(ISPB_ADDR, CLIENT).ttl(63).tcp(sport, 443, TCP_SYN);
+            let run = lan_syn(gw, (ISOLDE, ISOLDE_MAC), sport);
+            let want = Ip::new(GW_ISP_B, CLIENT).ttl(63).tcp(sport, 443, TCP_SYN);
             assert_run(&run, TC_ACT_REDIRECT, &to_ispb(&want));
         }
         assert_eq!(gw.conns().len(), 4);
 
-        let syn = Ip::new(MARKE, CLIENT).tcp(2000, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(MARKE_MAC, &syn));
+        let run = lan_syn(gw, (MARKE, MARKE_MAC), 2000);
         assert_eq!(run.ret, TC_ACT_SHOT, "both ports of the range are taken");
         assert_eq!(gw.conns().len(), 4, "no half entry left:\n{}", gw.table());
         gw.assert_counters(&[(Counter::DropNatPortExhausted, 1), (Counter::OutboundNew, 2)]);
@@ -156,19 +147,19 @@ fn one_internal_endpoint_keeps_one_public_port_for_every_destination() {
         let (tristan, marke, isolde) =
             ((TRISTAN, TRISTAN_MAC), (MARKE, MARKE_MAC), (ISOLDE, ISOLDE_MAC));
         // A port outside the gateway's own range is kept, toward every destination.
-        assert_eq!(udp_out(gw, tristan, 20000, CLIENT), (DSL_ADDR, 20000));
-        assert_eq!(udp_out(gw, tristan, 20000, OTHER_SERVER), (DSL_ADDR, 20000));
+        assert_eq!(udp_out(gw, tristan, 20000, CLIENT), (GW_ISP_A, 20000));
+        assert_eq!(udp_out(gw, tristan, 20000, OTHER_SERVER), (GW_ISP_A, 20000));
         // One inside it (61000-61999 here) is replaced, by one port for every destination (endpoint-independent).
         let (_, p) = udp_out(gw, tristan, 61400, CLIENT);
         assert_ne!(p, 61400);
-        assert_eq!(udp_out(gw, tristan, 61400, OTHER_SERVER), (DSL_ADDR, p));
+        assert_eq!(udp_out(gw, tristan, 61400, OTHER_SERVER), (GW_ISP_A, p));
         // Two hosts with the same port behind one uplink: the first keeps it, the second gets
         // another, the same for all its destinations.
-        assert_eq!(udp_out(gw, isolde, 21000, CLIENT), (ISPB_ADDR, 21000));
+        assert_eq!(udp_out(gw, isolde, 21000, CLIENT), (GW_ISP_B, 21000));
         let (_, q) = udp_out(gw, marke, 21000, CLIENT);
         assert_ne!(q, 21000);
-        assert_eq!(udp_out(gw, marke, 21000, OTHER_SERVER), (ISPB_ADDR, q));
-        assert_eq!(udp_out(gw, isolde, 21000, OTHER_SERVER), (ISPB_ADDR, 21000));
+        assert_eq!(udp_out(gw, marke, 21000, OTHER_SERVER), (GW_ISP_B, q));
+        assert_eq!(udp_out(gw, isolde, 21000, OTHER_SERVER), (GW_ISP_B, 21000));
 
         // TCP and ping alike.
         let syn = |dst| Ip::new(TRISTAN, dst).tcp_seq(40500, 443, TCP_SYN, (1, 0), b"");
@@ -186,7 +177,7 @@ fn one_internal_endpoint_keeps_one_public_port_for_every_destination() {
         gw.assert_counters(&[(Counter::NatMappingFallback, 0)]);
 
         // A reply from either destination reaches the endpoint.
-        let answer = Ip::new(OTHER_SERVER, DSL_ADDR).udp(53, p, b"a");
+        let answer = Ip::new(OTHER_SERVER, GW_ISP_A).udp(53, p, b"a");
         let run = gw.xdp("eth4", &from_dsl(&answer));
         assert_eq!(run.ret, XDP_REDIRECT);
         assert_eq!(IpView::of_frame(&run.out).dport(), 61400);
@@ -197,14 +188,14 @@ fn one_internal_endpoint_keeps_one_public_port_for_every_destination() {
 #[test]
 fn an_endpoint_mapped_elsewhere_keeps_that_port_once_its_own_is_freed() {
     example(|gw| {
-        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (ISPB_ADDR, 40000));
+        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (GW_ISP_B, 40000));
         let (_, mapped) = udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT);
         assert_ne!(mapped, 40000);
         // marke's binding goes (her connections ended): port 40000 is free again.
         let port = BoundPortKey { ext_port: wire_port(40000), proto: IPPROTO_UDP, uplink: ISPB };
         gw.binding_tables().ports.remove(&port).unwrap();
         // isolde's connections, old and new, keep the one public port she has.
-        assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, OTHER_SERVER), (ISPB_ADDR, mapped));
+        assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, OTHER_SERVER), (GW_ISP_B, mapped));
         assert_eq!(gw.bindings(), (1, 1));
         gw.assert_counters(&[(Counter::NatMappingFallback, 0)]);
     });
@@ -213,9 +204,9 @@ fn an_endpoint_mapped_elsewhere_keeps_that_port_once_its_own_is_freed() {
 #[test]
 fn bindings_without_connections_are_swept_and_their_ports_freed() {
     example(|gw| {
-        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (ISPB_ADDR, 40000));
+        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (GW_ISP_B, 40000));
         let (addr, isolde_port) = udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT);
-        assert_eq!(addr, ISPB_ADDR);
+        assert_eq!(addr, GW_ISP_B);
         assert_ne!(isolde_port, 40000);
         // marke kept her own port (no `BINDINGS` entry); isolde, behind the same uplink, could not.
         assert_eq!(gw.bindings(), (2, 1));
@@ -254,7 +245,7 @@ fn with_endpoint_independent_filtering_any_host_reaches_a_udp_mapping_and_only_i
         let (_, port) = udp_out(gw, (TRISTAN, TRISTAN_MAC), 20000, CLIENT);
         assert_eq!(port, 20000);
         // Address-and-port-dependent (the default): a host tristan never sent to is not let in.
-        let stranger = Ip::new(OTHER_SERVER, DSL_ADDR).udp(5000, 20000, b"hello");
+        let stranger = Ip::new(OTHER_SERVER, GW_ISP_A).udp(5000, 20000, b"hello");
         assert_eq!(gw.xdp("eth4", &from_dsl(&stranger)).ret, XDP_PASS);
         // Endpoint-independent: it reaches tristan's socket, and tristan's answer goes back
         // from the mapping.
@@ -271,11 +262,10 @@ fn with_endpoint_independent_filtering_any_host_reaches_a_udp_mapping_and_only_i
         let answer = Ip::new(TRISTAN, OTHER_SERVER).udp(20000, 5000, b"hi");
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &answer));
         let out = IpView::of_frame(&run.out);
-        assert_eq!((out.src(), out.sport(), out.dst()), (DSL_ADDR, 20000, OTHER_SERVER));
+        assert_eq!((out.src(), out.sport(), out.dst()), (GW_ISP_A, 20000, OTHER_SERVER));
         // A port nobody holds stays closed; TCP is not opened by it.
-        let unbound = Ip::new(OTHER_SERVER, DSL_ADDR).udp(5000, 20001, b"x");
+        let unbound = Ip::new(OTHER_SERVER, GW_ISP_A).udp(5000, 20001, b"x");
         assert_eq!(gw.xdp("eth4", &from_dsl(&unbound)).ret, XDP_PASS);
-        gw.assert_counters(&[(Counter::MappingInboundNew, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::MappingInboundNew, 1)]);
     });
 }

@@ -20,13 +20,13 @@ fn outbound_to_another_uplinks_subnet_is_masqueraded_behind_that_uplink() {
         // tristan's policy says dsl, but dsl's table reaches ISP B's subnet through eth1 (a
         // copy of main's connected route): the source must be eth1's address, as MASQUERADE
         // would make it, or ISP B would drop it as spoofed.
-        let syn = Ip::new(TRISTAN, ISPB_GW).tcp(2000, 80, TCP_SYN);
+        let syn = Ip::new(TRISTAN, ISP_B_ROUTER).tcp(2000, 80, TCP_SYN);
         let run = gw.lan_in(&from_lan(TRISTAN_MAC, &syn));
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         let out = IpView::of_frame(&run.out);
-        assert_eq!(out.src(), ISPB_ADDR);
-        assert_eq!(&run.out[..6], &ISPB_GW_MAC, "sent to ISP B's router");
-        assert_eq!(run.mark & MARK_MASK, ISPB_MARK);
+        assert_eq!(out.src(), GW_ISP_B);
+        assert_eq!(&run.out[..6], &ISP_B_ROUTER_MAC, "sent to ISP B's router");
+        assert_eq!(run.mark & DEFAULT_MARK_MASK, ISPB_MARK);
         assert_checksums(&run.out);
     });
 }
@@ -34,9 +34,8 @@ fn outbound_to_another_uplinks_subnet_is_masqueraded_behind_that_uplink() {
 #[test]
 fn reply_with_ttl_1_to_a_masqueraded_connection_is_dropped_not_reset() {
     example(|gw| {
-        let syn = Ip::new(TRISTAN, CLIENT).tcp(2000, 443, TCP_SYN);
-        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &syn)).ret, TC_ACT_REDIRECT);
-        let reply = Ip::new(CLIENT, DSL_ADDR).ttl(1).tcp(443, 2000, TCP_SYN | TCP_ACK);
+        assert_eq!(tristan_syn(gw, 2000).ret, TC_ACT_REDIRECT);
+        let reply = Ip::new(CLIENT, GW_ISP_A).ttl(1).tcp(443, 2000, TCP_SYN | TCP_ACK);
         assert_eq!(gw.xdp("eth4", &from_dsl(&reply)).ret, XDP_DROP);
         gw.assert_counters(&[(Counter::DropReplyTtlExpired, 1)]);
     });
@@ -45,8 +44,7 @@ fn reply_with_ttl_1_to_a_masqueraded_connection_is_dropped_not_reset() {
 #[test]
 fn snat_moves_a_source_port_below_the_range_into_it() {
     example(|gw| {
-        let syn = Ip::new(TRISTAN, CLIENT).tcp(500, 443, TCP_SYN);
-        let run = gw.lan_in(&from_lan(TRISTAN_MAC, &syn));
+        let run = tristan_syn(gw, 500);
         assert_eq!(run.ret, TC_ACT_REDIRECT);
         assert!(IpView::of_frame(&run.out).sport() >= 1024);
         assert_checksums(&run.out);

@@ -5,7 +5,7 @@ use super::*;
 fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
     example(|gw| {
         client_syn_via_dsl(gw);
-        let fwd_key = tcp_key((CLIENT, 40000), (DSL_PUB, 80));
+        let fwd_key = tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80));
         let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
         let reply_before = gw.conn(&reply_key).unwrap();
         let mut fwd = gw.conn(&fwd_key).unwrap();
@@ -14,7 +14,7 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
         map.insert(fwd_key, fwd, 0).unwrap();
         map.remove(&reply_key).unwrap();
 
-        let ack = Ip::new(CLIENT, DSL_PUB).tcp(40000, 80, TCP_ACK);
+        let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_ACK);
         assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT);
         let rebuilt = gw.conn(&reply_key).expect("reply entry rebuilt");
         assert_eq!(rebuilt.xlate, reply_before.xlate);
@@ -29,7 +29,7 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
         // And the reply direction works again.
         let synack = Ip::new(ISOLDE, CLIENT).tcp(80, 40000, TCP_SYN | TCP_ACK);
         let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
-        let want = Ip::new(DSL_PUB, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).ttl(63).tcp(80, 40000, TCP_SYN | TCP_ACK);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
         gw.assert_no_drops();
     });
@@ -39,7 +39,7 @@ fn lost_reply_entry_is_rebuilt_by_the_next_forward_packet() {
 fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
     example(|gw| {
         client_syn_via_dsl(gw);
-        let fwd_key = tcp_key((CLIENT, 40000), (DSL_PUB, 80));
+        let fwd_key = tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80));
         let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
         let fwd_before = gw.conn(&fwd_key).unwrap();
         let mut reply = gw.conn(&reply_key).unwrap();
@@ -65,7 +65,7 @@ fn the_tables_read_in_batches_hold_what_reading_entry_by_entry_finds() {
         let mut tables = pinned::conn_tables(gw.dp.pin_dir()).unwrap();
         for i in 0..CONNS {
             let client = (Ipv4Addr::from(0x6440_0000 | i), 40000 + (i % 1000) as u16);
-            let fwd = tcp_key(client, (DSL_PUB, 80));
+            let fwd = tcp_key(client, (PUBLIC_ISP_A, 80));
             let xlate = tcp_key(client, (ISOLDE, 80));
             // Every fourth connection still pending, in the other table.
             let pending = if i % 4 == 0 { CONN_F_PENDING } else { 0 };

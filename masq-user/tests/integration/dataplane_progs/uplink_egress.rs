@@ -7,10 +7,9 @@ fn egress_translates_a_known_connection_the_kernel_forwarded() {
         tristan_syn(gw, 50000);
         let ack = Ip::new(TRISTAN, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
         let run = gw.uplink_out("eth4", &to_dsl(&ack));
-        let want = Ip::new(DSL_ADDR, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
+        let want = Ip::new(GW_ISP_A, CLIENT).ttl(63).tcp(50000, 443, TCP_ACK);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::EgressTranslated, 1)]);
     });
 }
 
@@ -26,9 +25,9 @@ fn egress_drops_an_untracked_lan_source() {
 #[test]
 fn egress_passes_the_gateways_own_packets() {
     example(|gw| {
-        let own = to_dsl(&Ip::new(DSL_ADDR, CLIENT).tcp(33000, 443, TCP_SYN));
+        let own = to_dsl(&Ip::new(GW_ISP_A, CLIENT).tcp(33000, 443, TCP_SYN));
         assert_run(&gw.uplink_out("eth4", &own), TC_ACT_OK, &own);
-        let own = to_ispb(&Ip::new(ISPB_ADDR, CLIENT).udp(33000, 53, b"q"));
+        let own = to_ispb(&Ip::new(GW_ISP_B, CLIENT).udp(33000, 53, b"q"));
         assert_run(&gw.uplink_out("eth1", &own), TC_ACT_OK, &own);
         gw.assert_no_drops();
     });
@@ -56,23 +55,22 @@ fn egress_drops_a_lan_source_with_ip_options() {
 #[test]
 fn the_gateways_own_icmp_error_leaves_by_the_uplink_its_packet_came_in_on() {
     example(|gw| {
-        let offending = Ip::new(CLIENT, DSL_PUB).ttl(1).tcp(40000, 80, TCP_SYN);
+        let offending = Ip::new(CLIENT, PUBLIC_ISP_A).ttl(1).tcp(40000, 80, TCP_SYN);
         let exceeded =
             |src| Ip::new(src, CLIENT).icmp_error(ICMP_TIME_EXCEEDED, 0, [0; 4], &offending);
-        let run = gw.uplink_out("eth1", &to_ispb(&exceeded(ISPB_ADDR)));
-        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&exceeded(DSL_ADDR)));
+        let run = gw.uplink_out("eth1", &to_ispb(&exceeded(GW_ISP_B)));
+        assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&exceeded(GW_ISP_A)));
         gw.assert_counters(&[(Counter::OwnIcmpErrorReturned, 1)]);
 
-        let about_ispb = Ip::new(CLIENT, ISPB_PUB).ttl(1).tcp(40000, 443, TCP_SYN);
-        let own = to_ispb(&Ip::new(ISPB_ADDR, CLIENT).icmp_error(
+        let about_ispb = Ip::new(CLIENT, PUBLIC_ISP_B).ttl(1).tcp(40000, 443, TCP_SYN);
+        let own = to_ispb(&Ip::new(GW_ISP_B, CLIENT).icmp_error(
             ICMP_TIME_EXCEEDED,
             0,
             [0; 4],
             &about_ispb,
         ));
         assert_run(&gw.uplink_out("eth1", &own), TC_ACT_OK, &own);
-        gw.assert_counters(&[(Counter::OwnIcmpErrorReturned, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[(Counter::OwnIcmpErrorReturned, 1)]);
     });
 }
 
@@ -85,13 +83,15 @@ fn the_gateways_frag_needed_about_an_inbound_packet_is_translated_back_and_steer
         client_syn_via_dsl(gw);
         let toward_isolde = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
         let mtu = [0, 0, 0x05, 0x78];
-        let own = Ip::new(ISPB_ADDR, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &toward_isolde);
+        let own = Ip::new(GW_ISP_B, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &toward_isolde);
         let run = gw.uplink_out("eth1", &to_ispb(&own));
-        let quoted = Ip::new(CLIENT, DSL_PUB).ttl(63).tcp(40000, 80, TCP_SYN);
-        let want = Ip::new(DSL_PUB, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
+        let quoted = Ip::new(CLIENT, PUBLIC_ISP_A).ttl(63).tcp(40000, 80, TCP_SYN);
+        let want = Ip::new(PUBLIC_ISP_A, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
         assert_run(&run, TC_ACT_REDIRECT, &to_dsl(&want));
-        gw.assert_counters(&[(Counter::EgressTranslated, 1), (Counter::OwnIcmpErrorReturned, 1)]);
-        gw.assert_no_drops();
+        gw.assert_counters_no_drops(&[
+            (Counter::EgressTranslated, 1),
+            (Counter::OwnIcmpErrorReturned, 1),
+        ]);
     });
 }
 
@@ -103,10 +103,10 @@ fn the_gateways_frag_needed_on_the_right_uplink_keeps_its_source() {
         client_syn_via_dsl(gw);
         let toward_isolde = Ip::new(CLIENT, ISOLDE).ttl(63).tcp(40000, 80, TCP_SYN);
         let mtu = [0, 0, 0x05, 0x78];
-        let own = Ip::new(DSL_ADDR, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &toward_isolde);
+        let own = Ip::new(GW_ISP_A, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &toward_isolde);
         let run = gw.uplink_out("eth4", &to_dsl(&own));
-        let quoted = Ip::new(CLIENT, DSL_PUB).ttl(63).tcp(40000, 80, TCP_SYN);
-        let want = Ip::new(DSL_ADDR, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
+        let quoted = Ip::new(CLIENT, PUBLIC_ISP_A).ttl(63).tcp(40000, 80, TCP_SYN);
+        let want = Ip::new(GW_ISP_A, CLIENT).icmp_error(ICMP_DEST_UNREACH, 4, mtu, &quoted);
         assert_run(&run, TC_ACT_OK, &to_dsl(&want));
         gw.assert_counters(&[(Counter::EgressTranslated, 1), (Counter::OwnIcmpErrorReturned, 0)]);
     });
