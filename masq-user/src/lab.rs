@@ -52,7 +52,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
     netns::NetNs,
-    seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B},
+    seed::{
+        CLIENT, CLIENT_NET, CLIENT_PREFIX_LEN, CLIENT_ROUTER, CORE_ROUTER, DSL_TABLE, GW_ISP_A,
+        GW_ISP_B, GW_LAN, ISOLDE, ISP_A_NET, ISP_A_PREFIX_LEN, ISP_A_ROUTER, ISP_B_NET,
+        ISP_B_PREFIX_LEN, ISP_B_ROUTER, ISPB_TABLE, LAN_NET, LAN_PREFIX_LEN, PUBLIC_ISP_A,
+        PUBLIC_ISP_B, TRISTAN,
+    },
     tun_relay::{TunEnd, TunRelay},
 };
 
@@ -64,6 +69,22 @@ pub use crate::daemon::MASQ_READY_LINE;
 const MASQ_READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CHILD_STOP_GRACE: Duration = Duration::from_secs(5);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The core's point-to-point links (/30s from 198.18.0.0/15), the lab's own addresses: core's end
+/// toward ISP A is the seed's [`CORE_ROUTER`], the router on the way of the program tests.
+const CORE_LINK_PREFIX_LEN: u8 = 30;
+const CORE_TO_ISPA: Ipv4Addr = CORE_ROUTER;
+const ISPA_TO_CORE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const CORE_TO_ISPB: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+const ISPB_TO_CORE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+
+/// A setup script: its lines are `format!` strings that name the addresses by their constants
+/// (`"ip addr add {GW_LAN}/{LAN_PREFIX_LEN} dev eth0"`), so an unknown name does not compile.
+macro_rules! script {
+    ($($line:literal),* $(,)?) => {
+        vec![$(format!($line)),*]
+    };
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
@@ -104,56 +125,57 @@ impl Host {
 
     /// Commands run inside the host once its links exist and are up. Every interface keeps the
     /// kernel's defaults (checksum and segmentation offloads on, GRO off on veth): what users have.
-    fn setup(self) -> &'static [&'static str] {
+    fn setup(self) -> Vec<String> {
         match self {
-            Host::Client => {
-                &["ip addr add 64.70.12.210/24 dev eth0", "ip route add default via 64.70.12.1"]
-            }
-            Host::Core => &[
+            Host::Client => script![
+                "ip addr add {CLIENT}/{CLIENT_PREFIX_LEN} dev eth0",
+                "ip route add default via {CLIENT_ROUTER}",
+            ],
+            Host::Core => script![
                 "sysctl -qw net.ipv4.ip_forward=1",
-                "ip addr add 64.70.12.1/24 dev to-client",
-                "ip addr add 198.18.1.1/30 dev to-ispa",
-                "ip addr add 198.18.2.1/30 dev to-ispb",
-                "ip route add 67.17.28.0/28 via 198.18.1.2",
-                "ip route add 205.254.211.0/24 via 198.18.2.2",
+                "ip addr add {CLIENT_ROUTER}/{CLIENT_PREFIX_LEN} dev to-client",
+                "ip addr add {CORE_TO_ISPA}/{CORE_LINK_PREFIX_LEN} dev to-ispa",
+                "ip addr add {CORE_TO_ISPB}/{CORE_LINK_PREFIX_LEN} dev to-ispb",
+                "ip route add {ISP_A_NET} via {ISPA_TO_CORE}",
+                "ip route add {ISP_B_NET} via {ISPB_TO_CORE}",
             ],
             // rp_filter off so spoofed packets reach the FORWARD rule and are counted there.
-            Host::IspA => &[
+            Host::IspA => script![
                 "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.to-gw.rp_filter=0",
-                "ip addr add 198.18.1.2/30 dev to-core",
-                "ip addr add 67.17.28.14/28 dev to-gw",
-                "ip route add default via 198.18.1.1",
-                "iptables -w -A FORWARD -i to-gw ! -s 67.17.28.0/28 -m comment --comment spoofed -j DROP",
+                "ip addr add {ISPA_TO_CORE}/{CORE_LINK_PREFIX_LEN} dev to-core",
+                "ip addr add {ISP_A_ROUTER}/{ISP_A_PREFIX_LEN} dev to-gw",
+                "ip route add default via {CORE_TO_ISPA}",
+                "iptables -w -A FORWARD -i to-gw ! -s {ISP_A_NET} -m comment --comment spoofed -j DROP",
             ],
-            Host::IspB => &[
+            Host::IspB => script![
                 "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.to-gw.rp_filter=0",
-                "ip addr add 198.18.2.2/30 dev to-core",
-                "ip addr add 205.254.211.254/24 dev to-gw",
-                "ip route add default via 198.18.2.1",
-                "iptables -w -A FORWARD -i to-gw ! -s 205.254.211.0/24 -m comment --comment spoofed -j DROP",
+                "ip addr add {ISPB_TO_CORE}/{CORE_LINK_PREFIX_LEN} dev to-core",
+                "ip addr add {ISP_B_ROUTER}/{ISP_B_PREFIX_LEN} dev to-gw",
+                "ip route add default via {CORE_TO_ISPB}",
+                "iptables -w -A FORWARD -i to-gw ! -s {ISP_B_NET} -m comment --comment spoofed -j DROP",
             ],
             // Loose reverse-path filtering: strict mode drops inbound ISP A traffic (see DESIGN-NOTES).
-            Host::Gw => &[
+            Host::Gw => script![
                 "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2 net.ipv4.conf.eth1.rp_filter=2 net.ipv4.conf.eth4.rp_filter=2",
-                "ip addr add 192.168.100.254/24 dev eth0",
-                "ip addr add 205.254.211.179/24 dev eth1",
-                "ip addr add 67.17.28.12/28 dev eth4",
-                "ip route add default via 205.254.211.254",
+                "ip addr add {GW_LAN}/{LAN_PREFIX_LEN} dev eth0",
+                "ip addr add {GW_ISP_B}/{ISP_B_PREFIX_LEN} dev eth1",
+                "ip addr add {GW_ISP_A}/{ISP_A_PREFIX_LEN} dev eth4",
+                "ip route add default via {ISP_B_ROUTER}",
             ],
-            Host::Switch => &[
+            Host::Switch => script![
                 "ip link add br0 type bridge",
                 "ip link set gw master br0",
                 "ip link set isolde master br0",
                 "ip link set tristan master br0",
                 "ip link set br0 up",
             ],
-            Host::Isolde => &[
-                "ip addr add 192.168.100.17/24 dev eth0",
-                "ip route add default via 192.168.100.254",
+            Host::Isolde => script![
+                "ip addr add {ISOLDE}/{LAN_PREFIX_LEN} dev eth0",
+                "ip route add default via {GW_LAN}",
             ],
-            Host::Tristan => &[
-                "ip addr add 192.168.100.32/24 dev eth0",
-                "ip route add default via 192.168.100.254",
+            Host::Tristan => script![
+                "ip addr add {TRISTAN}/{LAN_PREFIX_LEN} dev eth0",
+                "ip route add default via {GW_LAN}",
             ],
         }
     }
@@ -202,16 +224,16 @@ impl LanDevice {
 
     /// Moves gw's LAN address from eth0 onto the device (new devices inherit gw's loose
     /// `default.rp_filter`).
-    fn setup(self) -> &'static [(Host, &'static [&'static str])] {
+    fn setup(self) -> Vec<(Host, Vec<String>)> {
         match self {
-            LanDevice::Plain => &[],
-            LanDevice::Bridge => &[(
+            LanDevice::Plain => Vec::new(),
+            LanDevice::Bridge => vec![(
                 Host::Gw,
-                &[
-                    "ip addr del 192.168.100.254/24 dev eth0",
+                script![
+                    "ip addr del {GW_LAN}/{LAN_PREFIX_LEN} dev eth0",
                     "ip link add br-lan type bridge",
                     "ip link set eth0 master br-lan",
-                    "ip addr add 192.168.100.254/24 dev br-lan",
+                    "ip addr add {GW_LAN}/{LAN_PREFIX_LEN} dev br-lan",
                     "ip link set br-lan up",
                 ],
             )],
@@ -234,70 +256,73 @@ pub enum GatewayMode {
     /// The classic recipe of TOPOLOGY.md: per-uplink tables, source rules, CONNMARK, DNAT, MASQUERADE.
     Classic,
     /// Plain routing without NAT or conntrack, the benchmarks' ceiling: the client addresses
-    /// isolde (192.168.100.17) itself, through ISP A both ways ([`FORWARD_ROUTES`]).
+    /// isolde (192.168.100.17) itself, through ISP A both ways ([`forward_routes`]).
     Forward,
 }
 
 /// Public addresses on gw, DNAT of each to isolde, MASQUERADE out of each uplink.
-const PLAIN_DNAT: &[&str] = &[
-    "ip addr add 67.17.28.10/32 dev eth4",
-    "ip addr add 205.254.211.17/32 dev eth1",
-    "iptables -w -t nat -A PREROUTING -d 67.17.28.10 -j DNAT --to-destination 192.168.100.17",
-    "iptables -w -t nat -A PREROUTING -d 205.254.211.17 -j DNAT --to-destination 192.168.100.17",
-    "iptables -w -t nat -A POSTROUTING -o eth1 -j MASQUERADE",
-    "iptables -w -t nat -A POSTROUTING -o eth4 -j MASQUERADE",
-];
+fn plain_dnat() -> Vec<String> {
+    script![
+        "ip addr add {PUBLIC_ISP_A}/32 dev eth4",
+        "ip addr add {PUBLIC_ISP_B}/32 dev eth1",
+        "iptables -w -t nat -A PREROUTING -d {PUBLIC_ISP_A} -j DNAT --to-destination {ISOLDE}",
+        "iptables -w -t nat -A PREROUTING -d {PUBLIC_ISP_B} -j DNAT --to-destination {ISOLDE}",
+        "iptables -w -t nat -A POSTROUTING -o eth1 -j MASQUERADE",
+        "iptables -w -t nat -A POSTROUTING -o eth4 -j MASQUERADE",
+    ]
+}
 
-/// Policy routing of the classic recipe (applied with [`PLAIN_DNAT`]).
-const CLASSIC_ROUTING: &[&str] = &[
-    // Table 201 "dsl" (ISP A): main's connected routes plus ISP A's default.
-    "ip route add 192.168.100.0/24 dev eth0 proto kernel scope link src 192.168.100.254 table 201",
-    "ip route add 205.254.211.0/24 dev eth1 proto kernel scope link src 205.254.211.179 table 201",
-    "ip route add 67.17.28.0/28 dev eth4 proto kernel scope link src 67.17.28.12 table 201",
-    "ip route add default via 67.17.28.14 dev eth4 table 201",
-    // Table 202 "isp-b": the same connected routes plus ISP B's default.
-    "ip route add 192.168.100.0/24 dev eth0 proto kernel scope link src 192.168.100.254 table 202",
-    "ip route add 205.254.211.0/24 dev eth1 proto kernel scope link src 205.254.211.179 table 202",
-    "ip route add 67.17.28.0/28 dev eth4 proto kernel scope link src 67.17.28.12 table 202",
-    "ip route add default via 205.254.211.254 dev eth1 table 202",
-    // gw's own traffic by source address.
-    "ip rule add from 67.17.28.12 lookup 201",
-    "ip rule add from 205.254.211.179 lookup 202",
-    // Connections marked by the uplink they came in on; replies from the LAN get the mark back.
-    "iptables -w -t mangle -A PREROUTING -i eth4 -m conntrack --ctstate NEW -j CONNMARK --set-mark 1",
-    "iptables -w -t mangle -A PREROUTING -i eth1 -m conntrack --ctstate NEW -j CONNMARK --set-mark 2",
-    "iptables -w -t mangle -A PREROUTING -i eth0 -j CONNMARK --restore-mark",
-    "ip rule add fwmark 1 lookup 201",
-    "ip rule add fwmark 2 lookup 202",
-];
+/// Policy routing of the classic recipe (applied with [`plain_dnat`]), in the example config's
+/// tables (201 dsl, 202 isp-b). The CONNMARK marks 1 and 2 are the recipe's own.
+fn classic_routing() -> Vec<String> {
+    script![
+        // dsl's table (ISP A): main's connected routes plus ISP A's default.
+        "ip route add {LAN_NET} dev eth0 proto kernel scope link src {GW_LAN} table {DSL_TABLE}",
+        "ip route add {ISP_B_NET} dev eth1 proto kernel scope link src {GW_ISP_B} table {DSL_TABLE}",
+        "ip route add {ISP_A_NET} dev eth4 proto kernel scope link src {GW_ISP_A} table {DSL_TABLE}",
+        "ip route add default via {ISP_A_ROUTER} dev eth4 table {DSL_TABLE}",
+        // isp-b's table: the same connected routes plus ISP B's default.
+        "ip route add {LAN_NET} dev eth0 proto kernel scope link src {GW_LAN} table {ISPB_TABLE}",
+        "ip route add {ISP_B_NET} dev eth1 proto kernel scope link src {GW_ISP_B} table {ISPB_TABLE}",
+        "ip route add {ISP_A_NET} dev eth4 proto kernel scope link src {GW_ISP_A} table {ISPB_TABLE}",
+        "ip route add default via {ISP_B_ROUTER} dev eth1 table {ISPB_TABLE}",
+        // gw's own traffic by source address.
+        "ip rule add from {GW_ISP_A} lookup {DSL_TABLE}",
+        "ip rule add from {GW_ISP_B} lookup {ISPB_TABLE}",
+        // Connections marked by the uplink they came in on; replies from the LAN get the mark back.
+        "iptables -w -t mangle -A PREROUTING -i eth4 -m conntrack --ctstate NEW -j CONNMARK --set-mark 1",
+        "iptables -w -t mangle -A PREROUTING -i eth1 -m conntrack --ctstate NEW -j CONNMARK --set-mark 2",
+        "iptables -w -t mangle -A PREROUTING -i eth0 -j CONNMARK --restore-mark",
+        "ip rule add fwmark 1 lookup {DSL_TABLE}",
+        "ip rule add fwmark 2 lookup {ISPB_TABLE}",
+    ]
+}
 
 /// [`GatewayMode::Forward`]: the LAN routed through ISP A with its own addresses. gw sends the
 /// client's replies back by ISP A, core and ISP A route the LAN prefix, and ISP A's spoof filter
 /// lets the LAN prefix through (its customer's, in this mode).
-const FORWARD_ROUTES: &[(Host, &[&str])] = &[
-    (Host::Gw, &["ip route add 64.70.12.0/24 via 67.17.28.14 dev eth4"]),
-    (Host::Core, &["ip route add 192.168.100.0/24 via 198.18.1.2"]),
-    (
-        Host::IspA,
-        &[
-            "ip route add 192.168.100.0/24 via 67.17.28.12",
-            "iptables -w -I FORWARD -i to-gw -s 192.168.100.0/24 -j ACCEPT",
-        ],
-    ),
-];
+fn forward_routes() -> Vec<(Host, Vec<String>)> {
+    vec![
+        (Host::Gw, script!["ip route add {CLIENT_NET} via {ISP_A_ROUTER} dev eth4"]),
+        (Host::Core, script!["ip route add {LAN_NET} via {ISPA_TO_CORE}"]),
+        (
+            Host::IspA,
+            script![
+                "ip route add {LAN_NET} via {GW_ISP_A}",
+                "iptables -w -I FORWARD -i to-gw -s {LAN_NET} -j ACCEPT",
+            ],
+        ),
+    ]
+}
 
 impl GatewayMode {
     /// What to run, host by host.
-    fn scripts(self) -> Vec<(Host, Vec<&'static str>)> {
+    fn scripts(self) -> Vec<(Host, Vec<String>)> {
         match self {
             GatewayMode::Bare => Vec::new(),
-            GatewayMode::PlainDnat => vec![(Host::Gw, PLAIN_DNAT.to_vec())],
-            GatewayMode::Classic => {
-                vec![(Host::Gw, CLASSIC_ROUTING.iter().chain(PLAIN_DNAT).copied().collect())]
-            }
-            GatewayMode::Forward => {
-                FORWARD_ROUTES.iter().map(|(host, lines)| (*host, lines.to_vec())).collect()
-            }
+            GatewayMode::PlainDnat => vec![(Host::Gw, plain_dnat())],
+            GatewayMode::Classic => vec![(Host::Gw, [classic_routing(), plain_dnat()].concat())],
+            GatewayMode::Forward => forward_routes(),
         }
     }
 }
@@ -411,10 +436,10 @@ impl Lab {
             lab.run_script(host_b, &[&format!("ip link set {if_b} up")])?;
         }
         for host in Host::ALL {
-            lab.run_script(host, host.setup())?;
+            lab.run_script(host, &host.setup())?;
         }
         for (host, lines) in options.lan.setup() {
-            lab.run_script(*host, lines)?;
+            lab.run_script(host, &lines)?;
         }
         if options.xdp_friendly {
             for (host, lines) in XDP_FRIENDLY_SENDERS {
@@ -799,8 +824,9 @@ impl Lab {
         cmd
     }
 
-    fn run_script(&self, host: Host, lines: &[&str]) -> Result<()> {
+    fn run_script(&self, host: Host, lines: &[impl AsRef<str>]) -> Result<()> {
         for line in lines {
+            let line = line.as_ref();
             self.log_command(host.name(), line);
             let args: Vec<&str> = line.split_whitespace().collect();
             self.ns(host).run(&args).with_context(|| format!("setting up {host}: {line}"))?;
@@ -1149,9 +1175,9 @@ const EXAMPLE_CONFIG: &str = include_str!("../../examples/masq-gw.toml");
 /// The example config with `dsl` added to dsl's `[[uplink]]` (its own keys, then subtables
 /// such as `[uplink.health]`).
 pub fn example_with_dsl(dsl: &str) -> String {
-    let anchor = "gateway = \"67.17.28.14\"\n";
-    assert!(EXAMPLE_CONFIG.contains(anchor), "the example's dsl gateway line moved");
-    EXAMPLE_CONFIG.replacen(anchor, &format!("{anchor}{dsl}\n"), 1)
+    let anchor = format!("gateway = \"{ISP_A_ROUTER}\"\n");
+    assert!(EXAMPLE_CONFIG.contains(&anchor), "the example's dsl gateway line moved");
+    EXAMPLE_CONFIG.replacen(&anchor, &format!("{anchor}{dsl}\n"), 1)
 }
 const DEMO_PORT: u16 = 80;
 const DEMO_REPLY: &str = "hello from isolde";
@@ -1308,6 +1334,78 @@ fn demo_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lines `scripts` run on `host`.
+    fn lines_on(scripts: &[(Host, Vec<String>)], host: Host) -> Vec<&str> {
+        scripts
+            .iter()
+            .filter(|(h, _)| *h == host)
+            .flat_map(|(_, l)| l)
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn every_script_expands_to_the_seed_addresses() {
+        let hosts: Vec<_> = Host::ALL.map(|host| (host, host.setup())).into();
+        let bridge = LanDevice::Bridge.setup();
+        let [plain_dnat, classic, forward] =
+            [GatewayMode::PlainDnat, GatewayMode::Classic, GatewayMode::Forward]
+                .map(GatewayMode::scripts);
+        assert!(LanDevice::Plain.setup().is_empty() && GatewayMode::Bare.scripts().is_empty());
+        let all = [&hosts, &bridge, &plain_dnat, &classic, &forward];
+        for (host, lines) in all.into_iter().flatten() {
+            for line in lines {
+                assert!(!line.contains(['{', '}']), "{host}: a placeholder left in {line:?}");
+            }
+        }
+        for (scripts, host, line) in [
+            (&hosts, Host::Client, "ip addr add 64.70.12.210/24 dev eth0"),
+            (&hosts, Host::Client, "ip route add default via 64.70.12.1"),
+            (&hosts, Host::Core, "ip addr add 198.18.1.1/30 dev to-ispa"),
+            (&hosts, Host::Core, "ip route add 67.17.28.0/28 via 198.18.1.2"),
+            (&hosts, Host::Core, "ip route add 205.254.211.0/24 via 198.18.2.2"),
+            (
+                &hosts,
+                Host::IspA,
+                "iptables -w -A FORWARD -i to-gw ! -s 67.17.28.0/28 -m comment --comment spoofed -j DROP",
+            ),
+            (&hosts, Host::IspA, "ip route add default via 198.18.1.1"),
+            (&hosts, Host::IspB, "ip addr add 205.254.211.254/24 dev to-gw"),
+            (&hosts, Host::Gw, "ip addr add 192.168.100.254/24 dev eth0"),
+            (&hosts, Host::Gw, "ip addr add 67.17.28.12/28 dev eth4"),
+            (&hosts, Host::Gw, "ip route add default via 205.254.211.254"),
+            (&hosts, Host::Isolde, "ip addr add 192.168.100.17/24 dev eth0"),
+            (&hosts, Host::Tristan, "ip route add default via 192.168.100.254"),
+            (&bridge, Host::Gw, "ip addr add 192.168.100.254/24 dev br-lan"),
+            (
+                &plain_dnat,
+                Host::Gw,
+                "iptables -w -t nat -A PREROUTING -d 205.254.211.17 -j DNAT --to-destination 192.168.100.17",
+            ),
+            (
+                &classic,
+                Host::Gw,
+                "ip route add 192.168.100.0/24 dev eth0 proto kernel scope link src 192.168.100.254 table 201",
+            ),
+            (&classic, Host::Gw, "ip route add default via 205.254.211.254 dev eth1 table 202"),
+            (&classic, Host::Gw, "ip rule add from 67.17.28.12 lookup 201"),
+            (&classic, Host::Gw, "ip rule add fwmark 2 lookup 202"),
+            (&classic, Host::Gw, "ip addr add 67.17.28.10/32 dev eth4"),
+            (&forward, Host::Gw, "ip route add 64.70.12.0/24 via 67.17.28.14 dev eth4"),
+            (&forward, Host::Core, "ip route add 192.168.100.0/24 via 198.18.1.2"),
+            (&forward, Host::IspA, "iptables -w -I FORWARD -i to-gw -s 192.168.100.0/24 -j ACCEPT"),
+        ] {
+            let lines = lines_on(scripts, host);
+            assert!(lines.contains(&line), "{host} lacks {line:?}: {lines:#?}");
+        }
+    }
+
+    #[test]
+    fn example_with_dsl_adds_after_the_dsl_gateway_line() {
+        let config = example_with_dsl("# added");
+        assert!(config.contains("gateway = \"67.17.28.14\"\n# added\n"), "{config}");
+    }
 
     #[test]
     fn mac_parses() {

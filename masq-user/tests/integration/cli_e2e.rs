@@ -14,7 +14,9 @@ use std::{
 
 use masq_common::DEFAULT_CONN_CAPACITY;
 use masq_user::lab::{GatewayMode, Host, Lab};
-use masq_user::seed::{CLIENT, GW_ISP_A, ISOLDE, PUBLIC_ISP_A, PUBLIC_ISP_B, TRISTAN};
+use masq_user::seed::{
+    CLIENT, GW_ISP_A, ISOLDE, ISP_A_ROUTER, PUBLIC_ISP_A, PUBLIC_ISP_B, TRISTAN,
+};
 use serde_json::Value;
 
 use crate::common;
@@ -31,10 +33,11 @@ udp_stream = 600
 icmp = 600";
 /// tristan's own public address on ISP A, added by the reload.
 const PUBLIC_TRISTAN: Ipv4Addr = Ipv4Addr::new(67, 17, 28, 11);
-const EXTRA_PUBLISH: &str = "[[publish]]
-uplink = \"dsl\"
-address = \"67.17.28.11\"
-to = \"192.168.100.32\"";
+
+/// The reload's new `[[publish]]`: [`PUBLIC_TRISTAN`] to tristan.
+fn extra_publish() -> String {
+    format!("[[publish]]\nuplink = \"dsl\"\naddress = \"{PUBLIC_TRISTAN}\"\nto = \"{TRISTAN}\"")
+}
 
 /// `masq <args> --pin-dir <the lab's>` inside gw's network namespace.
 fn masq(lab: &Lab, args: &[&str]) -> Output {
@@ -151,8 +154,9 @@ fn cli_and_metrics_report_known_traffic_and_flush_removes_one_uplink() {
     // Known traffic: 3 echo requests in one ping (one identifier) to isolde through ISP A,
     // one TCP request to isolde through ISP B, one UDP request from tristan to the client
     // (tristan's policy sends it out by dsl).
+    let public_a = PUBLIC_ISP_A.to_string();
     let ping = lab
-        .exec(Host::Client, &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", "67.17.28.10"])
+        .exec(Host::Client, &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", &public_a])
         .unwrap();
     assert!(ping.status.success(), "ping: {}", String::from_utf8_lossy(&ping.stdout));
     let reply = lab.tcp_request(Host::Client, PUBLIC_ISP_B, 80, TIMEOUT).unwrap();
@@ -224,9 +228,9 @@ fn cli_and_metrics_report_known_traffic_and_flush_removes_one_uplink() {
     assert_eq!(protos(&["--uplink", "#1"]), ["tcp"]);
     assert_eq!(protos(&["--proto", "icmp"]), ["icmp"]);
     assert_eq!(protos(&["--proto", "udp"]), ["udp"]);
-    assert_eq!(protos(&["--host", "67.17.28.12"]), ["udp"]);
-    assert_eq!(protos(&["--host", "192.168.100.17"]), ["icmp", "tcp"]);
-    assert_eq!(protos(&["--host", "64.70.12.210"]), ["icmp", "tcp", "udp"]);
+    assert_eq!(protos(&["--host", &GW_ISP_A.to_string()]), ["udp"]);
+    assert_eq!(protos(&["--host", &ISOLDE.to_string()]), ["icmp", "tcp"]);
+    assert_eq!(protos(&["--host", &CLIENT.to_string()]), ["icmp", "tcp", "udp"]);
     assert_eq!(protos(&["--uplink", "dsl", "--proto", "tcp"]), Vec::<String>::new());
     let err = masq_err(&lab, &["conns", "--uplink", "cable"]);
     assert!(err.contains("uplinks: dsl, isp-b"), "{err}");
@@ -297,7 +301,7 @@ fn cli_and_metrics_report_known_traffic_and_flush_removes_one_uplink() {
     let dsl = &status["uplinks"][0];
     assert_eq!(dsl["name"], "dsl");
     assert_eq!(addr(&dsl["address"]), GW_ISP_A);
-    assert_eq!(dsl["gateway"], "67.17.28.14");
+    assert_eq!(dsl["gateway"], ISP_A_ROUTER.to_string());
     assert_eq!(dsl["table"], 201);
     assert_eq!(dsl["mark"], 0x0100_0000);
     assert_eq!(status["uplinks"][1]["table"], 202);
@@ -428,13 +432,13 @@ fn reload_publishes_a_new_address_while_an_existing_flow_keeps_working() {
         let before = conns(&lab, &["--proto", "tcp"]);
         assert_eq!(before.len(), 1, "{before:#?}");
 
-        common::config_with(&lab, &format!("{LONG_TIMEOUTS}\n{EXTRA_PUBLISH}"));
+        common::config_with(&lab, &format!("{LONG_TIMEOUTS}\n{}", extra_publish()));
         let out = masq_ok(&lab, &["reload"]);
         assert!(out.contains("reloaded"), "{out}");
         assert!(ping_until(&lab, PUBLIC_TRISTAN), "{PUBLIC_TRISTAN} after reload");
         // One connection per ping run (each has its own identifier): the echo request of the
         // probe before the reload may still wait in ISP A's ARP queue and go through too.
-        let tristan = conns(&lab, &["--host", "192.168.100.32"]);
+        let tristan = conns(&lab, &["--host", &TRISTAN.to_string()]);
         assert!(!tristan.is_empty());
         for conn in &tristan {
             assert_eq!(conn["proto"], "icmp", "{conn:#}");

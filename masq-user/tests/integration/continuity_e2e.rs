@@ -15,7 +15,7 @@ use std::{
 };
 
 use masq_user::lab::{GatewayMode, Host, Lab, LabChild};
-use masq_user::seed::{PUBLIC_ISP_A, PUBLIC_ISP_B};
+use masq_user::seed::{PUBLIC_ISP_A, PUBLIC_ISP_B, TRISTAN};
 
 use crate::common;
 
@@ -145,12 +145,12 @@ fn transfers_and_streams_survive_a_restart_and_a_reload() {
 
     // (b) A reload adds a published address: it answers, the running flows go on.
     let text = fs::read_to_string(&config).unwrap();
+    let new_address = Ipv4Addr::new(67, 17, 28, 11);
     let extra =
-        "[[publish]]\nuplink = \"dsl\"\naddress = \"67.17.28.11\"\nto = \"192.168.100.32\"\n";
+        format!("[[publish]]\nuplink = \"dsl\"\naddress = \"{new_address}\"\nto = \"{TRISTAN}\"\n");
     fs::write(&config, format!("{text}\n{extra}")).unwrap();
     let out = common::masq_cli(&lab, &["reload"]);
     assert!(out.status.success(), "masq reload: {}", String::from_utf8_lossy(&out.stderr));
-    let new_address = Ipv4Addr::new(67, 17, 28, 11);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !lab.ping(Host::Client, new_address, Duration::from_secs(1)).unwrap() {
         assert!(Instant::now() < deadline, "{new_address} not answering after the reload");

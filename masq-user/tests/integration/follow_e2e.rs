@@ -9,7 +9,10 @@ use std::{
 };
 
 use masq_user::lab::{GatewayMode, Host, Lab};
-use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A};
+use masq_user::seed::{
+    CLIENT, GW_ISP_A, GW_ISP_B, GW_LAN, ISP_A_PREFIX_LEN, ISP_A_ROUTER, LAN_PREFIX_LEN,
+    PUBLIC_ISP_A,
+};
 use serde_json::Value;
 
 use crate::common;
@@ -56,14 +59,14 @@ fn uplink_status(lab: &Lab, index: usize) -> Value {
 /// The example config with dsl's `address` and `gateway` lines left out.
 fn following_config(lab: &Lab) -> PathBuf {
     let text = std::fs::read_to_string(common::example_config()).unwrap();
+    let (address, gateway) =
+        (format!("address = \"{GW_ISP_A}\""), format!("gateway = \"{ISP_A_ROUTER}\""));
     let text: String = text
         .lines()
-        .filter(|l| {
-            !l.starts_with("address = \"67.17.28.12\"") && *l != "gateway = \"67.17.28.14\""
-        })
+        .filter(|l| !l.starts_with(&address) && *l != gateway)
         .map(|l| format!("{l}\n"))
         .collect();
-    assert!(!text.contains("gateway = \"67.17.28.14\""), "the example changed: {text}");
+    assert!(!text.contains(&gateway), "the example changed: {text}");
     let path = lab.run_dir().join("masq-gw-follow.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -87,44 +90,51 @@ fn conns_text(lab: &Lab) -> Vec<String> {
 fn renumbered_uplink_is_followed_live() {
     let lab = common::lab(GatewayMode::Bare);
     // What a DHCP client installs beside the main default route (ISP B's).
-    lab.ns(Host::Gw).run_ok("ip route add default via 67.17.28.14 dev eth4 metric 100").unwrap();
+    let dsl_default = format!("ip route add default via {ISP_A_ROUTER} dev eth4 metric 100");
+    lab.ns(Host::Gw).run_ok(&dsl_default).unwrap();
     let masq = common::start_masq(&lab, &following_config(&lab));
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
     let dsl = uplink_status(&lab, 0);
-    assert_eq!((&dsl["address"], &dsl["gateway"]), (&"67.17.28.12".into(), &"67.17.28.14".into()));
+    assert_eq!(
+        (&dsl["address"], &dsl["gateway"]),
+        (&GW_ISP_A.to_string().into(), &ISP_A_ROUTER.to_string().into())
+    );
     // tristan's policy is dsl, isolde's the default (isp-b); each leaves a UDP connection.
     assert_eq!(udp_seen(&lab, Host::Tristan), Some(GW_ISP_A));
     assert_eq!(udp_seen(&lab, Host::Isolde), Some(GW_ISP_B));
     let isp_b_conns = originals_on(&lab, "isp-b");
     assert_eq!(isp_b_conns.len(), 1, "{isp_b_conns:?}");
-    assert!(conns_text(&lab).iter().any(|c| c.contains("67.17.28.12")));
+    assert!(conns_text(&lab).iter().any(|c| c.contains(&GW_ISP_A.to_string())));
 
     // ISP A renumbers the line: a new address for gw, a new router.
-    lab.ns(Host::IspA).run_ok("ip addr add 67.17.28.13/28 dev to-gw").unwrap();
+    lab.ns(Host::IspA)
+        .run_ok(&format!("ip addr add {NEW_ISP_A_ROUTER}/{ISP_A_PREFIX_LEN} dev to-gw"))
+        .unwrap();
     for cmd in [
-        "ip addr del 67.17.28.12/28 dev eth4",
-        "ip addr add 67.17.28.11/28 dev eth4",
-        "ip route replace default via 67.17.28.13 dev eth4 metric 100",
+        format!("ip addr del {GW_ISP_A}/{ISP_A_PREFIX_LEN} dev eth4"),
+        format!("ip addr add {NEW_GW_ISP_A}/{ISP_A_PREFIX_LEN} dev eth4"),
+        format!("ip route replace default via {NEW_ISP_A_ROUTER} dev eth4 metric 100"),
     ] {
-        lab.ns(Host::Gw).run_ok(cmd).unwrap();
+        lab.ns(Host::Gw).run_ok(&cmd).unwrap();
     }
     // The daemon logs the old address's connections removed last, after the uplink's map
     // entry and its kernel tables.
+    let old_removed = format!("connections of its old address {GW_ISP_A} removed");
     eventually("dsl to follow the new address and gateway", || {
         let dsl = uplink_status(&lab, 0);
         (dsl["address"] == NEW_GW_ISP_A.to_string()
             && dsl["gateway"] == NEW_ISP_A_ROUTER.to_string()
-            && masq.log_text().contains("connections of its old address 67.17.28.12 removed"))
+            && masq.log_text().contains(&old_removed))
         .then_some(())
     });
     let log = masq.log_text();
-    assert!(log.contains("address 67.17.28.11, gateway 67.17.28.13"), "{log}");
-    assert!(log.contains("connections of its old address 67.17.28.12 removed"), "{log}");
+    assert!(log.contains(&format!("address {NEW_GW_ISP_A}, gateway {NEW_ISP_A_ROUTER}")), "{log}");
+    assert!(log.contains(&old_removed), "{log}");
 
     // The old address's connection is gone and counted; isp-b's is untouched.
     let conns = conns_text(&lab);
-    assert!(!conns.iter().any(|c| c.contains("67.17.28.12")), "{conns:#?}");
+    assert!(!conns.iter().any(|c| c.contains(&GW_ISP_A.to_string())), "{conns:#?}");
     let isp_b_after = originals_on(&lab, "isp-b");
     for kept in &isp_b_conns {
         assert!(isp_b_after.contains(kept), "isp-b conn {kept} gone: {conns:#?}");
@@ -136,10 +146,10 @@ fn renumbered_uplink_is_followed_live() {
     assert_eq!(udp_seen(&lab, Host::Tristan), Some(NEW_GW_ISP_A));
     assert_eq!(tcp_seen(&lab, Host::Isolde), Some(GW_ISP_B));
     let rules = lab.ns(Host::Gw).run_ok("ip rule show").unwrap();
-    assert!(rules.contains("from 67.17.28.11 lookup 201"), "{rules}");
-    assert!(!rules.contains("from 67.17.28.12"), "{rules}");
+    assert!(rules.contains(&format!("from {NEW_GW_ISP_A} lookup 201")), "{rules}");
+    assert!(!rules.contains(&format!("from {GW_ISP_A}")), "{rules}");
     let table = lab.ns(Host::Gw).run_ok("ip route show table 201").unwrap();
-    assert!(table.contains("default via 67.17.28.13 dev eth4"), "{table}");
+    assert!(table.contains(&format!("default via {NEW_ISP_A_ROUTER} dev eth4")), "{table}");
     // Inbound publishing on ISP A goes on as before.
     let _http = common::serve_http(&lab, Host::Isolde, HTTP_PORT, REPLY.as_bytes());
     let body = common::curl(&lab, Host::Client, &format!("http://{PUBLIC_ISP_A}/"), TIMEOUT);
@@ -175,14 +185,14 @@ fn plug_isp_a(lab: &Lab) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for cmd in [
         "sysctl -qw net.ipv4.conf.to-gw.rp_filter=0",
-        "ip addr add 67.17.28.14/28 dev to-gw",
+        &format!("ip addr add {ISP_A_ROUTER}/{ISP_A_PREFIX_LEN} dev to-gw"),
         "ip link set to-gw up",
     ] {
         lab.ns(Host::IspA).run_ok(cmd).unwrap();
     }
     for cmd in [
         "sysctl -qw net.ipv4.conf.eth4.rp_filter=2",
-        "ip addr add 67.17.28.12/28 dev eth4",
+        &format!("ip addr add {GW_ISP_A}/{ISP_A_PREFIX_LEN} dev eth4"),
         "ip link set eth4 up",
     ] {
         lab.ns(Host::Gw).run_ok(cmd).unwrap();
@@ -231,7 +241,7 @@ fn uplink_interface_deleted_and_created_again_is_attached_again() {
         let dsl = uplink_status(&lab, 0);
         (dsl["up"] == true
             && dsl["ifindex"] == new_index
-            && dsl_table_routes_via(&lab, "67.17.28.14"))
+            && dsl_table_routes_via(&lab, ISP_A_ROUTER))
         .then_some(())
     });
     let status = common::masq_status(&lab);
@@ -283,12 +293,13 @@ fn a_following_uplink_whose_interface_is_not_there_yet_waits_for_it() {
     assert_eq!(tcp_seen(&lab, Host::Tristan), Some(GW_ISP_B), "dsl absent: fail over");
     plug_isp_a(&lab);
     // The line came up; its DHCP client adds the default route dsl learns its gateway from.
-    lab.ns(Host::Gw).run_ok("ip route add default via 67.17.28.14 dev eth4 metric 100").unwrap();
+    let dsl_default = format!("ip route add default via {ISP_A_ROUTER} dev eth4 metric 100");
+    lab.ns(Host::Gw).run_ok(&dsl_default).unwrap();
     eventually("dsl to come up on the new eth4", || {
         let dsl = uplink_status(&lab, 0);
         (dsl["up"] == true
-            && dsl["gateway"] == "67.17.28.14"
-            && dsl_table_routes_via(&lab, "67.17.28.14"))
+            && dsl["gateway"] == ISP_A_ROUTER.to_string()
+            && dsl_table_routes_via(&lab, ISP_A_ROUTER))
         .then_some(())
     });
     assert_inbound_on_isp_a(&lab);
@@ -315,7 +326,7 @@ fn lan_interface_deleted_and_created_again_is_attached_again() {
     for cmd in ["ip link set gw master br0", "ip link set gw up"] {
         lab.ns(Host::Switch).run_ok(cmd).unwrap();
     }
-    for cmd in ["ip addr add 192.168.100.254/24 dev eth0", "ip link set eth0 up"] {
+    for cmd in [&format!("ip addr add {GW_LAN}/{LAN_PREFIX_LEN} dev eth0"), "ip link set eth0 up"] {
         lab.ns(Host::Gw).run_ok(cmd).unwrap();
     }
     let new_index = ifindex(&lab, "eth0");
@@ -339,7 +350,7 @@ fn lan_interface_deleted_and_created_again_is_attached_again() {
 
 /// Whether dsl's table (201) has its default route via `router` again: the daemon writes the
 /// uplink's map entry before it restores the table.
-fn dsl_table_routes_via(lab: &Lab, router: &str) -> bool {
+fn dsl_table_routes_via(lab: &Lab, router: Ipv4Addr) -> bool {
     let table = lab.ns(Host::Gw).run_ok("ip route show table 201").unwrap();
     table.contains(&format!("default via {router} dev eth4"))
 }

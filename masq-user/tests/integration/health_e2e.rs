@@ -16,7 +16,7 @@ use std::{
 };
 
 use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE, Lab, example_with_dsl};
-use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, ISOLDE, PUBLIC_ISP_B, TRISTAN};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, ISOLDE, ISP_B_ROUTER, PUBLIC_ISP_B, TRISTAN};
 use serde_json::Value;
 
 use crate::common;
@@ -146,7 +146,7 @@ fn dsl_fails_over_when_isp_a_stops_forwarding_and_fails_back_when_it_forwards_ag
     assert_eq!(up["health"]["probes"]["targets"][0]["answering"], true, "{up:#}");
     assert!(up["health"]["probes"]["targets"][0]["avg_rtt_ms"].as_f64().is_some(), "{up:#}");
     let main_default = lab.exec(Host::Gw, &["ip", "route", "show", "default"]).unwrap();
-    assert!(String::from_utf8_lossy(&main_default.stdout).contains("205.254.211.254"));
+    assert!(String::from_utf8_lossy(&main_default.stdout).contains(&ISP_B_ROUTER.to_string()));
     let lines = at_isp_a.stop().unwrap();
     let probes = common::sent_from(&lines, &GW_ISP_A.to_string(), "ICMP echo request");
     assert!(probes >= 3, "dsl's probes at ISP A, from {GW_ISP_A}:\n{}", lines.join("\n"));

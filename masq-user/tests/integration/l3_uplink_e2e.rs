@@ -4,7 +4,7 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use masq_user::lab::{Host, Lab, LabOptions};
-use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B};
+use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, ISP_A_ROUTER, PUBLIC_ISP_A, PUBLIC_ISP_B};
 use serde_json::Value;
 
 use crate::common;
@@ -23,8 +23,9 @@ fn l3_lab() -> Lab {
 /// The example config with dsl's gateway left out: a point-to-point link needs none.
 fn point_to_point_config(lab: &Lab) -> std::path::PathBuf {
     let text = std::fs::read_to_string(common::example_config()).unwrap();
-    let text = text.replace("gateway = \"67.17.28.14\"\n", "");
-    assert!(!text.contains("gateway = \"67.17.28.14\""), "the example changed");
+    let gateway = format!("gateway = \"{ISP_A_ROUTER}\"");
+    let text = text.replace(&format!("{gateway}\n"), "");
+    assert!(!text.contains(&gateway), "the example changed");
     let path = lab.run_dir().join("masq-gw-l3.toml");
     std::fs::write(&path, text).unwrap();
     path

@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE};
-use masq_user::seed::{CLIENT, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B};
+use masq_user::lab::{GatewayMode, Host, ISP_GW_SIDE_IFACE, Lab};
+use masq_user::seed::{CLIENT, CLIENT_PREFIX_LEN, GW_ISP_A, GW_ISP_B, PUBLIC_ISP_A, PUBLIC_ISP_B};
 
 use crate::common;
 
@@ -46,6 +46,13 @@ fn an_unsolicited_syn_to_an_uplink_address_gets_no_reset_but_the_gateways_own_se
 /// The client's second address: a second destination on "the internet".
 const CLIENT_2: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 211);
 const ECHO_PORT: u16 = 3478;
+
+/// Gives the client [`CLIENT_2`] beside its own address.
+fn add_client_2(lab: &Lab) {
+    let addr = format!("{CLIENT_2}/{CLIENT_PREFIX_LEN}");
+    let add = lab.exec(Host::Client, &["ip", "addr", "add", &addr, "dev", "eth0"]).unwrap();
+    assert!(add.status.success());
+}
 
 /// UDP servers on the client bound to each of `addrs` (so each answers from its own address),
 /// answering every datagram with the `address:port` they saw it from. Stop on drop.
@@ -165,9 +172,7 @@ const PEER_PORT: u16 = 8443;
 #[test]
 fn one_lan_tcp_port_keeps_one_public_port_toward_every_destination() {
     let lab = common::lab(GatewayMode::Bare);
-    let add =
-        lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
-    assert!(add.status.success());
+    add_client_2(&lab);
     let masq = common::start_masq(&lab, &common::example_config());
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PEER_PORT);
     let kept = tcp_seen_from(&lab, 40500, &[CLIENT, CLIENT_2]);
@@ -181,10 +186,8 @@ fn one_lan_tcp_port_keeps_one_public_port_toward_every_destination() {
 #[test]
 fn one_lan_socket_keeps_one_public_port_toward_every_destination() {
     let lab = common::lab(GatewayMode::Bare);
-    let add =
-        lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
-    assert!(add.status.success());
-    let range = |lab: &masq_user::lab::Lab| {
+    add_client_2(&lab);
+    let range = |lab: &Lab| {
         let out = lab.exec(Host::Gw, &["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).unwrap();
         String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
     };
@@ -256,8 +259,7 @@ fn stranger_reaches_mapping(lab: &masq_user::lab::Lab, port: u16) -> bool {
 fn endpoint_independent_filtering_lets_any_host_reach_a_udp_mapping_and_the_default_does_not() {
     for open in [false, true] {
         let lab = common::lab(GatewayMode::Bare);
-        let add = lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]);
-        assert!(add.unwrap().status.success());
+        add_client_2(&lab);
         let dsl = if open { "udp_filtering = \"endpoint-independent\"" } else { "" };
         let cfg = lab.run_dir().join("filtering.toml");
         std::fs::write(&cfg, masq_user::lab::example_with_dsl(dsl)).unwrap();

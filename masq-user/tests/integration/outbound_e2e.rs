@@ -23,8 +23,11 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the client's peer-address server listens (TCP and UDP).
 const PORT: u16 = 8080;
 /// The example's policies: tristan by DSL, everything else by ISP B.
-const EXAMPLE_POLICIES: &str = "[[policy]]\nfrom = \"192.168.100.32/32\"\nuplink = \"dsl\"\n\n\
-                                [[policy]]\nuplink = \"isp-b\"\n";
+fn example_policies() -> String {
+    format!(
+        "[[policy]]\nfrom = \"{TRISTAN}/32\"\nuplink = \"dsl\"\n\n[[policy]]\nuplink = \"isp-b\"\n"
+    )
+}
 
 /// The example config with its `[[policy]]` blocks replaced by `policies`, written to the run dir.
 fn config_with_policies(lab: &Lab, policies: &str) -> PathBuf {
@@ -112,7 +115,7 @@ fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
     let _server = common::serve_peer_addr(lab.ns(Host::Client), PORT);
 
     for (host, expected) in [(Host::Tristan, GW_ISP_A), (Host::Isolde, GW_ISP_B)] {
-        let (at_a, at_b) = captured_at_isps(&lab, "host 64.70.12.210", || {
+        let (at_a, at_b) = captured_at_isps(&lab, &format!("host {CLIENT}"), || {
             assert_eq!(tcp_seen(&lab, host, PORT), Some(expected), "{host} TCP");
             assert_eq!(udp_seen(&lab, host, PORT), Some(expected), "{host} UDP");
             assert!(lab.ping(host, CLIENT, TIMEOUT).unwrap(), "{host} ping");
@@ -142,8 +145,10 @@ fn lan_hosts_reach_the_client_masqueraded_behind_the_uplink_policy_picks() {
 
 #[test]
 fn per_destination_port_policy_overrides_the_default() {
-    let policies =
-        format!("[[policy]]\nproto = \"tcp\"\nport = 8443\nuplink = \"dsl\"\n\n{EXAMPLE_POLICIES}");
+    let policies = format!(
+        "[[policy]]\nproto = \"tcp\"\nport = 8443\nuplink = \"dsl\"\n\n{}",
+        example_policies()
+    );
     let (lab, _masq) = lab_with_policies(Some(&policies));
     let _https = common::serve_peer_addr(lab.ns(Host::Client), 8443);
     let _http = common::serve_peer_addr(lab.ns(Host::Client), PORT);
@@ -285,11 +290,11 @@ fn inbound_and_outbound_run_together_without_interfering() {
 fn route_added_to_main_follows_into_the_uplink_tables() {
     let (lab, _masq) = lab_with_policies(None);
     let gw = lab.ns(Host::Gw);
-    let route = "10.99.0.0/24 via 192.168.100.17";
+    let route = format!("10.99.0.0/24 via {ISOLDE}");
     let in_tables = || {
         [201, 202].map(|t| {
             let table = gw.run_ok(&format!("ip -4 route show table {t}")).unwrap();
-            table.lines().any(|l| l.starts_with(route))
+            table.lines().any(|l| l.starts_with(&route))
         })
     };
     // Polls up to 10 s (the machine is shared); the monitor syncs within about a second.

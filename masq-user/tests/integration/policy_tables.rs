@@ -1,30 +1,41 @@
 //! The kernel policy tables over netlink, in a throw-away namespace: install, remove, adopt
 //! leftovers, follow main's routes (`masq_user::policy_tables`).
-use std::{future::Future, net::Ipv4Addr, process::Command, sync::Arc, time::Duration};
+use std::{future::Future, process::Command, sync::Arc, time::Duration};
 
 use masq_user::{
     netns::{NetNs, require_root},
     policy_tables::*,
+    seed::{
+        GW_ISP_A, GW_ISP_B, GW_LAN, ISOLDE, ISP_A_NET, ISP_A_PREFIX_LEN, ISP_A_ROUTER, ISP_B_NET,
+        ISP_B_PREFIX_LEN, ISP_B_ROUTER, LAN_NET, LAN_PREFIX_LEN,
+    },
 };
 use tokio::time::Instant;
 
 const UP4_TABLE: u32 = 201;
 const UP1_TABLE: u32 = 202;
+
 /// `ip -4 rule show` after installing [`spec`].
-const RULES: [&str; 7] = [
-    "0: from all lookup local",
-    "1000: from 67.17.28.12 lookup 201 proto 109",
-    "1001: from 205.254.211.179 lookup 202 proto 109",
-    "1100: from all fwmark 0x100/0xff00 lookup 201 proto 109",
-    "1101: from all fwmark 0x200/0xff00 lookup 202 proto 109",
-    "32766: from all lookup main",
-    "32767: from all lookup default",
-];
-const CONNECTED_COPIES: [&str; 3] = [
-    "67.17.28.0/28 dev up4 proto 109 scope link src 67.17.28.12",
-    "192.168.100.0/24 dev lan0 proto 109 scope link src 192.168.100.254",
-    "205.254.211.0/24 dev up1 proto 109 scope link src 205.254.211.179",
-];
+fn installed_rules() -> [String; 7] {
+    [
+        "0: from all lookup local".into(),
+        format!("1000: from {GW_ISP_A} lookup 201 proto 109"),
+        format!("1001: from {GW_ISP_B} lookup 202 proto 109"),
+        "1100: from all fwmark 0x100/0xff00 lookup 201 proto 109".into(),
+        "1101: from all fwmark 0x200/0xff00 lookup 202 proto 109".into(),
+        "32766: from all lookup main".into(),
+        "32767: from all lookup default".into(),
+    ]
+}
+
+/// main's connected routes, as masq copies them into each table.
+fn connected_copies() -> [String; 3] {
+    [
+        format!("{ISP_A_NET} dev up4 proto 109 scope link src {GW_ISP_A}"),
+        format!("{LAN_NET} dev lan0 proto 109 scope link src {GW_LAN}"),
+        format!("{ISP_B_NET} dev up1 proto 109 scope link src {GW_ISP_B}"),
+    ]
+}
 
 /// masq-gw of TOPOLOGY.md: up4 is eth4 (ISP A), up1 is eth1 (ISP B, main's default route), lan0
 /// is eth0. Veth pairs with both ends here (this kernel has no dummy driver), so the links have
@@ -37,16 +48,16 @@ fn gateway_ns() -> NetNs {
         "ip link add up4 type veth peer name isp-a",
         "ip link add up1 type veth peer name isp-b",
         "ip link add lan0 type veth peer name lan-switch",
-        "ip addr add 67.17.28.12/28 dev up4",
-        "ip addr add 205.254.211.179/24 dev up1",
-        "ip addr add 192.168.100.254/24 dev lan0",
+        &format!("ip addr add {GW_ISP_A}/{ISP_A_PREFIX_LEN} dev up4"),
+        &format!("ip addr add {GW_ISP_B}/{ISP_B_PREFIX_LEN} dev up1"),
+        &format!("ip addr add {GW_LAN}/{LAN_PREFIX_LEN} dev lan0"),
         "ip link set up4 up",
         "ip link set up1 up",
         "ip link set lan0 up",
         "ip link set isp-a up",
         "ip link set isp-b up",
         "ip link set lan-switch up",
-        "ip route add default via 205.254.211.254 dev up1",
+        &format!("ip route add default via {ISP_B_ROUTER} dev up1"),
     ] {
         ns.run_ok(cmd).unwrap();
     }
@@ -62,8 +73,8 @@ fn spec(ns: &NetNs) -> PolicySpec {
                 mark: 0x100,
                 route: Some(UplinkRoute {
                     ifindex: ifindex(ns, "up4"),
-                    address: Ipv4Addr::new(67, 17, 28, 12),
-                    gateway: Some(Ipv4Addr::new(67, 17, 28, 14)),
+                    address: GW_ISP_A,
+                    gateway: Some(ISP_A_ROUTER),
                 }),
             },
             UplinkTable {
@@ -72,8 +83,8 @@ fn spec(ns: &NetNs) -> PolicySpec {
                 mark: 0x200,
                 route: Some(UplinkRoute {
                     ifindex: ifindex(ns, "up1"),
-                    address: Ipv4Addr::new(205, 254, 211, 179),
-                    gateway: Some(Ipv4Addr::new(205, 254, 211, 254)),
+                    address: GW_ISP_B,
+                    gateway: Some(ISP_B_ROUTER),
                 }),
             },
         ],
@@ -118,9 +129,9 @@ fn snapshot(ns: &str) -> String {
     format!("{}\n{}", ip(ns, "rule show"), ip(ns, "route show table all"))
 }
 
-fn expected_table(default: &str, others: &[&str]) -> Vec<String> {
+fn expected_table(default: &str, others: &[impl AsRef<str>]) -> Vec<String> {
     let mut expected = vec![default.to_string()];
-    expected.extend(others.iter().map(|line| line.to_string()));
+    expected.extend(others.iter().map(|line| line.as_ref().to_string()));
     expected
 }
 
@@ -138,13 +149,19 @@ fn install_fills_one_table_per_uplink_and_adds_its_rules() {
             let tables = PolicyTables::install(spec).await.unwrap();
             assert_eq!(
                 table(&name, UP4_TABLE),
-                expected_table("default via 67.17.28.14 dev up4 proto 109", &CONNECTED_COPIES)
+                expected_table(
+                    &format!("default via {ISP_A_ROUTER} dev up4 proto 109"),
+                    &connected_copies()
+                )
             );
             assert_eq!(
                 table(&name, UP1_TABLE),
-                expected_table("default via 205.254.211.254 dev up1 proto 109", &CONNECTED_COPIES)
+                expected_table(
+                    &format!("default via {ISP_B_ROUTER} dev up1 proto 109"),
+                    &connected_copies()
+                )
             );
-            assert_eq!(rules(&name), RULES);
+            assert_eq!(rules(&name), installed_rules());
             tables.remove().await.unwrap();
         })
     });
@@ -196,10 +213,13 @@ fn install_adopts_identical_leftovers_and_deletes_stale_masq_rules() {
             // Left over from a run with another configuration.
             ip(&name, "rule add priority 1005 from 192.0.2.1 lookup 205 proto 109");
             let tables = PolicyTables::install(spec).await.unwrap();
-            assert_eq!(rules(&name), RULES);
+            assert_eq!(rules(&name), installed_rules());
             assert_eq!(
                 table(&name, UP4_TABLE),
-                expected_table("default via 67.17.28.14 dev up4 proto 109", &CONNECTED_COPIES)
+                expected_table(
+                    &format!("default via {ISP_A_ROUTER} dev up4 proto 109"),
+                    &connected_copies()
+                )
             );
             tables.remove().await.unwrap();
         })
@@ -211,35 +231,30 @@ fn install_adopts_identical_leftovers_and_deletes_stale_masq_rules() {
 fn sync_routes_copies_routes_added_to_main_and_drops_removed_ones() {
     let ns = gateway_ns();
     let spec = spec(&ns);
-    ns.run_ok("ip route add 10.98.0.0/24 via 192.168.100.17 dev lan0").unwrap();
+    ns.run_ok(&format!("ip route add 10.98.0.0/24 via {ISOLDE} dev lan0")).unwrap();
     let name = ns.name().to_string();
     ns.enter(move || {
         block_on(async move {
             let tables = PolicyTables::install(spec).await.unwrap();
             assert!(
                 table(&name, UP1_TABLE)
-                    .contains(&"10.98.0.0/24 via 192.168.100.17 dev lan0 proto 109".to_string())
+                    .contains(&format!("10.98.0.0/24 via {ISOLDE} dev lan0 proto 109"))
             );
             ip(&name, "route del 10.98.0.0/24");
-            ip(&name, "route add 10.99.0.0/24 via 192.168.100.17 dev lan0 metric 50");
+            ip(&name, &format!("route add 10.99.0.0/24 via {ISOLDE} dev lan0 metric 50"));
             ip(&name, "route add blackhole 10.97.0.0/16");
             tables.sync_routes().await.unwrap();
+            let [copy_a, copy_lan, copy_b] = connected_copies();
             let expected = [
-                "default via 205.254.211.254 dev up1 proto 109",
-                "blackhole 10.97.0.0/16 proto 109",
-                "10.99.0.0/24 via 192.168.100.17 dev lan0 proto 109 metric 50",
+                format!("default via {ISP_B_ROUTER} dev up1 proto 109"),
+                "blackhole 10.97.0.0/16 proto 109".into(),
+                format!("10.99.0.0/24 via {ISOLDE} dev lan0 proto 109 metric 50"),
             ];
             assert_eq!(
                 table(&name, UP1_TABLE),
                 expected_table(
-                    expected[0],
-                    &[
-                        expected[1],
-                        expected[2],
-                        CONNECTED_COPIES[0],
-                        CONNECTED_COPIES[1],
-                        CONNECTED_COPIES[2],
-                    ]
+                    &expected[0],
+                    &[&expected[1], &expected[2], &copy_a, &copy_lan, &copy_b]
                 )
             );
             // A second sync changes nothing.

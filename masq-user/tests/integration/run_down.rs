@@ -2,7 +2,7 @@
 use std::{path::Path, time::Duration};
 
 use masq_user::lab::{GatewayMode, Host, Lab};
-use masq_user::seed::PUBLIC_ISP_A;
+use masq_user::seed::{GW_ISP_A, ISP_A_ROUTER, PUBLIC_ISP_A};
 
 use crate::common;
 
@@ -30,10 +30,10 @@ fn gateway_state(lab: &Lab) -> String {
 fn assert_installed(lab: &Lab) {
     let gw = lab.ns(Host::Gw);
     let rules = gw.run_ok("ip -4 rule show").unwrap();
-    assert!(rules.contains("from 67.17.28.12 lookup 201"), "{rules}");
+    assert!(rules.contains(&format!("from {GW_ISP_A} lookup 201")), "{rules}");
     assert!(rules.contains("fwmark 0x1000000/0xf000000 lookup 201"), "{rules}");
     let table = gw.run_ok("ip -4 route show table 201").unwrap();
-    assert!(table.contains("default via 67.17.28.14 dev eth4"), "{table}");
+    assert!(table.contains(&format!("default via {ISP_A_ROUTER} dev eth4")), "{table}");
     let status = common::masq_status(lab);
     let attached = status["programs"].as_array().unwrap().iter().any(|a| {
         a["program"] == "masq_uplink_in" && a["interface"] == "eth4" && a["attached"] == true

@@ -1,20 +1,23 @@
 //! RFC 5780 NAT behaviour discovery with a real third-party STUN pair (coturn's `turnserver`
 //! on two addresses of the lab's internet host, `turnutils_natdiscovery` on tristan) through
 //! masq. Needs root and coturn (`cargo xtask setup` installs it).
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use masq_user::lab::{GatewayMode, Host, Lab, LabChild};
+use masq_user::seed::{CLIENT, CLIENT_PREFIX_LEN, GW_ISP_A, TRISTAN};
 
 use crate::common;
 
-const STUN_PRIMARY: &str = "64.70.12.210";
-const STUN_ALTERNATE: &str = "64.70.12.211";
+/// The STUN server's two addresses: the client's own and a second one added for it.
+const STUN_PRIMARY: Ipv4Addr = CLIENT;
+const STUN_ALTERNATE: Ipv4Addr = Ipv4Addr::new(64, 70, 12, 211);
 
 /// A STUN server (RFC 5780: two addresses, two ports) on the client.
 fn stun_server(lab: &Lab) -> LabChild {
-    let add =
-        lab.exec(Host::Client, &["ip", "addr", "add", "64.70.12.211/24", "dev", "eth0"]).unwrap();
+    let alternate = format!("{STUN_ALTERNATE}/{CLIENT_PREFIX_LEN}");
+    let add = lab.exec(Host::Client, &["ip", "addr", "add", &alternate, "dev", "eth0"]).unwrap();
     assert!(add.status.success());
+    let (primary, alternate) = (STUN_PRIMARY.to_string(), STUN_ALTERNATE.to_string());
     let log = lab.run_dir().join("turnserver.log");
     let server = lab
         .spawn(
@@ -24,9 +27,9 @@ fn stun_server(lab: &Lab) -> LabChild {
                 "-n",
                 "--stun-only",
                 "-L",
-                STUN_PRIMARY,
+                &primary,
                 "-L",
-                STUN_ALTERNATE,
+                &alternate,
                 "--no-cli",
                 "--no-tls",
                 "--no-dtls",
@@ -38,8 +41,7 @@ fn stun_server(lab: &Lab) -> LabChild {
         .unwrap();
     // Listening once it answers a plain binding request.
     for _ in 0..50 {
-        let probe =
-            lab.exec(Host::Client, &["turnutils_natdiscovery", "-m", STUN_PRIMARY]).unwrap();
+        let probe = lab.exec(Host::Client, &["turnutils_natdiscovery", "-m", &primary]).unwrap();
         if String::from_utf8_lossy(&probe.stdout).contains("Mapping") {
             return server;
         }
@@ -50,10 +52,10 @@ fn stun_server(lab: &Lab) -> LabChild {
 
 /// `turnutils_natdiscovery ARGS` on tristan from local port `port`: its output.
 fn discover(lab: &Lab, port: u16, args: &[&str]) -> String {
-    let port = port.to_string();
-    let mut cmd = vec!["turnutils_natdiscovery", "-L", "192.168.100.32", "-l", &port];
+    let (port, tristan, server) = (port.to_string(), TRISTAN.to_string(), STUN_PRIMARY.to_string());
+    let mut cmd = vec!["turnutils_natdiscovery", "-L", &tristan, "-l", &port];
     cmd.extend_from_slice(args);
-    cmd.push(STUN_PRIMARY);
+    cmd.push(&server);
     let out = lab.exec(Host::Tristan, &cmd).unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -71,7 +73,7 @@ fn rfc5780_discovery_finds_endpoint_independent_mapping_and_the_filtering_config
     let hairpin = discover(&lab, 40302, &["-H"]);
     assert!(hairpin.contains("successful hairpinning"), "{hairpin}");
     // The server saw tristan's own port, kept behind dsl's address.
-    assert!(hairpin.contains("UDP reflexive addr: 67.17.28.12:40302"), "{hairpin}");
+    assert!(hairpin.contains(&format!("UDP reflexive addr: {GW_ISP_A}:40302")), "{hairpin}");
     drop(masq);
 
     let config = common::config_with(&lab, "");
