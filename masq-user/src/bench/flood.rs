@@ -153,8 +153,8 @@ fn measure(gateway: Gateway, opts: &FloodOptions) -> Result<FloodResult> {
     );
 
     let duration = Duration::from_secs_f64(opts.conn_seconds);
-    let (conns_per_s_quiet, _) =
-        conn_rate(&lab, Host::Client, PUBLIC_ISP_A, duration, opts.conn_clients)?;
+    let conns_per_s_quiet =
+        conn_rate(&lab, Host::Client, PUBLIC_ISP_A, duration, opts.conn_clients)?.per_s;
 
     let sources = opts.conn_capacity * opts.factor;
     let syns: Vec<Vec<u8>> = (0..sources)
@@ -186,8 +186,8 @@ fn measure(gateway: Gateway, opts: &FloodOptions) -> Result<FloodResult> {
     }
     let started = Instant::now();
     let before = sent.load(Ordering::Relaxed);
-    let (conns_per_s_flood, conn_failures_flood) =
-        conn_rate(&lab, Host::Client, PUBLIC_ISP_A, duration, opts.conn_clients)?;
+    let flooded = conn_rate(&lab, Host::Client, PUBLIC_ISP_A, duration, opts.conn_clients)?;
+    let (conns_per_s_flood, conn_failures_flood) = (flooded.per_s, flooded.failures);
     let flood_syns = sent.load(Ordering::Relaxed) - before;
     let flood_pps = flood_syns as f64 / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);

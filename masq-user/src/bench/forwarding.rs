@@ -12,7 +12,10 @@
 //!   so that the accounting's own cost does not weigh on masq's packet rate.
 //! - TCP: iperf3, several streams, client → published address.
 //! - New TCP connections per second: Rust clients in the client namespace connect, read until the
-//!   server closes, close; the server on isolde accepts and closes at once.
+//!   server closes, close; the server on isolde accepts and closes at once. Through gw alone the
+//!   ISP A router is the client; there the busy time of all CPUs per connection (/proc/stat)
+//!   compares the gateways' work, and masq's programs report their run time per connection in a
+//!   second window, as for the UDP flood.
 use std::{
     fs,
     io::Read as _,
@@ -113,6 +116,14 @@ pub struct Sample {
     /// New connections/s through gw alone: the ISP A router is the client.
     pub conns_gw_per_s: f64,
     pub conn_gw_failures: u64,
+    /// user + system + irq + softirq time of all CPUs per connection through gw alone: the
+    /// clients', the server's and the gateway's work together.
+    pub conns_gw_busy_ns_per_conn: f64,
+    /// masq's programs during a second window of half the length with `BPF_ENABLE_STATS` on
+    /// (masq only): runs and run time.
+    pub conns_gw_masq_programs: Vec<ProgRunTime>,
+    /// Connections made in that window.
+    pub conns_gw_stats_connections: u64,
 }
 
 /// One UDP flood's measurement window.
@@ -152,6 +163,9 @@ pub struct GatewaySummary {
     pub tcp_gbps: Stat,
     pub conns_per_s: Stat,
     pub conns_gw_per_s: Stat,
+    pub conns_gw_busy_ns_per_conn: Stat,
+    /// Run time of all masq's programs per connection through gw alone (masq only).
+    pub conns_gw_masq_ns_per_conn: Option<Stat>,
     /// masq's uplink ingress program's own ns per run during the gw-only flood (masq only).
     pub masq_uplink_in_ns: Option<Stat>,
     /// Which program that is (`masq_uplink_in`, or `masq_uplink_in_xdp` in the XDP variant).
@@ -225,6 +239,14 @@ fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
         tcp_gbps: of(&|s| s.tcp_gbps),
         conns_per_s: of(&|s| s.conns_per_s),
         conns_gw_per_s: of(&|s| s.conns_gw_per_s),
+        conns_gw_busy_ns_per_conn: of(&|s| s.conns_gw_busy_ns_per_conn),
+        conns_gw_masq_ns_per_conn: (gateway == Gateway::Masq).then(|| {
+            of(&|s| {
+                let total: f64 =
+                    s.conns_gw_masq_programs.iter().map(|p| p.ns_per_run * p.runs as f64).sum();
+                total / s.conns_gw_stats_connections.max(1) as f64
+            })
+        }),
         masq_uplink_in_ns: (!uplink_in.is_empty()).then(|| Stat::of(&uplink_in)),
         masq_uplink_in_program: runs.first().map(|r| r.0.to_string()),
     }
@@ -281,11 +303,20 @@ fn measure(
 
     let tcp_gbps = iperf(&lab, target, opts)?;
     let duration = Duration::from_secs_f64(opts.conn_seconds);
-    let (conns_per_s, conn_failures) =
-        conn_rate(&lab, Host::Client, target, duration, opts.conn_clients)?;
+    let conns = conn_rate(&lab, Host::Client, target, duration, opts.conn_clients)?;
     // gw alone: the ISP A router connects, two routers fewer on the way than from the client.
-    let (conns_gw_per_s, conn_gw_failures) =
-        conn_rate(&lab, Host::IspA, target, duration, opts.conn_clients)?;
+    let conns_gw = conn_rate(&lab, Host::IspA, target, duration, opts.conn_clients)?;
+    // masq's programs per connection, in a second window: the accounting's clock reads must not
+    // weigh on the rate above.
+    let (conns_gw_masq_programs, conns_gw_stats_connections) = match masq_pid {
+        Some(pid) => {
+            let _stats = bpf::enable_run_time_stats()?;
+            let before = prog_stats(pid)?;
+            let window = conn_rate(&lab, Host::IspA, target, duration / 2, opts.conn_clients)?;
+            (run_times(&before, &prog_stats(pid)?), window.connections)
+        }
+        None => Default::default(),
+    };
 
     // gw alone: generator in place of the ISP A router, sink on the switch port facing gw.
     let frame = frames::udp(
@@ -322,10 +353,13 @@ fn measure(
         udp_e2e,
         udp_gw,
         tcp_gbps,
-        conns_per_s,
-        conn_failures,
-        conns_gw_per_s,
-        conn_gw_failures,
+        conns_per_s: conns.per_s,
+        conn_failures: conns.failures,
+        conns_gw_per_s: conns_gw.per_s,
+        conn_gw_failures: conns_gw.failures,
+        conns_gw_busy_ns_per_conn: conns_gw.busy_ns_per_conn,
+        conns_gw_masq_programs,
+        conns_gw_stats_connections,
     })
 }
 
@@ -412,6 +446,29 @@ fn prog_stats(pid: u32) -> Result<Vec<(String, u64, u64)>> {
     Ok(out)
 }
 
+/// Runs and run time per run of each program between two [`prog_stats`] snapshots.
+fn run_times(before: &[(String, u64, u64)], after: &[(String, u64, u64)]) -> Vec<ProgRunTime> {
+    after
+        .iter()
+        .map(|(name, time, count)| {
+            let (t0, c0) =
+                before.iter().find(|(n, _, _)| n == name).map_or((0, 0), |(_, t, c)| (*t, *c));
+            let runs = count - c0;
+            ProgRunTime {
+                program: name.clone(),
+                runs,
+                ns_per_run: if runs > 0 { (time - t0) as f64 / runs as f64 } else { 0.0 },
+            }
+        })
+        .collect()
+}
+
+/// Processor time in ns per clock tick of /proc/stat.
+fn tick_ns() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 #[expect(clippy::too_many_arguments, reason = "one flood, described in full")]
 fn flood(
     lab: &Lab,
@@ -468,24 +525,11 @@ fn flood(
     let seconds = (t1 - t0).as_secs_f64();
     let delivered = (sunk1 - sunk0) as f64;
     ensure!(delivered > 0.0, "no datagram reached the sink from {host}");
-    // SAFETY: sysconf has no preconditions.
-    let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick_ns = tick_ns();
     let busy = (cpu1.0 - cpu0.0) as f64 * tick_ns;
     let softirq = (cpu1.1 - cpu0.1) as f64 * tick_ns;
     let total = (cpu1.2 - cpu0.2) as f64 * tick_ns;
-    let masq_programs = progs1
-        .iter()
-        .map(|(name, time, count)| {
-            let (t0, c0) =
-                progs0.iter().find(|(n, _, _)| n == name).map_or((0, 0), |(_, t, c)| (*t, *c));
-            let runs = count - c0;
-            ProgRunTime {
-                program: name.clone(),
-                runs,
-                ns_per_run: if runs > 0 { (time - t0) as f64 / runs as f64 } else { 0.0 },
-            }
-        })
-        .collect();
+    let masq_programs = run_times(&progs0, &progs1);
     Ok(Flood {
         delivered_pps: delivered / seconds,
         offered_pps: (rx1 - rx0) as f64 / seconds,
@@ -589,14 +633,24 @@ pub(super) fn spawn_in<T: Send + 'static>(
     })
 }
 
-/// New TCP connections per second from `from` to `target` (and how many attempts failed).
+/// What [`conn_rate`] measured.
+pub(super) struct ConnRate {
+    pub per_s: f64,
+    /// Connection attempts that failed.
+    pub failures: u64,
+    pub connections: u64,
+    /// Busy time of all CPUs (/proc/stat) per connection made.
+    pub busy_ns_per_conn: f64,
+}
+
+/// New TCP connections per second from `from` to `target`.
 pub(super) fn conn_rate(
     lab: &Lab,
     from: Host,
     target: Ipv4Addr,
     duration: Duration,
     conn_clients: usize,
-) -> Result<(f64, u64)> {
+) -> Result<ConnRate> {
     // TOPOLOGY.md lab notes: isolde closes first and keeps TIME_WAIT; the client reuses ports, so
     // timestamps without per-connection offsets (2) keep PAWS happy, and a wide port range.
     lab.exec(
@@ -627,6 +681,7 @@ pub(super) fn conn_rate(
         .recv_timeout(Duration::from_secs(5))
         .map_err(|_| anyhow!("connection server on isolde did not start"))?;
     let started = Instant::now();
+    let cpu0 = cpu_times(None)?;
     let clients: Vec<_> = (0..conn_clients)
         .map(|_| {
             spawn_in(lab.ns(from).path(), move || {
@@ -659,7 +714,13 @@ pub(super) fn conn_rate(
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu1 = cpu_times(None)?;
     stop.store(true, Ordering::Relaxed);
     server.join().map_err(|_| anyhow!("server thread panicked"))??.context("connection server")?;
-    Ok((done as f64 / elapsed, failed))
+    Ok(ConnRate {
+        per_s: done as f64 / elapsed,
+        failures: failed,
+        connections: done,
+        busy_ns_per_conn: (cpu1.0 - cpu0.0) as f64 * tick_ns() / done.max(1) as f64,
+    })
 }

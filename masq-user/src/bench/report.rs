@@ -16,7 +16,7 @@ pub fn ratios(lab: &LabResults) -> Vec<Ratio> {
         return Vec::new();
     };
     type Pick = fn(&GatewaySummary) -> &Stat;
-    let metrics: [(&str, &str, &str, Pick); 7] = [
+    let metrics: [(&str, &str, &str, Pick); 8] = [
         ("udp_e2e_pps", "packets/s", "higher", |s| &s.udp_e2e_pps),
         ("udp_gw_pps", "packets/s", "higher", |s| &s.udp_gw_pps),
         ("udp_gw_softirq_ns_per_packet", "ns", "lower", |s| &s.udp_gw_softirq_ns_per_packet),
@@ -24,6 +24,7 @@ pub fn ratios(lab: &LabResults) -> Vec<Ratio> {
         ("tcp_gbps", "Gbit/s", "higher", |s| &s.tcp_gbps),
         ("conns_per_s", "connections/s", "higher", |s| &s.conns_per_s),
         ("conns_gw_per_s", "connections/s", "higher", |s| &s.conns_gw_per_s),
+        ("conns_gw_busy_ns_per_conn", "ns", "lower", |s| &s.conns_gw_busy_ns_per_conn),
     ];
     metrics
         .into_iter()
@@ -448,6 +449,7 @@ fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
         ("tcp_gbps", "TCP throughput"),
         ("conns_per_s", "new TCP connections"),
         ("conns_gw_per_s", "new TCP connections through gw alone"),
+        ("conns_gw_busy_ns_per_conn", "gw alone: busy CPU per connection (all CPUs)"),
     ];
     for ratio in ratios {
         let label = labels.iter().find(|(m, _)| *m == ratio.metric).map_or(ratio.metric, |l| l.1);
@@ -473,7 +475,41 @@ fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
             ns.median
         );
     }
+    if let Some(ns) = masq.and_then(|x| x.conns_gw_masq_ns_per_conn.as_ref()) {
+        let _ = writeln!(
+            s,
+            "\nmasq's programs during the gw-alone connections (the same, a window of half the \
+             length): {:.0} ns per connection ({}), of the {:.0} ns of CPU a connection costs the \
+             machine.",
+            ns.median,
+            programs_per_connection(lab),
+            masq.map_or(0.0, |x| x.conns_gw_busy_ns_per_conn.median)
+        );
+    }
     let _ = writeln!(s);
+}
+
+/// `program runs × ns` per connection, every masq sample's windows together.
+fn programs_per_connection(lab: &LabResults) -> String {
+    let samples: Vec<_> = lab.samples.iter().filter(|x| x.gateway == Gateway::Masq).collect();
+    let connections: u64 = samples.iter().map(|x| x.conns_gw_stats_connections).sum();
+    let mut programs: Vec<(&str, u64, f64)> = Vec::new();
+    for p in samples.iter().flat_map(|x| &x.conns_gw_masq_programs) {
+        let time = p.ns_per_run * p.runs as f64;
+        match programs.iter_mut().find(|(name, _, _)| *name == p.program) {
+            Some(entry) => (entry.1, entry.2) = (entry.1 + p.runs, entry.2 + time),
+            None => programs.push((&p.program, p.runs, time)),
+        }
+    }
+    let parts: Vec<String> = programs
+        .iter()
+        .filter(|(_, runs, _)| *runs > 0)
+        .map(|(name, runs, time)| {
+            let per_conn = *runs as f64 / connections.max(1) as f64;
+            format!("{name} {per_conn:.1} runs × {:.0} ns", time / *runs as f64)
+        })
+        .collect();
+    parts.join(", ")
 }
 
 fn memory_section(s: &mut String, memory: &MemoryResult) {
