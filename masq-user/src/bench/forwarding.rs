@@ -124,6 +124,9 @@ pub struct Sample {
     pub conns_gw_masq_programs: Vec<ProgRunTime>,
     /// Connections made in that window.
     pub conns_gw_stats_connections: u64,
+    /// The masq daemon's own user + system time per connection through gw alone (its expiry
+    /// sweeps read and delete every connection; masq only).
+    pub conns_gw_daemon_ns_per_conn: Option<f64>,
 }
 
 /// One UDP flood's measurement window.
@@ -166,6 +169,8 @@ pub struct GatewaySummary {
     pub conns_gw_busy_ns_per_conn: Stat,
     /// Run time of all masq's programs per connection through gw alone (masq only).
     pub conns_gw_masq_ns_per_conn: Option<Stat>,
+    /// The daemon's CPU time per connection through gw alone (masq only).
+    pub conns_gw_daemon_ns_per_conn: Option<Stat>,
     /// masq's uplink ingress program's own ns per run during the gw-only flood (masq only).
     pub masq_uplink_in_ns: Option<Stat>,
     /// Which program that is (`masq_uplink_in`, or `masq_uplink_in_xdp` in the XDP variant).
@@ -247,6 +252,8 @@ fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
                 total / s.conns_gw_stats_connections.max(1) as f64
             })
         }),
+        conns_gw_daemon_ns_per_conn: (gateway == Gateway::Masq)
+            .then(|| of(&|s| s.conns_gw_daemon_ns_per_conn.unwrap_or(0.0))),
         masq_uplink_in_ns: (!uplink_in.is_empty()).then(|| Stat::of(&uplink_in)),
         masq_uplink_in_program: runs.first().map(|r| r.0.to_string()),
     }
@@ -305,7 +312,14 @@ fn measure(
     let duration = Duration::from_secs_f64(opts.conn_seconds);
     let conns = conn_rate(&lab, Host::Client, target, duration, opts.conn_clients)?;
     // gw alone: the ISP A router connects, two routers fewer on the way than from the client.
+    let daemon0 = masq_pid.map(process_cpu_ns).transpose()?;
     let conns_gw = conn_rate(&lab, Host::IspA, target, duration, opts.conn_clients)?;
+    let conns_gw_daemon_ns_per_conn = match (masq_pid, daemon0) {
+        (Some(pid), Some(t0)) => {
+            Some((process_cpu_ns(pid)? - t0) as f64 / conns_gw.connections.max(1) as f64)
+        }
+        _ => None,
+    };
     // masq's programs per connection, in a second window: the accounting's clock reads must not
     // weigh on the rate above.
     let (conns_gw_masq_programs, conns_gw_stats_connections) = match masq_pid {
@@ -360,6 +374,7 @@ fn measure(
         conns_gw_busy_ns_per_conn: conns_gw.busy_ns_per_conn,
         conns_gw_masq_programs,
         conns_gw_stats_connections,
+        conns_gw_daemon_ns_per_conn,
     })
 }
 
@@ -461,6 +476,17 @@ fn run_times(before: &[(String, u64, u64)], after: &[(String, u64, u64)]) -> Vec
             }
         })
         .collect()
+}
+
+/// A process's user + system time so far, in ns (/proc/PID/stat, every thread).
+fn process_cpu_ns(pid: u32) -> Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> =
+        rest.split_whitespace().skip(11).take(2).map(|x| x.parse().unwrap_or(0)).collect();
+    ensure!(fields.len() == 2, "/proc/{pid}/stat: {text:?}");
+    Ok(((fields[0] + fields[1]) as f64 * tick_ns()) as u64)
 }
 
 /// Processor time in ns per clock tick of /proc/stat.
