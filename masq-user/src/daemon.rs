@@ -31,7 +31,7 @@ pub const MASQ_READY_LINE: &str = "masq: dataplane ready";
 /// Default pin directory of the maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";
 /// How often idle connections are expired, at most.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the dataplane's SYN counters are sampled and the CLI's state file rewritten.
 const HEALTH_SAMPLE: Duration = Duration::from_secs(1);

@@ -319,6 +319,9 @@ pub struct LevelResult {
     /// Untouched packet by plain `repeat` (no harness needed: nothing is rewritten) minus a
     /// trivial program's plain `repeat`: a cross-check of the harness.
     pub untouched_plain_ns: Stat,
+    /// The daemon's expiry pass over this table, nothing due (both tables read in batches and
+    /// paired, the bindings swept against them), one run: seconds.
+    pub sweep_seconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -530,6 +533,11 @@ fn in_namespace(
         }
         let new_conn_repeat1_ns = bench.new_conn_repeat1()?;
         let untouched_plain_ns = bench.untouched_plain()?;
+        let sweep_seconds = bench.sweep_seconds(&cfg)?;
+        eprintln!(
+            "masq bench: prog:   expiry pass over {conns} connections: {:.1} ms",
+            sweep_seconds * 1e3
+        );
         levels.push(LevelResult {
             conns,
             entries: 2 * conns,
@@ -537,6 +545,7 @@ fn in_namespace(
             paths,
             new_conn_repeat1_ns,
             untouched_plain_ns,
+            sweep_seconds,
         });
     }
     let events = bench.event_throughput(&cfg, work_dir)?;
@@ -913,6 +922,17 @@ impl ProgBench<'_> {
             table.insert(k, v, 0).context("filling CONNS")?;
         }
         Ok(())
+    }
+
+    /// One expiry pass as the daemon makes it every interval (`daemon.rs`), timed.
+    fn sweep_seconds(&self, cfg: &Config) -> Result<f64> {
+        let started = Instant::now();
+        let mut tables = pinned::conn_tables(self.dp.pin_dir())?;
+        let (gone, left) = tables.expire_keeping(&cfg.dataplane.timeouts, clock_ns());
+        pinned::sweep_bindings(self.dp.pin_dir(), &left)?;
+        let seconds = started.elapsed().as_secs_f64();
+        ensure!(gone.is_empty(), "the expiry pass removed {} bench connections", gone.len());
+        Ok(seconds)
     }
 
     fn read_counters(&self) -> Result<Vec<u64>> {
