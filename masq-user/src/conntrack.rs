@@ -223,6 +223,49 @@ pub(crate) fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     }
 }
 
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Delete `keys` from the hash map `fd`, as many per syscall as there are; a key already gone
+/// (the program moved or removed it meanwhile) is skipped. Returns how many were deleted.
+pub fn delete_batch<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let (mut at, mut deleted) = (0, 0);
+    while at < keys.len() {
+        let rest = &keys[at..];
+        // union bpf_attr, batch: in_batch, out_batch, keys, values, count, map_fd, elem_flags,
+        // flags.
+        let mut attr = [0u64; 7];
+        attr[2] = rest.as_ptr() as u64;
+        attr[4] = rest.len() as u64 | (fd.as_raw_fd() as u64) << 32;
+        // SAFETY: the batch layout; the kernel reads `count` keys of the map's key size (`K`)
+        // from `rest` and writes the count it deleted.
+        let ret = unsafe { sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+        let count = ((attr[4] & 0xffff_ffff) as usize).min(rest.len());
+        (at, deleted) = (at + count, deleted + count);
+        match ret {
+            Ok(_) => {}
+            // The key at `at` is gone already: the kernel stops there.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Delete `keys` from `map`: in batches through `fd` when there is one and the kernel can, else
+/// one by one.
+fn remove_all<T: BorrowMut<MapData>>(
+    map: &mut ConnTable<T>,
+    fd: Option<&OwnedFd>,
+    keys: &[FlowKey],
+) {
+    if keys.is_empty() || fd.is_some_and(|fd| delete_batch(fd.as_fd(), keys).is_ok()) {
+        return;
+    }
+    for key in keys {
+        let _ = map.remove(key);
+    }
+}
+
 /// Every entry of `map`: in batches through `fd` when there is one and the kernel can, else
 /// entry by entry.
 pub(crate) fn read_all<T: Borrow<MapData>, K: aya::Pod + Default, V: aya::Pod + Default>(
@@ -258,13 +301,14 @@ impl<T: BorrowMut<MapData>> ConnTables<T> {
     /// Delete every connection `doomed` picks; returns them, and the others.
     fn remove_keeping(&mut self, doomed: impl Fn(&Conn) -> bool) -> (Vec<Conn>, Vec<Conn>) {
         let (gone, kept): (Vec<Conn>, Vec<Conn>) = self.dump().into_iter().partition(doomed);
-        for conn in &gone {
-            for (key, entry) in conn.orig.iter().chain(conn.reply.iter()) {
-                let table =
-                    if entry.is_pending() { &mut self.pending } else { &mut self.confirmed };
-                let _ = table.remove(key);
-            }
+        let (mut pending, mut confirmed) = (Vec::new(), Vec::new());
+        for (key, entry) in gone.iter().flat_map(|c| c.orig.iter().chain(c.reply.iter())) {
+            if entry.is_pending() { &mut pending } else { &mut confirmed }.push(*key);
         }
+        let [confirmed_fd, pending_fd] =
+            self.fds.as_ref().map(|[c, p]| [Some(c), Some(p)]).unwrap_or_default();
+        remove_all(&mut self.pending, pending_fd, &pending);
+        remove_all(&mut self.confirmed, confirmed_fd, &confirmed);
         (gone, kept)
     }
 }

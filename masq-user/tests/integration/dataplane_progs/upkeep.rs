@@ -100,3 +100,60 @@ fn the_tables_read_in_batches_hold_what_reading_entry_by_entry_finds() {
         assert_eq!(keys(&batched), keys(&by_entry));
     });
 }
+
+/// The expiry pass deletes idle connections in batches: every idle one goes from both tables,
+/// the others stay, and a key already gone (the program moved it meanwhile) is skipped.
+#[test]
+fn expiry_deletes_idle_connections_in_batches() {
+    use std::os::fd::AsFd as _;
+
+    example(|gw| {
+        const CONNS: u32 = 10_000;
+        let mut tables = pinned::conn_tables(gw.dp.pin_dir()).unwrap();
+        let now = conntrack::clock_ns();
+        // The pass runs 300 s from now: past the SYN timeout (240 s) for connections last seen
+        // now, not for those stamped 600 s ahead.
+        let pass_at = now + 300 * 1_000_000_000;
+        let later_tick = masq_common::tick(now + 600 * 1_000_000_000);
+        let mut idle_keys = Vec::new();
+        for i in 0..CONNS {
+            let client = (Ipv4Addr::from(0x6440_0000 | i), 40000 + (i % 1000) as u16);
+            let fwd = tcp_key(client, (PUBLIC_ISP_A, 80));
+            let xlate = tcp_key(client, (ISOLDE, 80));
+            let pending = if i % 4 == 0 { CONN_F_PENDING } else { 0 };
+            let seen = if i % 2 == 0 { masq_common::tick(now) } else { later_tick };
+            let entry = |xlate: FlowKey, flags| ConnEntry {
+                xlate: Tuple4::of(&xlate),
+                flags: flags | pending,
+                created_tick: seen,
+                last_seen_tick: seen,
+                ..ConnEntry::default()
+            };
+            let table = if pending != 0 { &mut tables.pending } else { &mut tables.confirmed };
+            table.insert(fwd, entry(xlate, CONN_F_INBOUND), 0).unwrap();
+            table
+                .insert(xlate.reversed(), entry(fwd.reversed(), CONN_F_INBOUND | CONN_F_REPLY), 0)
+                .unwrap();
+            if i % 2 == 0 {
+                idle_keys.extend([fwd, xlate.reversed()]);
+            }
+        }
+        let timeouts = masq_user::config::Timeouts::default();
+        assert_eq!(tables.expire(&timeouts, pass_at), CONNS as usize / 2);
+        let left = tables.dump();
+        assert_eq!(left.len(), CONNS as usize / 2);
+        assert!(left.iter().all(|c| c.last_seen_ns() > pass_at), "{left:?}");
+        for key in &idle_keys {
+            assert!(tables.confirmed.get(key, 0).is_err() && tables.pending.get(key, 0).is_err());
+        }
+
+        // A key missing in the middle of a batch: the ones after it are deleted all the same.
+        let [confirmed_fd, _] = tables.fds.as_ref().unwrap();
+        let keys: Vec<FlowKey> =
+            left.iter().filter(|c| !c.pending()).take(3).map(|c| c.orig.unwrap().0).collect();
+        let gone = keys[1];
+        tables.confirmed.remove(&gone).unwrap();
+        assert_eq!(conntrack::delete_batch(confirmed_fd.as_fd(), &keys).unwrap(), 2);
+        assert!(keys.iter().all(|k| tables.confirmed.get(k, 0).is_err()));
+    });
+}
