@@ -1,5 +1,11 @@
 //! `masq run` and `masq down`: the operator's checklist, each step undone on failure and exit.
-use std::{fs, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use masq_common::Counter;
@@ -32,6 +38,10 @@ pub const MASQ_READY_LINE: &str = "masq: dataplane ready";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masq";
 /// How often idle connections are expired, at most.
 pub(crate) const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+/// The expiry pass reads every connection; on a large table it waits this many times its own
+/// length before the next, so it takes at most a tenth of a CPU (idle connections then stay
+/// past their timeout by up to the longer pause).
+pub(crate) const EXPIRY_PACE: u32 = 10;
 
 /// How often the dataplane's SYN counters are sampled and the CLI's state file rewritten.
 const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
@@ -154,6 +164,12 @@ fn steered_back(
 /// Each uplink's verdict, for `fill_maps`.
 fn verdicts(monitor: &Monitor, cfg: &Config) -> Vec<bool> {
     (0..cfg.uplinks.len()).map(|i| monitor.is_up(i)).collect()
+}
+
+/// The pause before the next expiry pass after one that took `pass`: the interval, or
+/// [`EXPIRY_PACE`] times the pass when that is longer.
+pub fn expiry_pause(interval: Duration, pass: Duration) -> Duration {
+    interval.max(pass * EXPIRY_PACE)
 }
 
 /// Expire at least as often as the shortest timeout, so none overstays by more than itself.
@@ -447,6 +463,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut expiry = tokio::time::interval(expiry_interval(&cfg.dataplane.timeouts));
+    let mut expiry_paced = false;
     let mut health = tokio::time::interval(HEALTH_SAMPLE);
     let mut resync = tokio::time::interval(FOLLOW_RESYNC);
     loop {
@@ -547,6 +564,7 @@ async fn serve(
                 }
             }
             _ = expiry.tick() => {
+                let started = Instant::now();
                 let now = conntrack::clock_ns();
                 let expired = pinned::conn_tables(pin_dir)
                     .map(|mut tables| tables.expire_keeping(&cfg.dataplane.timeouts, now));
@@ -555,11 +573,26 @@ async fn serve(
                         if !gone.is_empty() {
                             info!("expired {} idle connections", gone.len());
                         }
+                        let held = left.len();
                         if let Err(e) = pinned::sweep_bindings(dataplane.pin_dir(), &left) {
                             warn!("removing unused NAT bindings: {e:#}");
                         }
                         let rec = Recorder { cfg: &cfg, names: &names };
                         hub.observe(&mut dataplane, &rec, left, &gone, now);
+                        let interval = expiry_interval(&cfg.dataplane.timeouts);
+                        let pass = started.elapsed();
+                        let pause = expiry_pause(interval, pass);
+                        if pause > interval {
+                            expiry.reset_after(pause);
+                        }
+                        if (pause > interval) != expiry_paced {
+                            expiry_paced = pause > interval;
+                            info!(
+                                "expiry pass over {held} connections took {} ms: the next in {:.1} s",
+                                pass.as_millis(),
+                                pause.as_secs_f64()
+                            );
+                        }
                     }
                     Err(e) => warn!("expiry failed: {e:#}"),
                 }
@@ -723,4 +756,17 @@ pub fn down(cfg: Option<&Config>, pin_dir: &Path) -> anyhow::Result<()> {
     }
     info!("down: {removed} rules and routes removed, pins under {} removed", pin_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_expiry_pass_spaces_out_the_next() {
+        let five = Duration::from_secs(5);
+        assert_eq!(expiry_pause(five, Duration::from_millis(140)), five);
+        assert_eq!(expiry_pause(five, Duration::from_millis(500)), five);
+        assert_eq!(expiry_pause(five, Duration::from_millis(1400)), Duration::from_secs(14));
+    }
 }
