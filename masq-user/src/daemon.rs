@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{Config, OnDown, OnUp, Uplink},
-    conntrack::{self, EndReason},
+    conntrack::{self, Conn, EndReason},
     dataplane::{Dataplane, remove_pins},
     events::{Hub, Recorder},
     follow::{self, UplinkState},
@@ -136,7 +136,7 @@ fn steered_back(
     cfg: &Config,
     host: &HostInterfaces,
     monitor: &Monitor,
-    conn: &conntrack::Conn,
+    conn: &Conn,
     uplink: usize,
 ) -> bool {
     let Some((key, entry)) = &conn.orig else { return false };
@@ -164,6 +164,30 @@ fn steered_back(
 /// Each uplink's verdict, for `fill_maps`.
 fn verdicts(monitor: &Monitor, cfg: &Config) -> Vec<bool> {
     (0..cfg.uplinks.len()).map(|i| monitor.is_up(i)).collect()
+}
+
+/// What one expiry pass did.
+struct ExpiryPass {
+    gone: Vec<Conn>,
+    left: Vec<Conn>,
+    /// The clock the pass judged idleness by.
+    now_ns: u64,
+    took: Duration,
+}
+
+/// One expiry pass: the idle connections deleted from both tables, then the bindings no
+/// connection left uses.
+fn expire(pin_dir: &Path, timeouts: &crate::config::Timeouts) -> anyhow::Result<ExpiryPass> {
+    let started = Instant::now();
+    let now_ns = conntrack::clock_ns();
+    let (gone, left) = pinned::conn_tables(pin_dir)?.expire_keeping(timeouts, now_ns);
+    if !gone.is_empty() {
+        info!("expired {} idle connections", gone.len());
+    }
+    if let Err(e) = pinned::sweep_bindings(pin_dir, &left) {
+        warn!("removing unused NAT bindings: {e:#}");
+    }
+    Ok(ExpiryPass { gone, left, now_ns, took: started.elapsed() })
 }
 
 /// The pause before the next expiry pass after one that took `pass`: the interval, or
@@ -463,6 +487,10 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut expiry = tokio::time::interval(expiry_interval(&cfg.dataplane.timeouts));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The pass runs on a blocking thread: over a large table it takes a second or more, which
+    // would stall the health probes' timing and netlink on this one.
+    let mut expiry_pass: Option<tokio::task::JoinHandle<anyhow::Result<ExpiryPass>>> = None;
     let mut expiry_paced = false;
     let mut health = tokio::time::interval(HEALTH_SAMPLE);
     let mut resync = tokio::time::interval(FOLLOW_RESYNC);
@@ -563,25 +591,21 @@ async fn serve(
                     warn!("writing the state file for the CLI: {e:#}");
                 }
             }
-            _ = expiry.tick() => {
-                let started = Instant::now();
-                let now = conntrack::clock_ns();
-                let expired = pinned::conn_tables(pin_dir)
-                    .map(|mut tables| tables.expire_keeping(&cfg.dataplane.timeouts, now));
-                match expired {
-                    Ok((gone, left)) => {
-                        if !gone.is_empty() {
-                            info!("expired {} idle connections", gone.len());
-                        }
-                        let held = left.len();
-                        if let Err(e) = pinned::sweep_bindings(dataplane.pin_dir(), &left) {
-                            warn!("removing unused NAT bindings: {e:#}");
-                        }
+            _ = expiry.tick(), if expiry_pass.is_none() => {
+                let (pins, timeouts) = (pin_dir.to_path_buf(), cfg.dataplane.timeouts.clone());
+                expiry_pass = Some(tokio::task::spawn_blocking(move || expire(&pins, &timeouts)));
+            }
+            done = async { expiry_pass.as_mut().expect("a pass in flight").await },
+                if expiry_pass.is_some() =>
+            {
+                expiry_pass = None;
+                match done {
+                    Ok(Ok(pass)) => {
+                        let held = pass.left.len();
                         let rec = Recorder { cfg: &cfg, names: &names };
-                        hub.observe(&mut dataplane, &rec, left, &gone, now);
+                        hub.observe(&mut dataplane, &rec, pass.left, &pass.gone, pass.now_ns);
                         let interval = expiry_interval(&cfg.dataplane.timeouts);
-                        let pass = started.elapsed();
-                        let pause = expiry_pause(interval, pass);
+                        let pause = expiry_pause(interval, pass.took);
                         if pause > interval {
                             expiry.reset_after(pause);
                         }
@@ -589,12 +613,13 @@ async fn serve(
                             expiry_paced = pause > interval;
                             info!(
                                 "expiry pass over {held} connections took {} ms: the next in {:.1} s",
-                                pass.as_millis(),
+                                pass.took.as_millis(),
                                 pause.as_secs_f64()
                             );
                         }
                     }
-                    Err(e) => warn!("expiry failed: {e:#}"),
+                    Ok(Err(e)) => warn!("expiry failed: {e:#}"),
+                    Err(e) => warn!("expiry pass: {e}"),
                 }
             }
             ready = hub.readable() => match ready {
@@ -651,10 +676,8 @@ fn reload_programs(
 }
 
 /// Removed connections by the reason they were removed for, in order.
-fn group_by_reason(
-    removed: Vec<(conntrack::Conn, EndReason)>,
-) -> Vec<(EndReason, Vec<conntrack::Conn>)> {
-    let mut groups: Vec<(EndReason, Vec<conntrack::Conn>)> = Vec::new();
+fn group_by_reason(removed: Vec<(Conn, EndReason)>) -> Vec<(EndReason, Vec<Conn>)> {
+    let mut groups: Vec<(EndReason, Vec<Conn>)> = Vec::new();
     for (conn, reason) in removed {
         match groups.last_mut() {
             Some((r, conns)) if *r == reason => conns.push(conn),
