@@ -300,22 +300,29 @@ fn prog_section(s: &mut String, p: &ProgResults) {
         let _ = writeln!(s);
     }
     for level in &p.levels {
-        let pass = std::time::Duration::from_secs_f64(level.sweep_seconds);
-        let pause = crate::daemon::expiry_pause(crate::daemon::EXPIRY_INTERVAL, pass);
+        let sweep = level.sweep_seconds.map_or(String::new(), |seconds| {
+            let pass = std::time::Duration::from_secs_f64(seconds);
+            let interval = crate::daemon::EXPIRY_INTERVAL;
+            let pause = crate::daemon::expiry_pause(interval, pass);
+            // Paced, the pause follows the pass; else passes start one interval apart.
+            let period = if pause > interval { pass + pause } else { interval.max(pass) };
+            format!(
+                "; the daemon's expiry pass over it (nothing due) {:.1} ms, {:.0} ns per \
+                 connection, one pass per {:.1} s: {:.1}% of a CPU",
+                seconds * 1e3,
+                seconds * 1e9 / level.conns.max(1) as f64,
+                period.as_secs_f64(),
+                100.0 * seconds / period.as_secs_f64(),
+            )
+        });
         let _ = writeln!(
             s,
             "- {} connections: new connection by repeat=1 samples {:.0} ns (median, minus an empty \
-             program's); untouched by plain repeat {:.0} ns; table filled in {:.1} s; the \
-             daemon's expiry pass over it (nothing due) {:.1} ms, {:.0} ns per connection; the \
-             daemon then passes every {:.1} s: {:.1}% of a CPU.",
+             program's); untouched by plain repeat {:.0} ns; table filled in {:.1} s{sweep}.",
             count(level.conns),
             level.new_conn_repeat1_ns.median,
             level.untouched_plain_ns.median,
             level.fill_seconds,
-            level.sweep_seconds * 1e3,
-            level.sweep_seconds * 1e9 / level.conns.max(1) as f64,
-            pause.as_secs_f64(),
-            100.0 * level.sweep_seconds / pause.as_secs_f64(),
         );
     }
     let rules = &p.policy_rules;
