@@ -327,9 +327,10 @@ const _: () = assert!(core::mem::size_of::<BoundPortKey>() == 4);
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BoundPort {
     pub owner: BindingKey,
-    /// Tick of creation: the daemon removes a binding without connections once it is older
-    /// than a tick or two (never one whose first connection is being inserted).
-    pub created_tick: u32,
+    /// Tick of creation or of the last new connection that used it: the daemon removes a
+    /// binding without connections once this is two ticks older than its read of the
+    /// connections (never one a connection is being inserted with meanwhile).
+    pub used_tick: u32,
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<BoundPort>() == 16);

@@ -28,16 +28,27 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
         BindingKey { int_addr: key.src_addr, int_port: key.src_port, proto: key.proto, uplink };
     s.pkey = BoundPortKey { ext_port: key.src_port, proto: key.proto, uplink };
     let (bkey, pkey) = (&s.bkey, &s.pkey);
-    // SAFETY: read-only lookups of plain values.
-    let own_holder = unsafe { BOUND_PORTS.get(pkey) }.map(|p| p.owner);
-    if own_holder == Some(*bkey) {
-        return Some(key.src_port);
-    }
+    let now = tick(now_ns());
+    // SAFETY: lookups of plain values; the one write is a whole aligned word.
+    let own_holder = unsafe { BOUND_PORTS.get_ptr_mut(pkey).map(|p| &mut *p) };
+    let own_holder = match own_holder {
+        Some(held) if held.owner == *bkey => {
+            mark_used(held, now);
+            return Some(key.src_port);
+        }
+        held => held.map(|h| h.owner),
+    };
     // SAFETY: as above.
     if let Some(b) = unsafe { BINDINGS.get(bkey) } {
+        s.pkey.ext_port = b.ext_port;
+        let pkey = &s.pkey;
+        // SAFETY: as above.
+        if let Some(held) = unsafe { BOUND_PORTS.get_ptr_mut(pkey).map(|p| &mut *p) } {
+            mark_used(held, now);
+        }
         return Some(b.ext_port);
     }
-    s.port = BoundPort { owner: *bkey, created_tick: tick(now_ns()), _pad: 0 };
+    s.port = BoundPort { owner: *bkey, used_tick: now, _pad: 0 };
     let port = &s.port;
     let own = u16::from_be(key.src_port);
     if own_holder.is_none() && range.keeps(own) {
@@ -74,6 +85,15 @@ pub fn public_port(key: &FlowKey, uplink: u8, range: &PortRange) -> Option<u16> 
         return unsafe { BINDINGS.get(bkey) }.map(|b| b.ext_port);
     }
     None
+}
+
+/// Stamp a binding with the tick of a new connection that uses it, so the daemon's sweep,
+/// which judges by connections it read earlier, keeps it. Written only when the tick moved.
+#[inline(always)]
+fn mark_used(held: &mut BoundPort, now: u32) {
+    if held.used_tick != now {
+        held.used_tick = now;
+    }
 }
 
 /// `public_port`'s keys and values.

@@ -45,12 +45,14 @@ impl<T: Borrow<MapData>> BindingTables<T> {
 }
 
 impl<T: BorrowMut<MapData>> BindingTables<T> {
-    /// Remove the bindings no connection of `conns` uses, created before the last tick (one
-    /// younger may be waiting for its first connection's insert). Returns how many.
-    pub fn sweep(&mut self, conns: &[Conn], now_tick: u32) -> usize {
+    /// Remove the bindings no connection of `conns` uses, last used two ticks or more before
+    /// `read_tick`, when `conns` was read (one used later may have connections `conns` misses,
+    /// or be waiting for its first connection's insert). Returns how many.
+    pub fn sweep(&mut self, conns: &[Conn], read_tick: u32) -> usize {
         let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
         self.remove_where(|_, held| {
-            !live.contains(&held.owner) && now_tick.wrapping_sub(held.created_tick) >= 2
+            // Signed: a binding used after the read is younger than it, never "old".
+            !live.contains(&held.owner) && read_tick.wrapping_sub(held.used_tick) as i32 >= 2
         })
     }
 

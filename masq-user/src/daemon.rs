@@ -184,7 +184,7 @@ fn expire(pin_dir: &Path, timeouts: &crate::config::Timeouts) -> anyhow::Result<
     if !gone.is_empty() {
         info!("expired {} idle connections", gone.len());
     }
-    if let Err(e) = pinned::sweep_bindings(pin_dir, &left) {
+    if let Err(e) = pinned::sweep_bindings(pin_dir, &left, now_ns) {
         warn!("removing unused NAT bindings: {e:#}");
     }
     Ok(ExpiryPass { gone, left, now_ns, took: started.elapsed() })

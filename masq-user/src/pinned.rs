@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bindings::BindingTables,
     config::Config,
-    conntrack::{self, Conn, ConnTables},
+    conntrack::{Conn, ConnTables},
     follow::UplinkState,
     host::HostInterfaces,
     local_ports,
@@ -325,11 +325,10 @@ pub fn binding_tables(pin_dir: &Path) -> anyhow::Result<BindingTables<MapData>> 
     Ok(BindingTables { bindings, ports, fds: Some([bindings_fd, ports_fd]) })
 }
 
-/// Remove the bindings whose endpoint has no connection among `conns` (the tables as just
-/// dumped); returns how many.
-pub fn sweep_bindings(pin_dir: &Path, conns: &[Conn]) -> anyhow::Result<usize> {
-    let now = masq_common::tick(conntrack::clock_ns());
-    Ok(binding_tables(pin_dir)?.sweep(conns, now))
+/// Remove the bindings whose endpoint has no connection among `conns` (the tables as dumped
+/// from `read_ns` on); returns how many.
+pub fn sweep_bindings(pin_dir: &Path, conns: &[Conn], read_ns: u64) -> anyhow::Result<usize> {
+    Ok(binding_tables(pin_dir)?.sweep(conns, masq_common::tick(read_ns)))
 }
 
 /// Remove the bindings whose public port lies in the gateway's own ephemeral range (after that

@@ -936,8 +936,9 @@ impl ProgBench<'_> {
     fn sweep_seconds(&self, cfg: &Config) -> Result<f64> {
         let started = Instant::now();
         let mut tables = pinned::conn_tables(self.dp.pin_dir())?;
-        let (gone, left) = tables.expire_keeping(&cfg.dataplane.timeouts, clock_ns());
-        pinned::sweep_bindings(self.dp.pin_dir(), &left)?;
+        let now = clock_ns();
+        let (gone, left) = tables.expire_keeping(&cfg.dataplane.timeouts, now);
+        pinned::sweep_bindings(self.dp.pin_dir(), &left, now)?;
         let seconds = started.elapsed().as_secs_f64();
         ensure!(gone.is_empty(), "the expiry pass removed {} bench connections", gone.len());
         Ok(seconds)

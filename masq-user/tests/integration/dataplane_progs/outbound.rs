@@ -213,7 +213,7 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), Some(40000));
         assert_eq!(gw.binding_port((ISOLDE, 40000), IPPROTO_UDP, ISPB), Some(isolde_port));
         let tables = gw.binding_tables();
-        let created = tables.held_ports().iter().map(|(_, held)| held.created_tick).max().unwrap();
+        let created = tables.held_ports().iter().map(|(_, held)| held.used_tick).max().unwrap();
         // Read in batches, as the daemon does, the tables hold what reading entry by entry finds.
         let by_entry = BindingTables { fds: None, ..gw.binding_tables() };
         let sorted = |mut v: Vec<(BoundPortKey, BoundPort)>| {
@@ -233,7 +233,23 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         };
         assert_eq!(sweep(gw, created + 5, true), 0, "their connections live");
         assert_eq!(sweep(gw, created + 1, false), 0, "too young");
-        assert_eq!(sweep(gw, created + 2, false), 2);
+        assert_eq!(sweep(gw, created.wrapping_sub(3), false), 0, "used after the connections were read");
+
+        // An old binding is stamped again by each new connection that uses it, whether the
+        // endpoint kept its port (marke) or was mapped elsewhere (isolde): a sweep judging by
+        // connections read before that keeps it.
+        let mut ports = gw.binding_tables();
+        for (port, mut held) in ports.held_ports() {
+            held.used_tick = created.wrapping_sub(10);
+            ports.ports.insert(port, held, 0).unwrap();
+        }
+        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, OTHER_SERVER), (GW_ISP_B, 40000));
+        assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, OTHER_SERVER), (GW_ISP_B, isolde_port));
+        let used = gw.binding_tables().held_ports();
+        assert!(used.iter().all(|(_, held)| held.used_tick >= created), "{used:?}");
+        let used = used.iter().map(|(_, held)| held.used_tick).min().unwrap();
+        assert_eq!(sweep(gw, used.wrapping_sub(1), false), 0, "read before their last use");
+        assert_eq!(sweep(gw, used + 2, false), 2);
         assert_eq!(gw.bindings(), (0, 0));
         assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), None);
     });
