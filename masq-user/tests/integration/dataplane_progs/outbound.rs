@@ -233,7 +233,11 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         };
         assert_eq!(sweep(gw, created + 5, true), 0, "their connections live");
         assert_eq!(sweep(gw, created + 1, false), 0, "too young");
-        assert_eq!(sweep(gw, created.wrapping_sub(3), false), 0, "used after the connections were read");
+        assert_eq!(
+            sweep(gw, created.wrapping_sub(3), false),
+            0,
+            "used after the connections were read"
+        );
 
         // An old binding is stamped again by each new connection that uses it, whether the
         // endpoint kept its port (marke) or was mapped elsewhere (isolde): a sweep judging by
