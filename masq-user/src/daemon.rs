@@ -167,17 +167,20 @@ fn verdicts(monitor: &Monitor, cfg: &Config) -> Vec<bool> {
 }
 
 /// What one expiry pass did.
-struct ExpiryPass {
-    gone: Vec<Conn>,
-    left: Vec<Conn>,
+pub(crate) struct ExpiryPass {
+    pub gone: Vec<Conn>,
+    pub left: Vec<Conn>,
     /// The clock the pass judged idleness by.
-    now_ns: u64,
-    took: Duration,
+    pub now_ns: u64,
+    pub took: Duration,
 }
 
 /// One expiry pass: the idle connections deleted from both tables, then the bindings no
 /// connection left uses.
-fn expire(pin_dir: &Path, timeouts: &crate::config::Timeouts) -> anyhow::Result<ExpiryPass> {
+pub(crate) fn expire(
+    pin_dir: &Path,
+    timeouts: &crate::config::Timeouts,
+) -> anyhow::Result<ExpiryPass> {
     let started = Instant::now();
     let now_ns = conntrack::clock_ns();
     let (gone, left) = pinned::conn_tables(pin_dir)?.expire_keeping(timeouts, now_ns);
@@ -606,11 +609,12 @@ async fn serve(
                         hub.observe(&mut dataplane, &rec, pass.left, &pass.gone, pass.now_ns);
                         let interval = expiry_interval(&cfg.dataplane.timeouts);
                         let pause = expiry_pause(interval, pass.took);
-                        if pause > interval {
+                        let paced = pause > interval;
+                        if paced {
                             expiry.reset_after(pause);
                         }
-                        if (pause > interval) != expiry_paced {
-                            expiry_paced = pause > interval;
+                        if paced != expiry_paced {
+                            expiry_paced = paced;
                             info!(
                                 "expiry pass over {held} connections took {} ms: the next in {:.1} s",
                                 pass.took.as_millis(),

@@ -156,6 +156,13 @@ pub struct ProgRunTime {
     pub ns_per_run: f64,
 }
 
+impl ProgRunTime {
+    /// The program's whole run time in the window.
+    pub fn total_ns(&self) -> f64 {
+        self.ns_per_run * self.runs as f64
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct GatewaySummary {
     pub gateway: Gateway,
@@ -247,8 +254,7 @@ fn summarize(gateway: Gateway, samples: &[Sample]) -> GatewaySummary {
         conns_gw_busy_ns_per_conn: of(&|s| s.conns_gw_busy_ns_per_conn),
         conns_gw_masq_ns_per_conn: (gateway == Gateway::Masq).then(|| {
             of(&|s| {
-                let total: f64 =
-                    s.conns_gw_masq_programs.iter().map(|p| p.ns_per_run * p.runs as f64).sum();
+                let total: f64 = s.conns_gw_masq_programs.iter().map(ProgRunTime::total_ns).sum();
                 total / s.conns_gw_stats_connections.max(1) as f64
             })
         }),

@@ -932,16 +932,15 @@ impl ProgBench<'_> {
         Ok(())
     }
 
-    /// One expiry pass as the daemon makes it every interval (`daemon.rs`), timed.
+    /// One expiry pass as the daemon makes it every interval, timed.
     fn sweep_seconds(&self, cfg: &Config) -> Result<f64> {
-        let started = Instant::now();
-        let mut tables = pinned::conn_tables(self.dp.pin_dir())?;
-        let now = clock_ns();
-        let (gone, left) = tables.expire_keeping(&cfg.dataplane.timeouts, now);
-        pinned::sweep_bindings(self.dp.pin_dir(), &left, now)?;
-        let seconds = started.elapsed().as_secs_f64();
-        ensure!(gone.is_empty(), "the expiry pass removed {} bench connections", gone.len());
-        Ok(seconds)
+        let pass = crate::daemon::expire(self.dp.pin_dir(), &cfg.dataplane.timeouts)?;
+        ensure!(
+            pass.gone.is_empty(),
+            "the expiry pass removed {} bench connections",
+            pass.gone.len()
+        );
+        Ok(pass.took.as_secs_f64())
     }
 
     fn read_counters(&self) -> Result<Vec<u64>> {

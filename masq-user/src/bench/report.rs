@@ -515,7 +515,7 @@ fn programs_per_connection(lab: &LabResults) -> String {
     let connections: u64 = samples.iter().map(|x| x.conns_gw_stats_connections).sum();
     let mut programs: Vec<(&str, u64, f64)> = Vec::new();
     for p in samples.iter().flat_map(|x| &x.conns_gw_masq_programs) {
-        let time = p.ns_per_run * p.runs as f64;
+        let time = p.total_ns();
         match programs.iter_mut().find(|(name, _, _)| *name == p.program) {
             Some(entry) => (entry.1, entry.2) = (entry.1 + p.runs, entry.2 + time),
             None => programs.push((&p.program, p.runs, time)),

@@ -56,6 +56,37 @@ fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
     });
 }
 
+/// Inbound connections from `n` clients straight into both tables (every fourth pending), both
+/// entries last seen at `seen(i)`; returns their keys, forward then reply, connection by
+/// connection.
+fn insert_inbound_conns(
+    tables: &mut conntrack::ConnTables<MapData>,
+    n: u32,
+    seen: impl Fn(u32) -> u32,
+) -> Vec<FlowKey> {
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let client = (Ipv4Addr::from(0x6440_0000 | i), 40000 + (i % 1000) as u16);
+        let fwd = tcp_key(client, (PUBLIC_ISP_A, 80));
+        let xlate = tcp_key(client, (ISOLDE, 80));
+        let pending = if i % 4 == 0 { CONN_F_PENDING } else { 0 };
+        let entry = |xlate: FlowKey, flags| ConnEntry {
+            xlate: Tuple4::of(&xlate),
+            flags: flags | pending,
+            created_tick: seen(i),
+            last_seen_tick: seen(i),
+            ..ConnEntry::default()
+        };
+        let table = if pending != 0 { &mut tables.pending } else { &mut tables.confirmed };
+        table.insert(fwd, entry(xlate, CONN_F_INBOUND), 0).unwrap();
+        table
+            .insert(xlate.reversed(), entry(fwd.reversed(), CONN_F_INBOUND | CONN_F_REPLY), 0)
+            .unwrap();
+        keys.extend([fwd, xlate.reversed()]);
+    }
+    keys
+}
+
 /// The daemon's expiry, the CLI and the metrics read the tables in batches; that must find the
 /// very connections reading entry by entry does, in both tables, however many.
 #[test]
@@ -63,23 +94,7 @@ fn the_tables_read_in_batches_hold_what_reading_entry_by_entry_finds() {
     example(|gw| {
         const CONNS: u32 = 20_000;
         let mut tables = pinned::conn_tables(gw.dp.pin_dir()).unwrap();
-        for i in 0..CONNS {
-            let client = (Ipv4Addr::from(0x6440_0000 | i), 40000 + (i % 1000) as u16);
-            let fwd = tcp_key(client, (PUBLIC_ISP_A, 80));
-            let xlate = tcp_key(client, (ISOLDE, 80));
-            // Every fourth connection still pending, in the other table.
-            let pending = if i % 4 == 0 { CONN_F_PENDING } else { 0 };
-            let entry = |xlate: FlowKey, flags| ConnEntry {
-                xlate: Tuple4::of(&xlate),
-                flags: flags | pending,
-                ..ConnEntry::default()
-            };
-            let table = if pending != 0 { &mut tables.pending } else { &mut tables.confirmed };
-            table.insert(fwd, entry(xlate, CONN_F_INBOUND), 0).unwrap();
-            table
-                .insert(xlate.reversed(), entry(fwd.reversed(), CONN_F_INBOUND | CONN_F_REPLY), 0)
-                .unwrap();
-        }
+        insert_inbound_conns(&mut tables, CONNS, |_| 0);
         let started = std::time::Instant::now();
         let batched = tables.dump_batched().expect("BPF_MAP_LOOKUP_BATCH on this kernel");
         let batch_time = started.elapsed();
@@ -115,29 +130,10 @@ fn expiry_deletes_idle_connections_in_batches() {
         // now, not for those stamped 600 s ahead.
         let pass_at = now + 300 * 1_000_000_000;
         let later_tick = masq_common::tick(now + 600 * 1_000_000_000);
-        let mut idle_keys = Vec::new();
-        for i in 0..CONNS {
-            let client = (Ipv4Addr::from(0x6440_0000 | i), 40000 + (i % 1000) as u16);
-            let fwd = tcp_key(client, (PUBLIC_ISP_A, 80));
-            let xlate = tcp_key(client, (ISOLDE, 80));
-            let pending = if i % 4 == 0 { CONN_F_PENDING } else { 0 };
-            let seen = if i % 2 == 0 { masq_common::tick(now) } else { later_tick };
-            let entry = |xlate: FlowKey, flags| ConnEntry {
-                xlate: Tuple4::of(&xlate),
-                flags: flags | pending,
-                created_tick: seen,
-                last_seen_tick: seen,
-                ..ConnEntry::default()
-            };
-            let table = if pending != 0 { &mut tables.pending } else { &mut tables.confirmed };
-            table.insert(fwd, entry(xlate, CONN_F_INBOUND), 0).unwrap();
-            table
-                .insert(xlate.reversed(), entry(fwd.reversed(), CONN_F_INBOUND | CONN_F_REPLY), 0)
-                .unwrap();
-            if i % 2 == 0 {
-                idle_keys.extend([fwd, xlate.reversed()]);
-            }
-        }
+        let seen = |i: u32| if i.is_multiple_of(2) { masq_common::tick(now) } else { later_tick };
+        let keys = insert_inbound_conns(&mut tables, CONNS, seen);
+        // Both keys of every other connection, from the first.
+        let idle_keys: Vec<FlowKey> = keys.chunks(2).step_by(2).flatten().copied().collect();
         let timeouts = masq_user::config::Timeouts::default();
         assert_eq!(tables.expire(&timeouts, pass_at), CONNS as usize / 2);
         let left = tables.dump();
