@@ -179,6 +179,9 @@ pub const TCP_SEEN_SEQ: u8 = 1 << 4;
 /// new connection reusing it, or a forgery): the state is renewed only when the other side
 /// answers with a SYN-ACK.
 pub const TCP_SEEN_RESYN: u8 = 1 << 5;
+/// `ConnEntry::tcp_seen`: the other direction holds `TCP_SEEN_RESYN`, so this direction's SYN-ACK
+/// looks it up (no other SYN-ACK does: a new connection's answer costs no second lookup).
+pub const TCP_SEEN_PEER_RESYN: u8 = 1 << 6;
 
 /// Connection times count ticks of 2^30 ns (about 1.07 s) of CLOCK_MONOTONIC_COARSE
 /// (`bpf_ktime_get_coarse_ns` in the programs): a shift instead of a division, and a clock

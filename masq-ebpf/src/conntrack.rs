@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use masq_common::{
     CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter, FlowKey,
-    NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RESYN, TCP_SEEN_RST, TCP_SEEN_SEQ,
-    TCP_SEEN_SYN, Tuple4, tick,
+    NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_PEER_RESYN, TCP_SEEN_RESYN, TCP_SEEN_RST,
+    TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
@@ -117,6 +117,8 @@ fn twin_of(key: &FlowKey, entry: &ConnEntry, now: u32) -> (FlowKey, ConnEntry) {
         xlate: Tuple4::of(&key.reversed()),
         uplink: entry.uplink,
         flags: (entry.flags ^ CONN_F_REPLY) & !CONN_F_SYN_TIMED,
+        // Rebuilt while this direction's reuse waits for its answer: the answer looks for it.
+        tcp_seen: if entry.tcp_seen & TCP_SEEN_RESYN != 0 { TCP_SEEN_PEER_RESYN } else { 0 },
         created_tick: entry.created_tick,
         last_seen_tick: now,
         ..ConnEntry::default()
@@ -287,19 +289,23 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64, now: u32
             // A SYN on a live tuple (reused, or forged): the sequence state stays until the
             // other side answers it.
             seen |= TCP_SEEN_RESYN;
+            if let Some(twin) = lookup(&twin_key) {
+                twin.tcp_seen |= TCP_SEEN_PEER_RESYN;
+            }
         } else {
             // Anything but a SYN from this side ends a reuse it had begun.
             entry.tcp_seen &= !TCP_SEEN_RESYN;
-            // Only a SYN-ACK looks at the other direction: the established path does no
-            // second lookup.
-            if syn == TCP_SYN | TCP_ACK
-                && let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0)
-            {
-                // The answer to a SYN that reused the tuple: both directions start over, the
-                // initiator at what this SYN-ACK acknowledges.
-                twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
-                twin.tcp_next_seq = ip.tcp_ack;
-                entry.tcp_seen = 0;
+            // Only the SYN-ACK answering a reuse looks at the other direction: neither the
+            // established path nor a new connection's answer does a second lookup.
+            if syn == TCP_SYN | TCP_ACK && entry.tcp_seen & TCP_SEEN_PEER_RESYN != 0 {
+                entry.tcp_seen &= !TCP_SEEN_PEER_RESYN;
+                if let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0) {
+                    // The answer to a SYN that reused the tuple: both directions start over,
+                    // the initiator at what this SYN-ACK acknowledges.
+                    twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
+                    twin.tcp_next_seq = ip.tcp_ack;
+                    entry.tcp_seen = 0;
+                }
             }
             seen |= track_seq(entry, ip);
         }

@@ -294,7 +294,7 @@ pub fn run(opts: &BenchOptions) -> Result<PathBuf> {
         iperf_seconds: if opts.quick { 1 } else { 2 },
         iperf_streams: 4,
         conn_seconds: if opts.quick { 0.75 } else { 1.0 },
-        conn_clients: 2,
+        conn_clients: forwarding::CONN_CLIENTS,
         xdp_friendly: false,
         masq_bin: opts.masq_bin.clone(),
     };

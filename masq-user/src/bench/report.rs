@@ -162,10 +162,10 @@ pub fn markdown(r: &Results) -> String {
         prog_section(&mut s, prog);
     }
     if let Some(lab) = &r.lab {
-        lab_section(&mut s, lab, &r.ratios);
+        lab_section(&mut s, lab, &r.ratios, m.cpus);
     }
     if let Some(lab) = &r.lab_xdp {
-        lab_section(&mut s, lab, &r.ratios_xdp);
+        lab_section(&mut s, lab, &r.ratios_xdp, m.cpus);
     }
     if let Some(flood) = &r.flood {
         flood_section(&mut s, flood);
@@ -432,7 +432,7 @@ fn targets_section(s: &mut String, targets: &[Target]) {
     let _ = writeln!(s);
 }
 
-fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
+fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio], cpus: usize) {
     let o = &lab.options;
     let variant = if o.xdp_friendly {
         "XDP-friendly variant: senders toward the uplinks without tx offload, XDP on gw's veth \
@@ -478,6 +478,22 @@ fn lab_section(s: &mut String, lab: &LabResults, ratios: &[Ratio]) {
             ratio.masq_over_forward
         );
     }
+    let busy: Vec<String> = lab
+        .summary
+        .iter()
+        .map(|x| {
+            let share = x.conns_gw_per_s.median * x.conns_gw_busy_ns_per_conn.median
+                / 1e9
+                / cpus.max(1) as f64;
+            format!("{} {:.0}%", x.gateway.name(), 100.0 * share)
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nCPUs busy during the gw-alone connections (rate × CPU per connection, of {} CPUs): {}.",
+        cpus,
+        busy.join(", ")
+    );
     let masq = lab.summary.iter().find(|x| x.gateway == Gateway::Masq);
     if let Some((ns, program)) =
         masq.and_then(|x| Some((x.masq_uplink_in_ns.as_ref()?, x.masq_uplink_in_program.as_ref()?)))
