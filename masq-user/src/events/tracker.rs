@@ -95,6 +95,15 @@ impl Tracker {
     /// connection that ended since the last look.
     pub fn observe(&mut self, alive: Vec<Conn>, expired: &[Conn], dumped_ns: u64) -> Vec<Ended> {
         let mut gone: Vec<Ended> = Vec::new();
+        // The daemon may have removed some of them itself while the pass ran (an uplink's
+        // flush), and reported them then.
+        let reported = |conn: &Conn| {
+            self.recently_ended.contains(&(orig_key(conn), conn.any().1.created_tick))
+        };
+        let (expired, alive): (Vec<&Conn>, Vec<Conn>) = (
+            expired.iter().filter(|c| !reported(c)).collect(),
+            alive.into_iter().filter(|c| !reported(c)).collect(),
+        );
         for conn in expired {
             let created_ns = self.known.remove(&orig_key(conn)).and_then(|k| k.created_ns);
             gone.push(Ended {
@@ -225,6 +234,24 @@ mod tests {
         assert_eq!(gone[0].reason, EndReason::Expired);
         assert_eq!(t.removed(&[dumped(&b, 0)], EndReason::UplinkDown).len(), 1);
         assert!(t.observe(vec![], &[], 14 * SEC).is_empty());
+    }
+
+    /// An uplink's flush removes connections while an expiry pass is reading or deleting them:
+    /// each is reported once, by the flush.
+    #[test]
+    fn a_connection_flushed_during_an_expiry_pass_is_reported_once() {
+        let mut t = Tracker::new();
+        let (a, b, c) = (event(1000, 10 * SEC), event(1001, 10 * SEC), event(1002, 10 * SEC));
+        for ev in [&a, &b, &c] {
+            t.created(ev);
+        }
+        // The pass read all three and found a idle; meanwhile the flush removed a and b.
+        let flushed = t.removed(&[dumped(&a, 0), dumped(&b, 0)], EndReason::UplinkDown);
+        assert_eq!(flushed.len(), 2);
+        let gone = t.observe(vec![dumped(&b, 0), dumped(&c, 0)], &[dumped(&a, 0)], 12 * SEC);
+        assert!(gone.is_empty(), "{:?}", gone.iter().map(|e| e.reason).collect::<Vec<_>>());
+        assert_eq!(t.len(), 1, "b is not taken back as alive");
+        assert!(t.observe(vec![dumped(&c, 0)], &[], 14 * SEC).is_empty());
     }
 
     #[test]
