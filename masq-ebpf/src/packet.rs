@@ -473,6 +473,20 @@ impl<const IP: usize> Packet for Skb<IP> {
     }
 }
 
+/// An IPv4 packet's source address and protocol, read without parsing the rest (`None` for
+/// anything else, or a header cut short).
+#[inline(always)]
+pub fn ipv4_source_and_proto<P: Packet>(p: &P) -> Option<(u32, u8)> {
+    if p.ethertype().ok()? != ETH_P_IP {
+        return None;
+    }
+    let w = p.ipv4_header_words()?;
+    if (w[0] as u8) >> 4 != 4 {
+        return None;
+    }
+    Some((w[3] as u32, (w[2] >> 8) as u8))
+}
+
 /// Parse the link header (when there is one), IPv4 and the transport header.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {

@@ -3,12 +3,15 @@
 //! fragments the kernel made), stops LAN addresses from leaking un-NATed, and sends the
 //! gateway's own ICMP errors back by the uplink their offending packet came in on.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use masq_common::{Counter, FlowKey, MAX_UPLINKS};
+use masq_common::{Counter, FlowKey, IPPROTO_ICMP, MAX_UPLINKS};
 
 use crate::{
     hook::{Hook, Verdict, tc_run},
     maps::PUBLIC_ADDRS,
-    packet::{ETH_HLEN, IP_CSUM, IP_SRC, Ipv4, L4, Packet, Parsed, Skb, parse, parse_icmp_error},
+    packet::{
+        ETH_HLEN, IP_CSUM, IP_SRC, Ipv4, L4, Packet, Parsed, Skb, ipv4_source_and_proto, parse,
+        parse_icmp_error,
+    },
     stats::{count, uplink_tx},
     steer::{Route, config, in_lan, route, uplink, uplink_by_ifindex},
     translate::{Found, Translation, find, record_first_fragment},
@@ -31,6 +34,14 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
         uplink_tx(index, ctx.len());
     }
     let Some(cfg) = config() else { return Ok(Verdict::Pass) };
+    // Most of what leaves an uplink was translated at LAN ingress already, or is the gateway's
+    // own: neither from the LAN nor an ICMP error, nothing to do but count it.
+    if let Some((src_addr, proto)) = ipv4_source_and_proto(ctx)
+        && proto != IPPROTO_ICMP
+        && !in_lan(cfg, src_addr)
+    {
+        return Ok(Verdict::Pass);
+    }
     let ip = match parse(ctx)? {
         Parsed::Ipv4(ip) => ip,
         Parsed::Ipv4Options { src_addr } if in_lan(cfg, src_addr) => {
