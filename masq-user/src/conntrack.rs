@@ -2,7 +2,6 @@
 //! expiry of idle connections (confirmed ones are never evicted; pending ones may be).
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::HashMap,
     io,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     time::Duration,
@@ -123,22 +122,61 @@ impl Conn {
     }
 }
 
-/// Pair the entries of a dump into connections.
+/// Pair the entries of a dump into connections, by sorting: each entry goes under its
+/// connection's initiator key, so both directions land side by side. (A hash map of the entries
+/// missed the cache on almost every probe once it held hundreds of thousands.) A key dumped
+/// twice, once per table while its connection moved to the confirmed one, counts once, as its
+/// later copy.
 pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
-    let mut by_key: HashMap<FlowKey, ConnEntry> = entries.into_iter().collect();
-    let origs: Vec<FlowKey> =
-        by_key.iter().filter(|(_, e)| !e.is_reply()).map(|(k, _)| *k).collect();
-    let mut conns = Vec::with_capacity(origs.len());
-    for key in origs {
-        let Some(entry) = by_key.remove(&key) else {
-            continue;
-        };
-        let twin = entry.twin_key(&key);
-        let reply = by_key.remove(&twin).map(|e| (twin, e));
-        conns.push(Conn { orig: Some((key, entry)), reply });
+    let mut order: Vec<(u128, u128, u32)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, entry))| {
+            let orig = if entry.is_reply() { entry.twin_key(key) } else { *key };
+            (key_bits(&orig), key_bits(key), i as u32)
+        })
+        .collect();
+    order.sort_unstable();
+    order.dedup_by(|later, kept| {
+        let same = later.1 == kept.1;
+        if same {
+            *kept = *later;
+        }
+        same
+    });
+    let mut conns = Vec::with_capacity(order.len() / 2 + 1);
+    for group in order.chunk_by(|a, b| a.0 == b.0) {
+        let at = |x: &(u128, u128, u32)| entries[x.2 as usize];
+        let orig = group.iter().find(|x| x.1 == x.0 && !at(x).1.is_reply());
+        let reply = orig.and_then(|o| {
+            let (key, entry) = at(o);
+            let twin = key_bits(&entry.twin_key(&key));
+            group.iter().find(|x| x.1 == twin && at(x).1.is_reply())
+        });
+        if let Some(o) = orig {
+            conns.push(Conn { orig: Some(at(o)), reply: reply.map(at) });
+        }
+        for x in group {
+            if Some(x) != orig && Some(x) != reply {
+                let e = at(x);
+                conns.push(if e.1.is_reply() {
+                    Conn { orig: None, reply: Some(e) }
+                } else {
+                    Conn { orig: Some(e), reply: None }
+                });
+            }
+        }
     }
-    conns.extend(by_key.into_iter().map(|(k, e)| Conn { orig: None, reply: Some((k, e)) }));
     conns
+}
+
+/// A key as one number, to sort by.
+fn key_bits(k: &FlowKey) -> u128 {
+    u128::from(k.src_addr) << 96
+        | u128::from(k.dst_addr) << 64
+        | u128::from(k.src_port) << 48
+        | u128::from(k.dst_port) << 32
+        | u128::from(k.proto) << 24
 }
 
 /// One connection table (`CONNS` or `PENDING_CONNS`), typed.
@@ -339,6 +377,25 @@ mod tests {
 
     use super::*;
 
+    /// The pairing as it was, by key lookups: the reference the sorting one is checked against.
+    fn pair_hash(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
+        let mut by_key: std::collections::HashMap<FlowKey, ConnEntry> =
+            entries.into_iter().collect();
+        let origs: Vec<FlowKey> =
+            by_key.iter().filter(|(_, e)| !e.is_reply()).map(|(k, _)| *k).collect();
+        let mut conns = Vec::with_capacity(origs.len());
+        for key in origs {
+            let Some(entry) = by_key.remove(&key) else {
+                continue;
+            };
+            let twin = entry.twin_key(&key);
+            let reply = by_key.remove(&twin).map(|e| (twin, e));
+            conns.push(Conn { orig: Some((key, entry)), reply });
+        }
+        conns.extend(by_key.into_iter().map(|(k, e)| Conn { orig: None, reply: Some((k, e)) }));
+        conns
+    }
+
     fn entry(xlate: FlowKey, flags: u8, tcp_seen: u8, packets: u64) -> ConnEntry {
         ConnEntry { xlate: Tuple4::of(&xlate), flags, tcp_seen, packets, ..Default::default() }
     }
@@ -354,6 +411,61 @@ mod tests {
                 entry(client_to_public.reversed(), CONN_F_REPLY, reply_seen, reply_packets),
             ),
         ]
+    }
+
+    /// Random dumps: connections with both entries, with one only, and keys dumped twice; the
+    /// pairing finds each connection once with what the dump held.
+    fn random_dump(conns: u32, seed: u64) -> Vec<(FlowKey, ConnEntry)> {
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut entries = Vec::new();
+        for i in 0..conns {
+            let r = next();
+            let orig = FlowKey::new(r as u32, 7, (r >> 32) as u16, 80, IPPROTO_TCP);
+            let xlate = FlowKey::new(r as u32, 9, (r >> 32) as u16, 8080, IPPROTO_TCP);
+            let e = entry(xlate, 0, TCP_SEEN_SYN, u64::from(i));
+            let reply = (xlate.reversed(), entry(orig.reversed(), CONN_F_REPLY, 0, u64::from(i)));
+            match r % 8 {
+                0 => entries.push((orig, e)),
+                1 => entries.push(reply),
+                2 => {
+                    // Moved to the confirmed table during the dump: both copies, later one kept.
+                    entries.push((orig, e));
+                    entries.push(reply);
+                    entries.push((orig, ConnEntry { packets: e.packets + 1, ..e }));
+                }
+                _ => {
+                    entries.push((orig, e));
+                    entries.push(reply);
+                }
+            }
+        }
+        entries
+    }
+
+    /// A connection as (initiator entry, reply entry), each as its key and packet count.
+    type Seen = (Option<(FlowKey, u64)>, Option<(FlowKey, u64)>);
+
+    fn canonical(mut conns: Vec<Conn>) -> Vec<Seen> {
+        let mut v: Vec<_> = conns
+            .drain(..)
+            .map(|c| (c.orig.map(|(k, e)| (k, e.packets)), c.reply.map(|(k, e)| (k, e.packets))))
+            .collect();
+        v.sort_by_key(|(o, r)| (o.map(|x| key_bits(&x.0)), r.map(|x| key_bits(&x.0))));
+        v
+    }
+
+    #[test]
+    fn pairing_by_sorting_finds_what_a_lookup_by_key_does() {
+        for seed in [1, 2, 3] {
+            let dump = random_dump(5000, seed);
+            assert_eq!(canonical(pair(dump.clone())), canonical(pair_hash(dump)), "seed {seed}");
+        }
     }
 
     #[test]
