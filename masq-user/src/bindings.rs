@@ -4,7 +4,7 @@
 //! `BINDINGS` entry naming it (the programs' side is `masq-ebpf/src/binding.rs`).
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     os::fd::OwnedFd,
 };
 
@@ -49,10 +49,14 @@ impl<T: BorrowMut<MapData>> BindingTables<T> {
     /// `read_tick`, when `conns` was read (one used later may have connections `conns` misses,
     /// or be waiting for its first connection's insert). Returns how many.
     pub fn sweep(&mut self, conns: &[Conn], read_tick: u32) -> usize {
-        let live: HashSet<BindingKey> = conns.iter().flat_map(bindings_of).collect();
+        // Sorted, not hashed: a set of a million endpoints missed the cache on every insert.
+        let mut live: Vec<u64> = conns.iter().flat_map(bindings_of).map(endpoint_bits).collect();
+        live.sort_unstable();
+        live.dedup();
         self.remove_where(|_, held| {
             // Signed: a binding used after the read is younger than it, never "old".
-            !live.contains(&held.owner) && read_tick.wrapping_sub(held.used_tick) as i32 >= 2
+            read_tick.wrapping_sub(held.used_tick) as i32 >= 2
+                && live.binary_search(&endpoint_bits(held.owner)).is_err()
         })
     }
 
@@ -84,6 +88,11 @@ impl<T: BorrowMut<MapData>> BindingTables<T> {
         }
         removed
     }
+}
+
+/// An endpoint as one number, to sort by.
+fn endpoint_bits(key: BindingKey) -> u64 {
+    bytemuck::cast(key)
 }
 
 /// The bindings a connection uses: its initiator's (masqueraded or hairpinned), and for a
