@@ -172,11 +172,7 @@ pub fn pair(entries: Vec<(FlowKey, ConnEntry)>) -> Vec<Conn> {
 
 /// A key as one number, to sort by.
 fn key_bits(k: &FlowKey) -> u128 {
-    u128::from(k.src_addr) << 96
-        | u128::from(k.dst_addr) << 64
-        | u128::from(k.src_port) << 48
-        | u128::from(k.dst_port) << 32
-        | u128::from(k.proto) << 24
+    bytemuck::cast(*k)
 }
 
 /// One connection table (`CONNS` or `PENDING_CONNS`), typed.

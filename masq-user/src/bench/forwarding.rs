@@ -675,12 +675,12 @@ pub(super) struct ConnRate {
     pub busy_ns_per_conn: f64,
 }
 
-/// New TCP connections per second from `from` to `target`.
 /// Clients opening connections one after another, each blocking on its handshake. Enough to keep
 /// every CPU busy: with one per CPU the machine idled a fifth of the time between round trips, and
 /// the rate measured wake-up latency as much as what a gateway spends on a connection.
 pub(super) const CONN_CLIENTS: usize = 8;
 
+/// New TCP connections per second from `from` to `target`.
 pub(super) fn conn_rate(
     lab: &Lab,
     from: Host,

@@ -100,11 +100,7 @@ impl Tracker {
         let reported = |conn: &Conn| {
             self.recently_ended.contains(&(orig_key(conn), conn.any().1.created_tick))
         };
-        let (expired, alive): (Vec<&Conn>, Vec<Conn>) = (
-            expired.iter().filter(|c| !reported(c)).collect(),
-            alive.into_iter().filter(|c| !reported(c)).collect(),
-        );
-        for conn in expired {
+        for conn in expired.iter().filter(|c| !reported(c)) {
             let created_ns = self.known.remove(&orig_key(conn)).and_then(|k| k.created_ns);
             gone.push(Ended {
                 conn: conn.clone(),
@@ -114,7 +110,7 @@ impl Tracker {
             });
         }
         let mut next = HashMap::with_capacity(alive.len());
-        for conn in alive {
+        for conn in alive.into_iter().filter(|c| !reported(c)) {
             let key = orig_key(&conn);
             let created_tick = conn.any().1.created_tick;
             let mut created_ns = None;
