@@ -398,6 +398,19 @@ pub const CFG_F_NO_HAIRPIN: u32 = 1 << 4;
 pub const FLOOR_TO_LAN: u32 = 0;
 pub const FLOOR_TO_UPLINK: u32 = 1;
 
+/// An Ethernet header's addresses (destination, then source) as three 32-bit words in memory
+/// order: put into a frame with three stores.
+pub type EthAddrs = [u32; 3];
+
+pub const fn eth_addrs(dmac: [u8; 6], smac: [u8; 6]) -> EthAddrs {
+    let (d, s) = (dmac, smac);
+    [
+        u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+        u32::from_ne_bytes([d[4], d[5], s[0], s[1]]),
+        u32::from_ne_bytes([s[2], s[3], s[4], s[5]]),
+    ]
+}
+
 /// `FLOOR_ROUTES` value: a fixed output (device and Ethernet addresses), and the address a new
 /// connection is translated to (toward the LAN: its destination; toward an uplink: its source).
 #[repr(C)]
@@ -407,8 +420,7 @@ pub struct FloorRoute {
     pub ifindex: u32,
     /// Network byte order.
     pub new_addr: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    pub eth: EthAddrs,
 }
 const _: () = assert!(core::mem::size_of::<FloorRoute>() == 20);
 
@@ -537,8 +549,7 @@ pub struct NextHop {
     /// The largest packet (IP total length) the lookup passed the MTU check for.
     pub ok_len: u16,
     pub _pad: u16,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    pub eth: EthAddrs,
 }
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 

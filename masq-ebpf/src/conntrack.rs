@@ -67,19 +67,25 @@ fn remove(key: &FlowKey, entry: &ConnEntry) {
     let _ = if entry.is_pending() { PENDING_CONNS.remove(key) } else { CONNS.remove(key) };
 }
 
-/// Whether this packet confirms its pending connection: the initiator's ACK that ends the
-/// handshake, acknowledging the answer's SYN-ACK (a blind ACK cannot know its sequence number),
-/// or any reply of another protocol. An answer entry rebuilt after eviction knows nothing and
-/// holds nothing against it.
+/// Whether this packet may confirm its pending connection, from itself alone: the initiator's
+/// ACK (the one that ends the handshake, if `answered` agrees), or any reply of another
+/// protocol. Checked before the other direction is looked up, which nothing else here needs.
 #[inline(always)]
-fn confirms(entry: &ConnEntry, twin: &ConnEntry, ip: &Ipv4) -> bool {
+fn may_confirm(entry: &ConnEntry, ip: &Ipv4) -> bool {
     if ip.l4 != L4::Tcp {
         return entry.is_reply();
     }
-    let answered = twin.tcp_seen & TCP_SEEN_SEQ == 0
+    !entry.is_reply() && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+}
+
+/// Whether the initiator's ACK acknowledges the answer's SYN-ACK (a blind ACK cannot know its
+/// sequence number). An answer entry rebuilt after eviction knows nothing and holds nothing
+/// against it.
+#[inline(always)]
+fn answered(twin: &ConnEntry, ip: &Ipv4) -> bool {
+    twin.tcp_seen & TCP_SEEN_SEQ == 0
         || twin.tcp_seen & (TCP_SEEN_SYN | TCP_SEEN_ACK) == TCP_SEEN_SYN | TCP_SEEN_ACK
-            && seq_within(ip.tcp_ack, twin.tcp_next_seq.wrapping_sub(SEQ_SLACK), twin.tcp_next_seq);
-    !entry.is_reply() && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && answered
+            && seq_within(ip.tcp_ack, twin.tcp_next_seq.wrapping_sub(SEQ_SLACK), twin.tcp_next_seq)
 }
 
 /// Move a pending connection confirmed by this packet to the confirmed table: both entries in
@@ -87,10 +93,13 @@ fn confirms(entry: &ConnEntry, twin: &ConnEntry, ip: &Ipv4) -> bool {
 /// is full it stays pending, counted.
 #[inline(always)]
 fn confirm(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) {
+    if !may_confirm(entry, ip) {
+        return;
+    }
     let twin_key = entry.twin_key(key);
     // SAFETY: read-only use of a map value.
     let Some(twin) = (unsafe { PENDING_CONNS.get(twin_key) }) else { return };
-    if !confirms(entry, twin, ip) {
+    if ip.l4 == L4::Tcp && !answered(twin, ip) {
         return;
     }
     let (mut this, mut other) = (*entry, *twin);
@@ -409,8 +418,9 @@ impl PortRange {
 /// tries.
 /// Then the forward entry (`key`, which the caller looked up and found in neither table); if
 /// that fails the reply entry is removed again, so a half connection never stays behind.
-/// Returns the forward entry.
+/// Returns the forward entry. `time_ns`: the caller's clock (`now_ns`), read once per packet.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn create(
     key: &FlowKey,
     xlate: FlowKey,
@@ -419,8 +429,8 @@ pub fn create(
     ports: Option<PortRange>,
     ip: &Ipv4,
     len: u64,
+    time_ns: u64,
 ) -> Result<Tuple4, Counter> {
-    let time_ns = now_ns();
     let now = tick(time_ns);
     let mut xlate = Tuple4::of(&xlate);
     let mut entry = ConnEntry {

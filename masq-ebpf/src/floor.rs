@@ -112,7 +112,7 @@ fn floor<P: Packet>(p: &mut P, out: Out, binds: bool) -> Result<Option<u32>, Cou
         Out::Pass => Ok(None),
         Out::Redirect(_) => {
             decrement_ttl(p)?;
-            set_macs(p, &route.smac, &route.dmac)?;
+            set_macs(p, &route.eth)?;
             Ok(Some(route.ifindex))
         }
     }

@@ -1,5 +1,5 @@
 //! Sending a translated packet on without the kernel stack: TTL, MAC addresses, redirect.
-use masq_common::Counter;
+use masq_common::{Counter, EthAddrs};
 
 use crate::{
     csum,
@@ -20,9 +20,8 @@ pub fn decrement_ttl<P: Packet>(p: &mut P) -> Result<(), Counter> {
 
 /// Set the Ethernet addresses the FIB lookup resolved.
 #[inline(always)]
-pub fn set_macs<P: Packet>(p: &mut P, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Counter> {
-    let (d, s) = (dmac, smac);
-    p.frame_write(0, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))?;
-    p.frame_write(4, u32::from_ne_bytes([d[4], d[5], s[0], s[1]]))?;
-    p.frame_write(8, u32::from_ne_bytes([s[2], s[3], s[4], s[5]]))
+pub fn set_macs<P: Packet>(p: &mut P, eth: &EthAddrs) -> Result<(), Counter> {
+    p.frame_write(0, eth[0])?;
+    p.frame_write(4, eth[1])?;
+    p.frame_write(8, eth[2])
 }

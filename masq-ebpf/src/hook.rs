@@ -16,7 +16,7 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
-use masq_common::{Counter, FlowKey};
+use masq_common::{Counter, EthAddrs, FlowKey};
 
 use crate::{
     forward::set_macs,
@@ -34,7 +34,7 @@ pub enum Verdict {
     /// Out of this device as it is (an ARP reply).
     Send(u32),
     /// Out of this device to these Ethernet addresses.
-    Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Forward { ifindex: u32, eth: EthAddrs },
     /// Out of this device, the kernel resolving the next hop's MAC (TC only).
     ForwardNeigh { ifindex: u32, next_hop: u32 },
 }
@@ -156,8 +156,8 @@ pub fn xdp_action(ctx: &mut XdpContext, verdict: Result<Verdict, Counter>) -> u3
     let ifindex = match verdict {
         Ok(Verdict::Pass) => return XDP_PASS,
         Ok(Verdict::Send(ifindex)) => ifindex,
-        Ok(Verdict::Forward { ifindex, smac, dmac }) => {
-            if let Err(reason) = set_macs(ctx, &smac, &dmac) {
+        Ok(Verdict::Forward { ifindex, eth }) => {
+            if let Err(reason) = set_macs(ctx, &eth) {
                 count(reason);
                 return XDP_DROP;
             }
@@ -214,9 +214,9 @@ fn tc_send<const IP: usize>(
         Verdict::Pass => Ok(TC_ACT_OK),
         // SAFETY: plain helper call.
         Verdict::Send(ifindex) => Ok(unsafe { bpf_redirect(ifindex, 0) } as i32),
-        Verdict::Forward { ifindex, smac, dmac } => {
+        Verdict::Forward { ifindex, eth } => {
             push_ethernet(skb)?;
-            set_macs(skb, &smac, &dmac)?;
+            set_macs(skb, &eth)?;
             // SAFETY: plain helper call.
             Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
         }

@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig,
-    FlowKey, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW,
+    FlowKey, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW, tick,
 };
 
 use crate::{
@@ -142,7 +142,8 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         return Ok(Verdict::Pass);
     };
     let ingress_ifindex = ctx.skb().ingress_ifindex;
-    let now = conntrack::now_tick();
+    let time_ns = conntrack::now_ns();
+    let now = tick(time_ns);
     // What the FIB's MTU checks are asked about, the same for every lookup of this packet, so
     // the next-hop cache entry the route probe leaves serves its redirect too.
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
@@ -243,7 +244,7 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             }
             ports = ports.map(|r| conntrack::PortRange { bound: bound.is_some(), ..r });
         }
-        let xlate = conntrack::create(k, xlate, chosen, flags, ports, &ip, len)?;
+        let xlate = conntrack::create(k, xlate, chosen, flags, ports, &ip, len, time_ns)?;
         if flags & CONN_F_HAIRPIN != 0 {
             count(Counter::HairpinNew);
             hairpinned = true;
@@ -370,9 +371,9 @@ fn to_uplink(
     });
     decrement_ttl(ctx)?;
     Ok(match next {
-        Route::Resolved { ifindex, smac, dmac } => {
+        Route::Resolved { ifindex, eth } => {
             count(Counter::FastPathRedirect);
-            Verdict::Forward { ifindex, smac, dmac }
+            Verdict::Forward { ifindex, eth }
         }
         Route::NoNeigh { ifindex, next_hop } => {
             count(Counter::FastPathNeigh);

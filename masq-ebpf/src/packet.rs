@@ -184,6 +184,19 @@ pub trait Packet {
         Some(core::array::from_fn(|i| unsafe { read_u32_widened(header.add(i)) }))
     }
 
+    /// `N` 32-bit words at `off` past the IP header, as they lie in memory, once `len` bytes
+    /// (at least the words') are found in bounds: one bounds check, `N` loads.
+    #[inline(always)]
+    fn words<const N: usize>(&self, off: usize, len: usize) -> Result<[u64; N], Counter> {
+        let start = self.data() + Self::IP + off;
+        if start + len.max(4 * N) > self.data_end() {
+            return Err(Counter::DropMalformed);
+        }
+        let words = start as *const u32;
+        // SAFETY: the words are in bounds (checked just above).
+        Ok(core::array::from_fn(|i| unsafe { read_u32_widened(words.add(i)) }))
+    }
+
     #[inline(always)]
     fn frame_load<T: Copy>(&self, off: usize) -> Result<T, Counter> {
         let p = self.frame_ptr::<T>(off).ok_or(Counter::DropMalformed)?;
@@ -538,20 +551,19 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
     }
     match proto {
         IPPROTO_TCP => {
-            // The whole minimal TCP header must be there (the checksum sits at +16).
-            let _: [u8; 20] = p.load(L4_OFF)?;
-            ip.key.src_port = p.load(L4_OFF)?;
-            ip.key.dst_port = p.load(L4_OFF + 2)?;
-            ip.tcp_flags = p.load(L4_OFF + 13)?;
-            ip.tcp_header_len = (p.load::<u8>(L4_OFF + 12)? >> 4) * 4;
-            ip.tcp_seq = u32::from_be(p.load(L4_OFF + 4)?);
-            ip.tcp_ack = u32::from_be(p.load(L4_OFF + 8)?);
+            // The whole minimal TCP header must be there (the checksum sits at +16); ports,
+            // sequence, acknowledgment, offset and flags are its first four words.
+            let w = p.words::<4>(L4_OFF, 20)?;
+            (ip.key.src_port, ip.key.dst_port) = (w[0] as u16, (w[0] >> 16) as u16);
+            ip.tcp_seq = u32::from_be(w[1] as u32);
+            ip.tcp_ack = u32::from_be(w[2] as u32);
+            ip.tcp_header_len = (w[3] as u8 >> 4) * 4;
+            ip.tcp_flags = (w[3] >> 8) as u8;
             ip.l4 = L4::Tcp;
         }
         IPPROTO_UDP => {
-            let _: [u8; 8] = p.load(L4_OFF)?;
-            ip.key.src_port = p.load(L4_OFF)?;
-            ip.key.dst_port = p.load(L4_OFF + 2)?;
+            let [ports] = p.words::<1>(L4_OFF, 8)?;
+            (ip.key.src_port, ip.key.dst_port) = (ports as u16, (ports >> 16) as u16);
             ip.l4 = L4::Udp;
         }
         IPPROTO_ICMP => {

@@ -9,8 +9,9 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
 };
 use masq_common::{
-    DataplaneConfig, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NEXTHOP_SLOTS, NO_UPLINK,
-    NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
+    DataplaneConfig, EthAddrs, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NEXTHOP_SLOTS,
+    NO_UPLINK, NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
+    eth_addrs,
 };
 
 use crate::{
@@ -192,7 +193,7 @@ fn fib_lookup<H: Hook>(
 /// Where a packet goes next, per `table`.
 pub enum Route {
     /// Egress device and Ethernet addresses: redirect.
-    Resolved { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Resolved { ifindex: u32, eth: EthAddrs },
     /// Egress device and next-hop address whose MAC is not known yet: `bpf_redirect_neigh`.
     NoNeigh { ifindex: u32, next_hop: u32 },
     /// Anything else (unreachable, fragmentation needed, …): the kernel's business.
@@ -221,10 +222,11 @@ pub fn route<H: Hook>(
         && nh.dst_addr == key.dst_addr
         && tot_len <= nh.ok_len
     {
-        return Route::Resolved { ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac };
+        return Route::Resolved { ifindex: nh.ifindex, eth: nh.eth };
     }
     let (ret, params) = fib_lookup(ctx, ifindex, key, tot_len, table);
     if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        let eth = eth_addrs(params.dmac, params.smac);
         if let Some(nh) = cached {
             let same = nh.tick == now && nh.table == table && nh.dst_addr == key.dst_addr;
             *nh = NextHop {
@@ -234,11 +236,10 @@ pub fn route<H: Hook>(
                 tick: now,
                 ok_len: if same { tot_len.max(nh.ok_len) } else { tot_len },
                 _pad: 0,
-                smac: params.smac,
-                dmac: params.dmac,
+                eth,
             };
         }
-        return Route::Resolved { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac };
+        return Route::Resolved { ifindex: params.ifindex, eth };
     }
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // SAFETY: after NO_NEIGH the lookup left the next hop in `ipv4_dst`.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use masq_common::{
     CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey, PublishTarget,
-    UPLINK_F_UDP_OPEN_FILTER,
+    UPLINK_F_UDP_OPEN_FILTER, tick,
 };
 
 use crate::{
@@ -149,6 +149,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             if target.to_port != 0 {
                 xlate.dst_port = target.to_port;
             }
+            let time_ns = conntrack::now_ns();
             let xlate = conntrack::create(
                 &ip.key,
                 xlate,
@@ -157,10 +158,11 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
                 crate::port_range(cfg, &ip, false),
                 &ip,
                 len,
+                time_ns,
             )?;
             count(Counter::InboundNew);
             uplink_new_conn(uplink_index);
-            (Translation::Flow(xlate.key(ip.key.proto)), conntrack::now_tick())
+            (Translation::Flow(xlate.key(ip.key.proto)), tick(time_ns))
         }
     };
 
@@ -198,9 +200,9 @@ fn to_lan<P: Hook>(
     // The LAN lives in main.
     let mtu_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
     let verdict = match route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN, now) {
-        Route::Resolved { ifindex, smac, dmac } => {
+        Route::Resolved { ifindex, eth } => {
             count(Counter::FastPathRedirect);
-            Verdict::Forward { ifindex, smac, dmac }
+            Verdict::Forward { ifindex, eth }
         }
         Route::NoNeigh { ifindex, next_hop } if P::NEIGH => {
             count(Counter::FastPathNeigh);

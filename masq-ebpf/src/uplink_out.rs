@@ -144,7 +144,7 @@ fn send_back<const IP: usize>(
         return Ok(None);
     }
     let Some(back) = uplink(origin).filter(|u| u.mac != [0; 6]) else { return Ok(None) };
-    let Route::Resolved { ifindex, smac, dmac } =
+    let Route::Resolved { ifindex, eth } =
         route(ctx, back.ifindex, sent, ip.tot_len, back.table, crate::conntrack::now_tick())
     else {
         return Ok(None);
@@ -153,5 +153,5 @@ fn send_back<const IP: usize>(
         return Ok(None);
     }
     count(Counter::OwnIcmpErrorReturned);
-    Ok(Some(Verdict::Forward { ifindex, smac, dmac }))
+    Ok(Some(Verdict::Forward { ifindex, eth }))
 }

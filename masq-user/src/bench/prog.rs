@@ -24,7 +24,7 @@ use aya::{
 };
 use masq_common::{
     CFG_F_NO_VALIDATE, CONN_F_INBOUND, CONN_F_REPLY, ConnEntry, Counter, FLOOR_TO_LAN,
-    FLOOR_TO_UPLINK, FloorRoute, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4, map_names,
+    FLOOR_TO_UPLINK, FloorRoute, FlowKey, TCP_SEEN_ACK, TCP_SEEN_SYN, Tuple4, eth_addrs, map_names,
     program_names,
 };
 use serde::Serialize;
@@ -596,8 +596,11 @@ fn in_namespace(
 fn set_floor_routes(dp: &mut Dataplane, eth0: u32, eth4: u32) -> Result<()> {
     let map = dp.ebpf_mut().map_mut(map_names::FLOOR_ROUTES).context("no FLOOR_ROUTES")?;
     let mut routes: Array<_, FloorRoute> = Array::try_from(map)?;
-    let route =
-        |ifindex, addr, smac, dmac| FloorRoute { ifindex, new_addr: wire_addr(addr), smac, dmac };
+    let route = |ifindex, addr, smac, dmac| FloorRoute {
+        ifindex,
+        new_addr: wire_addr(addr),
+        eth: eth_addrs(dmac, smac),
+    };
     routes.set(FLOOR_TO_LAN, route(eth0, ISOLDE, ETH0_MAC, ETH0_PEER_MAC), 0)?;
     routes.set(FLOOR_TO_UPLINK, route(eth4, GW_ISP_A, ETH4_MAC, ISP_A_ROUTER_MAC), 0)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! The benchmark's floor programs (`masq-ebpf/src/floor.rs`) and cost programs (`cost.rs`): what
 //! they do must be the job they stand for, else a ratio or a cost means nothing.
 use aya::maps::Array;
-use masq_common::{FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute};
+use masq_common::{FLOOR_TO_LAN, FLOOR_TO_UPLINK, FloorRoute, eth_addrs};
 
 use super::*;
 
@@ -25,13 +25,15 @@ fn with_floors(gw: &mut Gw) {
     let (eth0, eth4) = (gw.ifindex("eth0"), gw.ifindex("eth4"));
     let map = gw.dp.ebpf_mut().map_mut(map_names::FLOOR_ROUTES).unwrap();
     let mut routes: Array<_, FloorRoute> = Array::try_from(map).unwrap();
-    let to_lan =
-        FloorRoute { ifindex: eth0, new_addr: wire_addr(ISOLDE), smac: ETH0_MAC, dmac: ISOLDE_MAC };
+    let to_lan = FloorRoute {
+        ifindex: eth0,
+        new_addr: wire_addr(ISOLDE),
+        eth: eth_addrs(ISOLDE_MAC, ETH0_MAC),
+    };
     let to_dsl = FloorRoute {
         ifindex: eth4,
         new_addr: wire_addr(GW_ISP_A),
-        smac: ETH4_MAC,
-        dmac: ISP_A_ROUTER_MAC,
+        eth: eth_addrs(ISP_A_ROUTER_MAC, ETH4_MAC),
     };
     routes.set(FLOOR_TO_LAN, to_lan, 0).unwrap();
     routes.set(FLOOR_TO_UPLINK, to_dsl, 0).unwrap();
