@@ -69,7 +69,7 @@ fn remove(key: &FlowKey, entry: &ConnEntry) {
 
 /// Whether this packet may confirm its pending connection, from itself alone: the initiator's
 /// ACK (the one that ends the handshake, if `answered` agrees), or any reply of another
-/// protocol. Checked before the other direction is looked up, which nothing else here needs.
+/// protocol.
 #[inline(always)]
 fn may_confirm(entry: &ConnEntry, ip: &Ipv4) -> bool {
     if ip.l4 != L4::Tcp {
@@ -91,15 +91,17 @@ fn answered(twin: &ConnEntry, ip: &Ipv4) -> bool {
 /// Move a pending connection confirmed by this packet to the confirmed table: both entries in
 /// (the reply first, as at creation), then both out of the pending one. When the confirmed table
 /// is full it stays pending, counted.
+///
+/// The other direction is looked up for every packet, even one that cannot confirm: the lookup
+/// marks it referenced in the LRU, so a flood's churn evicts a pending connection's two entries
+/// together. Skipped, the SYN-ACK refreshed only its own entry, the initiator's was evicted
+/// first, and its handshake-ending ACK found nothing (and the table filled with halves).
 #[inline(always)]
 fn confirm(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) {
-    if !may_confirm(entry, ip) {
-        return;
-    }
     let twin_key = entry.twin_key(key);
     // SAFETY: read-only use of a map value.
     let Some(twin) = (unsafe { PENDING_CONNS.get(twin_key) }) else { return };
-    if ip.l4 == L4::Tcp && !answered(twin, ip) {
+    if !may_confirm(entry, ip) || ip.l4 == L4::Tcp && !answered(twin, ip) {
         return;
     }
     let (mut this, mut other) = (*entry, *twin);

@@ -20,7 +20,7 @@ use masq_common::{
     XDP_DEVMAP_XMIT_DROPS, XDP_DEVMAP_XMIT_FROM_IFINDEX, XDP_DEVMAP_XMIT_TO_IFINDEX,
     XDP_REDIRECT_ERR_PROG_ID, map_names, program_names,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     config::{Config, Uplink},
@@ -321,6 +321,7 @@ impl Dataplane {
             if !xdp_used {
                 continue;
             }
+            ensure_tracefs()?;
             check_trace_format(event, fields)?;
             let tp: &mut TracePoint = self
                 .ebpf
@@ -471,6 +472,27 @@ fn adopt_or_attach<P, Id>(
     }
     let _ = fs::remove_file(pin);
     attach(program)
+}
+
+/// Where tracefs is mounted when nothing else mounted it.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Tracepoints are found through tracefs (their ids and record formats). systemd mounts it on
+/// first access; a minimal host or container may have none: mount it at its usual place.
+fn ensure_tracefs() -> anyhow::Result<()> {
+    let roots = [TRACEFS, "/sys/kernel/debug/tracing"];
+    if roots.iter().any(|root| Path::new(root).join("events").exists()) {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", TRACEFS])
+        .status()
+        .context("running mount -t tracefs")?;
+    if !status.success() {
+        bail!("no tracefs mounted, and mounting one at {TRACEFS} failed");
+    }
+    info!("mounted tracefs at {TRACEFS} (the lost-redirect tracepoints are found there)");
+    Ok(())
 }
 
 /// Fields of a tracepoint record a program reads: name and offset.
