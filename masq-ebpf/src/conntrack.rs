@@ -67,25 +67,19 @@ fn remove(key: &FlowKey, entry: &ConnEntry) {
     let _ = if entry.is_pending() { PENDING_CONNS.remove(key) } else { CONNS.remove(key) };
 }
 
-/// Whether this packet may confirm its pending connection, from itself alone: the initiator's
-/// ACK (the one that ends the handshake, if `answered` agrees), or any reply of another
-/// protocol.
+/// Whether this packet confirms its pending connection: the initiator's ACK that ends the
+/// handshake, acknowledging the answer's SYN-ACK (a blind ACK cannot know its sequence number),
+/// or any reply of another protocol. An answer entry rebuilt after eviction knows nothing and
+/// holds nothing against it.
 #[inline(always)]
-fn may_confirm(entry: &ConnEntry, ip: &Ipv4) -> bool {
+fn confirms(entry: &ConnEntry, twin: &ConnEntry, ip: &Ipv4) -> bool {
     if ip.l4 != L4::Tcp {
         return entry.is_reply();
     }
-    !entry.is_reply() && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
-}
-
-/// Whether the initiator's ACK acknowledges the answer's SYN-ACK (a blind ACK cannot know its
-/// sequence number). An answer entry rebuilt after eviction knows nothing and holds nothing
-/// against it.
-#[inline(always)]
-fn answered(twin: &ConnEntry, ip: &Ipv4) -> bool {
-    twin.tcp_seen & TCP_SEEN_SEQ == 0
+    let answered = twin.tcp_seen & TCP_SEEN_SEQ == 0
         || twin.tcp_seen & (TCP_SEEN_SYN | TCP_SEEN_ACK) == TCP_SEEN_SYN | TCP_SEEN_ACK
-            && seq_within(ip.tcp_ack, twin.tcp_next_seq.wrapping_sub(SEQ_SLACK), twin.tcp_next_seq)
+            && seq_within(ip.tcp_ack, twin.tcp_next_seq.wrapping_sub(SEQ_SLACK), twin.tcp_next_seq);
+    !entry.is_reply() && ip.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && answered
 }
 
 /// Move a pending connection confirmed by this packet to the confirmed table: both entries in
@@ -101,7 +95,7 @@ fn confirm(key: &FlowKey, entry: &ConnEntry, ip: &Ipv4) {
     let twin_key = entry.twin_key(key);
     // SAFETY: read-only use of a map value.
     let Some(twin) = (unsafe { PENDING_CONNS.get(twin_key) }) else { return };
-    if !may_confirm(entry, ip) || ip.l4 == L4::Tcp && !answered(twin, ip) {
+    if !confirms(entry, twin, ip) {
         return;
     }
     let (mut this, mut other) = (*entry, *twin);

@@ -175,17 +175,8 @@ pub trait Packet {
         Some(start as *mut T)
     }
 
-    /// The 20-byte IPv4 header as five 32-bit words, as they lie in memory: one bounds check,
-    /// five loads.
-    #[inline(always)]
-    fn ipv4_header_words(&self) -> Option<[u64; 5]> {
-        let header = self.frame_ptr::<[u32; 5]>(Self::IP)? as *const u32;
-        // SAFETY: the 20 bytes are in bounds (checked just above).
-        Some(core::array::from_fn(|i| unsafe { read_u32_widened(header.add(i)) }))
-    }
-
-    /// `N` 32-bit words at `off` past the IP header, as they lie in memory, once `len` bytes
-    /// (at least the words') are found in bounds: one bounds check, `N` loads.
+    /// `N` 32-bit words at `off` past the start of the IP header, as they lie in memory, once
+    /// `len` bytes (at least the words') are found in bounds: one bounds check, `N` loads.
     #[inline(always)]
     fn words<const N: usize>(&self, off: usize, len: usize) -> Result<[u64; N], Counter> {
         let start = self.data() + Self::IP + off;
@@ -493,7 +484,7 @@ pub fn ipv4_source_and_proto<P: Packet>(p: &P) -> Option<(u32, u8)> {
     if p.ethertype().ok()? != ETH_P_IP {
         return None;
     }
-    let w = p.ipv4_header_words()?;
+    let w = p.words::<5>(0, 20).ok()?;
     if (w[0] as u8) >> 4 != 4 {
         return None;
     }
@@ -519,7 +510,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
     }
     // Every field from the header's five words, which also give its checksum's sum (summed in
     // 64 bits, the same as its ten 16-bit words).
-    let w = p.ipv4_header_words().ok_or(Counter::DropMalformed)?;
+    let w = p.words::<5>(0, 20)?;
     let tot_len = u16::from_be((w[0] >> 16) as u16);
     let id = w[1] as u16;
     let frag_off = u16::from_be((w[1] >> 16) as u16);

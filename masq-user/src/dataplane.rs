@@ -94,14 +94,7 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(pid) = ancestor_outside_mount_ns() else {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", BPFFS])
-            .status()
-            .context("running mount -t bpf")?;
-        if !status.success() {
-            bail!("could not mount bpffs at {BPFFS}");
-        }
-        return Ok(());
+        return mount("bpf", BPFFS);
     };
     let outside = PathBuf::from(format!("/proc/{pid}/root{BPFFS}"));
     if !is_bpffs(&outside) {
@@ -321,7 +314,6 @@ impl Dataplane {
             if !xdp_used {
                 continue;
             }
-            ensure_tracefs()?;
             check_trace_format(event, fields)?;
             let tp: &mut TracePoint = self
                 .ebpf
@@ -474,25 +466,32 @@ fn adopt_or_attach<P, Id>(
     attach(program)
 }
 
+/// Mount a filesystem of type `fstype` (its source named the same) at `target`.
+fn mount(fstype: &str, target: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("mount")
+        .args(["-t", fstype, fstype, target])
+        .status()
+        .with_context(|| format!("running mount -t {fstype}"))?;
+    if !status.success() {
+        bail!("could not mount {fstype} at {target}");
+    }
+    Ok(())
+}
+
 /// Where tracefs is mounted when nothing else mounted it.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// Tracepoints are found through tracefs (their ids and record formats). systemd mounts it on
-/// first access; a minimal host or container may have none: mount it at its usual place.
-fn ensure_tracefs() -> anyhow::Result<()> {
-    let roots = [TRACEFS, "/sys/kernel/debug/tracing"];
-    if roots.iter().any(|root| Path::new(root).join("events").exists()) {
-        return Ok(());
+/// Where tracefs is. Tracepoints are found through it (their ids and record formats): systemd
+/// mounts it on first access; a minimal host or container may have none, so it is mounted at
+/// its usual place.
+fn tracefs_root() -> anyhow::Result<&'static Path> {
+    let roots = [TRACEFS, "/sys/kernel/debug/tracing"].map(Path::new);
+    if let Some(root) = roots.into_iter().find(|root| root.join("events").exists()) {
+        return Ok(root);
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "tracefs", TRACEFS])
-        .status()
-        .context("running mount -t tracefs")?;
-    if !status.success() {
-        bail!("no tracefs mounted, and mounting one at {TRACEFS} failed");
-    }
+    mount("tracefs", TRACEFS)?;
     info!("mounted tracefs at {TRACEFS} (the lost-redirect tracepoints are found there)");
-    Ok(())
+    Ok(Path::new(TRACEFS))
 }
 
 /// Fields of a tracepoint record a program reads: name and offset.
@@ -500,11 +499,10 @@ type TraceFields = &'static [(&'static str, usize)];
 
 /// Fail unless tracepoint `xdp:<event>` has each field at the offset masq's program reads.
 fn check_trace_format(event: &str, fields: &[(&str, usize)]) -> anyhow::Result<()> {
-    let path = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(|root| PathBuf::from(format!("{root}/events/xdp/{event}/format")))
-        .find(|p| p.exists())
-        .with_context(|| format!("no tracefs format for xdp:{event}"))?;
+    let path = tracefs_root()?.join(format!("events/xdp/{event}/format"));
+    if !path.exists() {
+        bail!("no tracefs format for xdp:{event} ({})", path.display());
+    }
     let format = fs::read_to_string(&path)?;
     for (name, offset) in fields {
         let found = format.lines().any(|line| {
