@@ -71,6 +71,10 @@ pub mod map_names {
     pub const XDP_PROG_IDS: &str = "XDP_PROG_IDS";
     pub const EVENTS: &str = "EVENTS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// The in-kernel expiry's request and result, and its report (the daemon's own; never
+    /// pinned).
+    pub const EXPIRY: &str = "EXPIRY";
+    pub const EXPIRED: &str = "EXPIRED";
     /// The floor programs' output (benchmark only; never pinned).
     pub const FLOOR_ROUTES: &str = "FLOOR_ROUTES";
 }
@@ -116,6 +120,8 @@ pub mod program_names {
     /// Cost programs (`cost.rs`, benchmark only): the RFC 1812 checks 16 times, and none.
     pub const COST_VALIDATE_16: &str = "masq_cost_validate_16";
     pub const COST_VALIDATE_0: &str = "masq_cost_validate_0";
+    /// The daemon's expiry pass (`expire.rs`), run by BPF_PROG_TEST_RUN; never attached.
+    pub const EXPIRE: &str = "masq_expire";
 }
 
 /// A connection's 5-tuple as seen on the wire (network byte order).
@@ -281,6 +287,118 @@ impl ConnEntry {
         self.xlate.key(key.proto).reversed()
     }
 }
+
+/// What a connection's entries say of it; each state has its idle timeout.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    TcpSynSent,
+    TcpEstablished,
+    TcpClosing,
+    /// UDP or another protocol, no reply seen yet.
+    Unreplied,
+    /// UDP or another protocol with traffic both ways.
+    Replied,
+    Icmp,
+}
+
+/// How many `ConnState`s there are (`ExpiryPass::timeout_ns` holds one timeout each).
+pub const CONN_STATES: usize = 6;
+
+impl ConnState {
+    /// The state of a connection of `proto` from its initiator's entry and its reply entry
+    /// (either may be missing: evicted, not rebuilt yet). The daemon and the in-kernel expiry
+    /// judge by this one function.
+    #[inline(always)]
+    pub fn of(proto: u8, orig: Option<&ConnEntry>, reply: Option<&ConnEntry>) -> Self {
+        let replied = reply.is_some_and(|e| e.packets > 0);
+        match proto {
+            IPPROTO_TCP => {
+                let orig = orig.map_or(0, |e| e.tcp_seen);
+                let reply = reply.map_or(0, |e| e.tcp_seen);
+                let seen = orig | reply;
+                // Closing once both sides said FIN, or on a reset: a half-closed connection
+                // may still carry data the other way for a long time.
+                if seen & TCP_SEEN_RST != 0 || orig & reply & TCP_SEEN_FIN != 0 {
+                    ConnState::TcpClosing
+                } else if replied && seen & TCP_SEEN_ACK != 0 {
+                    ConnState::TcpEstablished
+                } else {
+                    ConnState::TcpSynSent
+                }
+            }
+            IPPROTO_ICMP => ConnState::Icmp,
+            _ if replied => ConnState::Replied,
+            _ => ConnState::Unreplied,
+        }
+    }
+}
+
+/// The last packet's tick of a connection, either direction (0 for a missing entry).
+#[inline(always)]
+pub fn last_seen_tick(orig: Option<&ConnEntry>, reply: Option<&ConnEntry>) -> u32 {
+    let a = orig.map_or(0, |e| e.last_seen_tick);
+    let b = reply.map_or(0, |e| e.last_seen_tick);
+    if a > b { a } else { b }
+}
+
+/// `EXPIRY`'s one slot: what the daemon asks of an in-kernel expiry pass (`masq_expire`), and
+/// what the pass found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ExpiryPass {
+    /// The clock idleness is judged by (CLOCK_MONOTONIC_COARSE, ns).
+    pub now_ns: u64,
+    /// Idle timeouts (ns), by `ConnState`.
+    pub timeout_ns: [u64; CONN_STATES],
+    /// `EXPIRY_F_*`.
+    pub flags: u64,
+    pub found: ExpiryFound,
+}
+
+/// `ExpiryPass::flags`: report each connection removed in `EXPIRED`.
+pub const EXPIRY_F_REPORT: u64 = 1 << 0;
+/// `ExpiryPass::flags`: then remove the bindings no connection kept stamped.
+pub const EXPIRY_F_SWEEP_BINDINGS: u64 = 1 << 1;
+
+/// What an expiry pass did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ExpiryFound {
+    /// Entries walked, both tables.
+    pub entries: u64,
+    /// Connections kept (judged by their initiator's entry, or by a reply entry left alone).
+    pub kept: u64,
+    /// Connections removed, both entries.
+    pub expired: u64,
+    /// Of those, the ones `EXPIRED` had no room to report.
+    pub unreported: u64,
+    /// Bindings removed, their public port freed.
+    pub bindings_removed: u64,
+}
+
+/// `EXPIRED` record: a connection an expiry pass removed, its entries as they were last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ExpiredConn {
+    pub orig_key: FlowKey,
+    pub reply_key: FlowKey,
+    pub orig: ConnEntry,
+    pub reply: ConnEntry,
+    /// `EXPIRED_HAS_*`: which entries it had.
+    pub has: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExpiredConn>() == 136);
+
+pub const EXPIRED_HAS_ORIG: u64 = 1 << 0;
+pub const EXPIRED_HAS_REPLY: u64 = 1 << 1;
+
+/// Size of `EXPIRED`, bytes: about 7,700 connections per pass; more are removed all the same
+/// and counted (`ExpiryFound::unreported`).
+pub const EXPIRED_RING_BYTES: u32 = 1 << 20;
 
 /// An internal endpoint (LAN address and port, or echo identifier) behind one uplink: who holds
 /// a `BOUND_PORTS` entry, and the `BINDINGS` key. Endpoint-independent mapping (RFC 4787 REQ-1,
@@ -789,6 +907,8 @@ mod pod {
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for Binding {}
+    unsafe impl aya::Pod for ExpiryPass {}
+    unsafe impl aya::Pod for ExpiredConn {}
     unsafe impl aya::Pod for BoundPortKey {}
     unsafe impl aya::Pod for BoundPort {}
     unsafe impl aya::Pod for UplinkInfo {}

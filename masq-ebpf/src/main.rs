@@ -1,7 +1,8 @@
 //! masq's eBPF programs, one file per program: `uplink_in` (`masq_uplink_in`, `_l3`, `_xdp`),
 //! `lan_in` (`masq_lan_in`), `uplink_out` (`masq_uplink_out`, `_l3`), `xdp_pass`
-//! (`masq_xdp_pass`), `xdp_errors` (tracepoints counting lost redirects), `floor` (the
-//! benchmark's floor programs) and `cost` (pieces timed alone), never attached. Each entry
+//! (`masq_xdp_pass`), `xdp_errors` (tracepoints counting lost redirects); `expire`
+//! (`masq_expire`, the daemon's expiry pass, which it runs), `floor` (the benchmark's floor
+//! programs) and `cost` (pieces timed alone), never attached. Each entry
 //! point is a thin hook layer (`hook`) over one body that returns a `Verdict` or a named drop
 //! reason; `validate` checks every packet before anything is looked up or created.
 #![no_std]
@@ -15,6 +16,7 @@ mod conntrack;
 mod cost;
 mod csum;
 mod events;
+mod expire;
 mod floor;
 mod forward;
 mod hook;

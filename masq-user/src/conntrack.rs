@@ -8,7 +8,8 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use masq_common::{ConnEntry, FlowKey, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, tick_ns};
+pub use masq_common::ConnState;
+use masq_common::{ConnEntry, FlowKey, last_seen_tick, tick_ns};
 pub use masq_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{bpf_sys::sys_bpf, config::Timeouts};
@@ -21,40 +22,15 @@ pub fn clock_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnState {
-    TcpSynSent,
-    TcpEstablished,
-    TcpClosing,
-    /// UDP or another protocol, no reply seen yet.
-    Unreplied,
-    /// UDP or another protocol with traffic both ways.
-    Replied,
-    Icmp,
-}
-
-impl ConnState {
-    pub fn name(self) -> &'static str {
-        match self {
-            ConnState::TcpSynSent => "syn_sent",
-            ConnState::TcpEstablished => "established",
-            ConnState::TcpClosing => "closing",
-            ConnState::Unreplied => "unreplied",
-            ConnState::Replied => "replied",
-            ConnState::Icmp => "icmp",
-        }
-    }
-
-    pub fn timeout(self, t: &Timeouts) -> Duration {
-        match self {
-            ConnState::TcpSynSent => t.tcp_syn,
-            ConnState::TcpEstablished => t.tcp_established,
-            ConnState::TcpClosing => t.tcp_closing,
-            ConnState::Unreplied => t.udp,
-            ConnState::Replied => t.udp_stream,
-            ConnState::Icmp => t.icmp,
-        }
+/// A state's name, as `masq conns` shows it.
+pub fn state_name(state: ConnState) -> &'static str {
+    match state {
+        ConnState::TcpSynSent => "syn_sent",
+        ConnState::TcpEstablished => "established",
+        ConnState::TcpClosing => "closing",
+        ConnState::Unreplied => "unreplied",
+        ConnState::Replied => "replied",
+        ConnState::Icmp => "icmp",
     }
 }
 
@@ -80,9 +56,8 @@ impl Conn {
     }
 
     pub fn last_seen_ns(&self) -> u64 {
-        let a = self.orig.map_or(0, |(_, e)| e.last_seen_tick);
-        let b = self.reply.map_or(0, |(_, e)| e.last_seen_tick);
-        tick_ns(a.max(b))
+        let (orig, reply) = (self.orig.as_ref().map(|o| &o.1), self.reply.as_ref().map(|r| &r.1));
+        tick_ns(last_seen_tick(orig, reply))
     }
 
     pub fn created_ns(&self) -> u64 {
@@ -90,26 +65,11 @@ impl Conn {
     }
 
     pub fn state(&self) -> ConnState {
-        let replied = self.reply.is_some_and(|(_, e)| e.packets > 0);
-        match self.proto() {
-            IPPROTO_TCP => {
-                let orig = self.orig.map_or(0, |(_, e)| e.tcp_seen);
-                let reply = self.reply.map_or(0, |(_, e)| e.tcp_seen);
-                let seen = orig | reply;
-                // Closing once both sides said FIN, or on a reset: a half-closed connection
-                // may still carry data the other way for a long time.
-                if seen & TCP_SEEN_RST != 0 || orig & reply & TCP_SEEN_FIN != 0 {
-                    ConnState::TcpClosing
-                } else if replied && seen & TCP_SEEN_ACK != 0 {
-                    ConnState::TcpEstablished
-                } else {
-                    ConnState::TcpSynSent
-                }
-            }
-            IPPROTO_ICMP => ConnState::Icmp,
-            _ if replied => ConnState::Replied,
-            _ => ConnState::Unreplied,
-        }
+        ConnState::of(
+            self.proto(),
+            self.orig.as_ref().map(|o| &o.1),
+            self.reply.as_ref().map(|r| &r.1),
+        )
     }
 
     /// Still pending: its handshake not completed or no reply seen yet.
@@ -323,7 +283,7 @@ impl<T: BorrowMut<MapData>> ConnTables<T> {
     pub fn expire_keeping(&mut self, timeouts: &Timeouts, now_ns: u64) -> (Vec<Conn>, Vec<Conn>) {
         self.remove_keeping(|conn| {
             let idle = Duration::from_nanos(now_ns.saturating_sub(conn.last_seen_ns()));
-            idle > conn.state().timeout(timeouts)
+            idle > timeouts.of(conn.state())
         })
     }
 
@@ -369,7 +329,9 @@ pub enum EndReason {
 
 #[cfg(test)]
 mod tests {
-    use masq_common::{CONN_F_REPLY, TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4};
+    use masq_common::{
+        CONN_F_REPLY, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_RST, TCP_SEEN_SYN, Tuple4,
+    };
 
     use super::*;
 

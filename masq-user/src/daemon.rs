@@ -1,11 +1,5 @@
 //! `masq run` and `masq down`: the operator's checklist, each step undone on failure and exit.
-use std::{
-    fs,
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{fs, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use masq_common::Counter;
@@ -14,9 +8,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{Config, OnDown, OnUp, Uplink},
-    conntrack::{self, Conn, EndReason},
+    conntrack::{Conn, EndReason},
     dataplane::{Dataplane, remove_pins},
     events::{Hub, Recorder},
+    expiry::{ExpiryPass, KernelExpiry, expire},
     follow::{self, UplinkState},
     health::{
         monitor::{Monitor, Verdict},
@@ -164,33 +159,6 @@ fn steered_back(
 /// Each uplink's verdict, for `fill_maps`.
 fn verdicts(monitor: &Monitor, cfg: &Config) -> Vec<bool> {
     (0..cfg.uplinks.len()).map(|i| monitor.is_up(i)).collect()
-}
-
-/// What one expiry pass did.
-pub(crate) struct ExpiryPass {
-    pub gone: Vec<Conn>,
-    pub left: Vec<Conn>,
-    /// The clock the pass judged idleness by.
-    pub now_ns: u64,
-    pub took: Duration,
-}
-
-/// One expiry pass: the idle connections deleted from both tables, then the bindings no
-/// connection left uses.
-pub(crate) fn expire(
-    pin_dir: &Path,
-    timeouts: &crate::config::Timeouts,
-) -> anyhow::Result<ExpiryPass> {
-    let started = Instant::now();
-    let now_ns = conntrack::clock_ns();
-    let (gone, left) = pinned::conn_tables(pin_dir)?.expire_keeping(timeouts, now_ns);
-    if !gone.is_empty() {
-        info!("expired {} idle connections", gone.len());
-    }
-    if let Err(e) = pinned::sweep_bindings(pin_dir, &left, now_ns) {
-        warn!("removing unused NAT bindings: {e:#}");
-    }
-    Ok(ExpiryPass { gone, left, now_ns, took: started.elapsed() })
 }
 
 /// The pause before the next expiry pass after one that took `pass`: the interval, or
@@ -434,6 +402,9 @@ async fn follow_host(
     Ok(true)
 }
 
+/// An expiry pass in flight hands back the in-kernel pass it used.
+type ExpiryRun = (Option<KernelExpiry>, anyhow::Result<ExpiryPass>);
+
 async fn serve(
     config_path: &Path,
     mut cfg: Config,
@@ -493,7 +464,17 @@ async fn serve(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The pass runs on a blocking thread: over a large table it takes a second or more, which
     // would stall the health probes' timing and netlink on this one.
-    let mut expiry_pass: Option<tokio::task::JoinHandle<anyhow::Result<ExpiryPass>>> = None;
+    let mut kernel_expiry = match KernelExpiry::load(&mut dataplane) {
+        Ok(k) => {
+            info!("idle connections are expired in the kernel (masq_expire)");
+            Some(k)
+        }
+        Err(e) => {
+            warn!("expiry in the kernel unavailable, reading the tables out instead: {e:#}");
+            None
+        }
+    };
+    let mut expiry_pass: Option<tokio::task::JoinHandle<ExpiryRun>> = None;
     let mut expiry_paced = false;
     let mut health = tokio::time::interval(HEALTH_SAMPLE);
     let mut resync = tokio::time::interval(FOLLOW_RESYNC);
@@ -596,17 +577,26 @@ async fn serve(
             }
             _ = expiry.tick(), if expiry_pass.is_none() => {
                 let (pins, timeouts) = (pin_dir.to_path_buf(), cfg.dataplane.timeouts.clone());
-                expiry_pass = Some(tokio::task::spawn_blocking(move || expire(&pins, &timeouts)));
+                let (mut kernel, read_left) = (kernel_expiry.take(), hub.tracking());
+                expiry_pass = Some(tokio::task::spawn_blocking(move || {
+                    let pass = expire(&pins, &timeouts, kernel.as_mut(), read_left);
+                    (kernel, pass)
+                }));
             }
             done = async { expiry_pass.as_mut().expect("a pass in flight").await },
                 if expiry_pass.is_some() =>
             {
                 expiry_pass = None;
+                let done = done.map(|(kernel, pass)| {
+                    kernel_expiry = kernel;
+                    pass
+                });
                 match done {
                     Ok(Ok(pass)) => {
-                        let held = pass.left.len();
+                        let held = pass.kept;
                         let rec = Recorder { cfg: &cfg, names: &names };
-                        hub.observe(&mut dataplane, &rec, pass.left, &pass.gone, pass.now_ns);
+                        let left = pass.left.unwrap_or_default();
+                        hub.observe(&mut dataplane, &rec, left, &pass.gone, pass.now_ns);
                         let interval = expiry_interval(&cfg.dataplane.timeouts);
                         let pause = expiry_pause(interval, pass.took);
                         let paced = pause > interval;

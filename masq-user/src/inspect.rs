@@ -144,7 +144,7 @@ pub fn conn_view(conn: &Conn, now_ns: u64, names: &Names) -> ConnView {
         reply_translated,
         uplink: conn.uplink(),
         uplink_name: names.uplink(conn.uplink()),
-        state: conn.state().name(),
+        state: conntrack::state_name(conn.state()),
         pending: conn.pending(),
         age_s: secs(conn.created_ns()),
         idle_s: secs(conn.last_seen_ns()),
@@ -588,7 +588,7 @@ pub fn connections_status(
     let mut by_direction = BTreeMap::new();
     for c in conns {
         *by_proto.entry(proto_name(c.proto())).or_default() += 1;
-        *by_state.entry(c.state().name()).or_default() += 1;
+        *by_state.entry(conntrack::state_name(c.state())).or_default() += 1;
         *by_direction.entry(direction_name(c)).or_default() += 1;
     }
     ConnectionsStatus {

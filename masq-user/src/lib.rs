@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod daemon;
 pub mod dataplane;
 pub mod events;
+pub mod expiry;
 pub mod follow;
 #[cfg(feature = "lab")]
 pub mod frames;

@@ -82,7 +82,7 @@ impl Snapshot {
                 names.uplink(c.uplink()),
                 direction_name(c),
                 proto_name(c.proto()),
-                c.state().name(),
+                crate::conntrack::state_name(c.state()),
             );
             *by_labels.entry(key).or_default() += 1;
         }

@@ -340,6 +340,16 @@ pub fn sweep_gateway_range(pin_dir: &Path) -> anyhow::Result<usize> {
         .remove_where(|port, _| (lo..=hi).contains(&u16::from_be(port.ext_port))))
 }
 
+/// The in-kernel expiry's own maps (`EXPIRY`, `EXPIRED`), taken out of the loaded object: never
+/// pinned, they live as long as the pass that uses them.
+pub fn take_expiry_maps(
+    ebpf: &mut aya::Ebpf,
+) -> anyhow::Result<(Array<MapData, masq_common::ExpiryPass>, RingBuf<MapData>)> {
+    let slot = ebpf.take_map(map_names::EXPIRY).context("map EXPIRY missing")?;
+    let reports = ebpf.take_map(map_names::EXPIRED).context("map EXPIRED missing")?;
+    Ok((slot.try_into()?, reports.try_into()?))
+}
+
 /// Put a loaded program in `TAIL_CALLS[slot]`.
 pub fn set_tail_call(pin_dir: &Path, slot: u32, program: &ProgramFd) -> anyhow::Result<()> {
     let mut slots: ProgramArray<_> = open(pin_dir, map_names::TAIL_CALLS)?;

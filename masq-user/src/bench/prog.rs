@@ -937,7 +937,7 @@ impl ProgBench<'_> {
 
     /// One expiry pass as the daemon makes it every interval, timed.
     fn sweep_seconds(&self, cfg: &Config) -> Result<f64> {
-        let pass = crate::daemon::expire(self.dp.pin_dir(), &cfg.dataplane.timeouts)?;
+        let pass = crate::expiry::expire(self.dp.pin_dir(), &cfg.dataplane.timeouts, None, false)?;
         ensure!(
             pass.gone.is_empty(),
             "the expiry pass removed {} bench connections",

@@ -320,6 +320,21 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// The idle timeout of a connection in `state`.
+    pub fn of(&self, state: masq_common::ConnState) -> Duration {
+        use masq_common::ConnState::*;
+        match state {
+            TcpSynSent => self.tcp_syn,
+            TcpEstablished => self.tcp_established,
+            TcpClosing => self.tcp_closing,
+            Unreplied => self.udp,
+            Replied => self.udp_stream,
+            Icmp => self.icmp,
+        }
+    }
+}
+
 fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }

@@ -184,6 +184,11 @@ impl Hub {
         Ok(())
     }
 
+    /// Connection ends are tracked: the expiry pass must read the connections it leaves.
+    pub fn tracking(&self) -> bool {
+        self.on
+    }
+
     /// After the expiry tick's dump (begun at `dumped_ns`): report what expired and what ended
     /// unseen; let go of watchers that left; add what was undelivered to its counter.
     pub fn observe(

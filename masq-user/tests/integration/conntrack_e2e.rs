@@ -15,7 +15,7 @@ fn idle_connections_expire_by_their_state_timeout() {
     let lab = common::lab(GatewayMode::Bare);
     let extra = "[dataplane]\nconn_capacity = 1048576\n[dataplane.timeouts]\nicmp = 3\nudp = 3\n";
     let config = common::config_with(&lab, extra);
-    let _masq = common::start_masq(&lab, &config);
+    let masq = common::start_masq(&lab, &config);
 
     assert!(lab.ping(Host::Client, PUBLIC_ISP_A, Duration::from_secs(3)).unwrap());
     let protos = |conns: &[serde_json::Value]| {
@@ -35,6 +35,9 @@ fn idle_connections_expire_by_their_state_timeout() {
         assert!(Instant::now() < deadline, "the idle ping was not expired: {conns:?}");
         thread::sleep(Duration::from_millis(250));
     }
+    // By the daemon's pass in the kernel, not by reading the million-entry table out.
+    let log = masq.log_text();
+    assert!(log.contains("idle connections (in the kernel)"), "{log}");
     // The pins live on the host's bpffs: the CLI reads them from any namespace.
     let status = std::process::Command::new(common::masq_bin())
         .args(["status", "--json", "--pin-dir"])

@@ -150,7 +150,12 @@ fn transfers_and_streams_survive_a_restart_and_a_reload() {
         format!("[[publish]]\nuplink = \"dsl\"\naddress = \"{new_address}\"\nto = \"{TRISTAN}\"\n");
     fs::write(&config, format!("{text}\n{extra}")).unwrap();
     let out = common::masq_cli(&lab, &["reload"]);
-    assert!(out.status.success(), "masq reload: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "masq reload: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        masq.log_text()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !lab.ping(Host::Client, new_address, Duration::from_secs(1)).unwrap() {
         assert!(Instant::now() < deadline, "{new_address} not answering after the reload");

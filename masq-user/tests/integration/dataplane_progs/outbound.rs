@@ -259,6 +259,63 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
     });
 }
 
+/// The in-kernel expiry pass (`masq_expire`) keeps the bindings of the connections it keeps,
+/// stamping them, whether the endpoint kept its port or was mapped elsewhere; frees those
+/// without connections, with their mapping, and mappings to ports nobody holds; and frees a
+/// binding in the same pass that expires its last connection.
+#[test]
+fn the_kernel_expiry_keeps_the_bindings_its_connections_use_and_frees_the_others() {
+    example(|gw| {
+        assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, CLIENT), (GW_ISP_B, 40000));
+        let (_, isolde_port) = udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, CLIENT);
+        assert_ne!(isolde_port, 40000);
+        assert_eq!(udp_out(gw, (TRISTAN, TRISTAN_MAC), 20000, CLIENT).1, 20000);
+        assert_eq!(gw.bindings(), (3, 1));
+        // Every binding last used ten ticks ago; tristan's connection gone; a mapping to a port
+        // nobody holds.
+        let mut tables = gw.binding_tables();
+        let created = tables.held_ports().iter().map(|(_, held)| held.used_tick).max().unwrap();
+        for (port, mut held) in tables.held_ports() {
+            held.used_tick = created.wrapping_sub(10);
+            tables.ports.insert(port, held, 0).unwrap();
+        }
+        let stray = BindingKey {
+            int_addr: wire_addr(OTHER_SERVER),
+            int_port: wire_port(7),
+            proto: IPPROTO_UDP,
+            uplink: ISPB,
+        };
+        tables
+            .bindings
+            .insert(stray, masq_common::Binding { ext_port: wire_port(33333), _pad: 0 }, 0)
+            .unwrap();
+        let from_tristan =
+            |c: &conntrack::Conn| c.orig.is_some_and(|(k, _)| k.src_addr == wire_addr(TRISTAN));
+        assert_eq!(pinned::remove_conns(gw.dp.pin_dir(), from_tristan).unwrap().len(), 1);
+
+        let timeouts = masq_user::config::Timeouts::default();
+        let mut expiry = masq_user::expiry::KernelExpiry::load(&mut gw.dp).unwrap();
+        let now = masq_common::tick_ns(created) + 1;
+        let (found, gone) = expiry.run(&timeouts, now, true, true).unwrap();
+        assert_eq!((found.expired, gone.len(), found.kept), (0, 0, 2), "{found:?}");
+        assert_eq!(found.bindings_removed, 1);
+        assert_eq!(gw.bindings(), (2, 1), "marke's and isolde's, the stray mapping gone");
+        assert_eq!(gw.binding_port((TRISTAN, 20000), IPPROTO_UDP, DSL), None);
+        assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), Some(40000));
+        assert_eq!(gw.binding_port((ISOLDE, 40000), IPPROTO_UDP, ISPB), Some(isolde_port));
+        let held = gw.binding_tables().held_ports();
+        assert!(held.iter().all(|(_, h)| h.used_tick == masq_common::tick(now)), "{held:?}");
+
+        // Past the UDP timeout: both connections and their bindings go in one pass.
+        let later = now + timeouts.udp.as_nanos() as u64 + 5_000_000_000;
+        let (found, gone) = expiry.run(&timeouts, later, true, true).unwrap();
+        assert_eq!((found.expired, gone.len(), found.bindings_removed), (2, 2, 2), "{found:?}");
+        assert_eq!(gw.bindings(), (0, 0));
+        assert!(gw.conns().is_empty());
+        gw.assert_no_drops();
+    });
+}
+
 #[test]
 fn with_endpoint_independent_filtering_any_host_reaches_a_udp_mapping_and_only_its_owner() {
     example(|gw| {

@@ -1,0 +1,188 @@
+//! The expiry pass: idle connections removed from both tables, bindings left without connections
+//! freed. In the kernel (`masq_expire`, which the daemon runs by BPF_PROG_TEST_RUN) where that
+//! program loads; else by reading both tables out and deleting in batches.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    maps::{Array, MapData, RingBuf},
+    programs::{ProgramFd, Xdp},
+};
+use masq_common::{
+    CONN_STATES, ConnState, EXPIRED_HAS_ORIG, EXPIRED_HAS_REPLY, EXPIRY_F_REPORT,
+    EXPIRY_F_SWEEP_BINDINGS, ExpiredConn, ExpiryFound, ExpiryPass as PassSlot, program_names,
+};
+use tracing::{info, warn};
+
+use crate::{
+    bpf_sys::sys_bpf,
+    config::Timeouts,
+    conntrack::{self, Conn},
+    dataplane::Dataplane,
+    pinned,
+};
+
+/// The in-kernel pass: its program and its two private maps, taken out of the dataplane's
+/// object (they outlive a reload of the programs).
+pub struct KernelExpiry {
+    program: ProgramFd,
+    slot: Array<MapData, PassSlot>,
+    reports: RingBuf<MapData>,
+}
+
+/// What one pass did.
+pub struct ExpiryPass {
+    /// The connections removed (those the kernel's report had room for).
+    pub gone: Vec<Conn>,
+    /// The connections left, when the pass was asked to read them (`read_left`).
+    pub left: Option<Vec<Conn>>,
+    /// Connections kept.
+    pub kept: usize,
+    /// Connections removed (reported or not).
+    pub expired: u64,
+    /// Removed but not reported (the report was full).
+    pub unreported: u64,
+    /// The clock the pass judged idleness by.
+    pub now_ns: u64,
+    pub took: Duration,
+    /// Made by `masq_expire`, not by reading the tables out.
+    pub in_kernel: bool,
+}
+
+impl KernelExpiry {
+    /// Load `masq_expire` (the verifier checks it here) and take its maps.
+    pub fn load(dataplane: &mut Dataplane) -> anyhow::Result<Self> {
+        let ebpf = dataplane.ebpf_mut();
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program_names::EXPIRE)
+            .context("program masq_expire missing")?
+            .try_into()?;
+        if xdp.fd().is_err() {
+            xdp.load().context("loading masq_expire (verifier)")?;
+        }
+        let program = xdp.fd()?.try_clone()?;
+        let (slot, reports) = pinned::take_expiry_maps(ebpf)?;
+        Ok(Self { program, slot, reports })
+    }
+
+    /// One walk at `now_ns` by `timeouts`; removed connections reported when `report`, bindings
+    /// swept when `sweep_bindings`. Returns what the walk found and the connections reported.
+    pub fn run(
+        &mut self,
+        timeouts: &Timeouts,
+        now_ns: u64,
+        report: bool,
+        sweep_bindings: bool,
+    ) -> anyhow::Result<(ExpiryFound, Vec<Conn>)> {
+        // Anything left from a pass cut short is stale: its connections are gone.
+        while self.reports.next().is_some() {}
+        let mut timeout_ns = [0u64; CONN_STATES];
+        for (i, state) in STATES.iter().enumerate() {
+            timeout_ns[i] = timeouts.of(*state).as_nanos().min(u64::MAX as u128) as u64;
+        }
+        let flags = if report { EXPIRY_F_REPORT } else { 0 }
+            | if sweep_bindings { EXPIRY_F_SWEEP_BINDINGS } else { 0 };
+        let pass = PassSlot { now_ns, timeout_ns, flags, found: ExpiryFound::default() };
+        self.slot.set(0, pass, 0).context("writing EXPIRY")?;
+        let ret = test_run(&self.program)?;
+        if ret != XDP_PASS {
+            bail!("masq_expire returned {ret}");
+        }
+        let found = self.slot.get(&0, 0).context("reading EXPIRY")?.found;
+        let mut gone = Vec::new();
+        while let Some(item) = self.reports.next() {
+            let Ok(r) = bytemuck::try_pod_read_unaligned::<ExpiredConn>(&item) else { continue };
+            let orig = (r.has & EXPIRED_HAS_ORIG != 0).then_some((r.orig_key, r.orig));
+            let reply = (r.has & EXPIRED_HAS_REPLY != 0).then_some((r.reply_key, r.reply));
+            if orig.is_some() || reply.is_some() {
+                gone.push(Conn { orig, reply });
+            }
+        }
+        Ok((found, gone))
+    }
+}
+
+/// Every `ConnState`, in `ExpiryPass::timeout_ns`'s order.
+const STATES: [ConnState; CONN_STATES] = [
+    ConnState::TcpSynSent,
+    ConnState::TcpEstablished,
+    ConnState::TcpClosing,
+    ConnState::Unreplied,
+    ConnState::Replied,
+    ConnState::Icmp,
+];
+
+const XDP_PASS: u32 = 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// One BPF_PROG_TEST_RUN of the XDP program `program` on a blank frame; its return value.
+fn test_run(program: &ProgramFd) -> anyhow::Result<u32> {
+    let frame = [0u8; 64];
+    // union bpf_attr, test: prog_fd, retval, data_size_in, data_size_out, data_in, data_out,
+    // repeat, duration, then the context's fields (none given).
+    let mut attr = [0u64; 10];
+    attr[0] = program.as_fd().as_raw_fd() as u64;
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    attr[4] = 1;
+    // SAFETY: the test layout; the kernel reads `frame` (its size given) and writes no output
+    // (no buffer given), the return value into `attr`.
+    unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }.context("BPF_PROG_TEST_RUN masq_expire")?;
+    Ok((attr[0] >> 32) as u32)
+}
+
+/// One expiry pass: in the kernel when `kernel` is there, else by reading the tables out. With
+/// `read_left` the connections left are read too (the event record follows them).
+pub fn expire(
+    pin_dir: &Path,
+    timeouts: &Timeouts,
+    kernel: Option<&mut KernelExpiry>,
+    read_left: bool,
+) -> anyhow::Result<ExpiryPass> {
+    let started = Instant::now();
+    let now_ns = conntrack::clock_ns();
+    let pass = match kernel {
+        Some(kernel) => {
+            let (found, gone) = kernel.run(timeouts, now_ns, read_left, true)?;
+            let left = read_left.then(|| pinned::read_conns(pin_dir)).transpose()?;
+            if found.unreported > 0 {
+                warn!("{} expired connections went unreported (EXPIRED full)", found.unreported);
+            }
+            ExpiryPass {
+                gone,
+                left,
+                kept: found.kept as usize,
+                expired: found.expired,
+                unreported: found.unreported,
+                now_ns,
+                took: started.elapsed(),
+                in_kernel: true,
+            }
+        }
+        None => {
+            let (gone, left) = pinned::conn_tables(pin_dir)?.expire_keeping(timeouts, now_ns);
+            if let Err(e) = pinned::sweep_bindings(pin_dir, &left, now_ns) {
+                warn!("removing unused NAT bindings: {e:#}");
+            }
+            ExpiryPass {
+                expired: gone.len() as u64,
+                gone,
+                kept: left.len(),
+                left: Some(left),
+                unreported: 0,
+                now_ns,
+                took: started.elapsed(),
+                in_kernel: false,
+            }
+        }
+    };
+    if pass.expired > 0 {
+        let how = if pass.in_kernel { "in the kernel" } else { "read out" };
+        info!("expired {} idle connections ({how})", pass.expired);
+    }
+    Ok(pass)
+}
