@@ -359,8 +359,12 @@ pub struct ExpiryPass {
 
 /// `ExpiryPass::flags`: report each connection removed in `EXPIRED`.
 pub const EXPIRY_F_REPORT: u64 = 1 << 0;
-/// `ExpiryPass::flags`: then remove the bindings no connection kept stamped.
+/// `ExpiryPass::flags`: then remove the bindings no connection kept stamped (done anyway after a
+/// pass that removed connections).
 pub const EXPIRY_F_SWEEP_BINDINGS: u64 = 1 << 1;
+/// `ExpiryPass::flags`: and the mappings (`BINDINGS`) to ports their endpoint does not hold,
+/// which only a sweep cut short leaves (the userspace one).
+pub const EXPIRY_F_SWEEP_MAPPINGS: u64 = 1 << 2;
 
 /// What an expiry pass did.
 #[repr(C)]

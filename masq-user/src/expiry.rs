@@ -14,7 +14,8 @@ use aya::{
 };
 use masq_common::{
     CONN_STATES, ConnState, EXPIRED_HAS_ORIG, EXPIRED_HAS_REPLY, EXPIRY_F_REPORT,
-    EXPIRY_F_SWEEP_BINDINGS, ExpiredConn, ExpiryFound, ExpiryPass as PassSlot, program_names,
+    EXPIRY_F_SWEEP_BINDINGS, EXPIRY_F_SWEEP_MAPPINGS, ExpiredConn, ExpiryFound,
+    ExpiryPass as PassSlot, program_names,
 };
 use tracing::{info, warn};
 
@@ -32,7 +33,17 @@ pub struct KernelExpiry {
     program: ProgramFd,
     slot: Array<MapData, PassSlot>,
     reports: RingBuf<MapData>,
+    /// Passes run, and whether the last one removed connections (its bindings may have been
+    /// too young to free then).
+    passes: u64,
+    expired_last: bool,
+    mappings_checked: bool,
 }
+
+/// The daemon's passes sweep the bindings after removing connections (the program does), after
+/// a pass that did, and every this many passes (for connections removed otherwise: evicted,
+/// flushed). Walking the binding tables costs their buckets, empty or not.
+const BINDING_SWEEP_EVERY: u64 = 6;
 
 /// What one pass did.
 pub struct ExpiryPass {
@@ -66,11 +77,27 @@ impl KernelExpiry {
         }
         let program = xdp.fd()?.try_clone()?;
         let (slot, reports) = pinned::take_expiry_maps(ebpf)?;
-        Ok(Self { program, slot, reports })
+        Ok(Self { program, slot, reports, passes: 0, expired_last: false, mappings_checked: false })
+    }
+
+    /// The daemon's pass: `run` with the bindings swept when due (the mappings checked on the
+    /// first).
+    pub fn pass(
+        &mut self,
+        timeouts: &Timeouts,
+        now_ns: u64,
+        report: bool,
+    ) -> anyhow::Result<(ExpiryFound, Vec<Conn>)> {
+        let sweep = self.expired_last || self.passes.is_multiple_of(BINDING_SWEEP_EVERY);
+        let (found, gone) = self.run(timeouts, now_ns, report, sweep)?;
+        self.passes += 1;
+        self.expired_last = found.expired > 0;
+        Ok((found, gone))
     }
 
     /// One walk at `now_ns` by `timeouts`; removed connections reported when `report`, bindings
-    /// swept when `sweep_bindings`. Returns what the walk found and the connections reported.
+    /// swept when `sweep_bindings` or connections were removed (and the mappings, on the first
+    /// sweep). Returns what the walk found and the connections reported.
     pub fn run(
         &mut self,
         timeouts: &Timeouts,
@@ -85,7 +112,8 @@ impl KernelExpiry {
             timeout_ns[i] = timeouts.of(*state).as_nanos().min(u64::MAX as u128) as u64;
         }
         let flags = if report { EXPIRY_F_REPORT } else { 0 }
-            | if sweep_bindings { EXPIRY_F_SWEEP_BINDINGS } else { 0 };
+            | if sweep_bindings { EXPIRY_F_SWEEP_BINDINGS } else { 0 }
+            | if sweep_bindings && !self.mappings_checked { EXPIRY_F_SWEEP_MAPPINGS } else { 0 };
         let pass = PassSlot { now_ns, timeout_ns, flags, found: ExpiryFound::default() };
         self.slot.set(0, pass, 0).context("writing EXPIRY")?;
         let ret = test_run(&self.program)?;
@@ -93,6 +121,7 @@ impl KernelExpiry {
             bail!("masq_expire returned {ret}");
         }
         let found = self.slot.get(&0, 0).context("reading EXPIRY")?.found;
+        self.mappings_checked |= sweep_bindings;
         let mut gone = Vec::new();
         while let Some(item) = self.reports.next() {
             let Ok(r) = bytemuck::try_pod_read_unaligned::<ExpiredConn>(&item) else { continue };
@@ -147,7 +176,7 @@ pub fn expire(
     let now_ns = conntrack::clock_ns();
     let pass = match kernel {
         Some(kernel) => {
-            let (found, gone) = kernel.run(timeouts, now_ns, read_left, true)?;
+            let (found, gone) = kernel.pass(timeouts, now_ns, read_left)?;
             let left = read_left.then(|| pinned::read_conns(pin_dir)).transpose()?;
             if found.unreported > 0 {
                 warn!("{} expired connections went unreported (EXPIRED full)", found.unreported);

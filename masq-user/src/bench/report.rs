@@ -306,9 +306,17 @@ fn prog_section(s: &mut String, p: &ProgResults) {
             let pause = crate::daemon::expiry_pause(interval, pass);
             // Paced, the pause follows the pass; else passes start one interval apart.
             let period = if pause > interval { pass + pause } else { interval.max(pass) };
+            let readout = level.readout_sweep_seconds.map_or(String::new(), |r| {
+                format!(
+                    " (read out to the daemon instead: {:.1} ms, {:.0} ns per connection, {:.1}x)",
+                    r * 1e3,
+                    r * 1e9 / level.conns.max(1) as f64,
+                    r / seconds.max(1e-9)
+                )
+            });
             format!(
-                "; the daemon's expiry pass over it (nothing due) {:.1} ms, {:.0} ns per \
-                 connection, one pass per {:.1} s: {:.1}% of a CPU",
+                "; the daemon's expiry pass over it (nothing due), in the kernel {:.1} ms, {:.0} ns \
+                 per connection{readout}, one pass per {:.1} s: {:.2}% of a CPU",
                 seconds * 1e3,
                 seconds * 1e9 / level.conns.max(1) as f64,
                 period.as_secs_f64(),

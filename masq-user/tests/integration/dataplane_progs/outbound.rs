@@ -316,6 +316,35 @@ fn the_kernel_expiry_keeps_the_bindings_its_connections_use_and_frees_the_others
     });
 }
 
+/// A hairpin connection keeps both bindings it uses: its initiator's and the one it reaches,
+/// after the reached endpoint's own connections are gone.
+#[test]
+fn the_kernel_expiry_keeps_both_bindings_a_hairpin_connection_uses() {
+    example(|gw| {
+        let out = Ip::new(TRISTAN, CLIENT).udp(20100, 3478, b"stun");
+        assert_eq!(gw.lan_in(&from_lan(TRISTAN_MAC, &out)).ret, TC_ACT_REDIRECT);
+        let knock = Ip::new(ISOLDE, GW_ISP_A).udp(20200, 20100, b"peer");
+        assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &knock)).ret, TC_ACT_REDIRECT);
+        let to_client =
+            |c: &conntrack::Conn| c.orig.is_some_and(|(k, _)| k.dst_addr == wire_addr(CLIENT));
+        assert_eq!(pinned::remove_conns(gw.dp.pin_dir(), to_client).unwrap().len(), 1);
+        let mut tables = gw.binding_tables();
+        let created = tables.held_ports().iter().map(|(_, held)| held.used_tick).max().unwrap();
+        for (port, mut held) in tables.held_ports() {
+            held.used_tick = created.wrapping_sub(10);
+            tables.ports.insert(port, held, 0).unwrap();
+        }
+        let timeouts = masq_user::config::Timeouts::default();
+        let mut expiry = masq_user::expiry::KernelExpiry::load(&mut gw.dp).unwrap();
+        let (found, _) = expiry.run(&timeouts, masq_common::tick_ns(created), false, true).unwrap();
+        assert_eq!((found.kept, found.expired, found.bindings_removed), (1, 0, 0), "{found:?}");
+        assert_eq!(gw.binding_port((TRISTAN, 20100), IPPROTO_UDP, DSL), Some(20100));
+        assert_eq!(gw.binding_port((ISOLDE, 20200), IPPROTO_UDP, DSL), Some(20200));
+        let held = gw.binding_tables().held_ports();
+        assert!(held.iter().all(|(_, h)| h.used_tick == created), "{held:?}");
+    });
+}
+
 #[test]
 fn with_endpoint_independent_filtering_any_host_reaches_a_udp_mapping_and_only_its_owner() {
     example(|gw| {
