@@ -38,6 +38,27 @@ pub struct KernelExpiry {
     passes: u64,
     expired_last: bool,
     mappings_checked: bool,
+    /// Buckets a pass walks: both connection tables' and the binding table's.
+    buckets: u64,
+    /// Entries the last pass found, either way (none yet: read out first).
+    entries: Option<u64>,
+}
+
+/// What the two ways cost here (BENCHMARKS.md, `cargo xtask bench --only prog`): the walk in the
+/// kernel ~18 ns for every bucket, full or empty, and ~130 ns per entry; reading out ~1 ns per
+/// bucket (it skips empty ones) and ~480 ns per entry. So the walk is cheaper once the tables
+/// hold more than one entry per 20 buckets, and either costs under a millisecond below 64k
+/// buckets.
+const WALK_NS_PER_BUCKET: u64 = 17;
+const READ_OUT_NS_PER_ENTRY_MORE: u64 = 350;
+const WALK_ALWAYS_BELOW_BUCKETS: u64 = 1 << 16;
+
+/// Whether a walk over `buckets` costs less than reading out `entries` (unknown: read out).
+fn walk_is_cheaper(buckets: u64, entries: Option<u64>) -> bool {
+    buckets < WALK_ALWAYS_BELOW_BUCKETS
+        || entries.is_some_and(|e| {
+            e.saturating_mul(READ_OUT_NS_PER_ENTRY_MORE) > buckets * WALK_NS_PER_BUCKET
+        })
 }
 
 /// The daemon's passes sweep the bindings after removing connections (the program does), after
@@ -77,7 +98,27 @@ impl KernelExpiry {
         }
         let program = xdp.fd()?.try_clone()?;
         let (slot, reports) = pinned::take_expiry_maps(ebpf)?;
-        Ok(Self { program, slot, reports, passes: 0, expired_last: false, mappings_checked: false })
+        let size = pinned::read_table_size(dataplane.pin_dir())?;
+        // A hash map has a power of two of buckets, at least one per entry it may hold.
+        let buckets = |entries: u32| u64::from(entries.max(1)).next_power_of_two();
+        let bindings = (size.max_entries + size.pending_max_entries) / 2;
+        let buckets =
+            buckets(size.max_entries) + buckets(size.pending_max_entries) + buckets(bindings);
+        Ok(Self {
+            program,
+            slot,
+            reports,
+            passes: 0,
+            expired_last: false,
+            mappings_checked: false,
+            buckets,
+            entries: None,
+        })
+    }
+
+    /// Whether walking the tables costs less than reading them out, at the last pass's count.
+    pub fn walk_is_cheaper(&self) -> bool {
+        walk_is_cheaper(self.buckets, self.entries)
     }
 
     /// The daemon's pass: `run` with the bindings swept when due (the mappings checked on the
@@ -92,6 +133,7 @@ impl KernelExpiry {
         let (found, gone) = self.run(timeouts, now_ns, report, sweep)?;
         self.passes += 1;
         self.expired_last = found.expired > 0;
+        self.entries = Some(found.entries.saturating_sub(2 * found.expired));
         Ok((found, gone))
     }
 
@@ -164,8 +206,9 @@ fn test_run(program: &ProgramFd) -> anyhow::Result<u32> {
     Ok((attr[0] >> 32) as u32)
 }
 
-/// One expiry pass: in the kernel when `kernel` is there, else by reading the tables out. With
-/// `read_left` the connections left are read too (the event record follows them).
+/// One expiry pass: in the kernel when `kernel` is there and the walk is the cheaper way, else
+/// by reading the tables out. With `read_left` the connections left are read too (the event
+/// record follows them), so the pass reads the tables out: that read is the pass.
 pub fn expire(
     pin_dir: &Path,
     timeouts: &Timeouts,
@@ -175,15 +218,11 @@ pub fn expire(
     let started = Instant::now();
     let now_ns = conntrack::clock_ns();
     let pass = match kernel {
-        Some(kernel) => {
-            let (found, gone) = kernel.pass(timeouts, now_ns, read_left)?;
-            let left = read_left.then(|| pinned::read_conns(pin_dir)).transpose()?;
-            if found.unreported > 0 {
-                warn!("{} expired connections went unreported (EXPIRED full)", found.unreported);
-            }
+        Some(kernel) if !read_left && kernel.walk_is_cheaper() => {
+            let (found, gone) = kernel.pass(timeouts, now_ns, false)?;
             ExpiryPass {
                 gone,
-                left,
+                left: None,
                 kept: found.kept as usize,
                 expired: found.expired,
                 unreported: found.unreported,
@@ -192,10 +231,13 @@ pub fn expire(
                 in_kernel: true,
             }
         }
-        None => {
+        kernel => {
             let (gone, left) = pinned::conn_tables(pin_dir)?.expire_keeping(timeouts, now_ns);
             if let Err(e) = pinned::sweep_bindings(pin_dir, &left, now_ns) {
                 warn!("removing unused NAT bindings: {e:#}");
+            }
+            if let Some(kernel) = kernel {
+                kernel.entries = Some(left.iter().map(|c| c.keys().count() as u64).sum());
             }
             ExpiryPass {
                 expired: gone.len() as u64,
@@ -214,4 +256,20 @@ pub fn expire(
         info!("expired {} idle connections ({how})", pass.expired);
     }
     Ok(pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_is_chosen_where_the_tables_are_full_enough_for_it_to_cost_less() {
+        // The default capacity (262,144 connections): 512k + 128k + 512k buckets.
+        let default = (1 << 19) + (1 << 17) + (1 << 19);
+        assert!(!walk_is_cheaper(default, None), "read out first, to count");
+        assert!(!walk_is_cheaper(default, Some(2_000)));
+        assert!(walk_is_cheaper(default, Some(200_000)));
+        // Tiny tables: either way costs nothing.
+        assert!(walk_is_cheaper(18_432, None));
+    }
 }
