@@ -45,10 +45,10 @@ pub struct KernelExpiry {
 }
 
 /// What the two ways cost here (BENCHMARKS.md, `cargo xtask bench --only prog`): the walk in the
-/// kernel ~18 ns for every bucket, full or empty, and ~130 ns per entry; reading out ~1 ns per
-/// bucket (it skips empty ones) and ~480 ns per entry. So the walk is cheaper once the tables
-/// hold more than one entry per 20 buckets, and either costs under a millisecond below 64k
-/// buckets.
+/// kernel ~18 ns for every bucket, full or empty, and 130–260 ns per entry; reading out ~1 ns
+/// per bucket (it skips empty ones) and 500–620 ns per entry. So the walk is cheaper once the
+/// tables hold more than one entry per 20 buckets, and either costs under a millisecond below
+/// 64k buckets.
 const WALK_NS_PER_BUCKET: u64 = 17;
 const READ_OUT_NS_PER_ENTRY_MORE: u64 = 350;
 const WALK_ALWAYS_BELOW_BUCKETS: u64 = 1 << 16;
