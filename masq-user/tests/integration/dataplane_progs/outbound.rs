@@ -242,11 +242,7 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         // An old binding is stamped again by each new connection that uses it, whether the
         // endpoint kept its port (marke) or was mapped elsewhere (isolde): a sweep judging by
         // connections read before that keeps it.
-        let mut ports = gw.binding_tables();
-        for (port, mut held) in ports.held_ports() {
-            held.used_tick = created.wrapping_sub(10);
-            ports.ports.insert(port, held, 0).unwrap();
-        }
+        age_bindings(gw, created.wrapping_sub(10));
         assert_eq!(udp_out(gw, (MARKE, MARKE_MAC), 40000, OTHER_SERVER), (GW_ISP_B, 40000));
         assert_eq!(udp_out(gw, (ISOLDE, ISOLDE_MAC), 40000, OTHER_SERVER), (GW_ISP_B, isolde_port));
         let used = gw.binding_tables().held_ports();
@@ -257,6 +253,20 @@ fn bindings_without_connections_are_swept_and_their_ports_freed() {
         assert_eq!(gw.bindings(), (0, 0));
         assert_eq!(gw.binding_port((MARKE, 40000), IPPROTO_UDP, ISPB), None);
     });
+}
+
+/// The latest tick any binding was used at.
+fn last_binding_use(gw: &Gw) -> u32 {
+    gw.binding_tables().held_ports().iter().map(|(_, held)| held.used_tick).max().unwrap()
+}
+
+/// Every binding stamped as last used at `tick`.
+fn age_bindings(gw: &Gw, tick: u32) {
+    let mut tables = gw.binding_tables();
+    for (port, mut held) in tables.held_ports() {
+        held.used_tick = tick;
+        tables.ports.insert(port, held, 0).unwrap();
+    }
 }
 
 /// The in-kernel expiry pass (`masq_expire`) keeps the bindings of the connections it keeps,
@@ -273,19 +283,15 @@ fn the_kernel_expiry_keeps_the_bindings_its_connections_use_and_frees_the_others
         assert_eq!(gw.bindings(), (3, 1));
         // Every binding last used ten ticks ago; tristan's connection gone; a mapping to a port
         // nobody holds.
-        let mut tables = gw.binding_tables();
-        let created = tables.held_ports().iter().map(|(_, held)| held.used_tick).max().unwrap();
-        for (port, mut held) in tables.held_ports() {
-            held.used_tick = created.wrapping_sub(10);
-            tables.ports.insert(port, held, 0).unwrap();
-        }
+        let created = last_binding_use(gw);
+        age_bindings(gw, created.wrapping_sub(10));
         let stray = BindingKey {
             int_addr: wire_addr(OTHER_SERVER),
             int_port: wire_port(7),
             proto: IPPROTO_UDP,
             uplink: ISPB,
         };
-        tables
+        gw.binding_tables()
             .bindings
             .insert(stray, masq_common::Binding { ext_port: wire_port(33333), _pad: 0 }, 0)
             .unwrap();
@@ -328,12 +334,8 @@ fn the_kernel_expiry_keeps_both_bindings_a_hairpin_connection_uses() {
         let to_client =
             |c: &conntrack::Conn| c.orig.is_some_and(|(k, _)| k.dst_addr == wire_addr(CLIENT));
         assert_eq!(pinned::remove_conns(gw.dp.pin_dir(), to_client).unwrap().len(), 1);
-        let mut tables = gw.binding_tables();
-        let created = tables.held_ports().iter().map(|(_, held)| held.used_tick).max().unwrap();
-        for (port, mut held) in tables.held_ports() {
-            held.used_tick = created.wrapping_sub(10);
-            tables.ports.insert(port, held, 0).unwrap();
-        }
+        let created = last_binding_use(gw);
+        age_bindings(gw, created.wrapping_sub(10));
         let timeouts = masq_user::config::Timeouts::default();
         let mut expiry = masq_user::expiry::KernelExpiry::load(&mut gw.dp).unwrap();
         let (found, _) = expiry.run(&timeouts, masq_common::tick_ns(created), false, true).unwrap();
