@@ -71,10 +71,8 @@ pub mod map_names {
     pub const XDP_PROG_IDS: &str = "XDP_PROG_IDS";
     pub const EVENTS: &str = "EVENTS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
-    /// The in-kernel expiry's request and result, and its report (the daemon's own; never
-    /// pinned).
+    /// The in-kernel expiry's request and result (the daemon's own; never pinned).
     pub const EXPIRY: &str = "EXPIRY";
-    pub const EXPIRED: &str = "EXPIRED";
     /// The floor programs' output (benchmark only; never pinned).
     pub const FLOOR_ROUTES: &str = "FLOOR_ROUTES";
 }
@@ -357,14 +355,12 @@ pub struct ExpiryPass {
     pub found: ExpiryFound,
 }
 
-/// `ExpiryPass::flags`: report each connection removed in `EXPIRED`.
-pub const EXPIRY_F_REPORT: u64 = 1 << 0;
 /// `ExpiryPass::flags`: then remove the bindings no connection kept stamped (done anyway after a
 /// pass that removed connections).
-pub const EXPIRY_F_SWEEP_BINDINGS: u64 = 1 << 1;
+pub const EXPIRY_F_SWEEP_BINDINGS: u64 = 1 << 0;
 /// `ExpiryPass::flags`: and the mappings (`BINDINGS`) to ports their endpoint does not hold,
 /// which only a sweep cut short leaves (the userspace one).
-pub const EXPIRY_F_SWEEP_MAPPINGS: u64 = 1 << 2;
+pub const EXPIRY_F_SWEEP_MAPPINGS: u64 = 1 << 1;
 
 /// What an expiry pass did.
 #[repr(C)]
@@ -377,32 +373,9 @@ pub struct ExpiryFound {
     pub kept: u64,
     /// Connections removed, both entries.
     pub expired: u64,
-    /// Of those, the ones `EXPIRED` had no room to report.
-    pub unreported: u64,
     /// Bindings removed, their public port freed.
     pub bindings_removed: u64,
 }
-
-/// `EXPIRED` record: a connection an expiry pass removed, its entries as they were last.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct ExpiredConn {
-    pub orig_key: FlowKey,
-    pub reply_key: FlowKey,
-    pub orig: ConnEntry,
-    pub reply: ConnEntry,
-    /// `EXPIRED_HAS_*`: which entries it had.
-    pub has: u64,
-}
-const _: () = assert!(core::mem::size_of::<ExpiredConn>() == 136);
-
-pub const EXPIRED_HAS_ORIG: u64 = 1 << 0;
-pub const EXPIRED_HAS_REPLY: u64 = 1 << 1;
-
-/// Size of `EXPIRED`, bytes: about 7,700 connections per pass; more are removed all the same
-/// and counted (`ExpiryFound::unreported`).
-pub const EXPIRED_RING_BYTES: u32 = 1 << 20;
 
 /// An internal endpoint (LAN address and port, or echo identifier) behind one uplink: who holds
 /// a `BOUND_PORTS` entry, and the `BINDINGS` key. Endpoint-independent mapping (RFC 4787 REQ-1,
@@ -912,7 +885,6 @@ mod pod {
     unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for ExpiryPass {}
-    unsafe impl aya::Pod for ExpiredConn {}
     unsafe impl aya::Pod for BoundPortKey {}
     unsafe impl aya::Pod for BoundPort {}
     unsafe impl aya::Pod for UplinkInfo {}

@@ -1,12 +1,12 @@
 //! `masq_expire`: the daemon's expiry pass, in the kernel. Never attached: the daemon runs it by
 //! BPF_PROG_TEST_RUN with the pass's clock and timeouts in `EXPIRY`. It walks both connection
 //! tables (`bpf_for_each_map_elem`, pending first, as connections move that way), removes each
-//! connection idle past its state's timeout, both entries, and reports it in `EXPIRED`; stamps
+//! connection idle past its state's timeout, both entries, and counts it in `EXPIRY`; stamps
 //! the bindings of those it keeps; then removes the bindings no connection stamped for two
 //! ticks. Copying every entry out to the daemon costs it 500–620 ns per entry, the walk 130–260;
 //! but the walk visits every bucket (~18 ns each here, full or not), where the batched read
 //! skips empty ones: the daemon picks the cheaper (`masq-user/src/expiry.rs`).
-use core::{ffi::c_void, mem::MaybeUninit, ptr::copy_nonoverlapping};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
@@ -16,11 +16,11 @@ use aya_ebpf::{
 };
 use masq_common::{
     Binding, BindingKey, BoundPort, BoundPortKey, CONN_STATES, ConnEntry, ConnState,
-    EXPIRED_HAS_ORIG, EXPIRED_HAS_REPLY, EXPIRY_F_REPORT, EXPIRY_F_SWEEP_BINDINGS,
-    EXPIRY_F_SWEEP_MAPPINGS, ExpiredConn, ExpiryFound, FlowKey, last_seen_tick, tick, tick_ns,
+    EXPIRY_F_SWEEP_BINDINGS, EXPIRY_F_SWEEP_MAPPINGS, ExpiryFound, FlowKey, last_seen_tick, tick,
+    tick_ns,
 };
 
-use crate::maps::{BINDINGS, BOUND_PORTS, CONNS, EXPIRED, EXPIRY, PENDING_CONNS};
+use crate::maps::{BINDINGS, BOUND_PORTS, CONNS, EXPIRY, PENDING_CONNS};
 
 /// The pass as the callbacks see it (on the program's stack: a callback's context must be).
 /// It never changes during the walk: the verifier checks a callback as a loop body until the
@@ -166,9 +166,6 @@ unsafe extern "C" fn visit_conn(
         return 0;
     }
     walk.found().expired += 1;
-    if walk.flags & EXPIRY_F_REPORT != 0 {
-        report(walk, key, entry, twin.map(|t| (&twin_key, t)));
-    }
     // The visited entry last. SAFETY: keys of this table.
     unsafe {
         if twin.is_some() {
@@ -177,39 +174,6 @@ unsafe extern "C" fn visit_conn(
         delete(map, key);
     }
     0
-}
-
-/// Report a removed connection: the visited entry and its twin, if it had one.
-#[inline(always)]
-fn report(walk: &mut Walk, key: &FlowKey, entry: &ConnEntry, twin: Option<(&FlowKey, &ConnEntry)>) {
-    // A missing entry's slot holds a copy of the other (`has` tells): no zeroing, which the
-    // compiler makes a byte loop the verifier walks on every path.
-    let (tk, te) = twin.unwrap_or((key, entry));
-    let (visited, other) = if entry.is_reply() {
-        (EXPIRED_HAS_REPLY, EXPIRED_HAS_ORIG)
-    } else {
-        (EXPIRED_HAS_ORIG, EXPIRED_HAS_REPLY)
-    };
-    let has = visited | if twin.is_some() { other } else { 0 };
-    let ((ok, oe), (rk, re)) =
-        if entry.is_reply() { ((tk, te), (key, entry)) } else { ((key, entry), (tk, te)) };
-    // Built on the stack and copied by the kernel: a reserved record would be a reference the
-    // verifier tracks on every path, which defeats its pruning.
-    let mut record = MaybeUninit::<ExpiredConn>::uninit();
-    let r = record.as_mut_ptr();
-    // SAFETY: every field written (the record has no padding); non-overlapping copies, which
-    // the compiler inlines (a struct assignment may alias: a byte-wise memmove call).
-    let record = unsafe {
-        copy_nonoverlapping(ok, &raw mut (*r).orig_key, 1);
-        copy_nonoverlapping(oe, &raw mut (*r).orig, 1);
-        copy_nonoverlapping(rk, &raw mut (*r).reply_key, 1);
-        copy_nonoverlapping(re, &raw mut (*r).reply, 1);
-        (*r).has = has;
-        record.assume_init_ref()
-    };
-    if EXPIRED.output::<ExpiredConn>(record, 0).is_err() {
-        walk.found().unreported += 1;
-    }
 }
 
 /// Stamp the bindings a connection that stays uses with the pass's tick (`now`).

@@ -6,10 +6,10 @@ use aya_ebpf::{
 };
 use masq_common::{
     Binding, BindingKey, BoundPort, BoundPortKey, COUNTER_SLOTS, ConnEntry, ConnEvent,
-    DEFAULT_CONN_CAPACITY, DEFAULT_EVENT_RING_BYTES, DataplaneConfig, EXPIRED_RING_BYTES,
-    ExpiryPass, FloorRoute, FlowKey, FragKey, FragXlate, MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES,
-    MAX_PUBLISH, MAX_UPLINKS, NEXTHOP_SLOTS, NextHop, PolicyRule, PublicAddr, PublishKey,
-    PublishTarget, TAIL_CALL_SLOTS, UplinkInfo, UplinkStats, default_pending_capacity,
+    DEFAULT_CONN_CAPACITY, DEFAULT_EVENT_RING_BYTES, DataplaneConfig, ExpiryPass, FloorRoute,
+    FlowKey, FragKey, FragXlate, MAX_FRAGMENTED_DATAGRAMS, MAX_POLICIES, MAX_PUBLISH, MAX_UPLINKS,
+    NEXTHOP_SLOTS, NextHop, PolicyRule, PublicAddr, PublishKey, PublishTarget, TAIL_CALL_SLOTS,
+    UplinkInfo, UplinkStats, default_pending_capacity,
 };
 
 /// Confirmed connections: two entries per connection, one per direction. A plain hash, not an
@@ -96,13 +96,9 @@ pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_CALL_S
 pub static BINDING_SCRATCH: PerCpuArray<crate::binding::BindingScratch> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// The in-kernel expiry's request and result (`expire.rs`), and the connections it removed:
-/// the daemon's own, never pinned.
+/// The in-kernel expiry's request and result (`expire.rs`): the daemon's own, never pinned.
 #[map]
 pub static EXPIRY: Array<ExpiryPass> = Array::with_max_entries(1, 0);
-
-#[map]
-pub static EXPIRED: RingBuf = RingBuf::with_byte_size(EXPIRED_RING_BYTES, 0);
 
 /// The floor programs' fixed outputs (`floor.rs`; benchmark only, never pinned).
 #[map]

@@ -9,12 +9,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    maps::{Array, MapData, RingBuf},
+    maps::{Array, MapData},
     programs::{ProgramFd, Xdp},
 };
 use masq_common::{
-    CONN_STATES, ConnState, EXPIRED_HAS_ORIG, EXPIRED_HAS_REPLY, EXPIRY_F_REPORT,
-    EXPIRY_F_SWEEP_BINDINGS, EXPIRY_F_SWEEP_MAPPINGS, ExpiredConn, ExpiryFound,
+    CONN_STATES, ConnState, EXPIRY_F_SWEEP_BINDINGS, EXPIRY_F_SWEEP_MAPPINGS, ExpiryFound,
     ExpiryPass as PassSlot, program_names,
 };
 use tracing::{info, warn};
@@ -27,12 +26,11 @@ use crate::{
     pinned,
 };
 
-/// The in-kernel pass: its program and its two private maps, taken out of the dataplane's
-/// object (they outlive a reload of the programs).
+/// The in-kernel pass: its program and its private map, taken out of the dataplane's object
+/// (they outlive a reload of the programs).
 pub struct KernelExpiry {
     program: ProgramFd,
     slot: Array<MapData, PassSlot>,
-    reports: RingBuf<MapData>,
     /// Passes run, and whether the last one removed connections (its bindings may have been
     /// too young to free then).
     passes: u64,
@@ -68,16 +66,14 @@ const BINDING_SWEEP_EVERY: u64 = 6;
 
 /// What one pass did.
 pub struct ExpiryPass {
-    /// The connections removed (those the kernel's report had room for).
+    /// The connections removed, when read out (the walk in the kernel only counts them).
     pub gone: Vec<Conn>,
     /// The connections left, when the pass was asked to read them (`read_left`).
     pub left: Option<Vec<Conn>>,
     /// Connections kept.
     pub kept: usize,
-    /// Connections removed (reported or not).
+    /// Connections removed.
     pub expired: u64,
-    /// Removed but not reported (the report was full).
-    pub unreported: u64,
     /// The clock the pass judged idleness by.
     pub now_ns: u64,
     pub took: Duration,
@@ -97,7 +93,7 @@ impl KernelExpiry {
             xdp.load().context("loading masq_expire (verifier)")?;
         }
         let program = xdp.fd()?.try_clone()?;
-        let (slot, reports) = pinned::take_expiry_maps(ebpf)?;
+        let slot = pinned::take_expiry_slot(ebpf)?;
         let size = pinned::read_table_size(dataplane.pin_dir())?;
         // A hash map has a power of two of buckets, at least one per entry it may hold.
         let buckets = |entries: u32| u64::from(entries.max(1)).next_power_of_two();
@@ -107,7 +103,6 @@ impl KernelExpiry {
         Ok(Self {
             program,
             slot,
-            reports,
             passes: 0,
             expired_last: false,
             mappings_checked: false,
@@ -123,38 +118,28 @@ impl KernelExpiry {
 
     /// The daemon's pass: `run` with the bindings swept when due (the mappings checked on the
     /// first).
-    pub fn pass(
-        &mut self,
-        timeouts: &Timeouts,
-        now_ns: u64,
-        report: bool,
-    ) -> anyhow::Result<(ExpiryFound, Vec<Conn>)> {
+    pub fn pass(&mut self, timeouts: &Timeouts, now_ns: u64) -> anyhow::Result<ExpiryFound> {
         let sweep = self.expired_last || self.passes.is_multiple_of(BINDING_SWEEP_EVERY);
-        let (found, gone) = self.run(timeouts, now_ns, report, sweep)?;
+        let found = self.run(timeouts, now_ns, sweep)?;
         self.passes += 1;
         self.expired_last = found.expired > 0;
         self.entries = Some(found.entries.saturating_sub(2 * found.expired));
-        Ok((found, gone))
+        Ok(found)
     }
 
-    /// One walk at `now_ns` by `timeouts`; removed connections reported when `report`, bindings
-    /// swept when `sweep_bindings` or connections were removed (and the mappings, on the first
-    /// sweep). Returns what the walk found and the connections reported.
+    /// One walk at `now_ns` by `timeouts`; bindings swept when `sweep_bindings` or connections
+    /// were removed (and the mappings, on the first sweep). Returns what the walk found.
     pub fn run(
         &mut self,
         timeouts: &Timeouts,
         now_ns: u64,
-        report: bool,
         sweep_bindings: bool,
-    ) -> anyhow::Result<(ExpiryFound, Vec<Conn>)> {
-        // Anything left from a pass cut short is stale: its connections are gone.
-        while self.reports.next().is_some() {}
+    ) -> anyhow::Result<ExpiryFound> {
         let mut timeout_ns = [0u64; CONN_STATES];
         for (i, state) in STATES.iter().enumerate() {
             timeout_ns[i] = timeouts.of(*state).as_nanos().min(u64::MAX as u128) as u64;
         }
-        let flags = if report { EXPIRY_F_REPORT } else { 0 }
-            | if sweep_bindings { EXPIRY_F_SWEEP_BINDINGS } else { 0 }
+        let flags = if sweep_bindings { EXPIRY_F_SWEEP_BINDINGS } else { 0 }
             | if sweep_bindings && !self.mappings_checked { EXPIRY_F_SWEEP_MAPPINGS } else { 0 };
         let pass = PassSlot { now_ns, timeout_ns, flags, found: ExpiryFound::default() };
         self.slot.set(0, pass, 0).context("writing EXPIRY")?;
@@ -164,16 +149,7 @@ impl KernelExpiry {
         }
         let found = self.slot.get(&0, 0).context("reading EXPIRY")?.found;
         self.mappings_checked |= sweep_bindings;
-        let mut gone = Vec::new();
-        while let Some(item) = self.reports.next() {
-            let Ok(r) = bytemuck::try_pod_read_unaligned::<ExpiredConn>(&item) else { continue };
-            let orig = (r.has & EXPIRED_HAS_ORIG != 0).then_some((r.orig_key, r.orig));
-            let reply = (r.has & EXPIRED_HAS_REPLY != 0).then_some((r.reply_key, r.reply));
-            if orig.is_some() || reply.is_some() {
-                gone.push(Conn { orig, reply });
-            }
-        }
-        Ok((found, gone))
+        Ok(found)
     }
 }
 
@@ -219,13 +195,12 @@ pub fn expire(
     let now_ns = conntrack::clock_ns();
     let pass = match kernel {
         Some(kernel) if !read_left && kernel.walk_is_cheaper() => {
-            let (found, gone) = kernel.pass(timeouts, now_ns, false)?;
+            let found = kernel.pass(timeouts, now_ns)?;
             ExpiryPass {
-                gone,
+                gone: Vec::new(),
                 left: None,
                 kept: found.kept as usize,
                 expired: found.expired,
-                unreported: found.unreported,
                 now_ns,
                 took: started.elapsed(),
                 in_kernel: true,
@@ -244,7 +219,6 @@ pub fn expire(
                 gone,
                 kept: left.len(),
                 left: Some(left),
-                unreported: 0,
                 now_ns,
                 took: started.elapsed(),
                 in_kernel: false,

@@ -340,14 +340,13 @@ pub fn sweep_gateway_range(pin_dir: &Path) -> anyhow::Result<usize> {
         .remove_where(|port, _| (lo..=hi).contains(&u16::from_be(port.ext_port))))
 }
 
-/// The in-kernel expiry's own maps (`EXPIRY`, `EXPIRED`), taken out of the loaded object: never
-/// pinned, they live as long as the pass that uses them.
-pub fn take_expiry_maps(
+/// The in-kernel expiry's own map (`EXPIRY`), taken out of the loaded object: never pinned, it
+/// lives as long as the pass that uses it.
+pub fn take_expiry_slot(
     ebpf: &mut aya::Ebpf,
-) -> anyhow::Result<(Array<MapData, masq_common::ExpiryPass>, RingBuf<MapData>)> {
+) -> anyhow::Result<Array<MapData, masq_common::ExpiryPass>> {
     let slot = ebpf.take_map(map_names::EXPIRY).context("map EXPIRY missing")?;
-    let reports = ebpf.take_map(map_names::EXPIRED).context("map EXPIRED missing")?;
-    Ok((slot.try_into()?, reports.try_into()?))
+    Ok(slot.try_into()?)
 }
 
 /// Put a loaded program in `TAIL_CALLS[slot]`.

@@ -302,8 +302,8 @@ fn the_kernel_expiry_keeps_the_bindings_its_connections_use_and_frees_the_others
         let timeouts = masq_user::config::Timeouts::default();
         let mut expiry = masq_user::expiry::KernelExpiry::load(&mut gw.dp).unwrap();
         let now = masq_common::tick_ns(created) + 1;
-        let (found, gone) = expiry.run(&timeouts, now, true, true).unwrap();
-        assert_eq!((found.expired, gone.len(), found.kept), (0, 0, 2), "{found:?}");
+        let found = expiry.run(&timeouts, now, true).unwrap();
+        assert_eq!((found.expired, found.kept), (0, 2), "{found:?}");
         assert_eq!(found.bindings_removed, 1);
         assert_eq!(gw.bindings(), (2, 1), "marke's and isolde's, the stray mapping gone");
         assert_eq!(gw.binding_port((TRISTAN, 20000), IPPROTO_UDP, DSL), None);
@@ -314,8 +314,8 @@ fn the_kernel_expiry_keeps_the_bindings_its_connections_use_and_frees_the_others
 
         // Past the UDP timeout: both connections and their bindings go in one pass.
         let later = now + timeouts.udp.as_nanos() as u64 + 5_000_000_000;
-        let (found, gone) = expiry.run(&timeouts, later, true, true).unwrap();
-        assert_eq!((found.expired, gone.len(), found.bindings_removed), (2, 2, 2), "{found:?}");
+        let found = expiry.run(&timeouts, later, false).unwrap();
+        assert_eq!((found.expired, found.bindings_removed), (2, 2), "{found:?}");
         assert_eq!(gw.bindings(), (0, 0));
         assert!(gw.conns().is_empty());
         gw.assert_no_drops();
@@ -338,7 +338,7 @@ fn the_kernel_expiry_keeps_both_bindings_a_hairpin_connection_uses() {
         age_bindings(gw, created.wrapping_sub(10));
         let timeouts = masq_user::config::Timeouts::default();
         let mut expiry = masq_user::expiry::KernelExpiry::load(&mut gw.dp).unwrap();
-        let (found, _) = expiry.run(&timeouts, masq_common::tick_ns(created), false, true).unwrap();
+        let found = expiry.run(&timeouts, masq_common::tick_ns(created), true).unwrap();
         assert_eq!((found.kept, found.expired, found.bindings_removed), (1, 0, 0), "{found:?}");
         assert_eq!(gw.binding_port((TRISTAN, 20100), IPPROTO_UDP, DSL), Some(20100));
         assert_eq!(gw.binding_port((ISOLDE, 20200), IPPROTO_UDP, DSL), Some(20200));
