@@ -96,6 +96,10 @@ pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_CALL_S
 pub static BINDING_SCRATCH: PerCpuArray<crate::binding::BindingScratch> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// The coarse clock per CPU, as read in the current jiffy (`conntrack::now_ns`).
+#[map]
+pub static CLOCK: PerCpuArray<crate::conntrack::ClockCache> = PerCpuArray::with_max_entries(1, 0);
+
 /// The in-kernel expiry's request and result (`expire.rs`): the daemon's own, never pinned.
 #[map]
 pub static EXPIRY: Array<ExpiryPass> = Array::with_max_entries(1, 0);
