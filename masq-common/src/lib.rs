@@ -300,8 +300,10 @@ pub enum ConnState {
     Icmp,
 }
 
-/// How many `ConnState`s there are (`ExpiryPass::timeout_ns` holds one timeout each).
+/// How many `ConnState`s there are (`ExpiryPass::timeout_ns` holds one timeout each, at the
+/// state's number).
 pub const CONN_STATES: usize = 6;
+const _: () = assert!(ConnState::Icmp as usize == CONN_STATES - 1);
 
 impl ConnState {
     /// The state of a connection of `proto` from its initiator's entry and its reply entry

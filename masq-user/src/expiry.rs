@@ -44,7 +44,7 @@ pub struct KernelExpiry {
 
 /// What the two ways cost here (BENCHMARKS.md, `cargo xtask bench --only prog`): the walk in the
 /// kernel ~18 ns for every bucket, full or empty, and 130–260 ns per entry; reading out ~1 ns
-/// per bucket (it skips empty ones) and 500–620 ns per entry. So the walk is cheaper once the
+/// per bucket (it skips empty ones) and 470–810 ns per entry. So the walk is cheaper once the
 /// tables hold more than one entry per 20 buckets, and either costs under a millisecond below
 /// 64k buckets.
 const WALK_NS_PER_BUCKET: u64 = 17;
@@ -136,8 +136,8 @@ impl KernelExpiry {
         sweep_bindings: bool,
     ) -> anyhow::Result<ExpiryFound> {
         let mut timeout_ns = [0u64; CONN_STATES];
-        for (i, state) in STATES.iter().enumerate() {
-            timeout_ns[i] = timeouts.of(*state).as_nanos().min(u64::MAX as u128) as u64;
+        for state in STATES {
+            timeout_ns[state as usize] = timeouts.of(state).as_nanos().min(u64::MAX as u128) as u64;
         }
         let flags = if sweep_bindings { EXPIRY_F_SWEEP_BINDINGS } else { 0 }
             | if sweep_bindings && !self.mappings_checked { EXPIRY_F_SWEEP_MAPPINGS } else { 0 };
