@@ -82,7 +82,7 @@ pub struct ExpiryPass {
 }
 
 impl KernelExpiry {
-    /// Load `masq_expire` (the verifier checks it here) and take its maps.
+    /// Load `masq_expire` (the verifier checks it here) and take its map.
     pub fn load(dataplane: &mut Dataplane) -> anyhow::Result<Self> {
         let ebpf = dataplane.ebpf_mut();
         let xdp: &mut Xdp = ebpf
