@@ -30,6 +30,7 @@ use crate::{
 const PACKET_HOST: u32 = 0;
 
 #[classifier]
+#[inline(always)]
 pub fn masq_lan_in(ctx: TcContext) -> i32 {
     tc_run::<ETH_HLEN>(ctx, run)
 }

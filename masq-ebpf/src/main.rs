@@ -4,7 +4,9 @@
 //! (`masq_expire`, the daemon's expiry pass, which it runs), `floor` (the benchmark's floor
 //! programs) and `cost` (pieces timed alone), never attached. Each entry
 //! point is a thin hook layer (`hook`) over one body that returns a `Verdict` or a named drop
-//! reason; `validate` checks every packet before anything is looked up or created.
+//! reason; `validate` checks every packet before anything is looked up or created. The attached
+//! entry points are `#[inline(always)]`: aya's macros wrap each in the program's own function,
+//! and the BPF-to-BPF call between the two cost 10–17 ns a packet on an AMD EPYC host.
 #![no_std]
 #![no_main]
 // BPF load and store instructions in `packet.rs`.

@@ -25,16 +25,19 @@ use crate::{
 };
 
 #[classifier]
+#[inline(always)]
 pub fn masq_uplink_in(ctx: TcContext) -> i32 {
     tc_run::<ETH_HLEN>(ctx, run)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn masq_uplink_in_l3(ctx: TcContext) -> i32 {
     tc_run::<0>(ctx, run)
 }
 
 #[xdp]
+#[inline(always)]
 pub fn masq_uplink_in_xdp(mut ctx: XdpContext) -> u32 {
     let verdict = run(&mut ctx);
     xdp_action(&mut ctx, verdict)

@@ -18,11 +18,13 @@ use crate::{
 };
 
 #[classifier]
+#[inline(always)]
 pub fn masq_uplink_out(ctx: TcContext) -> i32 {
     tc_run::<ETH_HLEN>(ctx, run)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn masq_uplink_out_l3(ctx: TcContext) -> i32 {
     tc_run::<0>(ctx, run)
 }
