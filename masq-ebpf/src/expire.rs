@@ -30,7 +30,6 @@ use crate::maps::{BINDINGS, BOUND_PORTS, CONNS, EXPIRY, PENDING_CONNS};
 struct Walk {
     now_ns: u64,
     timeout_ns: [u64; CONN_STATES],
-    flags: u64,
     /// The shortest of the timeouts.
     min_timeout_ns: u64,
     tick: u32,
@@ -75,7 +74,6 @@ pub fn masq_expire(_ctx: XdpContext) -> u32 {
     let mut walk = Walk {
         now_ns,
         timeout_ns,
-        flags,
         min_timeout_ns: timeout_ns.iter().fold(u64::MAX, |m, t| m.min(*t)),
         tick: tick(now_ns),
         _pad: 0,

@@ -2,7 +2,7 @@
 //! freed. In the kernel (`masq_expire`, which the daemon runs by BPF_PROG_TEST_RUN) where that
 //! program loads; else by reading both tables out and deleting in batches.
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use masq_common::{
 use tracing::{info, warn};
 
 use crate::{
-    bpf_sys::sys_bpf,
+    bpf_sys,
     config::Timeouts,
     conntrack::{self, Conn},
     dataplane::Dataplane,
@@ -143,7 +143,9 @@ impl KernelExpiry {
             | if sweep_bindings && !self.mappings_checked { EXPIRY_F_SWEEP_MAPPINGS } else { 0 };
         let pass = PassSlot { now_ns, timeout_ns, flags, found: ExpiryFound::default() };
         self.slot.set(0, pass, 0).context("writing EXPIRY")?;
-        let ret = test_run(&self.program)?;
+        // XDP's test run wants a frame: a blank one.
+        let (ret, _) = bpf_sys::test_run(self.program.as_fd(), &[0u8; 64], &[], 1)
+            .context("BPF_PROG_TEST_RUN masq_expire")?;
         if ret != XDP_PASS {
             bail!("masq_expire returned {ret}");
         }
@@ -164,24 +166,6 @@ const STATES: [ConnState; CONN_STATES] = [
 ];
 
 const XDP_PASS: u32 = 2;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// One BPF_PROG_TEST_RUN of the XDP program `program` on a blank frame; its return value.
-fn test_run(program: &ProgramFd) -> anyhow::Result<u32> {
-    let frame = [0u8; 64];
-    // union bpf_attr, test: prog_fd, retval, data_size_in, data_size_out, data_in, data_out,
-    // repeat, duration, then the context's fields (none given).
-    let mut attr = [0u64; 10];
-    attr[0] = program.as_fd().as_raw_fd() as u64;
-    attr[1] = frame.len() as u64;
-    attr[2] = frame.as_ptr() as u64;
-    attr[4] = 1;
-    // SAFETY: the test layout; the kernel reads `frame` (its size given) and writes no output
-    // (no buffer given), the return value into `attr`.
-    unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }.context("BPF_PROG_TEST_RUN masq_expire")?;
-    Ok((attr[0] >> 32) as u32)
-}
-
 /// One expiry pass: in the kernel when `kernel` is there and the walk is the cheaper way, else
 /// by reading the tables out. With `read_left` the connections left are read too (the event
 /// record follows them), so the pass reads the tables out: that read is the pass.

@@ -20,7 +20,6 @@ const BPF_MAP_CREATE: u32 = 0;
 const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_PROG_LOAD: u32 = 5;
-const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_LINK_CREATE: u32 = 28;
 const BPF_ENABLE_STATS: u32 = 32;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
@@ -181,17 +180,9 @@ pub struct RunResult {
 
 /// `BPF_PROG_TEST_RUN` of `prog` on `data` with context `ctx`, `repeat` times.
 pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &[u8], repeat: u32) -> Result<RunResult> {
-    let mut attr = Attr::new()
-        .u32(0, prog.as_raw_fd() as u32)
-        .u32(8, data.len() as u32)
-        .u64(16, data.as_ptr() as u64)
-        .u32(32, repeat)
-        .u32(40, ctx.len() as u32)
-        // No context at all (not an empty one) when none is given: the kernel makes its own.
-        .u64(48, if ctx.is_empty() { 0 } else { ctx.as_ptr() as u64 });
-    sys_bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
-    let field = |off: usize| u32::from_ne_bytes(attr.0[off..off + 4].try_into().expect("4 bytes"));
-    Ok(RunResult { retval: field(4), duration_ns: field(36) })
+    let (retval, duration_ns) =
+        crate::bpf_sys::test_run(prog, data, ctx, repeat).context("BPF_PROG_TEST_RUN")?;
+    Ok(RunResult { retval, duration_ns })
 }
 
 /// Attaches an XDP program in driver mode to `ifindex` of the calling thread's namespace; it
