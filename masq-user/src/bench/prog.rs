@@ -73,13 +73,17 @@ pub struct ProgOptions {
     /// Pairs of single runs (with, without) where a feature's cost is measured (the RFC 1812
     /// checks, connection events).
     pub pairs: usize,
-    /// Only profile this path hot, masq then its floor, `PROFILE_SECONDS` each under
-    /// `perf record` (`profile.rs`), and print where each one's time goes.
+    /// Only profile this path hot (`<path>:spread`: spread over `PROFILE_SPREAD_CONNS`
+    /// connections), masq then its floor, `PROFILE_SECONDS` each under `perf record`
+    /// (`profile.rs`), and print where each one's time goes.
     pub profile: Option<String>,
 }
 
 /// How long `ProgOptions::profile` runs each program.
 const PROFILE_SECONDS: f64 = 5.0;
+
+/// Connections in the table for a spread profile (`--profile <path>:spread`).
+const PROFILE_SPREAD_CONNS: usize = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1353,11 +1357,20 @@ impl ProgBench<'_> {
     /// `ProgOptions::profile`: `name`'s hot frame through masq's program, then through its
     /// floor, back to back for `PROFILE_SECONDS` each.
     fn profile(&mut self, name: &str) -> Result<()> {
+        let (path, spread) = match name.strip_suffix(":spread") {
+            Some(path) => (path, true),
+            None => (name, false),
+        };
         let kind = PathKind::ALL
             .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| anyhow!("--profile: no path {name}"))?;
-        let frames = self.frames(kind, 1, Pick::Uniform);
+            .find(|k| k.name() == path)
+            .ok_or_else(|| anyhow!("--profile: no path {path}"))?;
+        ensure!(!(spread && kind.opens()), "--profile: {path} has no spread pattern");
+        if spread {
+            self.fill_to(PROFILE_SPREAD_CONNS)?;
+        }
+        let flows = if spread { self.opts.spread_max } else { 1 };
+        let frames = self.frames(kind, flows, Pick::Uniform);
         if !kind.opens() {
             self.validate(kind, kind.program(), &frames[0])?;
             self.harness.load_frames(&frames)?;
@@ -1381,7 +1394,13 @@ impl ProgBench<'_> {
             };
             programs.push((image, image_fd, fd));
         }
-        let pattern = if kind.opens() { "a new connection per packet" } else { "hot" };
+        let pattern = match (kind.opens(), spread) {
+            (true, _) => "a new connection per packet".to_string(),
+            (false, true) => {
+                format!("spread over {} flows of {PROFILE_SPREAD_CONNS} connections", frames.len())
+            }
+            (false, false) => "hot".to_string(),
+        };
         let mut report =
             format!("### Profile of {name}, {pattern} (`masq-lab bench --profile {name}`)\n\n");
         for (program, image_fd, fd) in programs {
@@ -1391,11 +1410,11 @@ impl ProgBench<'_> {
                     if kind.opens() {
                         return self.fresh_burst(kind, &fd);
                     }
-                    self.harness.run(hook, &fd, 1, repeat, &ctx, mac)?;
+                    self.harness.run(hook, &fd, frames.len(), repeat, &ctx, mac)?;
                     Ok(u64::from(repeat))
                 })?;
             eprintln!("masq bench: profile: {program}: {} packets", profile.packets);
-            report += &profile.markdown(15, !kind.opens());
+            report += &profile.markdown(25, !kind.opens());
         }
         if kind.opens() {
             report += "Kernel symbols are left out: between bursts the bench removes the \

@@ -34,7 +34,8 @@ enum Command {
         #[arg(long)]
         clean_seconds: Option<f64>,
         /// Profile one established path hot (masq, then its floor) with perf: time per packet by
-        /// source line, printed; nothing else is measured.
+        /// source line, printed; nothing else is measured. `<path>:spread` profiles it spread
+        /// over a 100k-connection table.
         #[arg(long)]
         profile: Option<String>,
         /// Directory for the results (JSON, SVG chart, Markdown summary).
