@@ -20,6 +20,7 @@ mod lab_baseline;
 mod lan_devices_e2e;
 mod module_graph;
 mod nat_rfc_e2e;
+mod object_code;
 mod outbound_e2e;
 mod policy_tables;
 mod run_down;
