@@ -147,19 +147,7 @@ impl FlowKey {
         dst_port: u16,
         proto: u8,
     ) -> Self {
-        // As four words: written field by field, the three pad bytes became a call to memset
-        // in the programs (a BPF-to-BPF call for every key built).
-        let [a, b] = src_port.to_ne_bytes();
-        let [c, d] = dst_port.to_ne_bytes();
-        let words = [
-            src_addr,
-            dst_addr,
-            u32::from_ne_bytes([a, b, c, d]),
-            u32::from_ne_bytes([proto, 0, 0, 0]),
-        ];
-        // SAFETY: `FlowKey` is `repr(C)`, four words of plain integers: these bytes in its
-        // field order, its pad zero.
-        unsafe { core::mem::transmute::<[u32; 4], FlowKey>(words) }
+        FlowKey { src_addr, dst_addr, src_port, dst_port, proto, _pad: [0; 3] }
     }
 
     /// The key of packets flowing the other way.

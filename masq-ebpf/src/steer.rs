@@ -163,7 +163,7 @@ fn fib_lookup<H: Hook>(
     tot_len: u16,
     table: u32,
 ) -> (i64, FibParams) {
-    // Every byte set explicitly (no memset), as the helper reads them all.
+    // Every field set, as the helper reads them all.
     let mut params = FibParams {
         family: AF_INET,
         l4_protocol: key.proto,

@@ -1098,15 +1098,21 @@ impl ProgBench<'_> {
         Ok(())
     }
 
-    fn measure_path(&mut self, kind: PathKind) -> Result<PathResult> {
-        let spread_flows = match kind.xdp_twin() {
+    /// Flows the spread and Zipf patterns of `kind` cycle through: its side of the table, as a
+    /// power of two, at most `spread_max`.
+    fn spread_flows(&self, kind: PathKind) -> usize {
+        match kind.xdp_twin() {
             _ if kind.opens() => 1,
             PathKind::PassedUntouched => self.opts.spread_max,
             PathKind::InboundEstablished | PathKind::InboundReply => self.population.inbound.len(),
             _ => self.population.outbound.len(),
         }
         .next_power_of_two()
-        .min(self.opts.spread_max);
+        .min(self.opts.spread_max)
+    }
+
+    fn measure_path(&mut self, kind: PathKind) -> Result<PathResult> {
+        let spread_flows = self.spread_flows(kind);
         let hot_frames = self.frames(kind, 1, Pick::Uniform);
         self.validate(kind, kind.program(), &hot_frames[0])?;
         if let Some(floor) = kind.floor() {
@@ -1369,7 +1375,7 @@ impl ProgBench<'_> {
         if spread {
             self.fill_to(PROFILE_SPREAD_CONNS)?;
         }
-        let flows = if spread { self.opts.spread_max } else { 1 };
+        let flows = if spread { self.spread_flows(kind) } else { 1 };
         let frames = self.frames(kind, flows, Pick::Uniform);
         if !kind.opens() {
             self.validate(kind, kind.program(), &frames[0])?;
@@ -1394,12 +1400,12 @@ impl ProgBench<'_> {
             };
             programs.push((image, image_fd, fd));
         }
-        let pattern = match (kind.opens(), spread) {
-            (true, _) => "a new connection per packet".to_string(),
-            (false, true) => {
-                format!("spread over {} flows of {PROFILE_SPREAD_CONNS} connections", frames.len())
-            }
-            (false, false) => "hot".to_string(),
+        let pattern = if kind.opens() {
+            "a new connection per packet".to_string()
+        } else if spread {
+            format!("spread over {} flows of {PROFILE_SPREAD_CONNS} connections", frames.len())
+        } else {
+            "hot".to_string()
         };
         let mut report =
             format!("### Profile of {name}, {pattern} (`masq-lab bench --profile {name}`)\n\n");
