@@ -248,8 +248,8 @@ pub struct ConnEntry {
     pub _pad: u8,
     /// Tick (`TICK_SHIFT`) of creation.
     pub created_tick: u32,
-    /// Tick of the last packet in this direction. The first packet of each new tick also
-    /// confirms the other direction's entry.
+    /// Tick of the last packet in this direction. While pending, the first packet of each
+    /// new tick also looks up the other direction's entry (rebuilt if the LRU evicted it).
     pub last_seen_tick: u32,
     /// TCP: the sequence number after the last one this direction sent (host byte order;
     /// valid with `TCP_SEEN_SEQ`). With `CONN_F_SYN_TIMED`, the initiator's SYN time instead

@@ -293,9 +293,10 @@ pub fn account(
     Ok(())
 }
 
-/// Account a packet to its connection: counters, last-seen time, TCP state. Once a second it
-/// also confirms the other direction's entry (which refreshes it in the LRU) and rebuilds it if
-/// the LRU evicted it, so one direction is never orphaned.
+/// Account a packet to its connection: counters, last-seen time, TCP state. Once a tick a
+/// pending entry also looks up the other direction's (which refreshes it in the LRU) and
+/// rebuilds it if the LRU evicted it, so one direction is never orphaned. A confirmed entry
+/// does not: `CONNS` evicts nothing, and its two entries are inserted and deleted together.
 #[inline(always)]
 pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64, now: u32) {
     // Plain adds: each direction has its own entry and a flow is handled by one CPU at a time,
@@ -344,6 +345,9 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64, now: u32
     }
     if entry.last_seen_tick != now {
         entry.last_seen_tick = now;
+        if !entry.is_pending() {
+            return;
+        }
         let (twin_key, twin) = twin_of(key, entry, now);
         if lookup(&twin_key).is_none() {
             let _ = insert_new(&twin_key, &twin);
