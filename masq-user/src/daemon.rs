@@ -388,6 +388,11 @@ async fn follow_host(
         apply_verdict(dataplane, cfg, &new.host, monitor, verdict);
     }
     tables.update(policy_spec(cfg, &new.states)).await.context("updating the policy tables")?;
+    // Devices, addresses or routes moved: next hops cached before are not trusted to the tick's end.
+    match pinned::clear_next_hops(dataplane.pin_dir()) {
+        Ok(n) => debug!("{n} cached next hops cleared"),
+        Err(e) => warn!("clearing the next-hop cache: {e:#}"),
+    }
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         let Some(lost) = follow::lost_address(old, now) else { continue };
         let wire = crate::map_values::wire_addr(lost);

@@ -318,6 +318,24 @@ pub fn add_to_counter(pin_dir: &Path, counter: Counter, n: u64) -> anyhow::Resul
     Ok(())
 }
 
+/// Empty every CPU's next-hop cache (`NEXTHOPS`), so that no packet is sent by a route or
+/// device the host no longer has: a slot is otherwise trusted until its tick ends. Returns the
+/// slots emptied (non-empty on some CPU).
+pub fn clear_next_hops(pin_dir: &Path) -> anyhow::Result<usize> {
+    let mut map: PerCpuArray<_, NextHop> = open(pin_dir, map_names::NEXTHOPS)?;
+    let mut cleared = 0;
+    for slot in 0..map.len() {
+        let values = map.get(&slot, 0)?;
+        if values.iter().all(|nh| nh.ifindex == 0) {
+            continue;
+        }
+        let empty = vec![NextHop::default(); values.len()];
+        map.set(slot, PerCpuValues::try_from(empty)?, 0)?;
+        cleared += 1;
+    }
+    Ok(cleared)
+}
+
 /// Both pinned binding tables (endpoint-independent mappings).
 pub fn binding_tables(pin_dir: &Path) -> anyhow::Result<BindingTables<MapData>> {
     let (bindings, bindings_fd) = open_with_fd(pin_dir, map_names::BINDINGS)?;

@@ -136,3 +136,28 @@ fn oversized_packet_without_df_from_lan_leaves_fragmented_and_translated() {
         );
     });
 }
+
+/// The daemon empties the next-hop cache when the host's devices, addresses or routes change:
+/// the next packet goes by the host as it is now, not as it was earlier in the tick.
+#[test]
+fn cleared_next_hop_cache_follows_a_changed_neighbour_at_once() {
+    example(|gw| {
+        let run = client_syn_via_dsl(gw);
+        assert_eq!((run.ret, &run.out[..6]), (XDP_REDIRECT, &ISOLDE_MAC[..]));
+        // isolde's NIC replaced: same address, another MAC.
+        let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0a, 0x99];
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "replace", &ISOLDE.to_string(), "lladdr", "02:00:00:00:0a:99"])
+            .args(["dev", "eth0", "nud", "permanent"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+        assert_eq!(pinned::clear_next_hops(gw.dp.pin_dir()).unwrap(), 1, "isolde's slot");
+        let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_ACK);
+        let run = gw.xdp("eth4", &from_dsl(&ack));
+        assert_eq!((run.ret, &run.out[..6]), (XDP_REDIRECT, &new_mac[..]), "{:?}", gw.counters());
+        assert_eq!(pinned::clear_next_hops(gw.dp.pin_dir()).unwrap(), 1, "cached again");
+        assert_eq!(pinned::clear_next_hops(gw.dp.pin_dir()).unwrap(), 0, "all empty");
+    });
+}
