@@ -633,7 +633,7 @@ pub const FRAG_TICKS: u32 = 2;
 
 /// A next hop `bpf_fib_lookup` resolved for (table, destination), cached per CPU for the tick
 /// it was found in: established flows skip the FIB, and a route or neighbour change is seen
-/// within a tick.
+/// within a tick (at once when the daemon empties the cache after a host change).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
