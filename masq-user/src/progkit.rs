@@ -52,7 +52,8 @@ const ADDRESSES: [(&str, Ipv4Net); 3] = [
 pub const ROUTERS: [Neighbour<'static>; 2] =
     [(ISP_A_ROUTER, ISP_A_ROUTER_MAC, "eth4"), (ISP_B_ROUTER, ISP_B_ROUTER_MAC, "eth1")];
 
-fn mac_text(mac: Mac) -> String {
+/// `aa:bb:cc:dd:ee:ff`, as `ip` takes it.
+pub fn mac_text(mac: Mac) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 

@@ -12,16 +12,6 @@ fn confirmed(gw: &Gw) -> Vec<(FlowKey, ConnEntry)> {
     gw.conns().into_iter().filter(|(_, e)| !e.is_pending()).collect()
 }
 
-/// The client's handshake with isolde's web server on ISP A from `port`.
-fn handshake(gw: &Gw, client: Ipv4Addr, port: u16) {
-    let syn = Ip::new(client, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_SYN, (100, 0), b"");
-    assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT, "{:?}", gw.counters());
-    let synack = Ip::new(ISOLDE, client).tcp_seq(80, port, TCP_SYN | TCP_ACK, (500, 101), b"");
-    assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
-    let ack = Ip::new(client, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_ACK, (101, 501), b"");
-    assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT, "{:?}", gw.counters());
-}
-
 #[test]
 fn the_handshakes_last_ack_moves_a_connection_to_the_confirmed_table() {
     example(|gw| {

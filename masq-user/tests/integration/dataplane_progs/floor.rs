@@ -45,8 +45,7 @@ fn floor_xdp(gw: &Gw, frame: &[u8]) -> Run {
 
 /// A confirmed connection as masq keeps it: `fwd` becomes `xlate`, and its reply back.
 fn confirmed(gw: &mut Gw, fwd: FlowKey, xlate: FlowKey) {
-    let mut conns: HashMap<_, FlowKey, ConnEntry> =
-        HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::CONNS).unwrap()).unwrap();
+    let mut conns = gw.confirmed_map();
     let entry = |xlate: FlowKey, flags| ConnEntry {
         xlate: Tuple4::of(&xlate),
         flags,

@@ -313,6 +313,11 @@ impl Gw {
     fn pending_map(&mut self) -> HashMap<&mut aya::maps::MapData, FlowKey, ConnEntry> {
         HashMap::try_from(self.dp.ebpf_mut().map_mut(map_names::PENDING_CONNS).unwrap()).unwrap()
     }
+
+    /// The confirmed table, which evicts nothing.
+    fn confirmed_map(&mut self) -> HashMap<&mut aya::maps::MapData, FlowKey, ConnEntry> {
+        HashMap::try_from(self.dp.ebpf_mut().map_mut(map_names::CONNS).unwrap()).unwrap()
+    }
 }
 
 /// A connection key as the dataplane stores it.
@@ -357,6 +362,17 @@ fn assert_run(run: &Run, ret: u32, expected: &[u8]) {
 /// The client's SYN to isolde's DSL address, as XDP on eth4 sends it to isolde.
 fn client_syn_via_dsl(gw: &Gw) -> Run {
     gw.xdp("eth4", &from_dsl(&client_syn()))
+}
+
+/// The client's handshake with isolde's web server on ISP A from `port`: a confirmed
+/// connection.
+fn handshake(gw: &Gw, client: Ipv4Addr, port: u16) {
+    let syn = Ip::new(client, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_SYN, (100, 0), b"");
+    assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT, "{:?}", gw.counters());
+    let synack = Ip::new(ISOLDE, client).tcp_seq(80, port, TCP_SYN | TCP_ACK, (500, 101), b"");
+    assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
+    let ack = Ip::new(client, PUBLIC_ISP_A).tcp_seq(port, 80, TCP_ACK, (101, 501), b"");
+    assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT, "{:?}", gw.counters());
 }
 
 /// The client's SYN from port 40000 to isolde's DSL address, port 80.

@@ -147,7 +147,7 @@ fn cleared_next_hop_cache_follows_a_changed_neighbour_at_once() {
         // isolde's NIC replaced: same address, another MAC.
         let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0a, 0x99];
         let out = std::process::Command::new("ip")
-            .args(["neigh", "replace", &ISOLDE.to_string(), "lladdr", "02:00:00:00:0a:99"])
+            .args(["neigh", "replace", &ISOLDE.to_string(), "lladdr", &progkit::mac_text(new_mac)])
             .args(["dev", "eth0", "nud", "permanent"])
             .output()
             .unwrap();

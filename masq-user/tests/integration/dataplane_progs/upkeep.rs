@@ -64,11 +64,10 @@ fn lost_forward_entry_is_rebuilt_by_the_next_reply() {
 #[test]
 fn confirmed_connection_being_deleted_is_not_rebuilt() {
     example(|gw| {
-        handshake_via_dsl(gw);
+        handshake(gw, CLIENT, 40000);
         let fwd_key = tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80));
         let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
-        let mut conns: HashMap<_, FlowKey, ConnEntry> =
-            HashMap::try_from(gw.dp.ebpf_mut().map_mut(map_names::CONNS).unwrap()).unwrap();
+        let mut conns = gw.confirmed_map();
         let mut fwd = conns.get(&fwd_key, 0).expect("confirmed by the handshake");
         fwd.last_seen_tick = 0;
         conns.insert(fwd_key, fwd, 0).unwrap();
@@ -80,17 +79,6 @@ fn confirmed_connection_being_deleted_is_not_rebuilt() {
         assert!(gw.conn(&reply_key).is_none(), "reply entry rebuilt:\n{}", gw.table());
         gw.assert_no_drops();
     });
-}
-
-/// The client's handshake with isolde's web server on ISP A, from port 40000: a confirmed
-/// connection.
-fn handshake_via_dsl(gw: &Gw) {
-    let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_SYN, (100, 0), b"");
-    assert_eq!(gw.xdp("eth4", &from_dsl(&syn)).ret, XDP_REDIRECT, "{:?}", gw.counters());
-    let synack = Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), b"");
-    assert_eq!(gw.lan_in(&from_lan(ISOLDE_MAC, &synack)).ret, TC_ACT_REDIRECT);
-    let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
-    assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT, "{:?}", gw.counters());
 }
 
 /// Inbound connections from `n` clients straight into both tables (every fourth pending), both
