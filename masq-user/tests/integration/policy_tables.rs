@@ -266,8 +266,9 @@ fn sync_routes_copies_routes_added_to_main_and_drops_removed_ones() {
     });
 }
 
-#[test]
-fn route_monitor_copies_a_new_main_route_and_drops_a_removed_one() {
+/// In a fresh gateway namespace, the seed's tables installed and the route monitor running:
+/// `body` (given the namespace's name), then the monitor stopped and the tables removed.
+fn with_route_monitor<Fut: Future<Output = ()>>(body: impl FnOnce(String) -> Fut + Send + 'static) {
     let ns = gateway_ns();
     let spec = spec(&ns);
     let name = ns.name().to_string();
@@ -275,27 +276,7 @@ fn route_monitor_copies_a_new_main_route_and_drops_a_removed_one() {
         block_on(async move {
             let tables = Arc::new(PolicyTables::install(spec).await.unwrap());
             let monitor = spawn_route_monitor(tables.clone()).unwrap();
-            // Past the monitor's first sync: what follows must come from events.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let copy = "10.99.0.0/24 dev lan0 proto 109 scope link".to_string();
-            let wait_for = async |present: bool| {
-                let start = Instant::now();
-                while table(&name, UP4_TABLE).contains(&copy) != present {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(3),
-                        "table {UP4_TABLE} not updated (present: {present}) after 3 s: {:?}",
-                        table(&name, UP4_TABLE)
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                start.elapsed()
-            };
-            ip(&name, "route add 10.99.0.0/24 dev lan0");
-            let added = wait_for(true).await;
-            ip(&name, "route del 10.99.0.0/24 dev lan0");
-            let deleted = wait_for(false).await;
-            // Reported, not asserted: timing belongs to benchmarks (the wait above bounds it).
-            eprintln!("route monitor: copied after {added:?}, dropped after {deleted:?}");
+            body(name).await;
             monitor.stop().await;
             let Ok(tables) = Arc::try_unwrap(tables) else {
                 panic!("the stopped monitor still holds the tables")
@@ -305,35 +286,51 @@ fn route_monitor_copies_a_new_main_route_and_drops_a_removed_one() {
     });
 }
 
+/// Wait (3 s at most, else fail saying `what`) until `done` holds for table `id`; returns how
+/// long that took.
+async fn wait_for_table(
+    name: &str,
+    id: u32,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while !done(&table(name, id)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "table {id} not {what} after 3 s: {:?}",
+            table(name, id)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[test]
+fn route_monitor_copies_a_new_main_route_and_drops_a_removed_one() {
+    with_route_monitor(async |name| {
+        // Past the monitor's first sync: what follows must come from events.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let copy = "10.99.0.0/24 dev lan0 proto 109 scope link".to_string();
+        ip(&name, "route add 10.99.0.0/24 dev lan0");
+        let added = wait_for_table(&name, UP4_TABLE, "given the copy", |t| t.contains(&copy)).await;
+        ip(&name, "route del 10.99.0.0/24 dev lan0");
+        let deleted =
+            wait_for_table(&name, UP4_TABLE, "rid of the copy", |t| !t.contains(&copy)).await;
+        // Reported, not asserted: timing belongs to benchmarks (the wait above bounds it).
+        eprintln!("route monitor: copied after {added:?}, dropped after {deleted:?}");
+    });
+}
+
 #[test]
 fn route_monitor_restores_an_uplink_table_after_its_link_flaps() {
-    let ns = gateway_ns();
-    let spec = spec(&ns);
-    let name = ns.name().to_string();
-    ns.enter(move || {
-        block_on(async move {
-            let tables = Arc::new(PolicyTables::install(spec).await.unwrap());
-            let monitor = spawn_route_monitor(tables.clone()).unwrap();
-            let installed = table(&name, UP4_TABLE);
-            // Taking a link down flushes its routes from every table without a route event.
-            ip(&name, "link set up4 down");
-            assert!(!table(&name, UP4_TABLE).iter().any(|line| line.contains("dev up4")));
-            ip(&name, "link set up4 up");
-            let start = Instant::now();
-            while table(&name, UP4_TABLE) != installed {
-                assert!(
-                    start.elapsed() < Duration::from_secs(3),
-                    "table {UP4_TABLE} not restored after 3 s: {:?}",
-                    table(&name, UP4_TABLE)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            monitor.stop().await;
-            let Ok(tables) = Arc::try_unwrap(tables) else {
-                panic!("the stopped monitor still holds the tables")
-            };
-            tables.remove().await.unwrap();
-        })
+    with_route_monitor(async |name| {
+        let installed = table(&name, UP4_TABLE);
+        // Taking a link down flushes its routes from every table without a route event.
+        ip(&name, "link set up4 down");
+        assert!(!table(&name, UP4_TABLE).iter().any(|line| line.contains("dev up4")));
+        ip(&name, "link set up4 up");
+        wait_for_table(&name, UP4_TABLE, "restored", |t| t == installed.as_slice()).await;
     });
 }
 
