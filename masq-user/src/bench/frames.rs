@@ -19,10 +19,7 @@ impl Endpoint {
 
 /// A TCP segment without data, padded to the 64-byte harness frame (Ethernet's minimum is 60).
 pub fn tcp(dst_mac: Mac, src_mac: Mac, from: Endpoint, to: Endpoint, flags: u8) -> Vec<u8> {
-    let packet = Ip::new(from.addr, to.addr).tcp(from.port, to.port, flags);
-    let mut f = eth_ip(dst_mac, src_mac, &packet);
-    f.resize(super::bpf::FRAME_LEN, 0);
-    f
+    tcp_ttl(dst_mac, src_mac, from, to, flags, Ip::new(from.addr, to.addr).ttl)
 }
 
 /// As [`tcp`], leaving with `ttl` (a segment the kernel forwarded: one below the sender's).
