@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    packet::{Parsed, parse},
+    packet::{Ipv4, Parsed, parse},
     validate,
 };
 
@@ -33,7 +33,8 @@ pub fn masq_cost_validate_0(ctx: XdpContext) -> u32 {
 /// to the next, which the verifier would have to follow through every combination).
 #[inline(always)]
 fn validate_rounds<const CHECK: bool>(ctx: &XdpContext) -> u32 {
-    let Ok(Parsed::Ipv4(ip)) = parse(ctx) else { return XDP_ABORTED };
+    let mut ip = Ipv4::EMPTY;
+    let Ok(Parsed::Ipv4) = parse(ctx, &mut ip) else { return XDP_ABORTED };
     for _ in 0..16 {
         let (ctx, ip) = core::hint::black_box((ctx, &ip));
         if CHECK && validate::packet(ctx, ip).is_err() {

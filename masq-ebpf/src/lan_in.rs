@@ -50,10 +50,10 @@ pub fn masq_lan_in_hairpin(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
-    let ip = match parse(ctx)? {
-        Parsed::Ipv4(ip) => ip,
-        _ => return Ok(Verdict::Pass),
-    };
+    let mut ip = Ipv4::EMPTY;
+    if !matches!(parse(ctx, &mut ip)?, Parsed::Ipv4) {
+        return Ok(Verdict::Pass);
+    }
     count(Counter::Ipv4Seen);
     let Some(cfg) = config() else {
         return Ok(Verdict::Pass);
@@ -135,10 +135,10 @@ fn hairpin_bound(cfg: &DataplaneConfig, k: &FlowKey) -> bool {
 /// (`hairpin_bound`), else masqueraded. Two programs, each verified on its own.
 #[inline(always)]
 fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
-    let ip = match parse(ctx)? {
-        Parsed::Ipv4(ip) => ip,
-        _ => return Ok(Verdict::Pass),
-    };
+    let mut ip = Ipv4::EMPTY;
+    if !matches!(parse(ctx, &mut ip)?, Parsed::Ipv4) {
+        return Ok(Verdict::Pass);
+    }
     let Some(cfg) = config() else {
         return Ok(Verdict::Pass);
     };

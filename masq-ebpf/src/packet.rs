@@ -90,6 +90,22 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
+    /// What [`parse`] fills in.
+    pub const EMPTY: Self = Self {
+        key: FlowKey::new(0, 0, 0, 0, 0),
+        l4: L4::Other,
+        tcp_flags: 0,
+        tcp_header_len: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
+        echo_request: false,
+        ttl: 0,
+        tot_len: 0,
+        frag: Frag::Whole,
+        id: 0,
+        header_sum: 0,
+    };
+
     /// TCP: the sequence number after this segment (SYN and FIN count one each).
     #[inline(always)]
     pub fn tcp_end_seq(&self) -> u32 {
@@ -120,12 +136,11 @@ pub enum Parsed {
     /// Not IPv4: not masq's business.
     Other,
     /// IPv4 with options: never translated (only its source matters, at uplink egress).
-    Ipv4Options {
-        src_addr: u32,
-    },
+    Ipv4Options { src_addr: u32 },
     /// ARP (uplinks answer requests for published addresses).
     Arp,
-    Ipv4(Ipv4),
+    /// IPv4 without options: its headers are in the caller's [`Ipv4`].
+    Ipv4,
 }
 
 /// Read and write access to a packet, shared by every hook (XDP, TC with and without an
@@ -491,9 +506,10 @@ pub fn ipv4_source_and_proto<P: Packet>(p: &P) -> Option<(u32, u8)> {
     Some((w[3] as u32, (w[2] >> 8) as u8))
 }
 
-/// Parse the link header (when there is one), IPv4 and the transport header.
+/// Parse the link header (when there is one), IPv4 and the transport header; an IPv4 packet's
+/// headers go to `ip` (written in place: returned, they were copied once more).
 #[inline(always)]
-pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
+pub fn parse<P: Packet>(p: &P, ip: &mut Ipv4) -> Result<Parsed, Counter> {
     let ethertype = p.ethertype()?;
     if ethertype == ETH_P_ARP {
         return Ok(Parsed::Arp);
@@ -523,7 +539,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
     } else {
         Frag::Whole
     };
-    let mut ip = Ipv4 {
+    *ip = Ipv4 {
         key: FlowKey::new(w[3] as u32, w[4] as u32, 0, 0, proto),
         l4: L4::Other,
         tcp_flags: 0,
@@ -538,7 +554,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
         header_sum: csum::fold_once(w[0] + w[1] + w[2] + w[3] + w[4]),
     };
     if frag == Frag::Later {
-        return Ok(Parsed::Ipv4(ip));
+        return Ok(Parsed::Ipv4);
     }
     match proto {
         IPPROTO_TCP => {
@@ -578,7 +594,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Parsed, Counter> {
         }
         _ => {}
     }
-    Ok(Parsed::Ipv4(ip))
+    Ok(Parsed::Ipv4)
 }
 
 /// The packet quoted inside an ICMP error.

@@ -51,8 +51,9 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
     };
     let len = ctx.len();
     uplink_rx(uplink_index, len);
-    let ip = match parse(ctx)? {
-        Parsed::Ipv4(ip) => ip,
+    let mut ip = Ipv4::EMPTY;
+    match parse(ctx, &mut ip)? {
+        Parsed::Ipv4 => {}
         Parsed::Arp => return arp::answer(ctx, uplink_index, uplink),
         Parsed::Other | Parsed::Ipv4Options { .. } => return Ok(Verdict::Pass),
     };

@@ -44,8 +44,9 @@ fn run<const IP: usize>(ctx: &mut Skb<IP>) -> Result<Verdict, Counter> {
     {
         return Ok(Verdict::Pass);
     }
-    let ip = match parse(ctx)? {
-        Parsed::Ipv4(ip) => ip,
+    let mut ip = Ipv4::EMPTY;
+    match parse(ctx, &mut ip)? {
+        Parsed::Ipv4 => {}
         Parsed::Ipv4Options { src_addr } if in_lan(cfg, src_addr) => {
             return Err(Counter::DropIpOptions);
         }
