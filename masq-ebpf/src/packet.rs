@@ -90,7 +90,7 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
-    /// What [`parse`] fills in.
+    /// What [`parse`] fills in; the transport's fields as it finds no transport header.
     pub const EMPTY: Self = Self {
         key: FlowKey::new(0, 0, 0, 0, 0),
         l4: L4::Other,
@@ -541,17 +541,12 @@ pub fn parse<P: Packet>(p: &P, ip: &mut Ipv4) -> Result<Parsed, Counter> {
     };
     *ip = Ipv4 {
         key: FlowKey::new(w[3] as u32, w[4] as u32, 0, 0, proto),
-        l4: L4::Other,
-        tcp_flags: 0,
-        tcp_header_len: 0,
-        tcp_seq: 0,
-        tcp_ack: 0,
-        echo_request: false,
         ttl,
         tot_len,
         frag,
         id,
         header_sum: csum::fold_once(w[0] + w[1] + w[2] + w[3] + w[4]),
+        ..Ipv4::EMPTY
     };
     if frag == Frag::Later {
         return Ok(Parsed::Ipv4);

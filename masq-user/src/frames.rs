@@ -54,9 +54,12 @@ pub struct Ip {
     pub frag: u16,
 }
 
+/// The TTL [`Ip::new`] sends with, as Linux does.
+pub const DEFAULT_TTL: u8 = 64;
+
 impl Ip {
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        Self { src, dst, ttl: 64, id: 0x1c46, frag: IP_DF }
+        Self { src, dst, ttl: DEFAULT_TTL, id: 0x1c46, frag: IP_DF }
     }
 
     pub fn ttl(self, ttl: u8) -> Self {

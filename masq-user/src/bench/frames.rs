@@ -1,7 +1,7 @@
 //! The benchmark's flows and frames, built with the program tests' builder (`crate::frames`).
 use std::net::Ipv4Addr;
 
-use crate::frames::{Ip, eth_ip};
+use crate::frames::{DEFAULT_TTL, Ip, eth_ip};
 pub use crate::frames::{Mac, TCP_ACK, TCP_SYN};
 
 /// One end of a flow.
@@ -19,7 +19,7 @@ impl Endpoint {
 
 /// A TCP segment without data, padded to the 64-byte harness frame (Ethernet's minimum is 60).
 pub fn tcp(dst_mac: Mac, src_mac: Mac, from: Endpoint, to: Endpoint, flags: u8) -> Vec<u8> {
-    tcp_ttl(dst_mac, src_mac, from, to, flags, Ip::new(from.addr, to.addr).ttl)
+    tcp_ttl(dst_mac, src_mac, from, to, flags, DEFAULT_TTL)
 }
 
 /// As [`tcp`], leaving with `ttl` (a segment the kernel forwarded: one below the sender's).
