@@ -231,8 +231,9 @@ impl Tuple4 {
 
 /// One direction of a tracked connection. Two entries share a connection: the key as the
 /// initiator's packets show it, and the key of the replies; each holds what its packets become
-/// (`xlate`), so either entry is enough to rebuild the other. 48 bytes: a million connections
-/// (two million entries) fit in 256 MiB of LRU hash map.
+/// (`xlate`), so either entry is enough to rebuild the other. 64 bytes: with the kernel's
+/// 48-byte element header and the key, each entry takes two cache lines, and a million
+/// connections (two million entries) 256 MiB.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -260,8 +261,28 @@ pub struct ConnEntry {
     pub tcp_max_ack: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// Where this direction's packets last went out of its uplink (`masq_lan_in` only).
+    pub route: ConnRoute,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 64);
+
+/// The route a connection's packets toward its uplink took, cached in its entry so that a
+/// packet needs neither a FIB lookup nor a next-hop cache read (one line more, missed, among
+/// many destinations). Egress device and source MAC are the uplink's (`UplinkInfo`): the route
+/// is cached only when the FIB said so. Trusted in the tick it was resolved in, while
+/// `DataplaneConfig::route_epoch` stays as it was then, for packets up to `ok_len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnRoute {
+    pub dst_mac: [u8; 6],
+    /// The largest packet (IP total length) the FIB passed the MTU check for; 0: nothing
+    /// cached.
+    pub ok_len: u16,
+    pub tick: u32,
+    pub epoch: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnRoute>() == 16);
 
 impl ConnEntry {
     pub const fn is_reply(&self) -> bool {
@@ -568,8 +589,11 @@ pub struct DataplaneConfig {
     /// Ports SNAT never picks (the gateway's own ephemeral range), inclusive; min > max: none.
     pub port_skip_min: u16,
     pub port_skip_max: u16,
+    /// Bumped by the daemon whenever the host's devices, addresses or routes change: routes
+    /// connections cached before (`ConnRoute`) are no longer trusted.
+    pub route_epoch: u32,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64 + 4);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64 + 8);
 
 /// `PolicyRule::flags`: all connections of one source take the same uplink.
 pub const POLICY_F_STICKY: u32 = 1 << 0;
@@ -884,6 +908,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Tuple4 {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for ConnRoute {}
     unsafe impl aya::Pod for BindingKey {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for ExpiryPass {}

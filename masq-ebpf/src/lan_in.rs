@@ -7,8 +7,8 @@
 //! the kernel's limit.
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
-    CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN, CFG_F_NO_STEER, CONN_F_HAIRPIN, Counter, DataplaneConfig,
-    FlowKey, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW, tick,
+    CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN, CFG_F_NO_STEER, CONN_F_HAIRPIN, ConnRoute, Counter,
+    DataplaneConfig, FlowKey, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW, tick,
 };
 
 use crate::{
@@ -20,8 +20,8 @@ use crate::{
     packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
-        RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route, uplink,
-        uplink_by_address, uplink_by_ifindex, with_mark,
+        RT_TABLE_MAIN, Route, UplinkPath, choose_uplink, config, in_lan, is_uplink_address, route,
+        route_via_uplink, uplink, uplink_by_address, uplink_by_ifindex, with_mark,
     },
     translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
@@ -79,9 +79,10 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
 
     // A hairpin connection's packets go back into the LAN; all others to an uplink.
     let mut hairpinned = false;
-    // The clock is read once, on the paths that account or route the packet.
-    let (translation, uplink_index, now) = match find(ctx, &ip, None)? {
-        Found::Fragment(translation, uplink) => (translation, uplink, conntrack::now_tick()),
+    // The clock is read once, on the paths that account or route the packet. A connection's
+    // own packets come with the route its entry caches.
+    let (translation, uplink_index, now, cached) = match find(ctx, &ip, None)? {
+        Found::Fragment(translation, uplink) => (translation, uplink, conntrack::now_tick(), None),
         // First fragment not seen: the kernel forwards it, uplink egress drops it.
         Found::FragmentUnknown | Found::IcmpErrorUnknown => {
             count(Counter::PassedUntouched);
@@ -89,14 +90,15 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         }
         Found::IcmpError(translation, entry, conn_key) => {
             let now = account_icmp_error(&conn_key, entry, &ip, len);
-            (translation, entry.uplink, now)
+            (translation, entry.uplink, now, None)
         }
         Found::Flow(entry) if entry.is_hairpin() => {
             let now = conntrack::now_tick();
-            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink, now);
+            let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
+            let uplink_index = entry.uplink;
             conntrack::account(&ip.key, entry, &ip, len, now)?;
             hairpinned = true;
-            found
+            (translation, uplink_index, now, None)
         }
         Found::Flow(entry) => {
             if entry.toward_lan() {
@@ -104,9 +106,10 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
                 return Ok(Verdict::Pass);
             }
             let now = conntrack::now_tick();
-            let found = (Translation::Flow(entry.xlate.key(ip.key.proto)), entry.uplink, now);
+            let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
+            let uplink_index = entry.uplink;
             conntrack::account(&ip.key, entry, &ip, len, now)?;
-            found
+            (translation, uplink_index, now, Some(&mut entry.route))
         }
         Found::New => {
             let slot = if hairpin_bound(cfg, &ip.key) { TAIL_LAN_HAIRPIN } else { TAIL_LAN_NEW };
@@ -115,7 +118,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             return Err(Counter::DropTailCall);
         }
     };
-    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now)
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now, cached)
 }
 
 /// A LAN host's packet to one of the gateway's public addresses (published, or an uplink's):
@@ -255,12 +258,13 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
         }
         (Translation::Flow(xlate.key(ip.key.proto)), chosen)
     };
-    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now)
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now, None)
 }
 
 /// The end of both programs: a first fragment's translation recorded for the fragments that
-/// follow, the packet steered.
+/// follow, the packet steered (`cached`: the route its connection's entry caches).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn finish(
     ctx: &mut EthSkb,
     cfg: &DataplaneConfig,
@@ -269,14 +273,15 @@ fn finish(
     uplink_index: u8,
     hairpinned: bool,
     now: u32,
+    cached: Option<&mut ConnRoute>,
 ) -> Result<Verdict, Counter> {
     record_first_fragment(ip, translation, uplink_index);
     // A hairpin connection's packets go back into the LAN by main, unmarked.
-    let (table, mark) = match uplink(uplink_index) {
-        Some(up) if !hairpinned => (up.table, up.mark),
-        _ => (RT_TABLE_MAIN, 0),
+    let path = match uplink(uplink_index) {
+        Some(up) if !hairpinned => UplinkPath::of(up),
+        _ => UplinkPath::MAIN,
     };
-    to_uplink(ctx, cfg, ip, translation, table, mark, now)
+    to_uplink(ctx, cfg, ip, translation, &path, cached, now)
 }
 
 /// A LAN host's new connection to a published address (hairpin, RFC 4787 REQ-9, RFC 5382):
@@ -330,22 +335,23 @@ fn mapping_hairpin_xlate(
     Ok((xlate, index, CONN_F_HAIRPIN, crate::port_range(cfg, ip, true)))
 }
 
-/// Steer to the connection's uplink (its `table` and `mark`): mark the packet for the kernel's
-/// policy tables, and when the table resolves the route, translate and redirect without the
-/// kernel stack. Otherwise the kernel routes it by the mark and the uplink's egress program
-/// translates. A hairpin connection's packets come with main and no mark: back into the LAN,
-/// redirected (the kernel would tell the sender by an ICMP redirect to reach the server
-/// directly).
+/// Steer by `path` to the connection's uplink: mark the packet for the kernel's policy tables,
+/// and when the uplink's table resolves the route, translate and redirect without the kernel
+/// stack. Otherwise the kernel routes it by the mark and the uplink's egress program
+/// translates. A hairpin connection's packets come with `UplinkPath::MAIN`: by main and
+/// unmarked, back into the LAN, redirected (the kernel would tell the sender by an ICMP
+/// redirect to reach the server directly).
 #[inline(always)]
 fn to_uplink(
     ctx: &mut EthSkb,
     cfg: &DataplaneConfig,
     ip: &Ipv4,
     translation: &Translation,
-    table: u32,
-    mark: u32,
+    path: &UplinkPath,
+    cached: Option<&mut ConnRoute>,
     now: u32,
 ) -> Result<Verdict, Counter> {
+    let (table, mark) = (path.table, path.mark);
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);
@@ -359,7 +365,13 @@ fn to_uplink(
     }
     let key: FlowKey = translation.result(ip);
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let next = route(ctx, ingress_ifindex, &key, route_len, table, now);
+    let next = match cached {
+        Some(cached) => {
+            let epoch = cfg.route_epoch;
+            route_via_uplink(ctx, ingress_ifindex, &key, route_len, path, cached, epoch, now)
+        }
+        None => route(ctx, ingress_ifindex, &key, route_len, table, now),
+    };
     if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);

@@ -9,9 +9,9 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
 };
 use masq_common::{
-    DataplaneConfig, EthAddrs, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS, NEXTHOP_SLOTS,
-    NO_UPLINK, NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo,
-    eth_addrs,
+    ConnRoute, DataplaneConfig, EthAddrs, FlowKey, MAX_CHOICES, MAX_POLICIES, MAX_UPLINKS,
+    NEXTHOP_SLOTS, NO_UPLINK, NextHop, POLICY_F_STICKY, PolicyRule, UPLINK_F_ENABLED, UPLINK_F_UP,
+    UplinkInfo, eth_addrs,
 };
 
 use crate::{
@@ -247,4 +247,64 @@ pub fn route<H: Hook>(
         return Route::NoNeigh { ifindex: params.ifindex, next_hop };
     }
     Route::Kernel
+}
+
+/// Where a connection's packets toward its uplink go: by the uplink's table and with its mark,
+/// out of its own device (the routes its entry caches leave there).
+pub struct UplinkPath {
+    pub table: u32,
+    pub mark: u32,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+impl UplinkPath {
+    /// Back into the LAN by main, unmarked (hairpin); no route is cached.
+    pub const MAIN: Self = Self { table: RT_TABLE_MAIN, mark: 0, ifindex: 0, mac: [0; 6] };
+
+    #[inline(always)]
+    pub fn of(up: &UplinkInfo) -> Self {
+        Self { table: up.table, mark: up.mark, ifindex: up.ifindex, mac: up.mac }
+    }
+}
+
+/// `route` by `path`'s table for a connection's packet: by the route its entry cached
+/// (`cached`) while that is trusted (`ConnRoute`), else as `route` finds it, cached in the entry
+/// when it leaves by the uplink's own device and address.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn route_via_uplink<H: Hook>(
+    ctx: &H,
+    ifindex: u32,
+    key: &FlowKey,
+    tot_len: u16,
+    path: &UplinkPath,
+    cached: &mut ConnRoute,
+    epoch: u32,
+    now: u32,
+) -> Route {
+    if cached.tick == now && cached.epoch == epoch && tot_len <= cached.ok_len {
+        return Route::Resolved { ifindex: path.ifindex, eth: eth_addrs(cached.dst_mac, path.mac) };
+    }
+    let found = route(ctx, ifindex, key, tot_len, path.table, now);
+    if let Route::Resolved { ifindex, eth } = &found
+        && *ifindex == path.ifindex
+        && *eth == eth_addrs(dst_mac(eth), path.mac)
+    {
+        let same = cached.tick == now && cached.epoch == epoch;
+        *cached = ConnRoute {
+            dst_mac: dst_mac(eth),
+            ok_len: if same { tot_len.max(cached.ok_len) } else { tot_len },
+            tick: now,
+            epoch,
+        };
+    }
+    found
+}
+
+/// The destination MAC of `eth`.
+#[inline(always)]
+fn dst_mac(eth: &EthAddrs) -> [u8; 6] {
+    let (a, b) = (eth[0].to_ne_bytes(), eth[1].to_ne_bytes());
+    [a[0], a[1], a[2], a[3], b[0], b[1]]
 }

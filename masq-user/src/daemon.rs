@@ -388,10 +388,10 @@ async fn follow_host(
         apply_verdict(dataplane, cfg, &new.host, monitor, verdict);
     }
     tables.update(policy_spec(cfg, &new.states)).await.context("updating the policy tables")?;
-    // Devices, addresses or routes moved: next hops cached before are not trusted to the tick's end.
-    match pinned::clear_next_hops(dataplane.pin_dir()) {
-        Ok(n) => debug!("{n} cached next hops cleared"),
-        Err(e) => warn!("clearing the next-hop cache: {e:#}"),
+    // Devices, addresses or routes moved: routes cached before are not trusted to the tick's end.
+    match pinned::forget_routes(dataplane.pin_dir()) {
+        Ok(n) => debug!("cached routes forgotten ({n} next-hop slots cleared)"),
+        Err(e) => warn!("forgetting the cached routes: {e:#}"),
     }
     for ((u, old), now) in cfg.uplinks.iter().zip(&current.states).zip(&new.states) {
         let Some(lost) = follow::lost_address(old, now) else { continue };

@@ -117,6 +117,8 @@ pub fn dataplane_config(
         policy_count: cfg.policies.len() as u32,
         port_skip_min: local_ports.map_or(1, |(min, _)| min),
         port_skip_max: local_ports.map_or(0, |(_, max)| max),
+        // The dataplane's own (`pinned::write_values`).
+        route_epoch: 0,
     })
 }
 

@@ -256,8 +256,13 @@ pub fn write_values(pin_dir: &Path, values: &MapValues) -> anyhow::Result<()> {
     let public: HashMap<_, u32, PublicAddr> = open(pin_dir, map_names::PUBLIC_ADDRS)?;
     replace_all(public, &values.public_addrs).context("PUBLIC_ADDRS")?;
     let mut config: Array<_, DataplaneConfig> = open(pin_dir, map_names::CONFIG)?;
-    let events = config.get(&0, 0).map_or(0, |old| old.flags & CFG_F_EVENTS);
-    let global = DataplaneConfig { flags: values.config.flags | events, ..values.config };
+    let old = config.get(&0, 0).ok();
+    let global = DataplaneConfig {
+        flags: values.config.flags | old.map_or(0, |old| old.flags & CFG_F_EVENTS),
+        // Uplinks may have moved: routes cached under the old values are not trusted.
+        route_epoch: old.map_or(0, |old| old.route_epoch.wrapping_add(1)),
+        ..values.config
+    };
     config.set(0, global, 0).context("CONFIG")?;
     Ok(())
 }
@@ -318,10 +323,15 @@ pub fn add_to_counter(pin_dir: &Path, counter: Counter, n: u64) -> anyhow::Resul
     Ok(())
 }
 
-/// Empty every CPU's next-hop cache (`NEXTHOPS`), so that no packet is sent by a route or
-/// device the host no longer has: a slot is otherwise trusted until its tick ends. Returns the
-/// slots emptied (non-empty on some CPU).
-pub fn clear_next_hops(pin_dir: &Path) -> anyhow::Result<usize> {
+/// Forget every route the dataplane cached, so that no packet is sent by a route or device the
+/// host no longer has (each is otherwise trusted until its tick ends): empty every CPU's
+/// next-hop cache (`NEXTHOPS`) and bump the epoch the routes cached in connection entries carry
+/// (`DataplaneConfig::route_epoch`). Returns the next-hop slots emptied (non-empty on some CPU).
+pub fn forget_routes(pin_dir: &Path) -> anyhow::Result<usize> {
+    let mut config: Array<_, DataplaneConfig> = open(pin_dir, map_names::CONFIG)?;
+    let mut cfg = config.get(&0, 0).context("CONFIG")?;
+    cfg.route_epoch = cfg.route_epoch.wrapping_add(1);
+    config.set(0, cfg, 0).context("CONFIG")?;
     let mut map: PerCpuArray<_, NextHop> = open(pin_dir, map_names::NEXTHOPS)?;
     let mut cleared = 0;
     for slot in 0..map.len() {

@@ -7,12 +7,12 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
 use masq_common::{
-    BindingKey, CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter,
-    FlowKey, Tuple4, map_names, program_names,
+    BindingKey, CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry,
+    ConnRoute, Counter, DataplaneConfig, FlowKey, Tuple4, map_names, program_names,
 };
 use masq_user::{
     bindings::BindingTables,
@@ -307,6 +307,26 @@ impl Gw {
             conns.iter().any(|c| c.orig.is_some_and(|(k, _)| k == orig) && c.reply.is_some()),
             "userspace pairs {orig:?} with its reply"
         );
+    }
+
+    /// Replace the route `key`'s entry caches (in whichever table holds it).
+    fn set_route(&mut self, key: &FlowKey, route: ConnRoute) {
+        for name in [map_names::CONNS, map_names::PENDING_CONNS] {
+            let mut map: HashMap<_, FlowKey, ConnEntry> =
+                HashMap::try_from(self.dp.ebpf_mut().map_mut(name).unwrap()).unwrap();
+            if let Ok(entry) = map.get(key, 0) {
+                map.insert(key, ConnEntry { route, ..entry }, 0).unwrap();
+                return;
+            }
+        }
+        panic!("no entry {key:?}; table:\n{}", self.table());
+    }
+
+    /// The epoch routes cached now carry (`DataplaneConfig::route_epoch`).
+    fn route_epoch(&self) -> u32 {
+        let map: Array<_, DataplaneConfig> =
+            Array::try_from(self.dp.ebpf().map(map_names::CONFIG).unwrap()).unwrap();
+        map.get(&0, 0).unwrap().route_epoch
     }
 
     /// The pending table, where a new connection's entries are and the LRU may evict one.

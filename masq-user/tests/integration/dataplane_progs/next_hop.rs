@@ -153,11 +153,69 @@ fn cleared_next_hop_cache_follows_a_changed_neighbour_at_once() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-        assert_eq!(pinned::clear_next_hops(gw.dp.pin_dir()).unwrap(), 1, "isolde's slot");
+        assert_eq!(pinned::forget_routes(gw.dp.pin_dir()).unwrap(), 1, "isolde's slot");
         let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp(40000, 80, TCP_ACK);
         let run = gw.xdp("eth4", &from_dsl(&ack));
         assert_eq!((run.ret, &run.out[..6]), (XDP_REDIRECT, &new_mac[..]), "{:?}", gw.counters());
-        assert_eq!(pinned::clear_next_hops(gw.dp.pin_dir()).unwrap(), 1, "cached again");
-        assert_eq!(pinned::clear_next_hops(gw.dp.pin_dir()).unwrap(), 0, "all empty");
+        assert_eq!(pinned::forget_routes(gw.dp.pin_dir()).unwrap(), 1, "cached again");
+        assert_eq!(pinned::forget_routes(gw.dp.pin_dir()).unwrap(), 0, "all empty");
+    });
+}
+
+/// A connection's entry caches the route its packets toward the uplink took: the next packet
+/// in the tick leaves by it with no lookup; a host change (the daemon's `forget_routes`) or a
+/// packet larger than the cached route was checked for is routed afresh.
+#[test]
+fn a_connection_caches_its_uplink_route_until_the_host_changes() {
+    example(|gw| {
+        assert_eq!(client_syn_via_dsl(gw).ret, XDP_REDIRECT);
+        let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
+        let synack = |payload: &[u8]| {
+            Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), payload)
+        };
+        let small = synack(b"");
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &small));
+        assert_eq!((run.ret, &run.out[..6]), (TC_ACT_REDIRECT, &ISP_A_ROUTER_MAC[..]));
+        let route = gw.conn(&reply_key).expect("reply entry").route;
+        let epoch = gw.route_epoch();
+        let small_len = small.len() as u16;
+        assert_eq!(
+            (route.dst_mac, route.ok_len, route.epoch),
+            (ISP_A_ROUTER_MAC, small_len, epoch),
+            "the FIB's route, cached"
+        );
+
+        // The cached route is what the next packet takes: a MAC no neighbour has shows it.
+        let marker = [0x02, 0, 0, 0, 0, 0x77];
+        let sent_by_cache = |gw: &mut Gw, frame: &[u8]| {
+            (0..3).any(|_| {
+                let tick = gw.conn(&reply_key).unwrap().route.tick;
+                let primed = ConnRoute { dst_mac: marker, ok_len: small_len, tick, epoch };
+                gw.set_route(&reply_key, primed);
+                let run = gw.lan_in(frame);
+                assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
+                // Another MAC: the tick ended meanwhile and the FIB was asked again.
+                run.out[..6] == marker
+            })
+        };
+        assert!(sent_by_cache(gw, &from_lan(ISOLDE_MAC, &small)), "the cached route is used");
+
+        // Larger than the route was checked for: the FIB (and its MTU check) again, and the
+        // cached route then covers the larger size too.
+        let big = synack(&[0x5a; 1000]);
+        assert!(!sent_by_cache(gw, &from_lan(ISOLDE_MAC, &big)), "a larger packet is routed");
+        let route = gw.conn(&reply_key).unwrap().route;
+        assert_eq!((route.dst_mac, route.ok_len), (ISP_A_ROUTER_MAC, big.len() as u16));
+
+        // The daemon forgets cached routes when the host changes: routed afresh at once.
+        let tick = gw.conn(&reply_key).unwrap().route.tick;
+        gw.set_route(&reply_key, ConnRoute { dst_mac: marker, ok_len: small_len, tick, epoch });
+        pinned::forget_routes(gw.dp.pin_dir()).unwrap();
+        assert_eq!(gw.route_epoch(), epoch.wrapping_add(1));
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &small));
+        assert_eq!(&run.out[..6], &ISP_A_ROUTER_MAC[..], "after a host change");
+        let route = gw.conn(&reply_key).unwrap().route;
+        assert_eq!((route.dst_mac, route.epoch), (ISP_A_ROUTER_MAC, epoch.wrapping_add(1)));
+        gw.assert_no_drops();
     });
 }
