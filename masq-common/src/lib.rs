@@ -232,8 +232,8 @@ impl Tuple4 {
 /// One direction of a tracked connection. Two entries share a connection: the key as the
 /// initiator's packets show it, and the key of the replies; each holds what its packets become
 /// (`xlate`), so either entry is enough to rebuild the other. 64 bytes: with the kernel's
-/// 48-byte element header and the key, each entry takes two cache lines, and a million
-/// connections (two million entries) 256 MiB.
+/// 48-byte element header and the key, each entry takes two cache lines (128 bytes); a million
+/// connections (two million entries, and their hash buckets) take 288 MiB.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
