@@ -261,16 +261,17 @@ pub struct ConnEntry {
     pub tcp_max_ack: u32,
     pub packets: u64,
     pub bytes: u64,
-    /// Where this direction's packets last went out of its uplink (`masq_lan_in` only).
+    /// Where this direction's packets last went (not kept for a hairpin connection).
     pub route: ConnRoute,
 }
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 64);
 
-/// The route a connection's packets toward its uplink took, cached in its entry so that a
-/// packet needs neither a FIB lookup nor a next-hop cache read (one line more, missed, among
-/// many destinations). Egress device and source MAC are the uplink's (`UplinkInfo`): the route
-/// is cached only when the FIB said so. Trusted in the tick it was resolved in, while
-/// `DataplaneConfig::route_epoch` stays as it was then, for packets up to `ok_len`.
+/// The route a direction's packets took, kept in its entry so that a packet needs neither a
+/// FIB lookup nor a next-hop cache read (one line more, missed, among many destinations).
+/// Egress device and source MAC are the uplink's (`UplinkInfo`), or toward the LAN the LAN
+/// device's (`DataplaneConfig`): the route is kept only when the FIB said so. Trusted in the
+/// tick it was resolved in, while `DataplaneConfig::route_epoch` stays as it was then, for
+/// packets up to `ok_len`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -590,10 +591,13 @@ pub struct DataplaneConfig {
     pub port_skip_min: u16,
     pub port_skip_max: u16,
     /// Bumped by the daemon whenever the host's devices, addresses or routes change: routes
-    /// connections cached before (`ConnRoute`) are no longer trusted.
+    /// connections kept before (`ConnRoute`) are no longer trusted.
     pub route_epoch: u32,
+    /// The LAN device's MAC (`lan_ifindex`'s), the source of routes kept toward the LAN.
+    pub lan_mac: [u8; 6],
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64 + 8);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 24 + 64 + 16);
 
 /// `PolicyRule::flags`: all connections of one source take the same uplink.
 pub const POLICY_F_STICKY: u32 = 1 << 0;

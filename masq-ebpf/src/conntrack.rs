@@ -7,9 +7,9 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use masq_common::{
-    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, Counter, FlowKey,
-    NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_PEER_RESYN, TCP_SEEN_RESYN, TCP_SEEN_RST,
-    TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
+    CONN_F_INBOUND, CONN_F_PENDING, CONN_F_REPLY, CONN_F_SYN_TIMED, ConnEntry, ConnRoute, Counter,
+    FlowKey, NAT_PORT_TRIES, TCP_SEEN_ACK, TCP_SEEN_FIN, TCP_SEEN_PEER_RESYN, TCP_SEEN_RESYN,
+    TCP_SEEN_RST, TCP_SEEN_SEQ, TCP_SEEN_SYN, Tuple4, tick,
 };
 
 use crate::{
@@ -291,6 +291,14 @@ pub fn account(
         confirm(key, entry, ip);
     }
     Ok(())
+}
+
+/// The route `entry` keeps (`steer::route_kept`), once `account` had its packet: a confirmed
+/// entry's. A pending one may just have been moved to the confirmed table, and its element
+/// freed for another connection.
+#[inline(always)]
+pub fn kept_route(entry: &mut ConnEntry) -> Option<&mut ConnRoute> {
+    if entry.is_pending() { None } else { Some(&mut entry.route) }
 }
 
 /// Account a packet to its connection: counters, last-seen time, TCP state. Once a tick a

@@ -20,8 +20,8 @@ use crate::{
     packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn},
     steer::{
-        RT_TABLE_MAIN, Route, UplinkPath, choose_uplink, config, in_lan, is_uplink_address, route,
-        route_via_uplink, uplink, uplink_by_address, uplink_by_ifindex, with_mark,
+        Egress, RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route,
+        route_kept, uplink, uplink_by_address, uplink_by_ifindex, with_mark,
     },
     translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
@@ -80,8 +80,8 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
     // A hairpin connection's packets go back into the LAN; all others to an uplink.
     let mut hairpinned = false;
     // The clock is read once, on the paths that account or route the packet. A connection's
-    // own packets come with the route its entry caches.
-    let (translation, uplink_index, now, cached) = match find(ctx, &ip, None)? {
+    // own packets come with the route its entry keeps.
+    let (translation, uplink_index, now, kept) = match find(ctx, &ip, None)? {
         Found::Fragment(translation, uplink) => (translation, uplink, conntrack::now_tick(), None),
         // First fragment not seen: the kernel forwards it, uplink egress drops it.
         Found::FragmentUnknown | Found::IcmpErrorUnknown => {
@@ -109,7 +109,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
             let uplink_index = entry.uplink;
             conntrack::account(&ip.key, entry, &ip, len, now)?;
-            (translation, uplink_index, now, Some(&mut entry.route))
+            (translation, uplink_index, now, conntrack::kept_route(entry))
         }
         Found::New => {
             let slot = if hairpin_bound(cfg, &ip.key) { TAIL_LAN_HAIRPIN } else { TAIL_LAN_NEW };
@@ -118,7 +118,7 @@ fn run(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
             return Err(Counter::DropTailCall);
         }
     };
-    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now, cached)
+    finish(ctx, cfg, &ip, &translation, uplink_index, hairpinned, now, kept)
 }
 
 /// A LAN host's packet to one of the gateway's public addresses (published, or an uplink's):
@@ -262,7 +262,7 @@ fn run_new<const HAIRPIN: bool>(ctx: &mut EthSkb) -> Result<Verdict, Counter> {
 }
 
 /// The end of both programs: a first fragment's translation recorded for the fragments that
-/// follow, the packet steered (`cached`: the route its connection's entry caches).
+/// follow, the packet steered (`kept`: the route its connection's entry keeps).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn finish(
@@ -273,15 +273,15 @@ fn finish(
     uplink_index: u8,
     hairpinned: bool,
     now: u32,
-    cached: Option<&mut ConnRoute>,
+    kept: Option<&mut ConnRoute>,
 ) -> Result<Verdict, Counter> {
     record_first_fragment(ip, translation, uplink_index);
     // A hairpin connection's packets go back into the LAN by main, unmarked.
-    let path = match uplink(uplink_index) {
-        Some(up) if !hairpinned => UplinkPath::of(up),
-        _ => UplinkPath::MAIN,
+    let egress = match uplink(uplink_index) {
+        Some(up) if !hairpinned => Egress::uplink(up),
+        _ => Egress::HAIRPIN,
     };
-    to_uplink(ctx, cfg, ip, translation, &path, cached, now)
+    to_uplink(ctx, cfg, ip, translation, &egress, kept, now)
 }
 
 /// A LAN host's new connection to a published address (hairpin, RFC 4787 REQ-9, RFC 5382):
@@ -335,10 +335,10 @@ fn mapping_hairpin_xlate(
     Ok((xlate, index, CONN_F_HAIRPIN, crate::port_range(cfg, ip, true)))
 }
 
-/// Steer by `path` to the connection's uplink: mark the packet for the kernel's policy tables,
+/// Steer by `egress` to the connection's uplink: mark the packet for the kernel's policy tables,
 /// and when the uplink's table resolves the route, translate and redirect without the kernel
 /// stack. Otherwise the kernel routes it by the mark and the uplink's egress program
-/// translates. A hairpin connection's packets come with `UplinkPath::MAIN`: by main and
+/// translates. A hairpin connection's packets come with `Egress::HAIRPIN`: by main and
 /// unmarked, back into the LAN, redirected (the kernel would tell the sender by an ICMP
 /// redirect to reach the server directly).
 #[inline(always)]
@@ -347,11 +347,11 @@ fn to_uplink(
     cfg: &DataplaneConfig,
     ip: &Ipv4,
     translation: &Translation,
-    path: &UplinkPath,
-    cached: Option<&mut ConnRoute>,
+    egress: &Egress,
+    kept: Option<&mut ConnRoute>,
     now: u32,
 ) -> Result<Verdict, Counter> {
-    let (table, mark) = (path.table, path.mark);
+    let (table, mark) = (egress.table, egress.mark);
     if cfg.flags & CFG_F_NO_STEER != 0 {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);
@@ -365,10 +365,10 @@ fn to_uplink(
     }
     let key: FlowKey = translation.result(ip);
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let next = match cached {
-        Some(cached) => {
+    let next = match kept {
+        Some(kept) => {
             let epoch = cfg.route_epoch;
-            route_via_uplink(ctx, ingress_ifindex, &key, route_len, path, cached, epoch, now)
+            route_kept(ctx, ingress_ifindex, &key, route_len, egress, kept, epoch, now)
         }
         None => route(ctx, ingress_ifindex, &key, route_len, table, now),
     };

@@ -249,52 +249,62 @@ pub fn route<H: Hook>(
     Route::Kernel
 }
 
-/// Where a connection's packets toward its uplink go: by the uplink's table and with its mark,
-/// out of its own device (the routes its entry caches leave there).
-pub struct UplinkPath {
+/// Where a connection's packets go: by a routing table, with a mark, and out of a device with
+/// its MAC, where the routes kept in the connection's entries leave.
+pub struct Egress {
     pub table: u32,
     pub mark: u32,
     pub ifindex: u32,
     pub mac: [u8; 6],
 }
 
-impl UplinkPath {
-    /// Back into the LAN by main, unmarked (hairpin); no route is cached.
-    pub const MAIN: Self = Self { table: RT_TABLE_MAIN, mark: 0, ifindex: 0, mac: [0; 6] };
+impl Egress {
+    /// Back into the LAN by main, unmarked (hairpin): no route is kept.
+    pub const HAIRPIN: Self = Self { table: RT_TABLE_MAIN, mark: 0, ifindex: 0, mac: [0; 6] };
 
+    /// Out of uplink `up`, by its table and with its mark.
     #[inline(always)]
-    pub fn of(up: &UplinkInfo) -> Self {
+    pub fn uplink(up: &UplinkInfo) -> Self {
         Self { table: up.table, mark: up.mark, ifindex: up.ifindex, mac: up.mac }
+    }
+
+    /// Into the LAN, by main.
+    #[inline(always)]
+    pub fn lan(cfg: &DataplaneConfig) -> Self {
+        Self { table: RT_TABLE_MAIN, mark: 0, ifindex: cfg.lan_ifindex, mac: cfg.lan_mac }
     }
 }
 
-/// `route` by `path`'s table for a connection's packet: by the route its entry cached
-/// (`cached`) while that is trusted (`ConnRoute`), else as `route` finds it, cached in the entry
-/// when it leaves by the uplink's own device and address.
+/// `route` by `egress`'s table for a connection's packet: by the route its entry keeps
+/// (`kept`) while that is trusted (`ConnRoute`), else as `route` finds it, kept in the entry
+/// when it leaves by `egress`'s device and address.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn route_via_uplink<H: Hook>(
+pub fn route_kept<H: Hook>(
     ctx: &H,
     ifindex: u32,
     key: &FlowKey,
     tot_len: u16,
-    path: &UplinkPath,
-    cached: &mut ConnRoute,
+    egress: &Egress,
+    kept: &mut ConnRoute,
     epoch: u32,
     now: u32,
 ) -> Route {
-    if cached.tick == now && cached.epoch == epoch && tot_len <= cached.ok_len {
-        return Route::Resolved { ifindex: path.ifindex, eth: eth_addrs(cached.dst_mac, path.mac) };
+    if kept.tick == now && kept.epoch == epoch && tot_len <= kept.ok_len {
+        return Route::Resolved {
+            ifindex: egress.ifindex,
+            eth: eth_addrs(kept.dst_mac, egress.mac),
+        };
     }
-    let found = route(ctx, ifindex, key, tot_len, path.table, now);
+    let found = route(ctx, ifindex, key, tot_len, egress.table, now);
     if let Route::Resolved { ifindex, eth } = &found
-        && *ifindex == path.ifindex
-        && *eth == eth_addrs(dst_mac(eth), path.mac)
+        && *ifindex == egress.ifindex
+        && *eth == eth_addrs(dst_mac(eth), egress.mac)
     {
-        let same = cached.tick == now && cached.epoch == epoch;
-        *cached = ConnRoute {
+        let same = kept.tick == now && kept.epoch == epoch;
+        *kept = ConnRoute {
             dst_mac: dst_mac(eth),
-            ok_len: if same { tot_len.max(cached.ok_len) } else { tot_len },
+            ok_len: if same { tot_len.max(kept.ok_len) } else { tot_len },
             tick: now,
             epoch,
         };

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use masq_common::{
-    CFG_F_FAST_PATH, CONN_F_INBOUND, Counter, DataplaneConfig, FlowKey, PublishTarget,
+    CFG_F_FAST_PATH, CONN_F_INBOUND, ConnRoute, Counter, DataplaneConfig, FlowKey, PublishTarget,
     UPLINK_F_UDP_OPEN_FILTER, tick,
 };
 
@@ -19,7 +19,10 @@ use crate::{
     nat::published,
     packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
-    steer::{RT_TABLE_MAIN, Route, config, in_lan, is_uplink_address, route, uplink_by_ifindex},
+    steer::{
+        Egress, RT_TABLE_MAIN, Route, config, in_lan, is_uplink_address, route, route_kept,
+        uplink_by_ifindex,
+    },
     translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
 };
@@ -71,9 +74,10 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         validate::packet(ctx, &ip)?;
     }
 
-    // The clock is read once, on the paths that account or route the packet.
-    let (translation, now) = match find(ctx, &ip, Some(uplink_index))? {
-        Found::Fragment(translation, _) => (translation, conntrack::now_tick()),
+    // The clock is read once, on the paths that account or route the packet. A connection's
+    // own packets come with the route its entry keeps.
+    let (translation, now, kept) = match find(ctx, &ip, Some(uplink_index))? {
+        Found::Fragment(translation, _) => (translation, conntrack::now_tick(), None),
         // SAFETY: read-only lookup.
         Found::FragmentUnknown if unsafe { PUBLIC_ADDRS.get(ip.key.dst_addr) }.is_some() => {
             return Err(Counter::DropFragment);
@@ -88,7 +92,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             return Ok(Verdict::Pass);
         }
         Found::IcmpError(translation, entry, conn_key) => {
-            (translation, account_icmp_error(&conn_key, entry, &ip, len))
+            (translation, account_icmp_error(&conn_key, entry, &ip, len), None)
         }
         Found::Flow(entry) => {
             if !entry.toward_lan() {
@@ -98,7 +102,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             let translation = Translation::Flow(entry.xlate.key(ip.key.proto));
             let now = conntrack::now_tick();
             conntrack::account(&ip.key, entry, &ip, len, now)?;
-            (translation, now)
+            (translation, now, conntrack::kept_route(entry))
         }
         Found::New => {
             let target = match published(&ip.key) {
@@ -166,7 +170,7 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
             )?;
             count(Counter::InboundNew);
             uplink_new_conn(uplink_index);
-            (Translation::Flow(xlate.key(ip.key.proto)), tick(time_ns))
+            (Translation::Flow(xlate.key(ip.key.proto)), tick(time_ns), None)
         }
     };
 
@@ -183,11 +187,11 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
     }
     translation.apply(ctx, &ip)?;
     count(Counter::ToLanTranslated);
-    to_lan(ctx, cfg, &ip, &translation.result(&ip), ifindex, now)
+    to_lan(ctx, cfg, &ip, &translation.result(&ip), ifindex, now, kept)
 }
 
-/// Forward straight to the LAN device when the FIB knows the next hop; else let the kernel
-/// forward the (already translated) packet.
+/// Forward straight to the LAN device when the FIB knows the next hop (`kept`: the route the
+/// connection's entry keeps); else let the kernel forward the (already translated) packet.
 #[inline(always)]
 fn to_lan<P: Hook>(
     ctx: &mut P,
@@ -196,6 +200,7 @@ fn to_lan<P: Hook>(
     key: &FlowKey,
     ifindex: u32,
     now: u32,
+    kept: Option<&mut ConnRoute>,
 ) -> Result<Verdict, Counter> {
     if cfg.flags & CFG_F_FAST_PATH == 0 {
         count(Counter::KernelPath);
@@ -203,7 +208,14 @@ fn to_lan<P: Hook>(
     }
     // The LAN lives in main.
     let mtu_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let verdict = match route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN, now) {
+    let next = match kept {
+        Some(kept) => {
+            let (lan, epoch) = (Egress::lan(cfg), cfg.route_epoch);
+            route_kept(ctx, ifindex, key, mtu_len, &lan, kept, epoch, now)
+        }
+        None => route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN, now),
+    };
+    let verdict = match next {
         Route::Resolved { ifindex, eth } => {
             count(Counter::FastPathRedirect);
             Verdict::Forward { ifindex, eth }

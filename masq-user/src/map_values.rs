@@ -50,7 +50,7 @@ impl MapValues {
             *slot = policy_rule(policy);
         }
         Ok(Self {
-            config: dataplane_config(cfg, lan.index, local_ports)?,
+            config: dataplane_config(cfg, lan.index, lan.mac.unwrap_or_default(), local_ports)?,
             uplinks,
             policies,
             publish: publish_entries(cfg),
@@ -93,6 +93,7 @@ pub fn wire_prefix(net: Ipv4Net) -> Prefix4 {
 pub fn dataplane_config(
     cfg: &Config,
     lan_ifindex: u32,
+    lan_mac: [u8; 6],
     local_ports: Option<(u16, u16)>,
 ) -> anyhow::Result<DataplaneConfig> {
     if cfg.lan.prefixes.len() > MAX_LAN_PREFIXES {
@@ -119,6 +120,8 @@ pub fn dataplane_config(
         port_skip_max: local_ports.map_or(0, |(_, max)| max),
         // The dataplane's own (`pinned::write_values`).
         route_epoch: 0,
+        lan_mac,
+        _pad: 0,
     })
 }
 

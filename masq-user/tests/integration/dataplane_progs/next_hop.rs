@@ -162,60 +162,108 @@ fn cleared_next_hop_cache_follows_a_changed_neighbour_at_once() {
     });
 }
 
-/// A connection's entry caches the route its packets toward the uplink took: the next packet
+/// A MAC no neighbour has: a packet sent to it took the route kept in its entry.
+const KEPT_MARKER: Mac = [0x02, 0, 0, 0, 0, 0x77];
+
+/// Whether `send` (a packet of `key`'s direction) leaves by the route its entry keeps, set to
+/// `KEPT_MARKER` for packets up to `ok_len` in the tick the entry's route holds: tried up to
+/// three times, as that tick may end meanwhile (the FIB is then asked again).
+fn leaves_by_kept_route(
+    gw: &mut Gw,
+    key: &FlowKey,
+    ok_len: u16,
+    send: impl Fn(&Gw) -> Run,
+) -> bool {
+    (0..3).any(|_| {
+        let ConnRoute { tick, epoch, .. } = gw.conn(key).expect("entry").route;
+        gw.set_route(key, ConnRoute { dst_mac: KEPT_MARKER, ok_len, tick, epoch });
+        let run = send(gw);
+        assert!(matches!(run.ret, TC_ACT_REDIRECT | XDP_REDIRECT), "{:?}", gw.counters());
+        run.out[..6] == KEPT_MARKER
+    })
+}
+
+/// A connection's entry keeps the route its packets toward the uplink took: the next packet
 /// in the tick leaves by it with no lookup; a host change (the daemon's `forget_routes`) or a
-/// packet larger than the cached route was checked for is routed afresh.
+/// packet larger than the kept route was checked for is routed afresh. Only once confirmed: a
+/// pending entry's element is freed when the connection moves.
 #[test]
-fn a_connection_caches_its_uplink_route_until_the_host_changes() {
+fn a_connection_keeps_its_uplink_route_until_the_host_changes() {
     example(|gw| {
         assert_eq!(client_syn_via_dsl(gw).ret, XDP_REDIRECT);
         let reply_key = tcp_key((ISOLDE, 80), (CLIENT, 40000));
-        let synack = |payload: &[u8]| {
-            Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), payload)
-        };
-        let small = synack(b"");
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &small));
+        let synack = Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_SYN | TCP_ACK, (500, 101), b"");
+        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &synack));
         assert_eq!((run.ret, &run.out[..6]), (TC_ACT_REDIRECT, &ISP_A_ROUTER_MAC[..]));
-        let route = gw.conn(&reply_key).expect("reply entry").route;
+        let reply = gw.conn(&reply_key).expect("reply entry");
+        assert!(reply.is_pending());
+        assert_eq!(reply.route, ConnRoute::default(), "pending: nothing kept");
+
+        let ack = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"");
+        assert_eq!(gw.xdp("eth4", &from_dsl(&ack)).ret, XDP_REDIRECT, "{:?}", gw.counters());
+        let data = |payload: &[u8]| {
+            Ip::new(ISOLDE, CLIENT).tcp_seq(80, 40000, TCP_ACK, (501, 101), payload)
+        };
+        let small = data(b"");
+        let small_frame = from_lan(ISOLDE_MAC, &small);
+        let run = gw.lan_in(&small_frame);
+        assert_eq!((run.ret, &run.out[..6]), (TC_ACT_REDIRECT, &ISP_A_ROUTER_MAC[..]));
+        let reply = gw.conn(&reply_key).unwrap();
+        assert!(!reply.is_pending(), "confirmed by the client's ACK");
         let epoch = gw.route_epoch();
         let small_len = small.len() as u16;
         assert_eq!(
-            (route.dst_mac, route.ok_len, route.epoch),
+            (reply.route.dst_mac, reply.route.ok_len, reply.route.epoch),
             (ISP_A_ROUTER_MAC, small_len, epoch),
-            "the FIB's route, cached"
+            "the FIB's route, kept"
         );
-
-        // The cached route is what the next packet takes: a MAC no neighbour has shows it.
-        let marker = [0x02, 0, 0, 0, 0, 0x77];
-        let sent_by_cache = |gw: &mut Gw, frame: &[u8]| {
-            (0..3).any(|_| {
-                let tick = gw.conn(&reply_key).unwrap().route.tick;
-                let primed = ConnRoute { dst_mac: marker, ok_len: small_len, tick, epoch };
-                gw.set_route(&reply_key, primed);
-                let run = gw.lan_in(frame);
-                assert_eq!(run.ret, TC_ACT_REDIRECT, "{:?}", gw.counters());
-                // Another MAC: the tick ended meanwhile and the FIB was asked again.
-                run.out[..6] == marker
-            })
-        };
-        assert!(sent_by_cache(gw, &from_lan(ISOLDE_MAC, &small)), "the cached route is used");
+        let send_small = |gw: &Gw| gw.lan_in(&small_frame);
+        assert!(leaves_by_kept_route(gw, &reply_key, small_len, send_small), "the kept route");
 
         // Larger than the route was checked for: the FIB (and its MTU check) again, and the
-        // cached route then covers the larger size too.
-        let big = synack(&[0x5a; 1000]);
-        assert!(!sent_by_cache(gw, &from_lan(ISOLDE_MAC, &big)), "a larger packet is routed");
+        // kept route then covers the larger size too.
+        let big = data(&[0x5a; 1000]);
+        let send_big = |gw: &Gw| gw.lan_in(&from_lan(ISOLDE_MAC, &big));
+        assert!(!leaves_by_kept_route(gw, &reply_key, small_len, send_big), "a larger packet");
         let route = gw.conn(&reply_key).unwrap().route;
         assert_eq!((route.dst_mac, route.ok_len), (ISP_A_ROUTER_MAC, big.len() as u16));
 
-        // The daemon forgets cached routes when the host changes: routed afresh at once.
+        // The daemon forgets kept routes when the host changes: routed afresh at once.
         let tick = gw.conn(&reply_key).unwrap().route.tick;
-        gw.set_route(&reply_key, ConnRoute { dst_mac: marker, ok_len: small_len, tick, epoch });
+        let marked = ConnRoute { dst_mac: KEPT_MARKER, ok_len: small_len, tick, epoch };
+        gw.set_route(&reply_key, marked);
         pinned::forget_routes(gw.dp.pin_dir()).unwrap();
         assert_eq!(gw.route_epoch(), epoch.wrapping_add(1));
-        let run = gw.lan_in(&from_lan(ISOLDE_MAC, &small));
+        let run = gw.lan_in(&small_frame);
         assert_eq!(&run.out[..6], &ISP_A_ROUTER_MAC[..], "after a host change");
         let route = gw.conn(&reply_key).unwrap().route;
         assert_eq!((route.dst_mac, route.epoch), (ISP_A_ROUTER_MAC, epoch.wrapping_add(1)));
+        gw.assert_no_drops();
+    });
+}
+
+/// Toward the LAN too, by XDP and by TC alike: the client's packets to isolde keep their route
+/// (isolde's MAC, out of eth0) in their entry.
+#[test]
+fn a_connection_keeps_its_lan_route() {
+    example(|gw| {
+        handshake(gw, CLIENT, 40000);
+        let key = tcp_key((CLIENT, 40000), (PUBLIC_ISP_A, 80));
+        assert!(!gw.conn(&key).expect("the client's entry").is_pending());
+        let data = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_ACK, (101, 501), b"GET");
+        let frame = from_dsl(&data);
+        let run = gw.xdp("eth4", &frame);
+        assert_eq!((run.ret, &run.out[..6]), (XDP_REDIRECT, &ISOLDE_MAC[..]));
+        let route = gw.conn(&key).unwrap().route;
+        let len = data.len() as u16;
+        assert_eq!(
+            (route.dst_mac, route.ok_len, route.epoch),
+            (ISOLDE_MAC, len, gw.route_epoch()),
+            "the FIB's route, kept"
+        );
+        assert!(leaves_by_kept_route(gw, &key, len, |gw| gw.xdp("eth4", &frame)), "by XDP");
+        let by_tc = |gw: &Gw| gw.uplink_in("eth4", &frame);
+        assert!(leaves_by_kept_route(gw, &key, len, by_tc), "by TC");
         gw.assert_no_drops();
     });
 }
