@@ -278,7 +278,7 @@ fn finish(
     record_first_fragment(ip, translation, uplink_index);
     // A hairpin connection's packets go back into the LAN by main, unmarked.
     let egress = match uplink(uplink_index) {
-        Some(up) if !hairpinned => Egress::uplink(up),
+        Some(up) if !hairpinned => Egress::uplink(cfg, up),
         _ => Egress::HAIRPIN,
     };
     to_uplink(ctx, cfg, ip, translation, &egress, kept, now)
@@ -365,13 +365,7 @@ fn to_uplink(
     }
     let key: FlowKey = translation.result(ip);
     let route_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let next = match kept {
-        Some(kept) => {
-            let epoch = cfg.route_epoch;
-            route_kept(ctx, ingress_ifindex, &key, route_len, egress, kept, epoch, now)
-        }
-        None => route(ctx, ingress_ifindex, &key, route_len, table, now),
-    };
+    let next = route_kept(ctx, ingress_ifindex, &key, route_len, egress, kept, now);
     if let Route::Kernel = next {
         count(Counter::KernelPath);
         return Ok(Verdict::Pass);

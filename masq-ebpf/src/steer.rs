@@ -250,71 +250,73 @@ pub fn route<H: Hook>(
 }
 
 /// Where a connection's packets go: by a routing table, with a mark, and out of a device with
-/// its MAC, where the routes kept in the connection's entries leave.
+/// its MAC, where the routes kept in the connection's entries leave; `epoch`: the route epoch
+/// they are kept under (`DataplaneConfig::route_epoch`).
 pub struct Egress {
     pub table: u32,
     pub mark: u32,
     pub ifindex: u32,
     pub mac: [u8; 6],
+    pub epoch: u32,
 }
 
 impl Egress {
     /// Back into the LAN by main, unmarked (hairpin): no route is kept.
-    pub const HAIRPIN: Self = Self { table: RT_TABLE_MAIN, mark: 0, ifindex: 0, mac: [0; 6] };
+    pub const HAIRPIN: Self =
+        Self { table: RT_TABLE_MAIN, mark: 0, ifindex: 0, mac: [0; 6], epoch: 0 };
 
     /// Out of uplink `up`, by its table and with its mark.
     #[inline(always)]
-    pub fn uplink(up: &UplinkInfo) -> Self {
-        Self { table: up.table, mark: up.mark, ifindex: up.ifindex, mac: up.mac }
+    pub fn uplink(cfg: &DataplaneConfig, up: &UplinkInfo) -> Self {
+        let (table, mark, ifindex, mac) = (up.table, up.mark, up.ifindex, up.mac);
+        Self { table, mark, ifindex, mac, epoch: cfg.route_epoch }
     }
 
     /// Into the LAN, by main.
     #[inline(always)]
     pub fn lan(cfg: &DataplaneConfig) -> Self {
-        Self { table: RT_TABLE_MAIN, mark: 0, ifindex: cfg.lan_ifindex, mac: cfg.lan_mac }
+        let (ifindex, mac, epoch) = (cfg.lan_ifindex, cfg.lan_mac, cfg.route_epoch);
+        Self { table: RT_TABLE_MAIN, mark: 0, ifindex, mac, epoch }
     }
 }
 
 /// `route` by `egress`'s table for a connection's packet: by the route its entry keeps
-/// (`kept`) while that is trusted (`ConnRoute`), else as `route` finds it, kept in the entry
-/// when it leaves by `egress`'s device and address.
+/// (`kept`) while that is trusted (`ConnRoute`), else as `route` finds it, then kept in the
+/// entry when it leaves by `egress`'s device and address. No entry to keep it in: `route`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub fn route_kept<H: Hook>(
     ctx: &H,
     ifindex: u32,
     key: &FlowKey,
     tot_len: u16,
     egress: &Egress,
-    kept: &mut ConnRoute,
-    epoch: u32,
+    kept: Option<&mut ConnRoute>,
     now: u32,
 ) -> Route {
-    if kept.tick == now && kept.epoch == epoch && tot_len <= kept.ok_len {
+    let Some(kept) = kept else {
+        return route(ctx, ifindex, key, tot_len, egress.table, now);
+    };
+    let fresh = kept.tick == now && kept.epoch == egress.epoch;
+    if fresh && tot_len <= kept.ok_len {
         return Route::Resolved {
             ifindex: egress.ifindex,
             eth: eth_addrs(kept.dst_mac, egress.mac),
         };
     }
     let found = route(ctx, ifindex, key, tot_len, egress.table, now);
-    if let Route::Resolved { ifindex, eth } = &found
-        && *ifindex == egress.ifindex
-        && *eth == eth_addrs(dst_mac(eth), egress.mac)
-    {
-        let same = kept.tick == now && kept.epoch == epoch;
-        *kept = ConnRoute {
-            dst_mac: dst_mac(eth),
-            ok_len: if same { tot_len.max(kept.ok_len) } else { tot_len },
-            tick: now,
-            epoch,
-        };
+    if let Route::Resolved { ifindex, eth } = &found {
+        let (dst_mac, src_mac) = macs(eth);
+        if *ifindex == egress.ifindex && src_mac == egress.mac {
+            let ok_len = if fresh { tot_len.max(kept.ok_len) } else { tot_len };
+            *kept = ConnRoute { dst_mac, ok_len, tick: now, epoch: egress.epoch };
+        }
     }
     found
 }
 
-/// The destination MAC of `eth`.
+/// The destination and source MACs in `eth` (`eth_addrs` undone).
 #[inline(always)]
-fn dst_mac(eth: &EthAddrs) -> [u8; 6] {
-    let (a, b) = (eth[0].to_ne_bytes(), eth[1].to_ne_bytes());
-    [a[0], a[1], a[2], a[3], b[0], b[1]]
+fn macs(eth: &EthAddrs) -> ([u8; 6], [u8; 6]) {
+    let [a, b, c] = [eth[0].to_ne_bytes(), eth[1].to_ne_bytes(), eth[2].to_ne_bytes()];
+    ([a[0], a[1], a[2], a[3], b[0], b[1]], [b[2], b[3], c[0], c[1], c[2], c[3]])
 }

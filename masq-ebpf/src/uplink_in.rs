@@ -19,10 +19,7 @@ use crate::{
     nat::published,
     packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
     stats::{count, uplink_new_conn, uplink_rx},
-    steer::{
-        Egress, RT_TABLE_MAIN, Route, config, in_lan, is_uplink_address, route, route_kept,
-        uplink_by_ifindex,
-    },
+    steer::{Egress, Route, config, in_lan, is_uplink_address, route_kept, uplink_by_ifindex},
     translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
 };
@@ -208,14 +205,7 @@ fn to_lan<P: Hook>(
     }
     // The LAN lives in main.
     let mtu_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
-    let next = match kept {
-        Some(kept) => {
-            let (lan, epoch) = (Egress::lan(cfg), cfg.route_epoch);
-            route_kept(ctx, ifindex, key, mtu_len, &lan, kept, epoch, now)
-        }
-        None => route(ctx, ifindex, key, mtu_len, RT_TABLE_MAIN, now),
-    };
-    let verdict = match next {
+    let verdict = match route_kept(ctx, ifindex, key, mtu_len, &Egress::lan(cfg), kept, now) {
         Route::Resolved { ifindex, eth } => {
             count(Counter::FastPathRedirect);
             Verdict::Forward { ifindex, eth }

@@ -293,9 +293,14 @@ pub fn set_events(pin_dir: &Path, on: bool) -> anyhow::Result<()> {
 
 /// Set or clear one `CFG_F_*` flag of `CONFIG[0]`, leaving the rest as it is.
 pub fn set_config_flag(pin_dir: &Path, flag: u32, on: bool) -> anyhow::Result<()> {
+    update_config(pin_dir, |cfg| cfg.flags = if on { cfg.flags | flag } else { cfg.flags & !flag })
+}
+
+/// Change `CONFIG[0]` as it is now by `change`.
+fn update_config(pin_dir: &Path, change: impl FnOnce(&mut DataplaneConfig)) -> anyhow::Result<()> {
     let mut map: Array<_, DataplaneConfig> = open(pin_dir, map_names::CONFIG)?;
     let mut cfg = map.get(&0, 0).context("CONFIG")?;
-    cfg.flags = if on { cfg.flags | flag } else { cfg.flags & !flag };
+    change(&mut cfg);
     map.set(0, cfg, 0).context("CONFIG")?;
     Ok(())
 }
@@ -328,10 +333,7 @@ pub fn add_to_counter(pin_dir: &Path, counter: Counter, n: u64) -> anyhow::Resul
 /// next-hop cache (`NEXTHOPS`) and bump the epoch the routes cached in connection entries carry
 /// (`DataplaneConfig::route_epoch`). Returns the next-hop slots emptied (non-empty on some CPU).
 pub fn forget_routes(pin_dir: &Path) -> anyhow::Result<usize> {
-    let mut config: Array<_, DataplaneConfig> = open(pin_dir, map_names::CONFIG)?;
-    let mut cfg = config.get(&0, 0).context("CONFIG")?;
-    cfg.route_epoch = cfg.route_epoch.wrapping_add(1);
-    config.set(0, cfg, 0).context("CONFIG")?;
+    update_config(pin_dir, |cfg| cfg.route_epoch = cfg.route_epoch.wrapping_add(1))?;
     let mut map: PerCpuArray<_, NextHop> = open(pin_dir, map_names::NEXTHOPS)?;
     let mut cleared = 0;
     for slot in 0..map.len() {
