@@ -301,6 +301,50 @@ pub fn kept_route(entry: &mut ConnEntry) -> Option<&mut ConnRoute> {
     if entry.is_pending() { None } else { Some(&mut entry.route) }
 }
 
+/// A TCP segment with SYN, FIN or RST: its answer timed, the close and reuse of the tuple
+/// followed in both directions, the sequence space tracked.
+#[inline(always)]
+fn track_control(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4) {
+    count_syn_answer(entry, ip);
+    let mut seen = tcp_seen_bits(ip.tcp_flags);
+    let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
+    let twin_key = entry.twin_key(key);
+    if syn == TCP_SYN && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
+        // A new SYN on a closed tuple starts over: forget both directions' close.
+        entry.tcp_seen = seen;
+        if let Some(twin) = lookup(&twin_key) {
+            twin.tcp_seen = 0;
+        }
+        seen |= track_seq(entry, ip);
+    } else if syn == TCP_SYN && entry.tcp_seen & TCP_SEEN_SEQ != 0 {
+        // A SYN on a live tuple (reused, or forged): the sequence state stays until the
+        // other side answers it.
+        seen |= TCP_SEEN_RESYN;
+        if let Some(twin) = lookup(&twin_key) {
+            twin.tcp_seen |= TCP_SEEN_PEER_RESYN;
+        }
+    } else {
+        // Anything but a SYN from this side ends a reuse it had begun.
+        entry.tcp_seen &= !TCP_SEEN_RESYN;
+        // Only the SYN-ACK answering a reuse looks at the other direction: neither the
+        // established path nor a new connection's answer does a second lookup.
+        if syn == TCP_SYN | TCP_ACK && entry.tcp_seen & TCP_SEEN_PEER_RESYN != 0 {
+            entry.tcp_seen &= !TCP_SEEN_PEER_RESYN;
+            if let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0) {
+                // The answer to a SYN that reused the tuple: both directions start over,
+                // the initiator at what this SYN-ACK acknowledges.
+                twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
+                twin.tcp_next_seq = ip.tcp_ack;
+                entry.tcp_seen = 0;
+            }
+        }
+        seen |= track_seq(entry, ip);
+    }
+    if entry.tcp_seen | seen != entry.tcp_seen {
+        entry.tcp_seen |= seen;
+    }
+}
+
 /// Account a packet to its connection: counters, last-seen time, TCP state. Once a tick a
 /// pending entry also looks up the other direction's (which refreshes it in the LRU) and
 /// rebuilds it if the LRU evicted it, so one direction is never orphaned. A confirmed entry
@@ -312,43 +356,19 @@ pub fn touch(key: &FlowKey, entry: &mut ConnEntry, ip: &Ipv4, len: u64, now: u32
     entry.packets += 1;
     entry.bytes += len;
     if ip.l4 == L4::Tcp {
-        count_syn_answer(entry, ip);
-        let mut seen = tcp_seen_bits(ip.tcp_flags);
-        let syn = ip.tcp_flags & (TCP_SYN | TCP_ACK);
-        let twin_key = entry.twin_key(key);
-        if syn == TCP_SYN && entry.tcp_seen & (TCP_SEEN_FIN | TCP_SEEN_RST) != 0 {
-            // A new SYN on a closed tuple starts over: forget both directions' close.
-            entry.tcp_seen = seen;
-            if let Some(twin) = lookup(&twin_key) {
-                twin.tcp_seen = 0;
+        if ip.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+            // Data and acknowledgments: the sequence space moves on, and a reuse this side
+            // had begun is over (what `track_control` does for such a segment).
+            let mut seen = track_seq(entry, ip);
+            if ip.tcp_flags & TCP_ACK != 0 {
+                seen |= TCP_SEEN_ACK;
             }
-            seen |= track_seq(entry, ip);
-        } else if syn == TCP_SYN && entry.tcp_seen & TCP_SEEN_SEQ != 0 {
-            // A SYN on a live tuple (reused, or forged): the sequence state stays until the
-            // other side answers it.
-            seen |= TCP_SEEN_RESYN;
-            if let Some(twin) = lookup(&twin_key) {
-                twin.tcp_seen |= TCP_SEEN_PEER_RESYN;
+            let tcp_seen = (entry.tcp_seen | seen) & !TCP_SEEN_RESYN;
+            if tcp_seen != entry.tcp_seen {
+                entry.tcp_seen = tcp_seen;
             }
         } else {
-            // Anything but a SYN from this side ends a reuse it had begun.
-            entry.tcp_seen &= !TCP_SEEN_RESYN;
-            // Only the SYN-ACK answering a reuse looks at the other direction: neither the
-            // established path nor a new connection's answer does a second lookup.
-            if syn == TCP_SYN | TCP_ACK && entry.tcp_seen & TCP_SEEN_PEER_RESYN != 0 {
-                entry.tcp_seen &= !TCP_SEEN_PEER_RESYN;
-                if let Some(twin) = lookup(&twin_key).filter(|t| t.tcp_seen & TCP_SEEN_RESYN != 0) {
-                    // The answer to a SYN that reused the tuple: both directions start over,
-                    // the initiator at what this SYN-ACK acknowledges.
-                    twin.tcp_seen = TCP_SEEN_SYN | TCP_SEEN_SEQ;
-                    twin.tcp_next_seq = ip.tcp_ack;
-                    entry.tcp_seen = 0;
-                }
-            }
-            seen |= track_seq(entry, ip);
-        }
-        if entry.tcp_seen | seen != entry.tcp_seen {
-            entry.tcp_seen |= seen;
+            track_control(key, entry, ip);
         }
     }
     if entry.last_seen_tick != now {

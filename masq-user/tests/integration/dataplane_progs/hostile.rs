@@ -620,6 +620,40 @@ fn a_forged_syn_on_a_live_tuple_does_not_open_its_window() {
     });
 }
 
+/// A SYN that reuses a live tuple is a reuse only until its sender sends anything else: a data
+/// segment from the same side ends it, and a late SYN-ACK then starts nothing over.
+#[test]
+fn a_segment_after_a_reusing_syn_ends_the_reuse() {
+    use masq_common::{TCP_SEEN_ACK, TCP_SEEN_RESYN, TCP_SEEN_SEQ};
+    example(|gw| {
+        let (client_next, server_next) = established_inbound(gw);
+        let syn = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(40000, 80, TCP_SYN, (0x1234_0000, 0), b"");
+        gw.xdp("eth4", &from_dsl(&syn));
+        assert_ne!(client_entry(gw).tcp_seen & TCP_SEEN_RESYN, 0, "the SYN begins a reuse");
+        let data = Ip::new(CLIENT, PUBLIC_ISP_A).tcp_seq(
+            40000,
+            80,
+            TCP_ACK,
+            (client_next, server_next),
+            &[b'q'; 10],
+        );
+        assert_eq!(gw.xdp("eth4", &from_dsl(&data)).ret, XDP_REDIRECT);
+        let entry = client_entry(gw);
+        assert_eq!(entry.tcp_seen & TCP_SEEN_RESYN, 0, "data from the same side ends it");
+        assert_eq!(entry.tcp_seen & (TCP_SEEN_SEQ | TCP_SEEN_ACK), TCP_SEEN_SEQ | TCP_SEEN_ACK);
+        assert_eq!(entry.tcp_next_seq, client_next + 10);
+        let late = Ip::new(ISOLDE, CLIENT).tcp_seq(
+            80,
+            40000,
+            TCP_SYN | TCP_ACK,
+            (0x5555_0000, 0x1234_0001),
+            b"",
+        );
+        gw.lan_in(&from_lan(ISOLDE_MAC, &late));
+        assert_eq!(client_entry(gw).tcp_next_seq, client_next + 10, "nothing starts over");
+    });
+}
+
 #[test]
 fn a_blind_ack_does_not_confirm_a_flooded_connection() {
     example(|gw| {
