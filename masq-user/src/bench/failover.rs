@@ -27,6 +27,10 @@ const ATTEMPT: Duration = Duration::from_millis(200);
 const PAUSE: Duration = Duration::from_millis(50);
 /// Longest wait for a failover or failback before the run counts as failed.
 const GIVE_UP: Duration = Duration::from_secs(60);
+/// Steady time before each failure (dsl up) and before each restore (dsl down): the health
+/// monitor counts rounds from the change, so a longer wait changes nothing measured.
+const STEADY_UP: Duration = Duration::from_millis(1500);
+const STEADY_DOWN: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FailoverOptions {
@@ -93,11 +97,11 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverResult> {
     let (mut failover, mut failback) = (Vec::new(), Vec::new());
     for i in 0..opts.failures {
         // Steady before each failure, so the probes run at their healthy interval.
-        thread::sleep(Duration::from_secs(3));
+        thread::sleep(STEADY_UP);
         let stopped = Instant::now();
         isp_a_forwarding(&lab, false)?;
         failover.push(until_via(&lab, GW_ISP_B, stopped)?);
-        thread::sleep(Duration::from_secs(2));
+        thread::sleep(STEADY_DOWN);
         let restored = Instant::now();
         isp_a_forwarding(&lab, true)?;
         failback.push(until_via(&lab, GW_ISP_A, restored)?);
