@@ -905,6 +905,64 @@ counters! {
 /// Size of the `COUNTERS` array.
 pub const COUNTER_SLOTS: u32 = 64;
 
+/// A slot counting one common outcome in place of the counters it stands for, so that a packet
+/// on an established fast path makes one per-CPU update where it made two or three. Not in
+/// `Counter::ALL`: each adds to the totals of its parts (`Counter::total`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An uplink's packet translated and handed to the kernel to forward to the LAN.
+    ToLanByKernel = 60,
+    /// A LAN packet translated and redirected to its uplink.
+    ToUplinkRedirected = 61,
+    /// An uplink's packet translated and redirected to the LAN, by TC.
+    ToLanRedirected = 62,
+    /// The same by XDP.
+    ToLanXdpRedirected = 63,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::ToLanByKernel,
+        Outcome::ToUplinkRedirected,
+        Outcome::ToLanRedirected,
+        Outcome::ToLanXdpRedirected,
+    ];
+
+    /// The counters this outcome counts for.
+    pub const fn parts(self) -> &'static [Counter] {
+        match self {
+            Outcome::ToLanByKernel => &[Counter::ToLanTranslated, Counter::KernelPath],
+            Outcome::ToUplinkRedirected => {
+                &[Counter::ToUplinkTranslated, Counter::FastPathRedirect]
+            }
+            Outcome::ToLanRedirected => &[Counter::ToLanTranslated, Counter::FastPathRedirect],
+            Outcome::ToLanXdpRedirected => {
+                &[Counter::ToLanTranslated, Counter::FastPathRedirect, Counter::XdpRedirect]
+            }
+        }
+    }
+}
+
+impl Counter {
+    /// The counter's total, given each slot's value (`slot(index)`, summed over CPUs): its own
+    /// slot and every outcome it is part of.
+    pub fn total(self, slot: impl Fn(u32) -> u64) -> u64 {
+        let outcomes = Outcome::ALL.iter().filter(|o| o.parts().contains(&self));
+        slot(self as u32) + outcomes.map(|&o| slot(o as u32)).sum::<u64>()
+    }
+}
+
+// Counters and outcomes never share a slot.
+const _: () = {
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!((Counter::ALL[i] as u32) < Outcome::ToLanByKernel as u32);
+        i += 1;
+    }
+    assert!((Outcome::ToLanXdpRedirected as u32) < COUNTER_SLOTS);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -935,6 +993,24 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counters_total_adds_the_outcomes_it_is_part_of() {
+        let mut slots = [0u64; COUNTER_SLOTS as usize];
+        slots[Counter::FastPathRedirect as usize] = 1;
+        slots[Counter::KernelPath as usize] = 2;
+        slots[Outcome::ToUplinkRedirected as usize] = 10;
+        slots[Outcome::ToLanRedirected as usize] = 100;
+        slots[Outcome::ToLanXdpRedirected as usize] = 1000;
+        slots[Outcome::ToLanByKernel as usize] = 10000;
+        let total = |c: Counter| c.total(|i| slots[i as usize]);
+        assert_eq!(total(Counter::FastPathRedirect), 1111);
+        assert_eq!(total(Counter::ToLanTranslated), 11100);
+        assert_eq!(total(Counter::ToUplinkTranslated), 10);
+        assert_eq!(total(Counter::XdpRedirect), 1000);
+        assert_eq!(total(Counter::KernelPath), 10002);
+        assert_eq!(total(Counter::Ipv4Seen), 0);
+    }
 
     #[test]
     fn a_flow_key_built_as_words_holds_its_fields_and_a_zero_pad() {

@@ -16,7 +16,7 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
-use masq_common::{Counter, EthAddrs, FlowKey};
+use masq_common::{Counter, EthAddrs, FlowKey, Outcome};
 
 use crate::{
     forward::set_macs,
@@ -86,6 +86,8 @@ fn local_socket<P: Hook>(ctx: &P, key: &FlowKey, tcp: bool) -> bool {
 pub trait Hook: Packet {
     /// `bpf_redirect_neigh` exists here (TC).
     const NEIGH: bool;
+    /// What a translated packet redirected to the LAN counts as.
+    const TO_LAN_REDIRECTED: Outcome;
     /// The program's context, for helpers that take it.
     fn ctx_ptr(&self) -> *mut c_void;
     /// The device the packet arrived on (ingress) or leaves by (TC egress).
@@ -100,6 +102,7 @@ pub trait Hook: Packet {
 
 impl Hook for XdpContext {
     const NEIGH: bool = false;
+    const TO_LAN_REDIRECTED: Outcome = Outcome::ToLanXdpRedirected;
 
     #[inline(always)]
     fn ctx_ptr(&self) -> *mut c_void {
@@ -124,6 +127,7 @@ impl Hook for XdpContext {
 
 impl<const IP: usize> Hook for Skb<IP> {
     const NEIGH: bool = true;
+    const TO_LAN_REDIRECTED: Outcome = Outcome::ToLanRedirected;
 
     #[inline(always)]
     fn ctx_ptr(&self) -> *mut c_void {
@@ -157,11 +161,11 @@ pub fn xdp_action(ctx: &mut XdpContext, verdict: Result<Verdict, Counter>) -> u3
         Ok(Verdict::Pass) => return XDP_PASS,
         Ok(Verdict::Send(ifindex)) => ifindex,
         Ok(Verdict::Forward { ifindex, eth }) => {
+            // Counted by the body (`Outcome::ToLanXdpRedirected`, which `XdpRedirect` is part of).
             if let Err(reason) = set_macs(ctx, &eth) {
                 count(reason);
                 return XDP_DROP;
             }
-            count(Counter::XdpRedirect);
             ifindex
         }
         // Bodies never choose it under XDP (`Hook::NEIGH`).

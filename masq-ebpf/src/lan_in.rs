@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use masq_common::{
     CFG_F_FAST_PATH, CFG_F_NO_HAIRPIN, CFG_F_NO_STEER, CONN_F_HAIRPIN, ConnRoute, Counter,
-    DataplaneConfig, FlowKey, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW, tick,
+    DataplaneConfig, FlowKey, Outcome, PublishTarget, TAIL_LAN_HAIRPIN, TAIL_LAN_NEW, tick,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     maps::{PUBLIC_ADDRS, TAIL_CALLS},
     nat::published,
     packet::{ETH_HLEN, EthSkb, Frag, Ipv4, L4, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
-    stats::{count, uplink_new_conn},
+    stats::{count, count_outcome, uplink_new_conn},
     steer::{
         Egress, RT_TABLE_MAIN, Route, choose_uplink, config, in_lan, is_uplink_address, route,
         route_kept, uplink, uplink_by_address, uplink_by_ifindex, with_mark,
@@ -371,18 +371,20 @@ fn to_uplink(
         return Ok(Verdict::Pass);
     }
     translation.apply(ctx, ip)?;
-    count(if table == RT_TABLE_MAIN {
-        Counter::HairpinTranslated
-    } else {
-        Counter::ToUplinkTranslated
-    });
     decrement_ttl(ctx)?;
+    let hairpin = table == RT_TABLE_MAIN;
     Ok(match next {
+        Route::Resolved { ifindex, eth } if !hairpin => {
+            count_outcome(Outcome::ToUplinkRedirected);
+            Verdict::Forward { ifindex, eth }
+        }
         Route::Resolved { ifindex, eth } => {
+            count(Counter::HairpinTranslated);
             count(Counter::FastPathRedirect);
             Verdict::Forward { ifindex, eth }
         }
         Route::NoNeigh { ifindex, next_hop } => {
+            count(if hairpin { Counter::HairpinTranslated } else { Counter::ToUplinkTranslated });
             count(Counter::FastPathNeigh);
             Verdict::ForwardNeigh { ifindex, next_hop }
         }

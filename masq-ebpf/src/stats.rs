@@ -1,11 +1,20 @@
 //! Per-CPU counters: one per path and per drop reason, and per-uplink traffic.
-use masq_common::{Counter, UplinkStats};
+use masq_common::{Counter, Outcome, UplinkStats};
 
 use crate::maps::{COUNTERS, UPLINK_STATS};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Count an outcome: one update, for all the counters it stands for.
+#[inline(always)]
+pub fn count_outcome(outcome: Outcome) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(outcome as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *slot += 1 };
     }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use masq_common::{
-    CFG_F_FAST_PATH, CONN_F_INBOUND, ConnRoute, Counter, DataplaneConfig, FlowKey, PublishTarget,
-    UPLINK_F_UDP_OPEN_FILTER, tick,
+    CFG_F_FAST_PATH, CONN_F_INBOUND, ConnRoute, Counter, DataplaneConfig, FlowKey, Outcome,
+    PublishTarget, UPLINK_F_UDP_OPEN_FILTER, tick,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     maps::PUBLIC_ADDRS,
     nat::published,
     packet::{ETH_HLEN, Ipv4, L4, Parsed, TCP_ACK, TCP_SYN, parse},
-    stats::{count, uplink_new_conn, uplink_rx},
+    stats::{count, count_outcome, uplink_new_conn, uplink_rx},
     steer::{Egress, Route, config, in_lan, is_uplink_address, route_kept, uplink_by_ifindex},
     translate::{Found, Translation, account_icmp_error, find, record_first_fragment},
     validate::{self, is_multicast_or_broadcast},
@@ -183,7 +183,6 @@ fn run<P: Hook>(ctx: &mut P) -> Result<Verdict, Counter> {
         return Ok(Verdict::Pass);
     }
     translation.apply(ctx, &ip)?;
-    count(Counter::ToLanTranslated);
     to_lan(ctx, cfg, &ip, &translation.result(&ip), ifindex, now, kept)
 }
 
@@ -200,22 +199,23 @@ fn to_lan<P: Hook>(
     kept: Option<&mut ConnRoute>,
 ) -> Result<Verdict, Counter> {
     if cfg.flags & CFG_F_FAST_PATH == 0 {
-        count(Counter::KernelPath);
+        count_outcome(Outcome::ToLanByKernel);
         return Ok(Verdict::Pass);
     }
     // The LAN lives in main.
     let mtu_len = ctx.mtu_len(ip.tot_len, ip.l4_header_len());
     let verdict = match route_kept(ctx, ifindex, key, mtu_len, &Egress::lan(cfg), kept, now) {
         Route::Resolved { ifindex, eth } => {
-            count(Counter::FastPathRedirect);
+            count_outcome(P::TO_LAN_REDIRECTED);
             Verdict::Forward { ifindex, eth }
         }
         Route::NoNeigh { ifindex, next_hop } if P::NEIGH => {
+            count(Counter::ToLanTranslated);
             count(Counter::FastPathNeigh);
             Verdict::ForwardNeigh { ifindex, next_hop }
         }
         _ => {
-            count(Counter::KernelPath);
+            count_outcome(Outcome::ToLanByKernel);
             return Ok(Verdict::Pass);
         }
     };

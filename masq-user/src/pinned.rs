@@ -16,7 +16,7 @@ use aya::{
     programs::ProgramFd,
 };
 use masq_common::{
-    Binding, BindingKey, BoundPort, BoundPortKey, CFG_F_EVENTS, ConnEntry, Counter,
+    Binding, BindingKey, BoundPort, BoundPortKey, CFG_F_EVENTS, COUNTER_SLOTS, ConnEntry, Counter,
     DataplaneConfig, FlowKey, FragKey, FragXlate, MAX_UPLINKS, NextHop, PolicyRule, PublicAddr,
     PublishKey, PublishTarget, UPLINK_F_ENABLED, UPLINK_F_UP, UplinkInfo, UplinkStats, map_names,
 };
@@ -141,13 +141,22 @@ pub struct CounterValue {
 
 pub fn read_counters(pin_dir: &Path) -> anyhow::Result<Vec<CounterValue>> {
     let array: PerCpuArray<_, u64> = open(pin_dir, map_names::COUNTERS)?;
-    Counter::ALL
+    let slots = counter_slots(&array)?;
+    Ok(Counter::ALL
         .iter()
-        .map(|c| {
-            let values = array.get(&(*c as u32), 0)?;
-            Ok(CounterValue { name: c.name(), drop: c.is_drop(), value: values.iter().sum() })
+        .map(|c| CounterValue {
+            name: c.name(),
+            drop: c.is_drop(),
+            value: c.total(|i| slots[i as usize]),
         })
-        .collect()
+        .collect())
+}
+
+/// Every slot of `COUNTERS`, summed over CPUs (`Counter::total` makes the counters of them).
+pub fn counter_slots<T: std::borrow::Borrow<MapData>>(
+    array: &PerCpuArray<T, u64>,
+) -> anyhow::Result<Vec<u64>> {
+    (0..COUNTER_SLOTS).map(|i| Ok(array.get(&i, 0)?.iter().sum())).collect()
 }
 
 /// Per-uplink traffic summed over CPUs, indexed like the config's uplinks.

@@ -191,7 +191,8 @@ impl Gw {
     fn counter(&self, c: Counter) -> u64 {
         let map: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.dp.ebpf().map(map_names::COUNTERS).unwrap()).unwrap();
-        map.get(&(c as u32), 0).unwrap().iter().sum()
+        let slots = masq_user::pinned::counter_slots(&map).unwrap();
+        c.total(|i| slots[i as usize])
     }
 
     /// Every non-zero counter, by name.
