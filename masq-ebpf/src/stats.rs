@@ -5,16 +5,18 @@ use crate::maps::{COUNTERS, UPLINK_STATS};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *slot += 1 };
-    }
+    bump(counter as u32);
 }
 
 /// Count an outcome: one update, for all the counters it stands for.
 #[inline(always)]
 pub fn count_outcome(outcome: Outcome) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(outcome as u32) {
+    bump(outcome as u32);
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *slot += 1 };
     }

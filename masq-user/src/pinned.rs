@@ -141,22 +141,23 @@ pub struct CounterValue {
 
 pub fn read_counters(pin_dir: &Path) -> anyhow::Result<Vec<CounterValue>> {
     let array: PerCpuArray<_, u64> = open(pin_dir, map_names::COUNTERS)?;
-    let slots = counter_slots(&array)?;
+    let totals = counter_totals(&array)?;
     Ok(Counter::ALL
         .iter()
-        .map(|c| CounterValue {
-            name: c.name(),
-            drop: c.is_drop(),
-            value: c.total(|i| slots[i as usize]),
-        })
+        .zip(totals)
+        .map(|(c, value)| CounterValue { name: c.name(), drop: c.is_drop(), value })
         .collect())
 }
 
-/// Every slot of `COUNTERS`, summed over CPUs (`Counter::total` makes the counters of them).
-pub fn counter_slots<T: std::borrow::Borrow<MapData>>(
+/// Every counter's total (`Counter::total`: its own slot and its outcomes'), summed over CPUs,
+/// in the order of `Counter::ALL`.
+pub fn counter_totals<T: std::borrow::Borrow<MapData>>(
     array: &PerCpuArray<T, u64>,
 ) -> anyhow::Result<Vec<u64>> {
-    (0..COUNTER_SLOTS).map(|i| Ok(array.get(&i, 0)?.iter().sum())).collect()
+    let slots: Vec<u64> = (0..COUNTER_SLOTS)
+        .map(|i| Ok(array.get(&i, 0)?.iter().sum()))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Counter::ALL.iter().map(|c| c.total(|i| slots[i as usize])).collect())
 }
 
 /// Per-uplink traffic summed over CPUs, indexed like the config's uplinks.

@@ -975,8 +975,7 @@ impl ProgBench<'_> {
         let map =
             self.dp.ebpf().map(map_names::COUNTERS).ok_or_else(|| anyhow!("COUNTERS missing"))?;
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        let slots = pinned::counter_slots(&array)?;
-        Ok(Counter::ALL.iter().map(|c| c.total(|i| slots[i as usize])).collect())
+        pinned::counter_totals(&array)
     }
 
     fn counter_delta(before: &[u64], after: &[u64], counter: Counter) -> u64 {
